@@ -14,9 +14,9 @@ struct RgbImage {
   std::vector<uint8_t> pixels;  // width*height*3
 };
 
-// Decodes JPEG, PNG or WebP bytes (EXIF orientation applied; alpha dropped by
-// compositing per libvips flatten on black? no: alpha is simply dropped, as
-// PIL's convert("RGB") does; grey, CMYK and 16-bit become 8-bit RGB).
+// Decodes JPEG, PNG or WebP bytes: EXIF orientation applied; alpha dropped
+// (as PIL's convert("RGB") does, which the official code calls); grey, CMYK
+// and 16-bit inputs become 8-bit RGB.
 // `max_pixels` refuses larger images before decoding them (0 = no limit).
 // Throws md::Error ("image: not a JPEG, PNG or WebP file", …).
 RgbImage decode_image(std::span<const uint8_t> bytes, uint64_t max_pixels = 0);
