@@ -1,0 +1,134 @@
+#include "model/text.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "tensor/error.h"
+#include "tensor/ops.h"
+#include "tensor/parallel.h"
+
+namespace md {
+
+KVCache::KVCache(const TextConfig& cfg, int cap)
+    : n_layers(cfg.n_layers), kv_dim(cfg.n_kv_heads * (cfg.dim / cfg.n_heads)), capacity(cap) {
+  k.assign(size_t(n_layers), std::vector<float>(size_t(capacity) * kv_dim));
+  v.assign(size_t(n_layers), std::vector<float>(size_t(capacity) * kv_dim));
+}
+
+KVCache KVCache::copy_with_capacity(int cap) const {
+  KVCache out;
+  out.n_layers = n_layers;
+  out.kv_dim = kv_dim;
+  out.capacity = cap;
+  out.length = length;
+  out.k.resize(size_t(n_layers));
+  out.v.resize(size_t(n_layers));
+  const size_t used = size_t(length) * kv_dim;
+  for (int l = 0; l < n_layers; ++l) {
+    out.k[l].resize(size_t(cap) * kv_dim);
+    out.v[l].resize(size_t(cap) * kv_dim);
+    std::memcpy(out.k[l].data(), k[l].data(), used * sizeof(float));
+    std::memcpy(out.v[l].data(), v[l].data(), used * sizeof(float));
+  }
+  return out;
+}
+
+RotaryTable::RotaryTable(int rot_dim, int max_positions, float theta) : pairs(rot_dim / 2) {
+  cos.resize(size_t(max_positions) * pairs);
+  sin.resize(size_t(max_positions) * pairs);
+  std::vector<float> freq(static_cast<size_t>(pairs));
+  for (int i = 0; i < pairs; ++i)
+    freq[i] = 1.0f / std::pow(theta, float(2 * i) / float(rot_dim));
+  for (int p = 0; p < max_positions; ++p)
+    for (int i = 0; i < pairs; ++i) {
+      const float angle = float(p) * freq[i];
+      cos[size_t(p) * pairs + i] = std::cos(angle);
+      sin[size_t(p) * pairs + i] = std::sin(angle);
+    }
+}
+
+void RotaryTable::apply(float* head, int p) const {
+  const float* c = cos.data() + size_t(p) * pairs;
+  const float* s = sin.data() + size_t(p) * pairs;
+  for (int i = 0; i < pairs; ++i) {
+    const float a = head[i], b = head[i + pairs];
+    head[i] = a * c[i] - b * s[i];
+    head[i + pairs] = a * s[i] + b * c[i];
+  }
+}
+
+// Rotary covers half of each head (32 of 64 dims in Moondream2).
+TextModel::TextModel(const ModelWeights& w, const TextConfig& cfg)
+    : w_(w), cfg_(cfg), head_dim_(cfg.dim / cfg.n_heads), rotary_(head_dim_ / 2, cfg.max_context) {}
+
+void TextModel::embed(const int* ids, int n, float* out) const {
+  for (int i = 0; i < n; ++i) {
+    if (ids[i] < 0 || ids[i] >= cfg_.vocab_size)
+      throw Error("token id " + std::to_string(ids[i]) + " is outside the vocabulary");
+    std::memcpy(out + size_t(i) * cfg_.dim, w_.wte + size_t(ids[i]) * cfg_.dim,
+                sizeof(float) * cfg_.dim);
+  }
+}
+
+std::vector<float> TextModel::forward(const float* embeddings, int n, KVCache& cache) const {
+  const int D = cfg_.dim, hd = head_dim_;
+  const int q_dim = cfg_.n_heads * hd, kv_dim = cfg_.n_kv_heads * hd;
+  const int qkv_dim = q_dim + 2 * kv_dim;
+  const int pos0 = cache.length;
+  if (pos0 + n > cache.capacity || pos0 + n > cfg_.max_context)
+    throw Error("context full: " + std::to_string(pos0 + n) + " positions exceed the limit of " +
+                std::to_string(std::min(cache.capacity, cfg_.max_context)));
+
+  std::vector<float> x(embeddings, embeddings + size_t(n) * D);
+  std::vector<float> h(size_t(n) * D), qkv(size_t(n) * qkv_dim), att(size_t(n) * q_dim),
+      ff(size_t(n) * cfg_.ff_dim), tmp(size_t(n) * D);
+
+  AttentionShape shape;
+  shape.n_q = n;
+  shape.n_k = pos0 + n;
+  shape.n_heads = cfg_.n_heads;
+  shape.n_kv_heads = cfg_.n_kv_heads;
+  shape.head_dim = hd;
+  shape.q_stride = qkv_dim;
+  shape.kv_stride = kv_dim;
+  AttentionMask mask;
+  mask.full = false;
+  mask.q_pos0 = pos0;
+  mask.prefix = cfg_.prefix_attn;
+
+  for (int l = 0; l < cfg_.n_layers; ++l) {
+    const TextBlock& blk = w_.text_blocks[l];
+    layer_norm(blk.ln, x.data(), n, h.data());
+    linear(blk.qkv, h.data(), n, qkv.data());
+    float* kc = cache.k[l].data();
+    float* vc = cache.v[l].data();
+    parallel_for(size_t(n), [&](size_t b, size_t e) {
+      for (size_t i = b; i < e; ++i) {
+        float* row = qkv.data() + i * qkv_dim;
+        const int p = pos0 + int(i);
+        for (int hh = 0; hh < cfg_.n_heads; ++hh) rotary_.apply(row + hh * hd, p);
+        for (int g = 0; g < cfg_.n_kv_heads; ++g) rotary_.apply(row + q_dim + g * hd, p);
+        std::memcpy(kc + size_t(p) * kv_dim, row + q_dim, sizeof(float) * kv_dim);
+        std::memcpy(vc + size_t(p) * kv_dim, row + q_dim + kv_dim, sizeof(float) * kv_dim);
+      }
+    });
+    attention(shape, mask, qkv.data(), kc, vc, att.data());
+    linear(blk.proj, att.data(), n, tmp.data());
+    linear(blk.fc1, h.data(), n, ff.data());
+    gelu_tanh(ff.data(), ff.size());
+    linear(blk.fc2, ff.data(), n, h.data());
+    for (size_t i = 0; i < size_t(n) * D; ++i) x[i] = (x[i] + tmp[i]) + h[i];
+  }
+  cache.length = pos0 + n;
+  return x;
+}
+
+std::vector<float> TextModel::logits(const float* hidden) const {
+  std::vector<float> normed(size_t(cfg_.dim));
+  layer_norm(w_.text_post_ln, hidden, 1, normed.data());
+  std::vector<float> out(size_t(cfg_.vocab_size));
+  linear(w_.lm_head, normed.data(), 1, out.data());
+  return out;
+}
+
+}  // namespace md

@@ -1,0 +1,59 @@
+#pragma once
+// Text decoder (contract section 7): Phi-1.5-shaped blocks with parallel
+// residual, partial rotary, grouped KV heads and the bidirectional image prefix.
+#include <vector>
+
+#include "model/config.h"
+#include "model/weights.h"
+
+namespace md {
+
+// k (after rotary) and v per layer and position: layer l, position p lives at
+// k[l][p·kv_dim … (p+1)·kv_dim).
+struct KVCache {
+  int n_layers = 0;
+  int kv_dim = 0;    // n_kv_heads · head_dim
+  int capacity = 0;  // positions allocated
+  int length = 0;    // positions filled
+  std::vector<std::vector<float>> k, v;
+
+  KVCache() = default;
+  KVCache(const TextConfig& cfg, int capacity);
+  // A cache of `capacity` positions holding a copy of this one's contents.
+  KVCache copy_with_capacity(int capacity) const;
+  size_t bytes() const { return size_t(n_layers) * 2 * capacity * kv_dim * sizeof(float); }
+};
+
+// cos/sin of position p for the 16 rotary frequency pairs, computed in fp32
+// as the reference does: f_i = 1 / 10000^(2i/32), angle = p·f_i.
+struct RotaryTable {
+  int pairs = 0;
+  std::vector<float> cos, sin;  // [max_positions, pairs]
+  RotaryTable() = default;
+  RotaryTable(int rot_dim, int max_positions, float theta = 10000.0f);
+  // Rotates dims (i, i+pairs) of one head vector at position p.
+  void apply(float* head, int p) const;
+};
+
+class TextModel {
+ public:
+  TextModel(const ModelWeights& w, const TextConfig& cfg);
+
+  // Embedding rows of token ids → out [n, dim].
+  void embed(const int* ids, int n, float* out) const;
+  // Runs n new positions (embeddings [n, dim]) starting at cache.length,
+  // appending to the cache. Returns the hidden states [n, dim] before post-LN.
+  std::vector<float> forward(const float* embeddings, int n, KVCache& cache) const;
+  // lm_head(post_ln(hidden)) for one hidden row → logits [vocab].
+  std::vector<float> logits(const float* hidden) const;
+
+  const TextConfig& config() const { return cfg_; }
+
+ private:
+  const ModelWeights& w_;
+  TextConfig cfg_;
+  int head_dim_;
+  RotaryTable rotary_;
+};
+
+}  // namespace md

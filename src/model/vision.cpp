@@ -1,0 +1,122 @@
+#include "model/vision.h"
+
+#include <cstring>
+
+#include "tensor/ops.h"
+#include "tensor/parallel.h"
+
+namespace md {
+
+std::vector<float> run_vision_encoder(const ModelWeights& w, const VisionConfig& cfg,
+                                const float* crops_chw, int n) {
+  const int P = cfg.enc_patch_size, C = cfg.in_channels, S = cfg.crop_size;
+  const int grid = S / P, T = grid * grid, D = cfg.enc_dim;
+  const int patch_dim = C * P * P;
+  const size_t rows = size_t(n) * T;
+
+  // Patches laid out [channel][row][col], ordered row-major over the grid.
+  std::vector<float> patches(rows * patch_dim);
+  parallel_for(size_t(n) * T, [&](size_t b, size_t e) {
+    for (size_t idx = b; idx < e; ++idx) {
+      const size_t crop = idx / T;
+      const int py = int(idx % T) / grid, px = int(idx % T) % grid;
+      float* dst = patches.data() + idx * patch_dim;
+      const float* src = crops_chw + crop * size_t(C) * S * S;
+      for (int c = 0; c < C; ++c)
+        for (int r = 0; r < P; ++r)
+          std::memcpy(dst + (c * P + r) * P, src + (size_t(c) * S + py * P + r) * S + px * P,
+                      sizeof(float) * P);
+    }
+  });
+
+  std::vector<float> x(rows * D);
+  linear(w.patch_emb, patches.data(), int(rows), x.data());
+  patches = {};
+  for (size_t r = 0; r < rows; ++r) {
+    const float* pe = w.pos_emb + (r % T) * D;
+    float* xr = x.data() + r * D;
+    for (int i = 0; i < D; ++i) xr[i] += pe[i];
+  }
+
+  std::vector<float> h(rows * D), qkv(rows * 3 * D), att(rows * D), ff(rows * cfg.enc_ff_dim);
+  AttentionShape shape;
+  shape.n_q = shape.n_k = T;
+  shape.n_heads = shape.n_kv_heads = cfg.enc_n_heads;
+  shape.head_dim = D / cfg.enc_n_heads;
+  shape.q_stride = shape.kv_stride = 3 * D;
+  for (const VisionBlock& blk : w.vision_blocks) {
+    layer_norm(blk.ln1, x.data(), int(rows), h.data());
+    linear(blk.qkv, h.data(), int(rows), qkv.data());
+    for (int c = 0; c < n; ++c) {
+      const float* base = qkv.data() + size_t(c) * T * 3 * D;
+      attention(shape, AttentionMask{}, base, base + D, base + 2 * D, att.data() + size_t(c) * T * D);
+    }
+    linear(blk.proj, att.data(), int(rows), h.data());
+    for (size_t i = 0; i < rows * D; ++i) x[i] += h[i];
+    layer_norm(blk.ln2, x.data(), int(rows), h.data());
+    linear(blk.fc1, h.data(), int(rows), ff.data());
+    gelu_tanh(ff.data(), ff.size());
+    linear(blk.fc2, ff.data(), int(rows), h.data());
+    for (size_t i = 0; i < rows * D; ++i) x[i] += h[i];
+  }
+  layer_norm(w.vision_post_ln, x.data(), int(rows), x.data());
+  return x;
+}
+
+void adaptive_avg_pool(const float* in, int h, int w, int c, int oh, int ow, float* out) {
+  for (int oy = 0; oy < oh; ++oy) {
+    const int y0 = (oy * h) / oh, y1 = ((oy + 1) * h + oh - 1) / oh;
+    for (int ox = 0; ox < ow; ++ox) {
+      const int x0 = (ox * w) / ow, x1 = ((ox + 1) * w + ow - 1) / ow;
+      float* o = out + (size_t(oy) * ow + ox) * c;
+      std::vector<double> acc(size_t(c), 0.0);
+      for (int y = y0; y < y1; ++y)
+        for (int x = x0; x < x1; ++x) {
+          const float* p = in + (size_t(y) * w + x) * c;
+          for (int k = 0; k < c; ++k) acc[k] += p[k];
+        }
+      const double inv = 1.0 / double((y1 - y0) * (x1 - x0));
+      for (int k = 0; k < c; ++k) o[k] = float(acc[k] * inv);
+    }
+  }
+}
+
+std::vector<float> merge_local_features(const VisionConfig& cfg, const float* local_features,
+                                        Tiling tiling) {
+  const int grid = cfg.crop_size / cfg.enc_patch_size, D = cfg.enc_dim;
+  const int m = cfg.overlap_margin, win = grid - 2 * m;
+  const int out_h = tiling.rows * win + 2 * m, out_w = tiling.cols * win + 2 * m;
+  std::vector<float> full(size_t(out_h) * out_w * D, 0.0f);
+  for (int i = 0; i < tiling.rows; ++i)
+    for (int j = 0; j < tiling.cols; ++j) {
+      const float* tile = local_features + size_t(i * tiling.cols + j) * grid * grid * D;
+      const int r0 = i == 0 ? 0 : m, r1 = i == tiling.rows - 1 ? grid : grid - m;
+      const int c0 = j == 0 ? 0 : m, c1 = j == tiling.cols - 1 ? grid : grid - m;
+      for (int r = r0; r < r1; ++r)
+        std::memcpy(full.data() + (size_t(i * win + r) * out_w + j * win + c0) * D,
+                    tile + (size_t(r) * grid + c0) * D, sizeof(float) * (c1 - c0) * D);
+    }
+  std::vector<float> pooled(size_t(grid) * grid * D);
+  adaptive_avg_pool(full.data(), out_h, out_w, D, grid, grid, pooled.data());
+  return pooled;
+}
+
+std::vector<float> project_features(const ModelWeights& w, const VisionConfig& cfg,
+                                    const float* features, Tiling tiling) {
+  const int grid = cfg.crop_size / cfg.enc_patch_size, T = grid * grid, D = cfg.enc_dim;
+  const std::vector<float> pooled = merge_local_features(cfg, features + size_t(T) * D, tiling);
+  std::vector<float> cat(size_t(T) * 2 * D);
+  for (int t = 0; t < T; ++t) {
+    std::memcpy(cat.data() + size_t(t) * 2 * D, features + size_t(t) * D, sizeof(float) * D);
+    std::memcpy(cat.data() + size_t(t) * 2 * D + D, pooled.data() + size_t(t) * D, sizeof(float) * D);
+  }
+  std::vector<float> inner(size_t(T) * cfg.proj_inner_dim);
+  linear(w.proj_fc1, cat.data(), T, inner.data());
+  gelu_tanh(inner.data(), inner.size());
+  std::vector<float> out(size_t(T) * cfg.proj_out_dim);
+  linear(w.proj_fc2, inner.data(), T, out.data());
+  return out;
+}
+
+}  // namespace md
+

@@ -1,0 +1,104 @@
+#include "model/weights.h"
+
+#include <cstdint>
+#include <string>
+
+#include "tensor/error.h"
+
+namespace md {
+namespace {
+
+class Loader {
+ public:
+  Loader(ModelWeights& w) : w_(w) {}
+
+  const float* tensor(const std::string& name, const std::vector<int64_t>& shape) {
+    const TensorView& t = w_.store->get(name, shape);
+    const size_t n = t.numel();
+    w_.bytes_in_use += n * sizeof(float);
+    const bool aligned = reinterpret_cast<uintptr_t>(t.data) % alignof(float) == 0;
+    if (t.dtype == DType::F32 && aligned) return reinterpret_cast<const float*>(t.data);
+    std::vector<float> buf(n);
+    convert_to_f32(t.dtype, t.data, buf.data(), n);
+    w_.owned.push_back(std::move(buf));
+    return w_.owned.back().data();
+  }
+
+  Linear linear(const std::string& name, int in, int out) {
+    Linear l;
+    l.in = in;
+    l.out = out;
+    l.w = tensor(name + ".weight", {out, in});
+    l.b = tensor(name + ".bias", {out});
+    return l;
+  }
+
+  LayerNormWeights norm(const std::string& name, int dim) {
+    LayerNormWeights ln;
+    ln.dim = dim;
+    ln.w = tensor(name + ".weight", {dim});
+    ln.b = tensor(name + ".bias", {dim});
+    return ln;
+  }
+
+ private:
+  ModelWeights& w_;
+};
+
+}  // namespace
+
+std::unique_ptr<ModelWeights> load_weights(const std::string& model_dir, const ModelConfig& cfg) {
+  auto w = std::make_unique<ModelWeights>();
+  w->store = std::make_shared<WeightStore>(WeightStore::open(model_dir));
+  Loader L(*w);
+
+  const VisionConfig& v = cfg.vision;
+  const int grid = v.crop_size / v.enc_patch_size;
+  const int patch_dim = v.enc_patch_size * v.enc_patch_size * v.in_channels;
+  w->patch_emb = L.linear("vision.patch_emb", patch_dim, v.enc_dim);
+  w->pos_emb = L.tensor("vision.pos_emb", {1, grid * grid, v.enc_dim});
+  for (int i = 0; i < v.enc_n_layers; ++i) {
+    const std::string p = "vision.blocks." + std::to_string(i);
+    VisionBlock b;
+    b.ln1 = L.norm(p + ".ln1", v.enc_dim);
+    b.ln2 = L.norm(p + ".ln2", v.enc_dim);
+    b.qkv = L.linear(p + ".attn.qkv", v.enc_dim, 3 * v.enc_dim);
+    b.proj = L.linear(p + ".attn.proj", v.enc_dim, v.enc_dim);
+    b.fc1 = L.linear(p + ".mlp.fc1", v.enc_dim, v.enc_ff_dim);
+    b.fc2 = L.linear(p + ".mlp.fc2", v.enc_ff_dim, v.enc_dim);
+    w->vision_blocks.push_back(b);
+  }
+  w->vision_post_ln = L.norm("vision.post_ln", v.enc_dim);
+  w->proj_fc1 = L.linear("vision.proj_mlp.fc1", 2 * v.enc_dim, v.proj_inner_dim);
+  w->proj_fc2 = L.linear("vision.proj_mlp.fc2", v.proj_inner_dim, v.proj_out_dim);
+
+  const TextConfig& t = cfg.text;
+  const int head_dim = t.dim / t.n_heads;
+  const int qkv_out = (t.n_heads + 2 * t.n_kv_heads) * head_dim;
+  w->wte = L.tensor("text.wte", {t.vocab_size, t.dim});
+  for (int i = 0; i < t.n_layers; ++i) {
+    const std::string p = "text.blocks." + std::to_string(i);
+    TextBlock b;
+    b.ln = L.norm(p + ".ln", t.dim);
+    b.qkv = L.linear(p + ".attn.qkv", t.dim, qkv_out);
+    b.proj = L.linear(p + ".attn.proj", t.dim, t.dim);
+    b.fc1 = L.linear(p + ".mlp.fc1", t.dim, t.ff_dim);
+    b.fc2 = L.linear(p + ".mlp.fc2", t.ff_dim, t.dim);
+    w->text_blocks.push_back(b);
+  }
+  w->text_post_ln = L.norm("text.post_ln", t.dim);
+  w->lm_head = L.linear("text.lm_head", t.dim, t.vocab_size);
+
+  const RegionConfig& r = cfg.region;
+  w->coord_features = L.tensor("region.coord_features", {1, r.coord_feat_dim / 2});
+  w->coord_encoder = L.linear("region.coord_encoder", r.coord_feat_dim, r.dim);
+  w->coord_fc1 = L.linear("region.coord_decoder.fc1", r.dim, r.inner_dim);
+  w->coord_fc2 = L.linear("region.coord_decoder.fc2", r.inner_dim, r.coord_out_dim);
+  w->size_features = L.tensor("region.size_features", {2, r.size_feat_dim / 2});
+  w->size_encoder = L.linear("region.size_encoder", r.size_feat_dim, r.dim);
+  w->size_fc1 = L.linear("region.size_decoder.fc1", r.dim, r.inner_dim);
+  w->size_fc2 = L.linear("region.size_decoder.fc2", r.inner_dim, r.size_out_dim);
+  return w;
+}
+
+}  // namespace md

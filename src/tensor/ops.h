@@ -1,0 +1,59 @@
+#pragma once
+// fp32 building blocks of the transformer: linear layers (BLAS GEMM),
+// LayerNorm, tanh-GELU, softmax and multi-head attention.
+#include <cstddef>
+#include <cstdint>
+
+namespace md {
+
+// y = x·Wᵀ + b with W stored [out, in] row-major (PyTorch layout).
+struct Linear {
+  int in = 0;
+  int out = 0;
+  const float* w = nullptr;  // [out, in]
+  const float* b = nullptr;  // [out] or null
+};
+
+struct LayerNormWeights {
+  int dim = 0;
+  const float* w = nullptr;
+  const float* b = nullptr;
+};
+
+// x: [m, in] with row stride in; y: [m, out].
+void linear(const Linear& l, const float* x, int m, float* y);
+// LayerNorm with eps 1e-5 over rows of length dim; x and y may alias.
+void layer_norm(const LayerNormWeights& ln, const float* x, int m, float* y);
+// 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), in place.
+void gelu_tanh(float* x, size_t n);
+// Numerically stable softmax of one row, in place.
+void softmax(float* x, int n);
+
+// Multi-head attention over a block of queries against keys/values.
+// q: [n_q, *] with row stride q_stride, head h at column h·head_dim.
+// k, v: [n_k, *] with row stride kv_stride, kv head g at column g·head_dim.
+// Query head h reads kv head h / (n_heads / n_kv_heads).
+// allowed(i, j) is the mask: query row i may attend key row j.
+// out: [n_q, n_heads·head_dim] (row stride n_heads·head_dim).
+struct AttentionShape {
+  int n_q = 0, n_k = 0;
+  int n_heads = 0, n_kv_heads = 0, head_dim = 0;
+  int q_stride = 0, kv_stride = 0;
+};
+// Mask kinds: full (every key visible) or "prefix-causal": query at absolute
+// position q_pos0 + i sees key j if j <= q_pos0 + i, or if both lie inside
+// the first `prefix` positions.
+struct AttentionMask {
+  bool full = true;
+  int q_pos0 = 0;
+  int prefix = 0;
+  bool allowed(int i, int j) const {
+    if (full) return true;
+    const int p = q_pos0 + i;
+    return j <= p || (p < prefix && j < prefix);
+  }
+};
+void attention(const AttentionShape& s, const AttentionMask& mask, const float* q, const float* k,
+               const float* v, float* out);
+
+}  // namespace md
