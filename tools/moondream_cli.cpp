@@ -1,0 +1,160 @@
+// moondream: run one Moondream2 task on one image from the command line.
+//   moondream caption|query|detect|point --model DIR --image PATH [options]
+// Text streams to stdout as it is generated; --json prints one JSON object.
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <random>
+#include <string>
+
+#include "model/image.h"
+#include "model/moondream.h"
+#include "tensor/error.h"
+
+namespace {
+
+struct Args {
+  std::string task;
+  std::string model;
+  std::string image;
+  std::string length = "normal";
+  std::string question;
+  std::string object;
+  int max_tokens = 768;
+  int max_objects = 50;
+  float temperature = 0.5f;
+  float top_p = 0.3f;
+  long long seed = -1;
+  int threads = 0;
+  bool json = false;
+};
+
+nlohmann::json timings_json(const md::Timings& t) {
+  return {{"decode_image_s", t.decode_image_s},
+          {"vision_s", t.vision_s},
+          {"prefill_s", t.prefill_s},
+          {"decode_s", t.decode_s},
+          {"decode_tokens_per_s", t.decode_tokens_per_s()}};
+}
+
+int run(const Args& a) {
+  if (a.max_tokens < 1) throw md::Error("--max-tokens must be at least 1");
+  if (a.max_objects < 1) throw md::Error("--max-objects must be at least 1");
+  if (!(a.temperature >= 0.0f)) throw md::Error("--temperature must be >= 0");
+  if (!(a.top_p > 0.0f && a.top_p <= 1.0f)) throw md::Error("--top-p must be in (0, 1]");
+  md::CaptionLength length;
+  if (!md::parse_caption_length(a.length, &length))
+    throw md::Error("--length must be short, normal or long");
+  if (a.task == "query" && a.question.empty()) throw md::Error("query needs --question");
+  if ((a.task == "detect" || a.task == "point") && a.object.empty())
+    throw md::Error(a.task + " needs --object");
+
+  md::LoadOptions lo;
+  lo.threads = a.threads;
+  auto model = md::Moondream::load(a.model, lo);
+
+  auto t0 = std::chrono::steady_clock::now();
+  const md::RgbImage img = md::load_image_file(a.image);
+  const double decode_image_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  md::EncodedImage enc = model->encode_image(img);
+  enc.timings.decode_image_s = decode_image_s;
+
+  md::Timings total = enc.timings;
+  nlohmann::json out;
+  if (a.task == "caption" || a.task == "query") {
+    md::TextOptions opts;
+    opts.max_tokens = a.max_tokens;
+    opts.sampling.temperature = a.temperature;
+    opts.sampling.top_p = a.top_p;
+    opts.sampling.seed = a.seed >= 0 ? uint64_t(a.seed) : std::random_device{}();
+    if (!a.json) {
+      opts.on_chunk = [](const std::string& chunk) {
+        std::fwrite(chunk.data(), 1, chunk.size(), stdout);
+        std::fflush(stdout);
+        return true;
+      };
+    }
+    const md::TextResult r = a.task == "caption" ? model->caption(enc, length, opts)
+                                                 : model->query(enc, a.question, opts);
+    total.prefill_s += r.timings.prefill_s;
+    total.decode_s = r.timings.decode_s;
+    total.decode_tokens = r.timings.decode_tokens;
+    if (!a.json) {
+      std::fputc('\n', stdout);
+      return 0;
+    }
+    out[a.task == "caption" ? "caption" : "answer"] = r.text;
+    out["tokens"] = r.tokens;
+    out["finish_reason"] = r.finish_reason;
+  } else {
+    const md::RegionResult r = a.task == "detect" ? model->detect(enc, a.object, a.max_objects)
+                                                  : model->point(enc, a.object, a.max_objects);
+    total.prefill_s += r.timings.prefill_s;
+    total.decode_s = r.timings.decode_s;
+    total.decode_tokens = r.timings.decode_tokens;
+    if (a.task == "detect") {
+      nlohmann::json objs = nlohmann::json::array();
+      for (const auto& o : r.objects)
+        objs.push_back({{"x_min", o.x_min}, {"y_min", o.y_min}, {"x_max", o.x_max}, {"y_max", o.y_max}});
+      out["objects"] = objs;
+    } else {
+      nlohmann::json pts = nlohmann::json::array();
+      for (const auto& p : r.points) pts.push_back({{"x", p.x}, {"y", p.y}});
+      out["points"] = pts;
+    }
+    out["tokens"] = nlohmann::json::array();
+    if (!a.json) {
+      std::cout << out[a.task == "detect" ? "objects" : "points"].dump() << "\n";
+      return 0;
+    }
+  }
+  out["timings"] = timings_json(total);
+  std::cout << out.dump() << "\n";
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Moondream2 on the CPU: caption, query, detect or point on one image"};
+  app.require_subcommand(1, 1);
+  Args a;
+  for (const char* task : {"caption", "query", "detect", "point"}) {
+    CLI::App* sub = app.add_subcommand(task, std::string(task) + " the image");
+    sub->add_option("--model", a.model, "Model directory (config.json, model.safetensors, tokenizer.json)")->required();
+    sub->add_option("--image", a.image, "Image file (JPEG, PNG or WebP)")->required();
+    sub->add_option("--threads", a.threads, "Threads (default: all cores)");
+    sub->add_flag("--json", a.json, "Print one JSON object instead of streaming text");
+    const std::string t = task;
+    if (t == "caption") sub->add_option("--length", a.length, "short, normal or long");
+    if (t == "query") sub->add_option("--question", a.question, "The question")->required();
+    if (t == "detect" || t == "point") {
+      sub->add_option("--object", a.object, "What to find")->required();
+      sub->add_option("--max-objects", a.max_objects, "At most this many results (default 50)");
+    }
+    if (t == "caption" || t == "query") {
+      sub->add_option("--max-tokens", a.max_tokens, "At most this many tokens (default 768)");
+      sub->add_option("--temperature", a.temperature, "0 = greedy (default 0.5)");
+      sub->add_option("--top-p", a.top_p, "Nucleus mass (default 0.3)");
+      sub->add_option("--seed", a.seed, "Sampling seed (default: random)");
+    }
+    sub->callback([&a, t] { a.task = t; });
+  }
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0) return app.exit(e);
+    std::fprintf(stderr, "moondream: %s\n", e.what());
+    return 2;
+  }
+  try {
+    return run(a);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "moondream: error: %s\n", e.what());
+    return 1;
+  }
+}
