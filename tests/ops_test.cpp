@@ -189,8 +189,9 @@ TEST(CropMerge, KeepsInteriorOfEachTileAndOuterMargins) {
     const std::vector<float> pooled = merge_local_features(cfg, local.data(), t);
     ASSERT_EQ(pooled.size(), pooled_expected.size());
     for (size_t k = 0; k < pooled.size(); ++k) EXPECT_FLOAT_EQ(pooled[k], pooled_expected[k]);
-    if (t.rows == 1 && t.cols == 1)
+    if (t.rows == 1 && t.cols == 1) {
       for (size_t k = 0; k < pooled.size(); ++k) EXPECT_EQ(pooled[k], local[k]);  // 1×1: identity
+    }
   }
 }
 
