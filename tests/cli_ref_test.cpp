@@ -1,0 +1,116 @@
+// The `moondream` command-line tool end to end on the tiny model: --json
+// output carries the reference's greedy tokens for every test image, text
+// mode streams, and bad input exits non-zero with one line on stderr.
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include "testdata.h"
+
+namespace md {
+namespace {
+
+using testdata::run_command;
+using testdata::shell_quote;
+
+std::string cli() { return std::string(MOONDREAM_BINARY_DIR) + "/moondream"; }
+std::string model() { return testdata::tiny_model().string(); }
+
+TEST(Cli, CaptionJsonTokensMatchTheReferenceOnEveryImage) {
+  for (const auto& c : testdata::cases()) {
+    const auto meta = testdata::read_json(c.expected / "meta.json");
+    const auto r = run_command(cli() + " caption --model " + shell_quote(model()) + " --image " +
+                               shell_quote(c.image.string()) + " --temperature 0 --json --max-tokens " +
+                               std::to_string(meta["max_tokens"].get<int>()));
+    ASSERT_EQ(r.status, 0) << c.name;
+    const auto j = nlohmann::json::parse(r.out);
+    EXPECT_EQ(j["tokens"].get<std::vector<int>>(), meta["caption_normal"].get<std::vector<int>>()) << c.name;
+    EXPECT_TRUE(j["caption"].is_string());
+    for (const char* k : {"decode_image_s", "vision_s", "prefill_s", "decode_s", "decode_tokens_per_s"})
+      EXPECT_TRUE(j["timings"][k].is_number()) << k;
+    EXPECT_EQ(r.out.find('\n'), r.out.size() - 1) << "one line of JSON";
+  }
+}
+
+TEST(Cli, QueryDetectPointJson) {
+  const auto c = testdata::cases().front();
+  const auto meta = testdata::read_json(c.expected / "meta.json");
+  const std::string base = " --model " + shell_quote(model()) + " --image " + shell_quote(c.image.string());
+  auto q = run_command(cli() + " query" + base + " --question " +
+                       shell_quote(meta["query_question"].get<std::string>()) + " --temperature 0 --json --max-tokens " +
+                       std::to_string(meta["max_tokens"].get<int>()));
+  ASSERT_EQ(q.status, 0);
+  auto jq = nlohmann::json::parse(q.out);
+  EXPECT_EQ(jq["tokens"].get<std::vector<int>>(), meta["query"].get<std::vector<int>>());
+  EXPECT_TRUE(jq["answer"].is_string());
+
+  auto d = run_command(cli() + " detect" + base + " --object cat --json");
+  ASSERT_EQ(d.status, 0);
+  auto jd = nlohmann::json::parse(d.out);
+  ASSERT_EQ(jd["objects"].size(), meta["detect"].size());
+  for (size_t i = 0; i < jd["objects"].size(); ++i)
+    EXPECT_NEAR(jd["objects"][i]["x_min"].get<double>(), meta["detect"][i]["x_min"].get<double>(), 1e-6);
+
+  auto p = run_command(cli() + " point" + base + " --object dog --json --max-objects 2");
+  ASSERT_EQ(p.status, 0);
+  auto jp = nlohmann::json::parse(p.out);
+  EXPECT_LE(jp["points"].size(), 2u);
+  for (size_t i = 0; i < jp["points"].size(); ++i)
+    EXPECT_NEAR(jp["points"][i]["x"].get<double>(), meta["point"][i]["x"].get<double>(), 1e-6);
+}
+
+TEST(Cli, TextModeStreamsTheSameCaption) {
+  const auto c = testdata::cases().front();
+  const std::string base = " --model " + shell_quote(model()) + " --image " + shell_quote(c.image.string()) +
+                           " --temperature 0 --max-tokens 24";
+  const auto j = run_command(cli() + " caption" + base + " --json");
+  const auto t = run_command(cli() + " caption" + base);
+  ASSERT_EQ(j.status, 0);
+  ASSERT_EQ(t.status, 0);
+  EXPECT_EQ(t.out, nlohmann::json::parse(j.out)["caption"].get<std::string>() + "\n");
+}
+
+TEST(Cli, SeedMakesSamplingReproducible) {
+  const auto c = testdata::cases().front();
+  const std::string cmd = cli() + " caption --model " + shell_quote(model()) + " --image " +
+                          shell_quote(c.image.string()) + " --temperature 1 --top-p 0.9 --json --max-tokens 20";
+  const auto a = run_command(cmd + " --seed 5"), b = run_command(cmd + " --seed 5"), d = run_command(cmd + " --seed 6");
+  ASSERT_EQ(a.status, 0);
+  const auto ta = nlohmann::json::parse(a.out)["tokens"], tb = nlohmann::json::parse(b.out)["tokens"];
+  EXPECT_EQ(ta, tb);
+  EXPECT_NE(ta, nlohmann::json::parse(d.out)["tokens"]);
+}
+
+TEST(Cli, BadInputExitsNonZeroWithOneLineError) {
+  const std::string tmp = testing::TempDir();
+  const std::string text_file = tmp + "/not_an_image.png";
+  std::ofstream(text_file) << "hello, I am text";
+  const auto c = testdata::cases().front();
+  const std::string img = shell_quote(c.image.string());
+  const std::string m = shell_quote(model());
+  const std::pair<std::string, std::string> cases[] = {
+      {"caption --model /nonexistent/model --image " + img, "nonexistent"},
+      {"caption --model " + m + " --image /nonexistent.png", "nonexistent.png"},
+      {"caption --model " + m + " --image " + shell_quote(text_file), "image"},
+      {"caption --model " + m + " --image " + img + " --length huge", "length"},
+      {"caption --model " + m + " --image " + img + " --top-p 0", "top-p"},
+      {"caption --model " + m + " --image " + img + " --max-tokens 0", "max-tokens"},
+      {"query --model " + m + " --image " + img, "question"},
+      {"detect --model " + m + " --image " + img, "object"},
+      {"frobnicate --model " + m, ""},
+      {"caption --model " + m + " --image " + img + " --max-tokens abc", "max-tokens"},
+  };
+  for (const auto& [args, needle] : cases) {
+    const auto r = run_command(cli() + " " + args + " 2>" + tmp + "/err.txt");
+    EXPECT_NE(r.status, 0) << args;
+    EXPECT_TRUE(r.out.empty()) << args;
+    std::ifstream f(tmp + "/err.txt");
+    std::string err((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    EXPECT_FALSE(err.empty()) << args;
+    EXPECT_LE(std::count(err.begin(), err.end(), '\n'), 1) << args << ": " << err;
+    EXPECT_NE(err.find(needle), std::string::npos) << args << ": " << err;
+  }
+}
+
+}  // namespace
+}  // namespace md
