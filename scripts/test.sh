@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian bookworm machine:
+#   1. install the Debian (and test-only npm) packages;
+#   2. optimised build with warnings as errors, every test;
+#   3. AddressSanitizer + UBSan build, every test again.
+# Usage: scripts/test.sh [--no-install] [--no-sanitize]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+install=1
+sanitize=1
+for arg in "$@"; do
+  case "$arg" in
+    --no-install) install=0 ;;
+    --no-sanitize) sanitize=0 ;;
+    *) echo "unknown option $arg" >&2; exit 2 ;;
+  esac
+done
+[ "$install" = 1 ] && bash scripts/install-deps.sh
+jobs=$(nproc)
+
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOONDREAM_WERROR=ON
+cmake --build build -j "$jobs"
+ctest --test-dir build --output-on-failure -j "$jobs"
+
+if [ "$sanitize" = 1 ]; then
+  cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOONDREAM_WERROR=ON -DMOONDREAM_SANITIZE=ON
+  cmake --build build-asan -j "$jobs"
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    ctest --test-dir build-asan --output-on-failure -j "$jobs"
+fi
