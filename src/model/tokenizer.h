@@ -25,6 +25,8 @@ class Tokenizer {
   std::string decode(std::span<const int32_t> ids) const;
   // Raw bytes of one token; empty for an unknown id.
   std::string token_bytes(int32_t id) const;
+  // Id of the token whose decoded text is exactly `token` (an added token's
+  // content, or a vocabulary entry given as raw text, e.g. " the").
   std::optional<int32_t> token_id(std::string_view token) const;
   int vocab_size() const;  // highest id + 1
 
@@ -47,7 +49,13 @@ class TextStreamer {
  private:
   const Tokenizer* tok_;
   std::vector<int32_t> tokens_;
+  std::string text_;  // decode(tokens_), grown one token at a time
   size_t emitted_bytes_ = 0;
 };
+
+namespace detail {
+// The GPT-2 pre-tokenizer regex split (exposed for tests).
+std::vector<std::string_view> gpt2_pre_tokenize(std::string_view text);
+}  // namespace detail
 
 }  // namespace md
