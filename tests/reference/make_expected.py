@@ -24,6 +24,7 @@ import time
 import numpy as np
 import torch
 
+sys.dont_write_bytecode = True  # keep the source tree clean
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import moondream_ref as R  # noqa: E402
 
