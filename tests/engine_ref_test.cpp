@@ -19,14 +19,18 @@ namespace {
 
 // Tolerances (absolute). The reference runs the same fp32 math in PyTorch; the
 // differences come from summation order in GEMMs and transcendental functions.
-constexpr float kFeatureTol = 2e-4f;    // vision encoder output (post-LN, O(1) values)
-constexpr float kEmbeddingTol = 2e-4f;  // projected image embeddings
-constexpr float kLogitTol = 2e-3f;      // logits (O(1..10) values), prefill and decode
-// Crops: libvips (what the official code and this engine use) against PIL
-// (what the reference uses): both Lanczos-3 with antialiasing, but vips
-// shrinks large factors with a box pre-filter and fixed-point weights.
-constexpr double kCropMeanTol = 1.5;  // mean |Δ| in 0..255 levels
-constexpr int kCropMaxTol = 48;       // worst single channel value (sharp edges, big shrinks)
+// Measured on the tiny model: features ≈ 2e-6, embeddings ≈ 2e-6, logits ≈ 6e-5.
+constexpr float kFeatureTol = 2e-5f;    // vision encoder output (post-LN, O(1) values)
+constexpr float kEmbeddingTol = 2e-5f;  // projected image embeddings
+constexpr float kLogitTol = 5e-4f;      // logits (|logit| up to ~20), prefill and decode
+// Crops: libvips `resize` (what the official code and this engine use)
+// against PIL LANCZOS (what the independent reference uses). When a crop only
+// shrinks the image the two agree to a few levels (measured: max 6, mean 0.3).
+// When it enlarges an axis they place output samples half a pixel apart, so
+// sharp edges differ a lot (measured: max 83, mean 3.1); the later stages all
+// start from the engine's own crops, so this is the only stage that sees it.
+constexpr double kShrinkMeanTol = 0.75, kEnlargeMeanTol = 4.0;  // mean |Δ| in 0..255 levels
+constexpr int kShrinkMaxTol = 10, kEnlargeMaxTol = 100;         // worst channel value
 
 struct Shared {
   std::unique_ptr<Moondream> model;
@@ -72,18 +76,28 @@ TEST(EngineVsReference, CropsMatchPilWithinResamplingTolerance) {
     EXPECT_EQ(crops.tiling.cols, meta["tiling"][1].get<int>()) << c.name;
     const auto pil = testdata::read_raw<uint8_t>(c.expected / "crops_pil.u8");
     ASSERT_EQ(pil.size(), crops.pixels.size()) << c.name;
-    double sum = 0;
-    int worst = 0;
-    for (size_t i = 0; i < pil.size(); ++i) {
-      const int d = std::abs(int(pil[i]) - int(crops.pixels[i]));
-      sum += d;
-      worst = std::max(worst, d);
+    const auto& src = meta["cpp_crops_meta"];
+    const int W = src["width"].get<int>(), H = src["height"].get<int>();
+    const size_t per_crop = size_t(crops.crop_size) * crops.crop_size * 3;
+    for (int k = 0; k < crops.count; ++k) {
+      // Crop 0 is the whole image at crop_size²; local crops come from the
+      // image resized to (rows·266 + 112) × (cols·266 + 112).
+      const int tw = k == 0 ? crops.crop_size : crops.tiling.cols * 266 + 112;
+      const int th = k == 0 ? crops.crop_size : crops.tiling.rows * 266 + 112;
+      const bool enlarges = tw > W || th > H;
+      double sum = 0;
+      int worst = 0;
+      for (size_t i = k * per_crop; i < (k + 1) * per_crop; ++i) {
+        const int d = std::abs(int(pil[i]) - int(crops.pixels[i]));
+        sum += d;
+        worst = std::max(worst, d);
+      }
+      const double mean = sum / double(per_crop);
+      std::printf("  crop %-18s #%-2d %s  mean|d| %.3f  max|d| %d\n", c.name.c_str(), k,
+                  enlarges ? "enlarged" : "shrunk  ", mean, worst);
+      EXPECT_LE(mean, enlarges ? kEnlargeMeanTol : kShrinkMeanTol) << c.name << " crop " << k;
+      EXPECT_LE(worst, enlarges ? kEnlargeMaxTol : kShrinkMaxTol) << c.name << " crop " << k;
     }
-    const double mean = sum / double(pil.size());
-    std::printf("  crops %-18s tiling %dx%d  mean|d| %.3f  max|d| %d\n", c.name.c_str(),
-                crops.tiling.rows, crops.tiling.cols, mean, worst);
-    EXPECT_LE(mean, kCropMeanTol) << c.name;
-    EXPECT_LE(worst, kCropMaxTol) << c.name;
   }
 }
 

@@ -113,7 +113,9 @@ int run(const Args& a) {
     }
   }
   out["timings"] = timings_json(total);
-  std::cout << out.dump() << "\n";
+  // Random or truncated generations may end mid-character: replace invalid
+  // UTF-8 rather than fail.
+  std::cout << out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   return 0;
 }
 

@@ -26,7 +26,9 @@ class Pool {
   void resize(int n) {
     stop();
     stopping_ = false;
-    for (int i = 1; i < n; ++i) workers_.emplace_back([this, i] { worker(i); });
+    // New workers must not mistake the last finished job for a new one.
+    const uint64_t current = generation_;
+    for (int i = 1; i < n; ++i) workers_.emplace_back([this, i, current] { worker(i, current); });
   }
 
   void run(size_t n, const std::function<void(size_t, size_t)>& fn) {
@@ -54,8 +56,7 @@ class Pool {
   }
 
  private:
-  void worker(int index) {
-    uint64_t seen = 0;
+  void worker(int index, uint64_t seen) {
     for (;;) {
       const std::function<void(size_t, size_t)>* job;
       size_t n, parts;
