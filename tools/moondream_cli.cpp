@@ -12,6 +12,7 @@
 
 #include "model/image.h"
 #include "model/moondream.h"
+#include "server/hub.h"
 #include "tensor/error.h"
 
 namespace {
@@ -19,6 +20,7 @@ namespace {
 struct Args {
   std::string task;
   std::string model;
+  std::string revision = "main";
   std::string image;
   std::string length = "normal";
   std::string question;
@@ -54,7 +56,9 @@ int run(const Args& a) {
 
   md::LoadOptions lo;
   lo.threads = a.threads;
-  auto model = md::Moondream::load(a.model, lo);
+  // A directory is used as is; a hub repo id ("vikhyatk/moondream2") is
+  // found in, or downloaded to, the Hugging Face cache.
+  auto model = md::Moondream::load(md::resolve_model(a.model, a.revision), lo);
 
   auto t0 = std::chrono::steady_clock::now();
   const md::RgbImage img = md::load_image_file(a.image);
@@ -127,7 +131,10 @@ int main(int argc, char** argv) {
   Args a;
   for (const char* task : {"caption", "query", "detect", "point"}) {
     CLI::App* sub = app.add_subcommand(task, std::string(task) + " the image");
-    sub->add_option("--model", a.model, "Model directory (config.json, model.safetensors, tokenizer.json)")->required();
+    sub->add_option("--model", a.model,
+                    "Model directory (config.json, model.safetensors, tokenizer.json) or hub repo id")
+        ->required();
+    sub->add_option("--revision", a.revision, "Hub revision when --model is a repo id (default main)");
     sub->add_option("--image", a.image, "Image file (JPEG, PNG or WebP)")->required();
     sub->add_option("--threads", a.threads, "Threads (default: all cores)");
     sub->add_flag("--json", a.json, "Print one JSON object instead of streaming text");
