@@ -13,7 +13,7 @@ $SUDO apt-get install -y -qq --no-install-recommends \
   libvips-dev libwebp-dev libicu-dev \
   nlohmann-json3-dev libspdlog-dev libcli11-dev libcpp-httplib-dev libxxhash-dev \
   libcurl4-openssl-dev libssl-dev \
-  libopenblas-dev libdnnl-dev libhwy-dev \
+  libdnnl-dev libhwy-dev \
   libgtest-dev libgmock-dev libbenchmark-dev \
   python3 python3-torch python3-numpy python3-pil >/dev/null
 # Node.js + npm: keep the machine's own if it has one (a repackaged nodejs

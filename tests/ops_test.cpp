@@ -222,7 +222,7 @@ TEST(LayerNormGelu, MatchDefinitions) {
 TEST(Linear, MatchesNaiveForOneAndManyRows) {
   const int in = 33, out = 17;
   auto W = random_vec(size_t(in) * out, 11), B = random_vec(out, 12);
-  Linear l{in, out, W.data(), B.data()};
+  const Linear l = make_linear(in, out, W.data(), B.data());
   for (int m : {1, 4}) {
     auto x = random_vec(size_t(m) * in, 13 + m);
     std::vector<float> y(size_t(m) * out);

@@ -31,6 +31,7 @@ struct Args {
   float top_p = 0.3f;
   long long seed = -1;
   int threads = 0;
+  std::string quantization = "none";
   bool json = false;
 };
 
@@ -56,6 +57,8 @@ int run(const Args& a) {
 
   md::LoadOptions lo;
   lo.threads = a.threads;
+  if (!md::parse_quantization(a.quantization, &lo.quantization))
+    throw md::Error("--quantization must be none, int8 or q4");
   // A directory is used as is; a hub repo id ("vikhyatk/moondream2") is
   // found in, or downloaded to, the Hugging Face cache.
   auto model = md::Moondream::load(md::resolve_model(a.model, a.revision), lo);
@@ -137,6 +140,8 @@ int main(int argc, char** argv) {
     sub->add_option("--revision", a.revision, "Hub revision when --model is a repo id (default main)");
     sub->add_option("--image", a.image, "Image file (JPEG, PNG or WebP)")->required();
     sub->add_option("--threads", a.threads, "Threads (default: all cores)");
+    sub->add_option("--quantization", a.quantization,
+                    "Text-model weights: none (as stored), int8 or q4 (quantised at load)");
     sub->add_flag("--json", a.json, "Print one JSON object instead of streaming text");
     const std::string t = task;
     if (t == "caption") sub->add_option("--length", a.length, "short, normal or long");

@@ -39,7 +39,7 @@ std::unique_ptr<Moondream> Moondream::load(const std::string& model_dir, const L
   std::unique_ptr<Moondream> m(new Moondream());
   m->cfg_ = load_model_config(model_dir);
   m->tokenizer_ = Tokenizer::load((std::filesystem::path(model_dir) / "tokenizer.json").string());
-  m->weights_ = load_weights(model_dir, m->cfg_);
+  m->weights_ = load_weights(model_dir, m->cfg_, opts.quantization);
   m->text_ = std::make_unique<TextModel>(*m->weights_, m->cfg_.text);
   m->region_ = std::make_unique<RegionModel>(*m->weights_, m->cfg_.region);
   return m;

@@ -70,6 +70,7 @@ struct RegionResult {
 
 struct LoadOptions {
   int threads = 0;  // 0 = all cores
+  Quantization quantization = Quantization::None;
 };
 
 class Moondream {

@@ -65,8 +65,10 @@ void TextModel::embed(const int* ids, int n, float* out) const {
   for (int i = 0; i < n; ++i) {
     if (ids[i] < 0 || ids[i] >= cfg_.vocab_size)
       throw Error("token id " + std::to_string(ids[i]) + " is outside the vocabulary");
-    std::memcpy(out + size_t(i) * cfg_.dim, w_.wte + size_t(ids[i]) * cfg_.dim,
-                sizeof(float) * cfg_.dim);
+    const TensorView& wte = *w_.wte;
+    const size_t row_bytes = wte.nbytes / size_t(cfg_.vocab_size);
+    convert_to_f32(wte.dtype, wte.data + size_t(ids[i]) * row_bytes, out + size_t(i) * cfg_.dim,
+                   size_t(cfg_.dim));
   }
 }
 

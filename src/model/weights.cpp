@@ -8,14 +8,26 @@
 namespace md {
 namespace {
 
+WeightFormat format_of(DType t) {
+  switch (t) {
+    case DType::BF16: return WeightFormat::BF16;
+    case DType::F16: return WeightFormat::F16;
+    default: return WeightFormat::F32;
+  }
+}
+
+// Group size of the quantised formats along the input dimension.
+constexpr int kQuantGroup = 32;
+
 class Loader {
  public:
-  Loader(ModelWeights& w) : w_(w) {}
+  Loader(ModelWeights& w, Quantization q) : w_(w), q_(q) {}
 
+  // Small tensors: fp32 (a view when stored F32 and aligned, else widened).
   const float* tensor(const std::string& name, const std::vector<int64_t>& shape) {
     const TensorView& t = w_.store->get(name, shape);
     const size_t n = t.numel();
-    w_.bytes_in_use += n * sizeof(float);
+    w_.weight_bytes += n * sizeof(float);
     const bool aligned = reinterpret_cast<uintptr_t>(t.data) % alignof(float) == 0;
     if (t.dtype == DType::F32 && aligned) return reinterpret_cast<const float*>(t.data);
     std::vector<float> buf(n);
@@ -24,11 +36,27 @@ class Loader {
     return w_.owned.back().data();
   }
 
-  Linear linear(const std::string& name, int in, int out) {
+  // Matrices: the stored bytes in place, or quantised (`quantize` false
+  // keeps a matrix as stored). Quantised views point into the heap buffers of
+  // `quantized`, which stay put when the vector grows.
+  Linear linear(const std::string& name, int in, int out, bool quantize = true) {
     Linear l;
     l.in = in;
     l.out = out;
-    l.w = tensor(name + ".weight", {out, in});
+    const TensorView& t = w_.store->get(name + ".weight", {out, in});
+    if (q_ != Quantization::None && quantize && in % kQuantGroup == 0) {
+      w_.quantized.push_back(md::quantize(t.data, format_of(t.dtype), out, in,
+                                          q_ == Quantization::Int8 ? WeightFormat::Q8 : WeightFormat::Q4,
+                                          kQuantGroup));
+      l.w = w_.quantized.back().view();
+      w_.weight_bytes += weight_bytes(l.w);
+    } else {
+      l.w.format = format_of(t.dtype);
+      l.w.rows = out;
+      l.w.cols = in;
+      l.w.data = t.data;
+      w_.weight_bytes += t.nbytes;
+    }
     l.b = tensor(name + ".bias", {out});
     return l;
   }
@@ -43,39 +71,52 @@ class Loader {
 
  private:
   ModelWeights& w_;
+  Quantization q_;
 };
 
 }  // namespace
 
-std::unique_ptr<ModelWeights> load_weights(const std::string& model_dir, const ModelConfig& cfg) {
+bool parse_quantization(const std::string& s, Quantization* out) {
+  if (s == "none") *out = Quantization::None;
+  else if (s == "int8") *out = Quantization::Int8;
+  else if (s == "q4") *out = Quantization::Q4;
+  else return false;
+  return true;
+}
+
+std::unique_ptr<ModelWeights> load_weights(const std::string& model_dir, const ModelConfig& cfg,
+                                           Quantization quantization) {
   auto w = std::make_unique<ModelWeights>();
   w->store = std::make_shared<WeightStore>(WeightStore::open(model_dir));
-  Loader L(*w);
+  Loader L(*w, quantization);
 
   const VisionConfig& v = cfg.vision;
   const int grid = v.crop_size / v.enc_patch_size;
   const int patch_dim = v.enc_patch_size * v.enc_patch_size * v.in_channels;
-  w->patch_emb = L.linear("vision.patch_emb", patch_dim, v.enc_dim);
+  // The vision tower runs as GEMMs over many rows, compute-bound, so its
+  // weights stay as stored; quantisation pays where decode streams weights.
+  w->patch_emb = L.linear("vision.patch_emb", patch_dim, v.enc_dim, false);
   w->pos_emb = L.tensor("vision.pos_emb", {1, grid * grid, v.enc_dim});
   for (int i = 0; i < v.enc_n_layers; ++i) {
     const std::string p = "vision.blocks." + std::to_string(i);
     VisionBlock b;
     b.ln1 = L.norm(p + ".ln1", v.enc_dim);
     b.ln2 = L.norm(p + ".ln2", v.enc_dim);
-    b.qkv = L.linear(p + ".attn.qkv", v.enc_dim, 3 * v.enc_dim);
-    b.proj = L.linear(p + ".attn.proj", v.enc_dim, v.enc_dim);
-    b.fc1 = L.linear(p + ".mlp.fc1", v.enc_dim, v.enc_ff_dim);
-    b.fc2 = L.linear(p + ".mlp.fc2", v.enc_ff_dim, v.enc_dim);
+    b.qkv = L.linear(p + ".attn.qkv", v.enc_dim, 3 * v.enc_dim, false);
+    b.proj = L.linear(p + ".attn.proj", v.enc_dim, v.enc_dim, false);
+    b.fc1 = L.linear(p + ".mlp.fc1", v.enc_dim, v.enc_ff_dim, false);
+    b.fc2 = L.linear(p + ".mlp.fc2", v.enc_ff_dim, v.enc_dim, false);
     w->vision_blocks.push_back(b);
   }
   w->vision_post_ln = L.norm("vision.post_ln", v.enc_dim);
-  w->proj_fc1 = L.linear("vision.proj_mlp.fc1", 2 * v.enc_dim, v.proj_inner_dim);
-  w->proj_fc2 = L.linear("vision.proj_mlp.fc2", v.proj_inner_dim, v.proj_out_dim);
+  w->proj_fc1 = L.linear("vision.proj_mlp.fc1", 2 * v.enc_dim, v.proj_inner_dim, false);
+  w->proj_fc2 = L.linear("vision.proj_mlp.fc2", v.proj_inner_dim, v.proj_out_dim, false);
 
   const TextConfig& t = cfg.text;
   const int head_dim = t.dim / t.n_heads;
   const int qkv_out = (t.n_heads + 2 * t.n_kv_heads) * head_dim;
-  w->wte = L.tensor("text.wte", {t.vocab_size, t.dim});
+  w->wte = &w->store->get("text.wte", {t.vocab_size, t.dim});
+  w->weight_bytes += w->wte->nbytes;
   for (int i = 0; i < t.n_layers; ++i) {
     const std::string p = "text.blocks." + std::to_string(i);
     TextBlock b;
@@ -91,13 +132,13 @@ std::unique_ptr<ModelWeights> load_weights(const std::string& model_dir, const M
 
   const RegionConfig& r = cfg.region;
   w->coord_features = L.tensor("region.coord_features", {1, r.coord_feat_dim / 2});
-  w->coord_encoder = L.linear("region.coord_encoder", r.coord_feat_dim, r.dim);
-  w->coord_fc1 = L.linear("region.coord_decoder.fc1", r.dim, r.inner_dim);
-  w->coord_fc2 = L.linear("region.coord_decoder.fc2", r.inner_dim, r.coord_out_dim);
+  w->coord_encoder = L.linear("region.coord_encoder", r.coord_feat_dim, r.dim, false);
+  w->coord_fc1 = L.linear("region.coord_decoder.fc1", r.dim, r.inner_dim, false);
+  w->coord_fc2 = L.linear("region.coord_decoder.fc2", r.inner_dim, r.coord_out_dim, false);
   w->size_features = L.tensor("region.size_features", {2, r.size_feat_dim / 2});
-  w->size_encoder = L.linear("region.size_encoder", r.size_feat_dim, r.dim);
-  w->size_fc1 = L.linear("region.size_decoder.fc1", r.dim, r.inner_dim);
-  w->size_fc2 = L.linear("region.size_decoder.fc2", r.inner_dim, r.size_out_dim);
+  w->size_encoder = L.linear("region.size_encoder", r.size_feat_dim, r.dim, false);
+  w->size_fc1 = L.linear("region.size_decoder.fc1", r.dim, r.inner_dim, false);
+  w->size_fc2 = L.linear("region.size_decoder.fc2", r.inner_dim, r.size_out_dim, false);
   return w;
 }
 

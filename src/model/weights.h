@@ -1,12 +1,15 @@
 #pragma once
-// The model's parameters as fp32 arrays ready for the kernels. F32 tensors are
-// used in place from the memory map; BF16/F16 tensors are widened once at load.
+// The model's parameters ready for the kernels. Matrix weights are used in
+// place from the memory map in their stored dtype (no copy at load), or
+// quantised once to int8 / 4-bit when asked; small vectors (biases, norms,
+// position embeddings) are widened to fp32.
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "model/config.h"
 #include "tensor/ops.h"
+#include "tensor/quant.h"
 #include "tensor/safetensors.h"
 
 namespace md {
@@ -29,7 +32,7 @@ struct ModelWeights {
   LayerNormWeights vision_post_ln;
   Linear proj_fc1, proj_fc2;
   // text
-  const float* wte = nullptr;  // [vocab, dim]
+  const TensorView* wte = nullptr;  // [vocab, dim] as stored; rows widened on lookup
   std::vector<TextBlock> text_blocks;
   LayerNormWeights text_post_ln;
   Linear lm_head;
@@ -42,10 +45,17 @@ struct ModelWeights {
   // Keeps the weight files mapped and owns widened copies.
   std::shared_ptr<WeightStore> store;
   std::vector<std::vector<float>> owned;
-  size_t bytes_in_use = 0;  // fp32 bytes the kernels read
+  std::vector<QuantizedWeights> quantized;
+  size_t weight_bytes = 0;  // bytes of all weights as the kernels read them
 };
 
+// Precision of the large matrices: as stored (BF16/F16/F32), or quantised at
+// load with group-wise scales.
+enum class Quantization { None, Int8, Q4 };
+bool parse_quantization(const std::string& s, Quantization* out);  // "none", "int8", "q4"
+
 // Loads and checks every tensor of contract section 3 against the config's shapes.
-std::unique_ptr<ModelWeights> load_weights(const std::string& model_dir, const ModelConfig& cfg);
+std::unique_ptr<ModelWeights> load_weights(const std::string& model_dir, const ModelConfig& cfg,
+                                           Quantization quantization = Quantization::None);
 
 }  // namespace md

@@ -1,28 +1,104 @@
 #include "tensor/ops.h"
 
-#include <cblas.h>
+#include <oneapi/dnnl/dnnl.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
+#include "tensor/dtype.h"
+#include "tensor/error.h"
 #include "tensor/parallel.h"
+#include "tensor/quant.h"
 
 namespace md {
+namespace {
+
+// Row-major C[M,N] = alpha·A[M,K]·B (B given as [N,K] when trans_b) + beta·C.
+// Called from inside parallel regions, where oneDNN runs single-threaded.
+void sgemm(bool trans_b, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
+           int ldb, float beta, float* C, int ldc) {
+  if (dnnl_sgemm('N', trans_b ? 'T' : 'N', M, N, K, alpha, A, lda, B, ldb, beta, C, ldc) != dnnl_success)
+    throw Error("oneDNN sgemm failed");
+}
+
+// Rows handled by the GEMV kernels instead of a GEMM.
+constexpr int kMaxGemvRows = 16;
+// Output columns per GEMM block: one widened weight block per thread (256 ×
+// in floats), large enough for an efficient single-threaded SGEMM.
+constexpr int kGemmBlock = 256;
+
+bool is_f32_aligned(const WeightMatrix& w) {
+  return w.format == WeightFormat::F32 && reinterpret_cast<uintptr_t>(w.data) % alignof(float) == 0;
+}
+
+// Widens rows [r0, r0+n) of W to fp32.
+void widen_rows(const WeightMatrix& w, int r0, int n, float* out) {
+  const size_t cols = size_t(w.cols);
+  switch (w.format) {
+    case WeightFormat::F32:
+      convert_to_f32(DType::F32, static_cast<const float*>(w.data) + r0 * cols, out, n * cols);
+      break;
+    case WeightFormat::BF16:
+      convert_to_f32(DType::BF16, static_cast<const uint16_t*>(w.data) + r0 * cols, out, n * cols);
+      break;
+    case WeightFormat::F16:
+      convert_to_f32(DType::F16, static_cast<const uint16_t*>(w.data) + r0 * cols, out, n * cols);
+      break;
+    default:
+      for (int r = 0; r < n; ++r) dequantize_row(w, r0 + r, out + r * cols);
+  }
+}
+
+}  // namespace
+
+Linear make_linear(int in, int out, const float* w, const float* b) {
+  Linear l;
+  l.in = in;
+  l.out = out;
+  l.w.format = WeightFormat::F32;
+  l.w.rows = out;
+  l.w.cols = in;
+  l.w.data = w;
+  l.b = b;
+  return l;
+}
 
 void linear(const Linear& l, const float* x, int m, float* y) {
-  if (m == 1) {
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, l.out, l.in, 1.0f, l.w, l.in, x, 1, 0.0f, y, 1);
+  const WeightMatrix& w = l.w;
+  if (m <= kMaxGemvRows) {
+    const int chunks = (l.out + 63) / 64;
+    parallel_for(size_t(chunks), [&](size_t b, size_t e) {
+      gemm_rows(w, x, m, y, l.out, int(b) * 64, std::min(l.out, int(e) * 64));
+    });
   } else {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, l.out, l.in, 1.0f, x, l.in, l.w, l.in,
-                0.0f, y, l.out);
+    const int blocks = (l.out + kGemmBlock - 1) / kGemmBlock;
+    const bool direct = is_f32_aligned(w);
+    parallel_for(size_t(blocks), [&](size_t b, size_t e) {
+      std::vector<float> scratch;
+      for (size_t blk = b; blk < e; ++blk) {
+        const int r0 = int(blk) * kGemmBlock, n = std::min(kGemmBlock, l.out - r0);
+        const float* wb;
+        if (direct) {
+          wb = static_cast<const float*>(w.data) + size_t(r0) * l.in;
+        } else {
+          scratch.resize(size_t(n) * l.in);
+          widen_rows(w, r0, n, scratch.data());
+          wb = scratch.data();
+        }
+        sgemm(true, m, n, l.in, 1.0f, x, l.in, wb, l.in, 0.0f, y + r0, l.out);
+      }
+    });
   }
   if (l.b) {
-    for (int r = 0; r < m; ++r) {
-      float* row = y + size_t(r) * l.out;
-      for (int c = 0; c < l.out; ++c) row[c] += l.b[c];
-    }
+    parallel_for(size_t(m), [&](size_t b, size_t e) {
+      for (size_t r = b; r < e; ++r) {
+        float* row = y + r * l.out;
+        for (int c = 0; c < l.out; ++c) row[c] += l.b[c];
+      }
+    });
   }
 }
 
@@ -49,27 +125,52 @@ void layer_norm(const LayerNormWeights& ln, const float* x, int m, float* y) {
   });
 }
 
+// exp(x) for x in [-87, 88] to ~1 ulp, in a form the compiler vectorises
+// (glibc's expf is a scalar call here): x = n·ln2 + r, e^r by a degree-6
+// polynomial, 2^n by building the float's exponent bits.
+static inline float fast_exp(float x) {
+  x = std::min(88.0f, std::max(-87.0f, x));
+  const float n = std::nearbyint(x * 1.44269504088896341f);
+  const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187045e-06f;
+  float p = 1.0f / 720;
+  p = p * r + 1.0f / 120;
+  p = p * r + 1.0f / 24;
+  p = p * r + 1.0f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const int32_t bits = (int32_t(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, 4);
+  return p * scale;
+}
+
 void gelu_tanh(float* x, size_t n) {
   constexpr float k = 0.7978845608028654f;  // sqrt(2/pi)
+  // 0.5·v·(1 + tanh(u)) = v / (1 + e^(−2u)).
   parallel_for((n + 4095) / 4096, [&](size_t b, size_t e) {
     const size_t end = std::min(n, e * 4096);
+#pragma omp simd
     for (size_t i = b * 4096; i < end; ++i) {
       const float v = x[i];
-      x[i] = 0.5f * v * (1.0f + std::tanh(k * (v + 0.044715f * v * v * v)));
+      const float u = k * (v + 0.044715f * v * v * v);
+      x[i] = v / (1.0f + fast_exp(-2.0f * u));
     }
   });
 }
 
 void softmax(float* x, int n) {
-  float mx = -std::numeric_limits<float>::infinity();
-  for (int i = 0; i < n; ++i) mx = std::max(mx, x[i]);
-  double sum = 0;
+  float mx = x[0];
+  for (int i = 1; i < n; ++i) mx = std::max(mx, x[i]);
+  float sum = 0;
+#pragma omp simd reduction(+ : sum)
   for (int i = 0; i < n; ++i) {
-    const float e = (x[i] == -std::numeric_limits<float>::infinity()) ? 0.0f : std::exp(x[i] - mx);
+    const float e = fast_exp(x[i] - mx);
     x[i] = e;
     sum += e;
   }
-  const float inv = float(1.0 / sum);
+  const float inv = 1.0f / sum;
+#pragma omp simd
   for (int i = 0; i < n; ++i) x[i] *= inv;
 }
 
@@ -78,30 +179,26 @@ void attention(const AttentionShape& s, const AttentionMask& mask, const float* 
   const int group = s.n_heads / s.n_kv_heads;
   const float scale = 1.0f / std::sqrt(float(s.head_dim));
   const int out_stride = s.n_heads * s.head_dim;
-  const float neg_inf = -std::numeric_limits<float>::infinity();
-  // One head at a time; the GEMMs inside use the BLAS threads, the softmax
-  // rows use ours.
-  std::vector<float> scores(size_t(s.n_q) * s.n_k);
-  for (int h = 0; h < s.n_heads; ++h) {
-    const int g = h / group;
-    const float* qh = q + size_t(h) * s.head_dim;
-    const float* kh = k + size_t(g) * s.head_dim;
-    const float* vh = v + size_t(g) * s.head_dim;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s.n_q, s.n_k, s.head_dim, scale, qh,
-                s.q_stride, kh, s.kv_stride, 0.0f, scores.data(), s.n_k);
-    parallel_for(size_t(s.n_q), [&](size_t b, size_t e) {
-      for (size_t i = b; i < e; ++i) {
-        float* row = scores.data() + i * s.n_k;
-        if (!mask.full)
-          for (int j = 0; j < s.n_k; ++j)
-            if (!mask.allowed(int(i), j)) row[j] = neg_inf;
-        softmax(row, s.n_k);
+  // Heads in parallel, each with single-threaded GEMMs and its own scores.
+  parallel_for(size_t(s.n_heads), [&](size_t hb, size_t he) {
+    std::vector<float> scores(size_t(s.n_q) * s.n_k);
+    for (size_t h = hb; h < he; ++h) {
+      const size_t g = h / size_t(group);
+      const float* qh = q + h * s.head_dim;
+      const float* kh = k + g * s.head_dim;
+      const float* vh = v + g * s.head_dim;
+      sgemm(true, s.n_q, s.n_k, s.head_dim, scale, qh, s.q_stride, kh, s.kv_stride, 0.0f, scores.data(),
+            s.n_k);
+      for (int i = 0; i < s.n_q; ++i) {
+        float* row = scores.data() + size_t(i) * s.n_k;
+        const int visible = mask.visible_keys(i, s.n_k);
+        softmax(row, visible);
+        std::fill(row + visible, row + s.n_k, 0.0f);
       }
-    });
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s.n_q, s.head_dim, s.n_k, 1.0f,
-                scores.data(), s.n_k, vh, s.kv_stride, 0.0f, out + size_t(h) * s.head_dim,
-                out_stride);
-  }
+      sgemm(false, s.n_q, s.head_dim, s.n_k, 1.0f, scores.data(), s.n_k, vh, s.kv_stride, 0.0f,
+            out + h * s.head_dim, out_stride);
+    }
+  });
 }
 
 }  // namespace md

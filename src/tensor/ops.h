@@ -1,8 +1,12 @@
 #pragma once
-// fp32 building blocks of the transformer: linear layers (BLAS GEMM),
-// LayerNorm, tanh-GELU, softmax and multi-head attention.
+// fp32 building blocks of the transformer: linear layers, LayerNorm,
+// tanh-GELU, softmax and multi-head attention. Activations are fp32; weights
+// stay in their stored or quantised format (see gemv.h).
 #include <cstddef>
+#include <algorithm>
 #include <cstdint>
+
+#include "tensor/gemv.h"
 
 namespace md {
 
@@ -10,9 +14,12 @@ namespace md {
 struct Linear {
   int in = 0;
   int out = 0;
-  const float* w = nullptr;  // [out, in]
+  WeightMatrix w;            // [out, in], F32/BF16/F16 as stored or Q8/Q4
   const float* b = nullptr;  // [out] or null
 };
+
+// A Linear over fp32 weights (tests, small helpers).
+Linear make_linear(int in, int out, const float* w, const float* b);
 
 struct LayerNormWeights {
   int dim = 0;
@@ -20,7 +27,9 @@ struct LayerNormWeights {
   const float* b = nullptr;
 };
 
-// x: [m, in] with row stride in; y: [m, out].
+// x: [m, in] with row stride in; y: [m, out]. Few rows (decode, short
+// prompts) stream the weights through the GEMV kernels; many rows (vision,
+// image prefix) run blocked oneDNN SGEMMs, widening one weight block at a time.
 void linear(const Linear& l, const float* x, int m, float* y);
 // LayerNorm with eps 1e-5 over rows of length dim; x and y may alias.
 void layer_norm(const LayerNormWeights& ln, const float* x, int m, float* y);
@@ -47,10 +56,12 @@ struct AttentionMask {
   bool full = true;
   int q_pos0 = 0;
   int prefix = 0;
-  bool allowed(int i, int j) const {
-    if (full) return true;
+  bool allowed(int i, int j) const { return j < visible_keys(i, 1 << 30); }
+  // The keys query row i sees are always a prefix [0, n) of the keys.
+  int visible_keys(int i, int n_k) const {
+    if (full) return n_k;
     const int p = q_pos0 + i;
-    return j <= p || (p < prefix && j < prefix);
+    return std::min(n_k, p < prefix ? std::max(prefix, p + 1) : p + 1);
   }
 };
 void attention(const AttentionShape& s, const AttentionMask& mask, const float* q, const float* k,

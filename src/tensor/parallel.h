@@ -1,13 +1,13 @@
 #pragma once
-// A small persistent thread pool for the engine's own loops (attention heads,
-// row-wise norms). The BLAS library keeps its own threads for GEMMs; the two
-// never run at the same time, so the cores are not oversubscribed.
+// Parallel loops over the engine's work (GEMM blocks, attention heads, rows),
+// on OpenMP's thread pool, which oneDNN's GEMMs share: one pool, no
+// oversubscription.
 #include <cstddef>
 #include <functional>
 
 namespace md {
 
-// Number of threads used by parallel_for and the BLAS (default: all cores).
+// Number of threads used by parallel_for and the GEMMs (default: all cores).
 void set_num_threads(int n);
 int num_threads();
 

@@ -1,0 +1,209 @@
+// moondream_bench: every stage of the engine on a (full-size) model, each
+// printed with its time, throughput and ratio to this machine's own limits,
+// measured in the same run. Benchmarks, never tests.
+//   moondream_bench --model DIR [--quantization none|int8|q4] [--threads N] [--tokens N]
+#include <CLI/CLI.hpp>
+#include <sys/resource.h>
+#include <vips/vips.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "machine_limits.h"
+#include "model/image.h"
+#include "model/moondream.h"
+#include "tensor/ops.h"
+#include "tensor/parallel.h"
+
+namespace {
+
+double now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+double peak_rss_gb() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return double(ru.ru_maxrss) * 1024.0 / 1e9;
+}
+
+double current_rss_gb() {
+  std::ifstream f("/proc/self/statm");
+  long pages = 0, resident = 0;
+  f >> pages >> resident;
+  return double(resident) * 4096.0 / 1e9;
+}
+
+// A photo-like JPEG of w×h made in memory (gradients + stripes), so the
+// benchmark needs no input files.
+std::vector<uint8_t> make_jpeg(int w, int h) {
+  std::vector<uint8_t> px(size_t(w) * h * 3);
+  for (int y = 0; y < h; ++y)
+    for (int x = 0; x < w; ++x) {
+      uint8_t* p = &px[(size_t(y) * w + x) * 3];
+      p[0] = uint8_t((x * 255) / std::max(1, w - 1));
+      p[1] = uint8_t((y * 255) / std::max(1, h - 1));
+      p[2] = uint8_t(((x / 16 + y / 16) % 2) * 200 + 20);
+    }
+  VipsImage* img = vips_image_new_from_memory(px.data(), px.size(), w, h, 3, VIPS_FORMAT_UCHAR);
+  void* buf = nullptr;
+  size_t len = 0;
+  vips_jpegsave_buffer(img, &buf, &len, "Q", 90, nullptr);
+  std::vector<uint8_t> out(static_cast<uint8_t*>(buf), static_cast<uint8_t*>(buf) + len);
+  g_free(buf);
+  g_object_unref(img);
+  return out;
+}
+
+void row(const char* stage, double seconds, const std::string& throughput, const std::string& ratio,
+         const std::string& target) {
+  std::printf("| %-44s | %9.3f s | %-26s | %-30s | %-22s |\n", stage, seconds, throughput.c_str(), ratio.c_str(),
+              target.c_str());
+}
+
+std::string fmt(const char* f, double a, double b = 0) {
+  char buf[128];
+  std::snprintf(buf, sizeof buf, f, a, b);
+  return buf;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Moondream2 engine benchmark"};
+  std::string model_dir, quant = "none";
+  int threads = 0, tokens = 20;
+  app.add_option("--model", model_dir, "Model directory (e.g. from make_model --preset full)")->required();
+  app.add_option("--quantization", quant, "none, int8 or q4");
+  app.add_option("--threads", threads, "Threads (default: all cores)");
+  app.add_option("--tokens", tokens, "Decoded tokens per measurement");
+  CLI11_PARSE(app, argc, argv);
+
+  md::set_num_threads(threads);
+  threads = md::num_threads();
+  std::printf("## Machine limits (measured now, %d threads)\n", threads);
+  const md::bench::MachineLimits lim = md::bench::measure_machine_limits(threads);
+  std::printf("isa %s, fp32 FMA peak %.0f GFLOP/s, int8 VNNI peak %.0f GOP/s, memory read %.1f GB/s\n\n",
+              lim.isa.c_str(), lim.fp32_gflops, lim.int8_gops, lim.read_gbps);
+
+  md::LoadOptions lo;
+  lo.threads = threads;
+  if (!md::parse_quantization(quant, &lo.quantization)) {
+    std::fprintf(stderr, "--quantization must be none, int8 or q4\n");
+    return 2;
+  }
+  std::printf("## Stages (model %s, quantization %s)\n\n", model_dir.c_str(), quant.c_str());
+  std::printf("| %-44s | %11s | %-26s | %-30s | %-22s |\n", "stage", "time", "throughput", "vs machine limit", "target");
+  std::printf("|%s|%s|%s|%s|%s|\n", std::string(46, '-').c_str(), std::string(13, '-').c_str(),
+              std::string(28, '-').c_str(), std::string(32, '-').c_str(), std::string(24, '-').c_str());
+
+  double t0 = now();
+  auto model = md::Moondream::load(model_dir, lo);
+  const double load_s = now() - t0;
+  const double rss_after_load = current_rss_gb();
+  const md::ModelConfig& cfg = model->config();
+  const double weight_gb = double(model->weights().weight_bytes) / 1e9;
+  row("load to ready", load_s, fmt("weights %.2f GB", weight_gb), fmt("RSS after load %.2f GB", rss_after_load),
+      "< 1 s, no full copy");
+
+  // GEMM of the vision MLP shape with the engine's linear().
+  {
+    const int M = 729, K = cfg.vision.enc_dim, N = cfg.vision.enc_ff_dim;
+    const md::Linear& fc1 = model->weights().vision_blocks[0].fc1;
+    std::vector<float> x(size_t(M) * K, 0.01f), y(size_t(M) * N);
+    md::linear(fc1, x.data(), M, y.data());
+    double best = 1e9;
+    for (int r = 0; r < 3; ++r) {
+      t0 = now();
+      md::linear(fc1, x.data(), M, y.data());
+      best = std::min(best, now() - t0);
+    }
+    const double gf = 2.0 * M * N * K / best / 1e9;
+    row(fmt("GEMM %.0fx%.0f", M, N).append("x").append(std::to_string(K)).c_str(), best, fmt("%.0f GFLOP/s", gf),
+        fmt("%.0f%% of fp32 peak", 100 * gf / lim.fp32_gflops), "");
+  }
+
+  // Vision encoder, one 378 crop (a 1×1 tiling: global and local crop share one pass).
+  const std::vector<uint8_t> jpeg378 = make_jpeg(378, 378), jpeg640 = make_jpeg(640, 480);
+  const md::RgbImage img378 = md::decode_image(jpeg378);
+  const md::Crops crops378 = md::make_crops(img378, model->crop_params());
+  std::vector<float> features;
+  {
+    t0 = now();
+    features = model->vision_features(crops378);
+    const double s = now() - t0;
+    const double D = cfg.vision.enc_dim, F = cfg.vision.enc_ff_dim, T = 729;
+    const double params = cfg.vision.enc_n_layers * (4 * D * D + 2 * D * F) + 588 * D;
+    const double flops = 2 * T * params + cfg.vision.enc_n_layers * 4 * T * T * D;
+    row("vision encoder, one 378 crop", s, fmt("%.0f GFLOP/s", flops / s / 1e9),
+        fmt("%.0f%% of fp32 peak", 100 * flops / s / 1e9 / lim.fp32_gflops), "<= 2.6 s fp32");
+  }
+  // Projection + 730-token prefix prefill.
+  const std::vector<float> emb = model->image_embeddings(features, crops378.tiling);
+  {
+    t0 = now();
+    md::KVCache cache = model->prefill_prefix(emb);
+    const double s = now() - t0;
+    const double D = cfg.text.dim, F = cfg.text.ff_dim, T = cfg.text.prefix_attn;
+    const double hd = D / cfg.text.n_heads;
+    const double params = cfg.text.n_layers * (D * (D + 2 * cfg.text.n_kv_heads * hd) + D * D + 2 * D * F);
+    const double flops = 2 * T * params + cfg.text.n_layers * 4 * T * T * D;
+    row("prefill of the 730-token image prefix", s, fmt("%.0f tokens/s, %.0f GFLOP/s", T / s, flops / s / 1e9),
+        fmt("%.0f%% of fp32 peak", 100 * flops / s / 1e9 / lim.fp32_gflops), ">= 110 tok/s fp32");
+  }
+  // Decode.
+  md::EncodedImage enc = model->encode_crops(crops378);
+  {
+    md::TextOptions opts;
+    opts.max_tokens = tokens;
+    opts.sampling.temperature = 0;
+    model->caption(enc, md::CaptionLength::Normal, opts);  // warm
+    const md::TextResult r = model->caption(enc, md::CaptionLength::Normal, opts);
+    const double tps = r.timings.decode_tokens_per_s();
+    // Bytes streamed per token: the text blocks and lm_head as the kernels read them.
+    double bytes = 0;
+    for (const auto& b : model->weights().text_blocks)
+      for (const md::Linear* l : {&b.qkv, &b.proj, &b.fc1, &b.fc2}) bytes += md::weight_bytes(l->w);
+    bytes += md::weight_bytes(model->weights().lm_head.w);
+    const double bound = lim.read_gbps * 1e9 / bytes;
+    row(fmt("decode (%.0f tokens)", double(r.timings.decode_tokens)).c_str(), r.timings.decode_s,
+        fmt("%.2f tokens/s", tps),
+        fmt("%.0f%% of bandwidth bound %.1f t/s", 100 * tps / bound, bound),
+        quant == "none" ? ">= 8.5 tok/s" : quant == "int8" ? ">= 16 tok/s" : ">= 25 tok/s");
+  }
+  // Cold captions: JPEG bytes → 20 tokens.
+  for (const auto& [name, bytes, target] :
+       {std::tuple{"cold caption 378x378 JPEG -> 20 tokens", &jpeg378, "< 4.06 s (fastest mode)"},
+        std::tuple{"cold caption 640x480 JPEG (9 crops) -> 20", &jpeg640, "<= 9 s (fastest mode)"}}) {
+    t0 = now();
+    const md::RgbImage img = md::decode_image(*bytes);
+    md::EncodedImage e = model->encode_image(img);
+    md::TextOptions opts;
+    opts.max_tokens = 20;
+    opts.sampling.temperature = 0;
+    const md::TextResult r = model->caption(e, md::CaptionLength::Normal, opts);
+    const double s = now() - t0;
+    row(name, s,
+        fmt("vision %.2f s, prefill %.2f s", e.timings.vision_s, e.timings.prefill_s + r.timings.prefill_s),
+        fmt("decode %.2f s", r.timings.decode_s), target);
+  }
+  // Follow-up question on an encoded image: time to the first token.
+  {
+    md::TextOptions opts;
+    opts.max_tokens = 1;
+    opts.sampling.temperature = 0;
+    t0 = now();
+    const md::TextResult r = model->query(enc, "What is in the picture?", opts);
+    const double s = now() - t0;
+    row("follow-up question, first token (cached image)", s, fmt("%.0f prompt tokens", r.prompt_tokens), "",
+        "< 0.3 s");
+  }
+  const double kv_gb = double(enc.cache.bytes()) / 1e9;
+  row("peak RSS", 0, fmt("%.2f GB", peak_rss_gb()),
+      fmt("%.2fx (weights %.2f GB + KV)", peak_rss_gb() / (weight_gb + kv_gb), weight_gb),
+      "<= 1.15x weights + KV");
+  return 0;
+}
