@@ -9,7 +9,9 @@
 
 #include <algorithm>
 #include <bit>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "tensor/dtype.h"
 #include "tensor/parallel.h"
@@ -143,8 +145,13 @@ __attribute__((target("avx512f"))) void quant_rows_avx512(const WeightMatrix& w,
   if (r < r1) quant_rows_generic(w, x, y, r, r1);
 }
 
+// MOONDREAM_ISA=generic forces the portable kernels (tests, comparisons).
 bool has_avx512() {
-  static const bool yes = __builtin_cpu_supports("avx512f");
+  static const bool yes = [] {
+    const char* isa = std::getenv("MOONDREAM_ISA");
+    if (isa && std::string(isa) == "generic") return false;
+    return bool(__builtin_cpu_supports("avx512f"));
+  }();
   return yes;
 }
 
