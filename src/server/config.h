@@ -1,0 +1,89 @@
+#pragma once
+// moondream-server configuration: the JSON keys users already write for this
+// model (model_name, model_path, revision, device, max_tokens, performance,
+// server, image_processing, generation_config) plus a few server-only keys
+// (server.backend_port/api_key/queue_size/..., limits.*). Unknown keys warn;
+// a wrong type or value throws md::Error naming the key, in one line.
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace md::server {
+
+struct PerformanceConfig {
+  bool image_caching = false;
+  bool response_caching = false;
+  bool memory_management = false;  // hand freed memory back to the OS after each request
+  int cache_max_mb = 1024;         // budget of the encoded-image cache
+  std::string quantization = "none";
+};
+
+struct HttpConfig {
+  std::string host = "127.0.0.1";
+  int port = 8080;
+  int backend_port = 8000;  // 0 = no backend API
+  bool cors_enabled = true;
+  std::string api_key;      // empty = no key needed
+  int queue_size = 16;      // requests waiting for the inference worker
+  int http_threads = 32;    // connections served at once (each waits for its job)
+  bool allow_image_urls = false;          // http(s) image_url fetching
+  bool allow_private_image_urls = false;  // ... including loopback / private addresses
+};
+
+struct ImageProcessingConfig {
+  int size = 0;      // longest side the image is scaled down to before the crops; 0 = as is
+  int quality = 95;  // accepted for compatibility; images are never re-encoded
+};
+
+struct GenerationConfig {
+  int max_new_tokens = 512;  // default when a request gives no max_tokens
+  double temperature = 0.5;
+  double top_p = 0.3;
+  bool do_sample = true;  // false: greedy unless the request asks for a temperature
+};
+
+struct LimitsConfig {
+  uint64_t max_body_bytes = 64ull << 20;
+  uint64_t max_image_bytes = 32ull << 20;
+  uint64_t max_image_pixels = 50'000'000;
+  int image_url_timeout_s = 10;
+  int max_objects = 50;  // ceiling of detect/point settings.max_objects
+};
+
+struct ServerConfig {
+  std::string model_name = "moondream2";
+  std::string model_path = "vikhyatk/moondream2";
+  std::string revision = "main";
+  std::string device = "cpu";
+  int max_tokens = 2048;  // ceiling of any request's max_tokens
+  int threads = 0;        // inference threads, 0 = all cores
+  PerformanceConfig performance;
+  HttpConfig server;
+  ImageProcessingConfig image_processing;
+  GenerationConfig generation_config;
+  LimitsConfig limits;
+};
+
+// Parses and validates config text. `source` names the file in messages.
+// Warnings (unknown keys, accepted-but-unused values) go to `warnings`.
+ServerConfig parse_server_config(const std::string& json_text, const std::string& source,
+                                 std::vector<std::string>* warnings);
+ServerConfig load_server_config(const std::string& path, std::vector<std::string>* warnings);
+
+// Command-line values that override every profile's file.
+struct ConfigOverrides {
+  std::optional<std::string> model_path, revision, host, api_key;
+  std::optional<int> port, backend_port, threads;
+};
+void apply_overrides(ServerConfig* cfg, const ConfigOverrides& o);
+// Checks cross-field constraints after overrides; throws md::Error.
+void validate(const ServerConfig& cfg, const std::string& source);
+
+// The effective configuration as JSON text (api_key masked).
+std::string config_to_json(const ServerConfig& cfg);
+
+// Profile names: stems of the *.json files in `dir`, sorted.
+std::vector<std::string> list_profiles(const std::string& dir);
+
+}  // namespace md::server

@@ -1,0 +1,362 @@
+#include "server/engine.h"
+
+#include <malloc.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+
+#include <spdlog/spdlog.h>
+
+#include "server/api_error.h"
+#include "server/hub.h"
+#include "tensor/error.h"
+
+namespace md::server {
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+int env_int(const char* name) {
+  const char* v = std::getenv(name);
+  return v ? std::atoi(v) : 0;
+}
+
+std::vector<int> chat_prompt(const Moondream& m, const JobParams& p) {
+  std::vector<int> out;
+  for (const auto& [q, a] : p.history) {
+    const std::vector<int> qp = m.query_prompt(q);
+    out.insert(out.end(), qp.begin(), qp.end());
+    const std::vector<int32_t> at = m.tokenizer().encode(" " + a);
+    out.insert(out.end(), at.begin(), at.end());
+  }
+  const std::vector<int> qp = m.query_prompt(p.text);
+  out.insert(out.end(), qp.begin(), qp.end());
+  return out;
+}
+
+}  // namespace
+
+const char* task_name(Task t) {
+  switch (t) {
+    case Task::Caption: return "caption";
+    case Task::Query: return "query";
+    case Task::Chat: return "chat";
+    case Task::Detect: return "detect";
+    case Task::Point: return "point";
+  }
+  return "?";
+}
+
+std::shared_ptr<LoadedModel> load_model(const std::string& source, const std::string& revision, int threads) {
+  static std::atomic<uint64_t> next_id{1};
+  const auto t0 = std::chrono::steady_clock::now();
+  auto lm = std::make_shared<LoadedModel>();
+  lm->source = source;
+  lm->revision = revision;
+  lm->threads = threads;
+  std::error_code ec;
+  if (std::filesystem::is_directory(source, ec)) {
+    lm->dir = source;
+  } else if (is_hub_repo_id(source)) {
+    HubOptions ho;
+    lm->dir = resolve_model(source, revision, ho);
+  } else {
+    throw Error("model: '" + source + "' is not a directory (nor a hub repo id such as vikhyatk/moondream2)");
+  }
+  LoadOptions lo;
+  lo.threads = threads;
+  lm->model = Moondream::load(lm->dir, lo);
+  lm->id = next_id++;
+  lm->load_seconds = seconds_since(t0);
+  return lm;
+}
+
+// ---------------------------------------------------------------------------
+
+void StreamChannel::push(std::string chunk) {
+  {
+    std::lock_guard<std::mutex> lock(m_);
+    chunks_.push_back(std::move(chunk));
+  }
+  cv_.notify_all();
+}
+
+void StreamChannel::finish(std::shared_ptr<JobOutcome> outcome) {
+  {
+    std::lock_guard<std::mutex> lock(m_);
+    outcome_ = std::move(outcome);
+    done_ = true;
+  }
+  cv_.notify_all();
+}
+
+void StreamChannel::fail(std::exception_ptr e) {
+  {
+    std::lock_guard<std::mutex> lock(m_);
+    error_ = std::move(e);
+    done_ = true;
+  }
+  cv_.notify_all();
+}
+
+bool StreamChannel::next(std::string* chunk) {
+  std::unique_lock<std::mutex> lock(m_);
+  cv_.wait(lock, [&] { return !chunks_.empty() || done_; });
+  if (!chunks_.empty()) {
+    *chunk = std::move(chunks_.front());
+    chunks_.pop_front();
+    return true;
+  }
+  return false;
+}
+
+std::shared_ptr<JobOutcome> StreamChannel::wait() {
+  std::unique_lock<std::mutex> lock(m_);
+  cv_.wait(lock, [&] { return done_; });
+  if (error_) std::rethrow_exception(error_);
+  return outcome_;
+}
+
+// ---------------------------------------------------------------------------
+
+StopFilter::StopFilter(std::vector<std::string> stops) {
+  for (auto& s : stops)
+    if (!s.empty()) stops_.push_back(std::move(s));
+}
+
+std::string StopFilter::push(const std::string& chunk, bool* hit) {
+  *hit = false;
+  if (hit_) return {};
+  if (stops_.empty()) return chunk;
+  pending_ += chunk;
+  size_t first = std::string::npos;
+  for (const auto& s : stops_) first = std::min(first, pending_.find(s));
+  if (first != std::string::npos) {
+    std::string out = pending_.substr(0, first);
+    pending_.clear();
+    hit_ = *hit = true;
+    return out;
+  }
+  size_t hold = 0;
+  for (const auto& s : stops_) {
+    for (size_t l = std::min(s.size() - 1, pending_.size()); l > hold; --l) {
+      if (pending_.compare(pending_.size() - l, l, s, 0, l) == 0) {
+        hold = l;
+        break;
+      }
+    }
+  }
+  std::string out = pending_.substr(0, pending_.size() - hold);
+  pending_.erase(0, pending_.size() - hold);
+  return out;
+}
+
+std::string StopFilter::finish() {
+  if (hit_) return {};
+  return std::exchange(pending_, {});
+}
+
+Key128 response_key(uint64_t model_id, const Key128& image_key, const JobParams& p) {
+  Hasher h;
+  h.add("response-v1").add_int(int64_t(model_id)).add(&image_key, sizeof image_key);
+  h.add_int(int(p.task)).add_int(int(p.length)).add(p.text);
+  h.add_int(int64_t(p.history.size()));
+  for (const auto& [q, a] : p.history) h.add(q).add(a);
+  h.add_int(p.task == Task::Detect || p.task == Task::Point ? p.max_objects : p.max_tokens);
+  h.add_int(int64_t(p.stop.size()));
+  for (const auto& s : p.stop) h.add(s);
+  return h.finish();
+}
+
+// ---------------------------------------------------------------------------
+
+InferenceQueue::InferenceQueue(Caches* caches, size_t capacity) : caches_(caches), capacity_(capacity) {
+  job_delay_ms_ = env_int("MOONDREAM_SERVER_TEST_JOB_DELAY_MS");
+  chunk_delay_ms_ = env_int("MOONDREAM_SERVER_TEST_CHUNK_DELAY_MS");
+  worker_ = std::thread([this] { run(); });
+}
+
+InferenceQueue::~InferenceQueue() { stop(); }
+
+bool InferenceQueue::try_push(std::shared_ptr<Job> job) {
+  {
+    std::lock_guard<std::mutex> lock(m_);
+    if (stopping_ || q_.size() >= capacity_) return false;
+    job->enqueued = std::chrono::steady_clock::now();
+    q_.push_back(std::move(job));
+  }
+  cv_.notify_one();
+  return true;
+}
+
+size_t InferenceQueue::depth() const {
+  std::lock_guard<std::mutex> lock(m_);
+  return q_.size();
+}
+
+size_t InferenceQueue::capacity() const {
+  std::lock_guard<std::mutex> lock(m_);
+  return capacity_;
+}
+
+void InferenceQueue::set_capacity(size_t n) {
+  std::lock_guard<std::mutex> lock(m_);
+  capacity_ = std::max<size_t>(1, n);
+}
+
+double InferenceQueue::estimated_wait_s() const {
+  return avg_job_s_.load() * double(depth() + (busy() ? 1 : 0));
+}
+
+void InferenceQueue::stop() {
+  {
+    std::lock_guard<std::mutex> lock(m_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (worker_.joinable()) worker_.join();
+}
+
+void InferenceQueue::run() {
+  for (;;) {
+    std::shared_ptr<Job> job;
+    {
+      std::unique_lock<std::mutex> lock(m_);
+      cv_.wait(lock, [&] { return stopping_ || !q_.empty(); });
+      if (q_.empty()) return;  // stopping, nothing left
+      job = std::move(q_.front());
+      q_.pop_front();
+      busy_ = true;
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    try {
+      execute(*job);
+    } catch (...) {
+      ++failed;
+      job->channel->fail(std::current_exception());
+    }
+    const double s = seconds_since(t0);
+    avg_job_s_ = 0.8 * avg_job_s_.load() + 0.2 * s;
+    if (job->memory_management) malloc_trim(0);
+    job.reset();
+    busy_ = false;
+  }
+}
+
+void InferenceQueue::execute(Job& job) {
+  auto out = std::make_shared<JobOutcome>();
+  out->queue_s = seconds_since(job.enqueued);
+  StreamChannel& ch = *job.channel;
+  if (ch.cancelled) {  // the client left while the job waited
+    out->finish_reason = "cancelled";
+    ++cancelled;
+    ch.finish(out);
+    return;
+  }
+  if (job_delay_ms_ > 0) std::this_thread::sleep_for(std::chrono::milliseconds(job_delay_ms_));
+
+  const Moondream& m = *job.model->model;
+  const JobParams& p = job.params;
+
+  // The encoded image: pinned by the HTTP thread, cached, or encoded now.
+  std::shared_ptr<const EncodedImage> enc = job.image.encoded;
+  if (!enc && job.image_caching) enc = caches_->images.get(job.image.key, false);
+  bool hit = enc != nullptr;
+  if (!enc) {
+    try {
+      auto e = std::make_shared<EncodedImage>(m.encode_image(job.image.pixels));
+      enc = e;
+    } catch (const Error& e) {
+      throw bad_request("invalid_image", e.what());
+    }
+    if (job.image_caching) caches_->images.put(job.image.key, enc, enc->cache.bytes());
+  }
+  if (job.image_caching) {
+    hit ? caches_->images.count_hit() : caches_->images.count_miss();
+    out->image_cache = hit ? "hit" : "miss";
+  }
+  job.image.pixels = RgbImage{};  // not needed any more
+  job.image.encoded.reset();
+  out->image_tokens = enc->cache.length;
+  Timings t;
+  t.decode_image_s = job.image.decode_image_s;
+  if (!hit) {
+    t.vision_s = enc->timings.vision_s;
+    t.prefill_s = enc->timings.prefill_s;
+  }
+
+  try {
+    if (p.task == Task::Detect || p.task == Task::Point) {
+      const RegionResult r = p.task == Task::Detect ? m.detect(*enc, p.text, p.max_objects)
+                                                    : m.point(*enc, p.text, p.max_objects);
+      out->objects = r.objects;
+      out->points = r.points;
+      out->prompt_tokens = r.prompt_tokens;
+      out->finish_reason = "stop";
+      t.prefill_s += r.timings.prefill_s;
+      t.decode_s = r.timings.decode_s;
+      t.decode_tokens = r.timings.decode_tokens;
+    } else {
+      StopFilter filter(p.stop);
+      std::string collected;
+      bool stopped = false;
+      TextOptions opts;
+      opts.max_tokens = p.max_tokens;
+      opts.sampling.temperature = p.temperature;
+      opts.sampling.top_p = p.top_p;
+      opts.sampling.seed = p.seed;
+      auto emit = [&](const std::string& s) {
+        if (s.empty()) return;
+        collected += s;
+        if (job.stream) ch.push(s);
+      };
+      opts.on_chunk = [&](const std::string& chunk) {
+        if (chunk_delay_ms_ > 0) std::this_thread::sleep_for(std::chrono::milliseconds(chunk_delay_ms_));
+        bool stop_hit = false;
+        emit(filter.push(chunk, &stop_hit));
+        if (stop_hit) {
+          stopped = true;
+          return false;
+        }
+        return !ch.cancelled.load();
+      };
+      TextResult r;
+      if (p.task == Task::Caption) {
+        r = m.caption(*enc, p.length, opts);
+      } else if (p.task == Task::Query) {
+        r = m.query(*enc, p.text, opts);
+      } else {
+        r = m.generate(*enc, chat_prompt(m, p), opts);
+      }
+      if (!stopped && r.finish_reason != "cancelled") emit(filter.finish());
+      out->text = (stopped || !p.stop.empty()) ? collected : r.text;
+      out->tokens = r.tokens;
+      out->prompt_tokens = r.prompt_tokens;
+      out->finish_reason = stopped ? "stop" : r.finish_reason;
+      t.prefill_s += r.timings.prefill_s;
+      t.decode_s = r.timings.decode_s;
+      t.decode_tokens = r.timings.decode_tokens;
+    }
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    if (msg.find("too long") != std::string::npos || msg.find("context") != std::string::npos)
+      throw bad_request("context_length_exceeded", msg);
+    throw bad_request("invalid_request", msg);
+  }
+  out->timings = t;
+  if (out->finish_reason == "cancelled") {
+    ++cancelled;
+  } else {
+    ++completed;
+    if (job.response_caching && p.deterministic()) {
+      out->response_cache = "miss";
+      caches_->responses.put(job.response_key, out, out->bytes());
+    }
+  }
+  ch.finish(out);
+}
+
+}  // namespace md::server

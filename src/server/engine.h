@@ -1,0 +1,173 @@
+#pragma once
+// The inference side of moondream-server: loaded models, the encoded-image and
+// response caches, and ONE worker thread fed by a bounded queue. Engine calls
+// never run concurrently: each request gets every core (BLAS and our pool).
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "model/moondream.h"
+#include "server/cache.h"
+
+namespace md::server {
+
+struct LoadedModel {
+  std::unique_ptr<Moondream> model;
+  std::string source;    // model_path as configured (directory or hub repo id)
+  std::string dir;       // the local directory it was loaded from
+  std::string revision;
+  int threads = 0;
+  uint64_t id = 0;       // unique per load: cache keys never mix models
+  double load_seconds = 0;
+};
+
+// Resolves `source` (a directory, or a hub repo id downloaded into the hub
+// cache) and loads it. Throws md::Error.
+std::shared_ptr<LoadedModel> load_model(const std::string& source, const std::string& revision, int threads);
+
+enum class Task { Caption, Query, Chat, Detect, Point };
+const char* task_name(Task t);
+
+// A request's image, prepared on the HTTP thread: either already encoded (an
+// image-cache hit, pinned so eviction cannot take it away) or decoded pixels.
+struct ImageInput {
+  Key128 key;  // decoded pixels + crop settings + model
+  std::shared_ptr<const EncodedImage> encoded;
+  RgbImage pixels;
+  double decode_image_s = 0;
+};
+
+struct JobParams {
+  Task task = Task::Caption;
+  CaptionLength length = CaptionLength::Normal;
+  std::string text;  // question (query/chat) or object (detect/point)
+  std::vector<std::pair<std::string, std::string>> history;  // chat: earlier (question, answer) turns
+  int max_tokens = 512;
+  int max_objects = 50;
+  float temperature = 0.5f;
+  float top_p = 0.3f;
+  uint64_t seed = 0;
+  std::vector<std::string> stop;
+  bool deterministic() const { return task == Task::Detect || task == Task::Point || temperature == 0.0f; }
+};
+
+struct JobOutcome {
+  std::string text;
+  std::vector<int> tokens;
+  std::string finish_reason;  // stop, length, cancelled
+  std::vector<DetectedObject> objects;
+  std::vector<DetectedPoint> points;
+  int prompt_tokens = 0;  // text prompt tokens
+  int image_tokens = 0;   // positions of the encoded image prefix
+  Timings timings;
+  double queue_s = 0;
+  std::string image_cache = "off";     // hit, miss, off
+  std::string response_cache = "off";  // hit, miss, off
+  int completion_tokens() const { return int(tokens.size()); }
+  size_t bytes() const { return 256 + text.size() + tokens.size() * 4 + objects.size() * 32 + points.size() * 16; }
+};
+
+// Worker → HTTP thread: streamed chunks, then the outcome (or an error).
+class StreamChannel {
+ public:
+  void push(std::string chunk);
+  void finish(std::shared_ptr<JobOutcome> outcome);
+  void fail(std::exception_ptr e);
+  // Waits for the next chunk (true) or the end (false); on the end, outcome()
+  // or error() is set. `timeout` bounds each wait.
+  bool next(std::string* chunk);
+  std::shared_ptr<JobOutcome> wait();  // rethrows the job's error
+  std::shared_ptr<JobOutcome> outcome() const { return outcome_; }
+  std::exception_ptr error() const { return error_; }
+  std::atomic<bool> cancelled{false};  // the client has gone: stop generating
+
+ private:
+  std::mutex m_;
+  std::condition_variable cv_;
+  std::deque<std::string> chunks_;
+  bool done_ = false;
+  std::shared_ptr<JobOutcome> outcome_;
+  std::exception_ptr error_;
+};
+
+// Holds back text that may be the start of a stop sequence; cuts at the first
+// stop sequence found.
+class StopFilter {
+ public:
+  explicit StopFilter(std::vector<std::string> stops);
+  std::string push(const std::string& chunk, bool* hit);
+  std::string finish();
+
+ private:
+  std::vector<std::string> stops_;
+  std::string pending_;
+  bool hit_ = false;
+};
+
+struct Caches {
+  LruCache<EncodedImage> images{0};
+  LruCache<JobOutcome> responses{32u << 20};
+  LruCache<Key128> raw_images{4096};  // xxh3 of the image file bytes → image key (1 "byte" each)
+};
+
+struct Job {
+  std::shared_ptr<LoadedModel> model;
+  JobParams params;
+  ImageInput image;
+  bool stream = false;
+  bool image_caching = false;
+  bool response_caching = false;
+  bool memory_management = false;
+  Key128 response_key;
+  std::chrono::steady_clock::time_point enqueued;
+  std::shared_ptr<StreamChannel> channel = std::make_shared<StreamChannel>();
+};
+
+// The key of a deterministic request's response.
+Key128 response_key(uint64_t model_id, const Key128& image_key, const JobParams& p);
+
+class InferenceQueue {
+ public:
+  InferenceQueue(Caches* caches, size_t capacity);
+  ~InferenceQueue();
+
+  // False when `capacity` jobs are already waiting.
+  bool try_push(std::shared_ptr<Job> job);
+  size_t depth() const;
+  size_t capacity() const;
+  void set_capacity(size_t n);
+  bool busy() const { return busy_.load(); }
+  // Seconds a new job would wait, roughly (for Retry-After).
+  double estimated_wait_s() const;
+  // Finishes every queued job, then stops the worker.
+  void stop();
+
+  // Counters for /metrics.
+  std::atomic<uint64_t> completed{0}, cancelled{0}, failed{0};
+
+ private:
+  void run();
+  void execute(Job& job);
+
+  Caches* caches_;
+  mutable std::mutex m_;
+  std::condition_variable cv_;
+  std::deque<std::shared_ptr<Job>> q_;
+  size_t capacity_;
+  bool stopping_ = false;
+  std::atomic<bool> busy_{false};
+  std::atomic<double> avg_job_s_{1.0};
+  int job_delay_ms_ = 0, chunk_delay_ms_ = 0;  // test hooks (environment)
+  std::thread worker_;
+};
+
+}  // namespace md::server

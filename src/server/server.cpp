@@ -1,0 +1,1183 @@
+#include "server/server.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <limits>
+#include <optional>
+#include <random>
+#include <span>
+#include <sstream>
+
+#include <httplib.h>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "server/api_error.h"
+#include "server/image_input.h"
+#include "server/process.h"
+#include "tensor/error.h"
+#include "tensor/parallel.h"
+
+namespace md::server {
+
+const char* const kServerVersion = "0.1.0";
+
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+struct RequestInfo {
+  Clock::time_point start = Clock::now();
+  std::string image_cache;     // hit / miss / off / "" (no image)
+  std::string response_cache;  // hit / miss / off / ""
+  int tokens_in = -1, tokens_out = -1;
+  double queue_s = -1;
+  std::string finish;
+};
+
+namespace {
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+// Responses never fail on invalid UTF-8 from a random model: it is replaced.
+std::string dumps(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+std::string random_hex(int n) {
+  static thread_local std::mt19937_64 g{std::random_device{}() ^ uint64_t(Clock::now().time_since_epoch().count())};
+  static const char* d = "0123456789abcdef";
+  std::string s;
+  for (int i = 0; i < n; ++i) s += d[g() & 15];
+  return s;
+}
+
+int64_t unix_time() {
+  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+json error_body(const ApiError& e) {
+  return {{"error", {{"message", e.what()}, {"type", e.type}, {"code", e.code}, {"param", nullptr}}}};
+}
+
+void set_json(httplib::Response& res, int status, const json& j) {
+  res.status = status;
+  res.set_content(dumps(j), "application/json");
+}
+
+void write_error(httplib::Response& res, const ApiError& e) {
+  set_json(res, e.status, error_body(e));
+  if (e.status == 503 && !res.has_header("Retry-After")) res.set_header("Retry-After", "1");
+}
+
+// ---- request body helpers --------------------------------------------------
+
+json parse_object(const std::string& body) {
+  if (body.empty()) throw bad_request("invalid_json", "the request body is empty; send a JSON object");
+  json j;
+  try {
+    j = json::parse(body);
+  } catch (const json::parse_error& e) {
+    std::string w = e.what();
+    const auto p = w.find("parse error");
+    throw bad_request("invalid_json", "the request body is not valid JSON: " + (p == std::string::npos ? w : w.substr(p)));
+  }
+  if (!j.is_object()) throw bad_request("invalid_json", "the request body must be a JSON object");
+  return j;
+}
+
+const json* field(const json& obj, const std::string& key) {
+  auto it = obj.find(key);
+  if (it == obj.end() || it->is_null()) return nullptr;
+  return &*it;
+}
+
+std::string required_string(const json& obj, const std::string& key, const std::string& prefix = "") {
+  const json* v = field(obj, key);
+  if (!v) throw bad_request("missing_field", prefix + key + " is required");
+  if (!v->is_string()) throw bad_request("invalid_field", prefix + key + " must be a string");
+  std::string s = v->get<std::string>();
+  if (s.find_first_not_of(" \t\r\n") == std::string::npos)
+    throw bad_request("missing_field", prefix + key + " must not be empty");
+  return s;
+}
+
+std::optional<std::string> optional_string(const json& obj, const std::string& key, const std::string& prefix = "") {
+  const json* v = field(obj, key);
+  if (!v) return std::nullopt;
+  if (!v->is_string()) throw bad_request("invalid_field", prefix + key + " must be a string");
+  return v->get<std::string>();
+}
+
+std::optional<bool> optional_bool(const json& obj, const std::string& key, const std::string& prefix = "") {
+  const json* v = field(obj, key);
+  if (!v) return std::nullopt;
+  if (!v->is_boolean()) throw bad_request("invalid_field", prefix + key + " must be true or false");
+  return v->get<bool>();
+}
+
+std::optional<long long> optional_int(const json& obj, const std::string& key, long long lo, long long hi,
+                                      const std::string& prefix = "") {
+  const json* v = field(obj, key);
+  if (!v) return std::nullopt;
+  const bool integral = v->is_number_integer() ||
+                        (v->is_number_float() && std::floor(v->get<double>()) == v->get<double>() &&
+                         std::fabs(v->get<double>()) < 9e18);
+  const std::string range = "between " + std::to_string(lo) + " and " + std::to_string(hi);
+  if (!integral) throw bad_request("invalid_field", prefix + key + " must be an integer " + range);
+  const long long x = v->is_number_integer() ? v->get<long long>() : (long long)v->get<double>();
+  if (x < lo || x > hi) {
+    const bool tokens = key == "max_tokens" || key == "max_completion_tokens" || key == "max_new_tokens";
+    throw bad_request(tokens && x > hi ? "max_tokens_too_large" : "invalid_field",
+                      prefix + key + " must be " + range + " (got " + std::to_string(x) + ")");
+  }
+  return x;
+}
+
+std::optional<double> optional_number(const json& obj, const std::string& key, double lo, double hi,
+                                      const std::string& prefix = "") {
+  const json* v = field(obj, key);
+  if (!v) return std::nullopt;
+  std::ostringstream r;
+  r << "between " << lo << " and " << hi;
+  if (!v->is_number()) throw bad_request("invalid_field", prefix + key + " must be a number " + r.str());
+  const double x = v->get<double>();
+  if (!(x >= lo && x <= hi)) throw bad_request("invalid_field", prefix + key + " must be " + r.str());
+  return x;
+}
+
+uint64_t random_seed() {
+  static std::random_device rd;
+  static std::mutex m;
+  std::lock_guard<std::mutex> lock(m);
+  return (uint64_t(rd()) << 32) ^ rd();
+}
+
+void default_sampling(JobParams& p, const ServerConfig& c) {
+  p.max_tokens = std::min(c.generation_config.max_new_tokens, c.max_tokens);
+  p.temperature = c.generation_config.do_sample ? float(c.generation_config.temperature) : 0.0f;
+  p.top_p = float(c.generation_config.top_p);
+  p.max_objects = std::min(50, c.limits.max_objects);
+  p.seed = random_seed();
+}
+
+// temperature / top_p / max_tokens / seed from `obj` (OpenAI body or Moondream settings).
+void read_sampling(JobParams& p, const json& obj, const ServerConfig& c, const std::string& prefix) {
+  if (auto v = optional_number(obj, "temperature", 0.0, 2.0, prefix)) p.temperature = float(*v);
+  if (auto v = optional_number(obj, "top_p", 0.0, 1.0, prefix)) {
+    if (*v == 0.0) p.temperature = 0.0f;  // no mass kept but the top token: greedy
+    else p.top_p = float(*v);
+  }
+  if (auto v = optional_int(obj, "max_tokens", 1, c.max_tokens, prefix)) p.max_tokens = int(*v);
+  if (auto v = optional_int(obj, "max_completion_tokens", 1, c.max_tokens, prefix)) p.max_tokens = int(*v);
+  if (auto v = optional_int(obj, "seed", std::numeric_limits<long long>::min(), std::numeric_limits<long long>::max(),
+                            prefix))
+    p.seed = uint64_t(*v);
+}
+
+// ---- response helpers ------------------------------------------------------
+
+json timings_json(const JobOutcome& o, double total_s) {
+  const Timings& t = o.timings;
+  return {{"decode_image_s", t.decode_image_s},
+          {"vision_s", t.vision_s},
+          {"prefill_s", t.prefill_s},
+          {"decode_s", t.decode_s},
+          {"decode_tokens", t.decode_tokens},
+          {"decode_tokens_per_s", t.decode_tokens_per_s()},
+          {"queue_s", o.queue_s},
+          {"total_s", total_s},
+          {"image_cache", o.image_cache},
+          {"response_cache", o.response_cache}};
+}
+
+json usage_json(const JobOutcome& o) {
+  const int prompt = o.prompt_tokens + o.image_tokens;
+  return {{"prompt_tokens", prompt},
+          {"completion_tokens", o.completion_tokens()},
+          {"total_tokens", prompt + o.completion_tokens()},
+          {"prompt_tokens_details",
+           {{"cached_tokens", o.image_cache == "hit" ? o.image_tokens : 0}, {"image_tokens", o.image_tokens}}}};
+}
+
+std::string public_finish(const std::string& f) { return f == "length" ? "length" : "stop"; }
+
+json moondream_result(Task task, const JobOutcome& o) {
+  json j;
+  switch (task) {
+    case Task::Caption: j["caption"] = o.text; break;
+    case Task::Query:
+    case Task::Chat: j["answer"] = o.text; break;
+    case Task::Detect: {
+      json a = json::array();
+      for (const auto& b : o.objects)
+        a.push_back({{"x_min", b.x_min}, {"y_min", b.y_min}, {"x_max", b.x_max}, {"y_max", b.y_max}});
+      j["objects"] = a;
+      break;
+    }
+    case Task::Point: {
+      json a = json::array();
+      for (const auto& pt : o.points) a.push_back({{"x", pt.x}, {"y", pt.y}});
+      j["points"] = a;
+      break;
+    }
+  }
+  return j;
+}
+
+std::string sse(const json& j) { return "data: " + dumps(j) + "\n\n"; }
+
+// Which methods each known path answers, for 405s.
+struct Route {
+  const char* path;
+  const char* methods;
+};
+const Route kApiRoutes[] = {{"/", "GET"},
+                            {"/health", "GET"},
+                            {"/v1/models", "GET"},
+                            {"/v1/chat/completions", "POST"},
+                            {"/v1/caption", "POST"},
+                            {"/v1/query", "POST"},
+                            {"/v1/detect", "POST"},
+                            {"/v1/point", "POST"}};
+const Route kBackendRoutes[] = {{"/health", "GET"}, {"/api/v1/config", "GET, PATCH"}, {"/metrics", "GET"}};
+
+std::string endpoint_label(const std::string& path, bool backend) {
+  for (const auto& r : backend ? std::span<const Route>(kBackendRoutes) : std::span<const Route>(kApiRoutes))
+    if (path == r.path) return path;
+  if (!backend && path.rfind("/v1/models/", 0) == 0) return "/v1/models/{id}";
+  return "other";
+}
+
+const char* allowed_methods(const std::string& path, bool backend) {
+  for (const auto& r : backend ? std::span<const Route>(kBackendRoutes) : std::span<const Route>(kApiRoutes))
+    if (path == r.path) return r.methods;
+  if (!backend && path.rfind("/v1/models/", 0) == 0) return "GET";
+  return nullptr;
+}
+
+bool keys_equal(const std::string& a, const std::string& b) {
+  unsigned char diff = a.size() == b.size() ? 0 : 1;
+  for (size_t i = 0; i < a.size(); ++i) diff |= uint8_t(a[i]) ^ uint8_t(b.empty() ? 0 : b[i % b.size()]);
+  return diff == 0;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+
+Server::Server(ServerOptions opts, ServerConfig cfg, std::string profile_name)
+    : opts_(std::move(opts)), startup_cfg_(cfg), started_(Clock::now()) {
+  auto p = std::make_shared<Profile>();
+  p->name = std::move(profile_name);
+  p->path = opts_.config_path;
+  p->cfg = std::move(cfg);
+  active_ = p;
+  queue_ = std::make_unique<InferenceQueue>(&caches_, size_t(p->cfg.server.queue_size));
+  apply_runtime_settings(*p);
+  api_ = std::make_unique<httplib::Server>();
+  if (startup_cfg_.server.backend_port > 0) backend_ = std::make_unique<httplib::Server>();
+  routes();
+}
+
+Server::~Server() { stop(); }
+
+std::shared_ptr<const Profile> Server::active() const {
+  std::lock_guard<std::mutex> lock(active_m_);
+  return active_;
+}
+
+std::shared_ptr<RequestInfo> Server::info(const httplib::Request& req) {
+  std::lock_guard<std::mutex> lock(info_m_);
+  auto& p = infos_[&req];
+  if (!p) p = std::make_shared<RequestInfo>();
+  return p;
+}
+
+void Server::apply_runtime_settings(const Profile& p) {
+  const PerformanceConfig& perf = p.cfg.performance;
+  caches_.images.set_max_bytes(perf.image_caching ? size_t(perf.cache_max_mb) << 20 : 0);
+  if (!perf.response_caching) caches_.responses.clear();
+  queue_->set_capacity(size_t(p.cfg.server.queue_size));
+}
+
+void Server::bind() {
+  const std::string& host = startup_cfg_.server.host;
+  if (!api_->bind_to_port(host, startup_cfg_.server.port))
+    throw Error("cannot listen on " + host + ":" + std::to_string(startup_cfg_.server.port));
+  if (backend_ && !backend_->bind_to_port(host, startup_cfg_.server.backend_port))
+    throw Error("cannot listen on " + host + ":" + std::to_string(startup_cfg_.server.backend_port));
+}
+
+void Server::start() {
+  api_thread_ = std::thread([this] { api_->listen_after_bind(); });
+  if (backend_) backend_thread_ = std::thread([this] { backend_->listen_after_bind(); });
+}
+
+void Server::load_startup_model() {
+  auto cur = active();
+  const ServerConfig& c = cur->cfg;
+  spdlog::info("loading model {} (revision {})", c.model_path, c.revision);
+  auto lm = load_model(c.model_path, c.revision, startup_cfg_.threads);
+  auto p = std::make_shared<Profile>(*cur);
+  p->model = lm;
+  {
+    std::lock_guard<std::mutex> lock(active_m_);
+    active_ = p;
+  }
+  spdlog::info("model ready: {} from {} in {:.2f} s ({} threads)", c.model_name, lm->dir, lm->load_seconds,
+               md::num_threads());
+}
+
+void Server::stop() {
+  if (stopping_.exchange(true)) return;
+  if (api_) api_->stop();
+  if (backend_) backend_->stop();
+  if (api_thread_.joinable()) api_thread_.join();
+  if (backend_thread_.joinable()) backend_thread_.join();
+  if (queue_) queue_->stop();
+}
+
+// ---- plumbing shared by both ports -----------------------------------------
+
+void Server::common_handlers(httplib::Server& s, bool backend) {
+  const int threads = startup_cfg_.server.http_threads;
+  s.new_task_queue = [threads] { return new httplib::ThreadPool(size_t(threads)); };
+  s.set_keep_alive_timeout(2);
+  s.set_read_timeout(30, 0);
+  s.set_write_timeout(30, 0);
+  // Bodies are read by read_body(), which applies the active profile's limit.
+  s.set_payload_max_length(std::numeric_limits<size_t>::max());
+
+  s.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response&) {
+    info(req);  // starts the clock
+    return httplib::Server::HandlerResponse::Unhandled;
+  });
+
+  auto cors = [this](const httplib::Request& req, httplib::Response& res) {
+    if (!active()->cfg.server.cors_enabled || res.has_header("Access-Control-Allow-Origin")) return;
+    const std::string origin = req.get_header_value("Origin");
+    res.set_header("Access-Control-Allow-Origin", origin.empty() ? "*" : origin);
+    if (!origin.empty()) res.set_header("Vary", "Origin");
+    res.set_header("Access-Control-Expose-Headers", "Retry-After, X-Request-Id");
+  };
+  s.set_post_routing_handler(cors);
+
+  s.set_error_handler(httplib::Server::HandlerWithResponse([this, cors, backend](const httplib::Request& req,
+                                                                                   httplib::Response& res) {
+    cors(req, res);
+    if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+    if (res.status == 404) {
+      if (const char* allowed = allowed_methods(req.path, backend)) {
+        res.set_header("Allow", allowed);
+        write_error(res, ApiError(405, "method_not_allowed",
+                                  req.method + " is not allowed on " + req.path + " (allowed: " + allowed + ")"));
+      } else {
+        write_error(res, ApiError(404, "not_found", "no such endpoint: " + req.method + " " + req.path));
+      }
+    } else if (res.status == 413) {
+      write_error(res, ApiError(413, "payload_too_large",
+                                "the request body is larger than " +
+                                    std::to_string(startup_cfg_.limits.max_body_bytes) + " bytes"));
+    } else {
+      write_error(res, ApiError(res.status, "http_error", "HTTP " + std::to_string(res.status)));
+    }
+    return httplib::Server::HandlerResponse::Handled;
+  }));
+
+  s.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+    try {
+      std::rethrow_exception(ep);
+    } catch (const ApiError& e) {
+      write_error(res, e);
+    } catch (const std::exception& e) {
+      write_error(res, ApiError(500, "internal_error", e.what()));
+    }
+  });
+
+  s.set_logger([this, backend](const httplib::Request& req, const httplib::Response& res) {
+    std::shared_ptr<RequestInfo> inf;
+    {
+      std::lock_guard<std::mutex> lock(info_m_);
+      auto it = infos_.find(&req);
+      if (it != infos_.end()) {
+        inf = it->second;
+        infos_.erase(it);
+      }
+    }
+    const double secs = inf ? seconds_since(inf->start) : 0.0;
+    const std::string ep = endpoint_label(req.path, backend);
+    metrics_.request(ep, res.status, secs);
+    std::string line = req.method + " " + req.path + " " + std::to_string(res.status);
+    if (inf && !inf->image_cache.empty()) line += " image=" + inf->image_cache;
+    if (inf && !inf->response_cache.empty()) line += " response=" + inf->response_cache;
+    if (inf && inf->tokens_in >= 0)
+      line += " tokens=" + std::to_string(inf->tokens_in) + "/" + std::to_string(std::max(0, inf->tokens_out));
+    if (inf && !inf->finish.empty()) line += " finish=" + inf->finish;
+    if (inf && inf->queue_s >= 0) line += fmt::format(" queue={:.3f}s", inf->queue_s);
+    line += fmt::format(" {:.3f}s", secs);
+    const bool quiet = req.path == "/health" || req.path == "/metrics";
+    spdlog::log(quiet ? spdlog::level::debug : spdlog::level::info, "{}", line);
+  });
+
+  s.Options(".*", [this](const httplib::Request& req, httplib::Response& res) {
+    res.status = 204;
+    if (!active()->cfg.server.cors_enabled) {
+      res.set_header("Allow", "GET, POST, PATCH, OPTIONS");
+      return;
+    }
+    const std::string origin = req.get_header_value("Origin");
+    res.set_header("Access-Control-Allow-Origin", origin.empty() ? "*" : origin);
+    if (!origin.empty()) res.set_header("Vary", "Origin");
+    res.set_header("Access-Control-Allow-Methods", "GET, POST, PATCH, OPTIONS");
+    const std::string asked = req.get_header_value("Access-Control-Request-Headers");
+    res.set_header("Access-Control-Allow-Headers",
+                   asked.empty() ? "Content-Type, Authorization, X-Moondream-Auth, X-API-Key" : asked);
+    res.set_header("Access-Control-Max-Age", "86400");
+  });
+}
+
+void Server::guarded(const httplib::Request& req, httplib::Response& res, bool needs_key,
+                     const std::function<void()>& fn) {
+  try {
+    if (needs_key) check_api_key(req, *active());
+    fn();
+  } catch (const ApiError& e) {
+    write_error(res, e);
+  } catch (const Error& e) {
+    write_error(res, ApiError(400, "invalid_request", e.what()));
+  } catch (const std::exception& e) {
+    spdlog::error("{} {}: {}", req.method, req.path, e.what());
+    write_error(res, ApiError(500, "internal_error", e.what()));
+  }
+}
+
+void Server::check_api_key(const httplib::Request& req, const Profile& p) const {
+  const std::string& want = p.cfg.server.api_key;
+  if (want.empty()) return;
+  std::string got;
+  const std::string auth = req.get_header_value("Authorization");
+  if (auth.size() > 7 && (auth.compare(0, 7, "Bearer ") == 0 || auth.compare(0, 7, "bearer ") == 0))
+    got = auth.substr(7);
+  if (got.empty()) got = req.get_header_value("X-Moondream-Auth");
+  if (got.empty()) got = req.get_header_value("X-API-Key");
+  if (got.empty()) got = req.get_header_value("api-key");
+  if (got.empty())
+    throw ApiError(401, "missing_api_key",
+                   "an API key is required: send Authorization: Bearer <key> (or X-Moondream-Auth: <key>)");
+  if (!keys_equal(got, want)) throw ApiError(401, "invalid_api_key", "the API key is not valid");
+}
+
+std::string Server::read_body(const httplib::Request& req, httplib::Response& res,
+                              const httplib::ContentReader& reader) {
+  const uint64_t limit = active()->cfg.limits.max_body_bytes;
+  auto too_large = [&] {
+    res.set_header("Connection", "close");  // the rest of the body is never read
+    return ApiError(413, "payload_too_large",
+                    "the request body is larger than the limit of " + std::to_string(limit) + " bytes");
+  };
+  // A body a little over the limit is read and dropped, so that the client,
+  // still sending, gets to read the 413; a much larger one closes the connection.
+  const uint64_t drain = limit + (64ull << 20);
+  if (req.has_header("Content-Length") && req.get_header_value<uint64_t>("Content-Length") > drain) throw too_large();
+  std::string body;
+  bool over = false;
+  uint64_t seen = 0;
+  const bool ok = reader([&](const char* data, size_t n) {
+    seen += n;
+    if (seen > limit) {
+      over = true;
+      body.clear();
+      return seen <= drain;
+    }
+    body.append(data, n);
+    return true;
+  });
+  if (over) {
+    if (!ok) throw too_large();
+    throw ApiError(413, "payload_too_large",
+                   "the request body is larger than the limit of " + std::to_string(limit) + " bytes");
+  }
+  if (!ok) {
+    res.set_header("Connection", "close");
+    if (req.has_header("Content-Length") && req.get_header_value<uint64_t>("Content-Length") > limit)
+      throw too_large();
+    throw bad_request("invalid_body", "the request body could not be read");
+  }
+  return body;
+}
+
+void Server::with_body(const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& reader,
+                       const std::function<void(const std::string&)>& fn) {
+  std::string body;
+  bool ok = false;
+  guarded(req, res, false, [&] {
+    body = read_body(req, res, reader);
+    ok = true;
+  });
+  if (ok) fn(body);
+}
+
+std::shared_ptr<const Profile> Server::ready_profile() const {
+  if (stopping_) throw ApiError(503, "shutting_down", "the server is shutting down");
+  auto p = active();
+  if (!p->model) throw ApiError(503, "model_loading", "the model is still loading; try again shortly");
+  return p;
+}
+
+void Server::routes() {
+  common_handlers(*api_, false);
+  auto& s = *api_;
+  s.Get("/", [this](const httplib::Request& req, httplib::Response& res) {
+    guarded(req, res, false, [&] {
+      json eps = json::array();
+      for (const auto& r : kApiRoutes) eps.push_back(std::string(r.methods) + " " + r.path);
+      set_json(res, 200,
+               {{"server", "moondream-server"}, {"version", kServerVersion}, {"endpoints", eps},
+                {"docs", "docs/API.md"}});
+    });
+  });
+  s.Get("/health", [this](const httplib::Request& req, httplib::Response& res) { health(req, res); });
+  s.Get("/v1/models", [this](const httplib::Request& req, httplib::Response& res) { models(req, res); });
+  s.Get(R"(/v1/models/(.+))", [this](const httplib::Request& req, httplib::Response& res) { models(req, res); });
+  // Bodies are read by our own readers: any content type (curl -d sends
+  // form-urlencoded), bounded by limits.max_body_bytes.
+  using Reader = httplib::ContentReader;
+  s.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res, const Reader& rd) {
+    with_body(req, res, rd, [&](const std::string& b) { chat_completions(req, b, res); });
+  });
+  const std::pair<const char*, Task> tasks[] = {
+      {"/v1/caption", Task::Caption}, {"/v1/query", Task::Query}, {"/v1/detect", Task::Detect}, {"/v1/point", Task::Point}};
+  for (const auto& [path, task] : tasks) {
+    const Task t = task;
+    s.Post(path, [this, t](const httplib::Request& req, httplib::Response& res, const Reader& rd) {
+      with_body(req, res, rd, [&](const std::string& b) { moondream_task(req, b, res, t); });
+    });
+  }
+
+  if (backend_) {
+    common_handlers(*backend_, true);
+    auto& b = *backend_;
+    b.Get("/health", [this](const httplib::Request& req, httplib::Response& res) { health(req, res); });
+    b.Get("/api/v1/config", [this](const httplib::Request& req, httplib::Response& res) { get_config(req, res); });
+    b.Patch("/api/v1/config",
+            [this](const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& rd) {
+              with_body(req, res, rd, [&](const std::string& body) { patch_config(req, body, res); });
+            });
+    b.Get("/metrics", [this](const httplib::Request& req, httplib::Response& res) { metrics(req, res); });
+  }
+}
+
+// ---- /health, /v1/models, /metrics, /api/v1/config --------------------------
+
+std::string Server::health_json() const {
+  auto p = active();
+  const ServerConfig& c = p->cfg;
+  auto cache_json = [](const CacheStats& s, bool enabled) {
+    return json{{"enabled", enabled},     {"hits", s.hits},   {"misses", s.misses}, {"entries", s.entries},
+                {"bytes", s.bytes},       {"max_bytes", s.max_bytes}, {"evictions", s.evictions}};
+  };
+  json j = {
+      {"status", p->model ? "ok" : "loading"},
+      {"server", "moondream-server"},
+      {"version", kServerVersion},
+      {"pid", int(getpid())},
+      {"instance", opts_.instance},
+      {"profile", p->name},
+      {"model", c.model_name},
+      {"model_path", p->model ? p->model->dir : c.model_path},
+      {"model_source", c.model_path},
+      {"revision", c.revision},
+      {"load_seconds", p->model ? p->model->load_seconds : 0.0},
+      {"uptime_seconds", seconds_since(started_)},
+      {"rss_bytes", rss_bytes()},
+      {"threads", md::num_threads()},
+      {"queue_depth", queue_->depth()},
+      {"queue_capacity", queue_->capacity()},
+      {"busy", queue_->busy()},
+      {"cache", cache_json(caches_.images.stats(), c.performance.image_caching)},
+      {"response_cache", cache_json(caches_.responses.stats(), c.performance.response_caching)},
+  };
+  return dumps(j);
+}
+
+void Server::health(const httplib::Request& req, httplib::Response& res) {
+  guarded(req, res, false, [&] {
+    const std::string body = health_json();
+    res.status = active()->model ? 200 : 503;
+    if (res.status == 503) res.set_header("Retry-After", "5");
+    res.set_content(body, "application/json");
+  });
+}
+
+void Server::models(const httplib::Request& req, httplib::Response& res) {
+  guarded(req, res, true, [&] {
+    auto p = active();
+    const json m = {{"id", p->cfg.model_name},
+                    {"object", "model"},
+                    {"created", int64_t(std::chrono::duration_cast<std::chrono::seconds>(
+                                            std::chrono::system_clock::now().time_since_epoch() -
+                                            std::chrono::duration_cast<std::chrono::system_clock::duration>(
+                                                Clock::now() - started_))
+                                            .count())},
+                    {"owned_by", "moondream"},
+                    {"root", p->cfg.model_path},
+                    {"ready", p->model != nullptr}};
+    if (req.matches.size() > 1) {
+      if (req.matches[1].str() != p->cfg.model_name)
+        throw ApiError(404, "model_not_found", "no model named '" + req.matches[1].str() + "'");
+      set_json(res, 200, m);
+      return;
+    }
+    set_json(res, 200, {{"object", "list"}, {"data", json::array({m})}});
+  });
+}
+
+void Server::metrics(const httplib::Request& req, httplib::Response& res) {
+  guarded(req, res, true, [&] {
+    auto p = active();
+    std::string o = metrics_.render();
+    auto gauge = [&](const std::string& name, const std::string& help, const std::string& type, double v) {
+      o += "# HELP " + name + " " + help + "\n# TYPE " + name + " " + type + "\n" + name + " " +
+           fmt::format("{}", v) + "\n";
+    };
+    const CacheStats ic = caches_.images.stats(), rc = caches_.responses.stats();
+    gauge("moondream_image_cache_hits_total", "Encoded-image cache hits.", "counter", double(ic.hits));
+    gauge("moondream_image_cache_misses_total", "Encoded-image cache misses.", "counter", double(ic.misses));
+    gauge("moondream_image_cache_entries", "Encoded images held.", "gauge", double(ic.entries));
+    gauge("moondream_image_cache_bytes", "Bytes of encoded images held.", "gauge", double(ic.bytes));
+    gauge("moondream_response_cache_hits_total", "Response cache hits.", "counter", double(rc.hits));
+    gauge("moondream_response_cache_misses_total", "Response cache misses.", "counter", double(rc.misses));
+    gauge("moondream_response_cache_entries", "Responses held.", "gauge", double(rc.entries));
+    gauge("moondream_queue_depth", "Requests waiting for the inference worker.", "gauge", double(queue_->depth()));
+    gauge("moondream_queue_capacity", "Requests that may wait before 503s.", "gauge", double(queue_->capacity()));
+    gauge("moondream_worker_busy", "1 while the inference worker runs a request.", "gauge", queue_->busy() ? 1 : 0);
+    gauge("moondream_requests_cancelled_total", "Generations stopped because the client left.", "counter",
+          double(queue_->cancelled.load()));
+    gauge("moondream_model_load_seconds", "Seconds the active model took to load.", "gauge",
+          p->model ? p->model->load_seconds : 0.0);
+    gauge("moondream_rss_bytes", "Resident memory of the server.", "gauge", double(rss_bytes()));
+    gauge("moondream_uptime_seconds", "Seconds since the server started.", "gauge", seconds_since(started_));
+    o += "# HELP moondream_info Active profile and model.\n# TYPE moondream_info gauge\n";
+    o += "moondream_info{profile=\"" + prom_label(p->name) + "\",model=\"" + prom_label(p->cfg.model_name) +
+         "\",version=\"" + kServerVersion + "\"} 1\n";
+    res.set_content(o, "text/plain; version=0.0.4; charset=utf-8");
+  });
+}
+
+std::string Server::config_json() const {
+  auto p = active();
+  json models = json::array();
+  for (const auto& n : list_profiles(opts_.configs_dir)) models.push_back(n);
+  if (std::find(models.begin(), models.end(), p->name) == models.end()) models.push_back(p->name);
+  json j = {{"active_model", p->name},
+            {"models", models},
+            {"configs_dir", opts_.configs_dir},
+            {"config", json::parse(config_to_json(p->cfg))},
+            {"model", {{"name", p->cfg.model_name},
+                       {"path", p->model ? p->model->dir : ""},
+                       {"source", p->cfg.model_path},
+                       {"revision", p->cfg.revision},
+                       {"ready", p->model != nullptr},
+                       {"load_seconds", p->model ? p->model->load_seconds : 0.0}}}};
+  return dumps(j);
+}
+
+void Server::get_config(const httplib::Request& req, httplib::Response& res) {
+  guarded(req, res, true, [&] { res.set_content(config_json(), "application/json"); });
+}
+
+void Server::patch_config(const httplib::Request& req, const std::string& raw_body, httplib::Response& res) {
+  guarded(req, res, true, [&] {
+    const json body = parse_object(raw_body);
+    const std::string name = required_string(body, "active_model");
+    const auto names = list_profiles(opts_.configs_dir);
+    if (std::find(names.begin(), names.end(), name) == names.end())
+      throw ApiError(404, "profile_not_found",
+                     "no profile named '" + name + "' in " + opts_.configs_dir + " (see GET /api/v1/config)");
+    std::lock_guard<std::mutex> switch_lock(switch_m_);
+    const std::string path = (std::filesystem::path(opts_.configs_dir) / (name + ".json")).string();
+    std::vector<std::string> warnings;
+    ServerConfig cfg;
+    try {
+      cfg = load_server_config(path, &warnings);
+      apply_overrides(&cfg, opts_.overrides);
+      validate(cfg, path);
+    } catch (const Error& e) {
+      throw ApiError(400, "invalid_config", e.what());
+    }
+    for (const auto& w : warnings) spdlog::warn("{}", w);
+    if (cfg.server.host != startup_cfg_.server.host || cfg.server.port != startup_cfg_.server.port ||
+        cfg.server.backend_port != startup_cfg_.server.backend_port)
+      warnings.push_back("server.host/port/backend_port apply at startup only; kept " + startup_cfg_.server.host +
+                         ":" + std::to_string(startup_cfg_.server.port));
+    if (cfg.threads != startup_cfg_.threads)
+      warnings.push_back("threads applies at startup only; kept " + std::to_string(startup_cfg_.threads));
+    auto cur = active();
+    auto next = std::make_shared<Profile>();
+    next->name = name;
+    next->path = path;
+    next->cfg = cfg;
+    bool reloaded = false;
+    if (cur->model && cur->model->source == cfg.model_path && cur->model->revision == cfg.revision) {
+      next->model = cur->model;
+    } else {
+      spdlog::info("profile {}: loading model {} (revision {})", name, cfg.model_path, cfg.revision);
+      try {
+        next->model = load_model(cfg.model_path, cfg.revision, startup_cfg_.threads);
+      } catch (const Error& e) {
+        throw ApiError(500, "model_load_failed", std::string(e.what()) + "; profile '" + cur->name + "' stays active",
+                       "server_error");
+      }
+      reloaded = true;
+    }
+    if (reloaded) {
+      // Entries keyed by the old model can never hit again.
+      caches_.images.clear();
+      caches_.responses.clear();
+      caches_.raw_images.clear();
+    }
+    {
+      std::lock_guard<std::mutex> lock(active_m_);
+      active_ = next;
+    }
+    apply_runtime_settings(*next);
+    spdlog::info("active profile: {} (model {}{})", name, cfg.model_name, reloaded ? ", reloaded" : "");
+    json out = json::parse(config_json());
+    out["model_reloaded"] = reloaded;
+    out["warnings"] = warnings;
+    set_json(res, 200, out);
+  });
+}
+
+// ---- inference requests -------------------------------------------------------
+
+void Server::prepare_image(Job& job, const std::string& image_url, const Profile& p, RequestInfo& inf) {
+  const ServerConfig& c = p.cfg;
+  ImageFetchOptions fo;
+  fo.allow_urls = c.server.allow_image_urls;
+  fo.allow_private = c.server.allow_private_image_urls;
+  fo.max_bytes = c.limits.max_image_bytes;
+  fo.timeout_s = c.limits.image_url_timeout_s;
+  const std::string bytes = image_bytes_from_url(image_url, fo);
+
+  const LoadedModel& lm = *p.model;
+  const bool img_cache = c.performance.image_caching;
+  const bool resp_cache = c.performance.response_caching && job.params.deterministic();
+  job.image_caching = img_cache;
+  job.response_caching = resp_cache;
+  job.memory_management = c.performance.memory_management;
+  inf.image_cache = img_cache ? "miss" : "off";
+
+  Key128 raw;
+  if (img_cache || resp_cache) {
+    raw = Hasher().add("raw-v1").add_int(int64_t(lm.id)).add_int(c.image_processing.size).add(bytes).finish();
+    if (auto k = caches_.raw_images.get(raw, false)) {
+      job.image.key = *k;
+      if (img_cache) job.image.encoded = caches_.images.get(*k, false);
+      if (job.image.encoded) return;  // no decode, no vision, no prefix
+      if (resp_cache && caches_.responses.get(response_key(lm.id, *k, job.params), false)) return;
+    }
+  }
+
+  const auto t0 = Clock::now();
+  RgbImage img;
+  try {
+    img = decode_image(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()),
+                       c.limits.max_image_pixels);
+    img = downscale(img, c.image_processing.size);
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    throw bad_request(msg.find("exceeds the limit") != std::string::npos ? "image_too_large" : "invalid_image", msg);
+  }
+  job.image.decode_image_s = seconds_since(t0);
+  const CropParams cp = lm.model->crop_params();
+  Hasher h;
+  h.add("image-v1").add_int(int64_t(lm.id));
+  h.add_int(cp.crop_size).add_int(cp.patch_size).add_int(cp.overlap_margin).add_int(cp.max_crops);
+  h.add_int(c.image_processing.size).add_int(img.width).add_int(img.height);
+  h.add(img.pixels.data(), img.pixels.size());
+  job.image.key = h.finish();
+  if (img_cache || resp_cache) caches_.raw_images.put(raw, std::make_shared<Key128>(job.image.key), 1);
+  if (img_cache) job.image.encoded = caches_.images.get(job.image.key, false);
+  if (!job.image.encoded) job.image.pixels = std::move(img);
+}
+
+std::shared_ptr<const JobOutcome> Server::cached_response(Job& job, const Profile& p) {
+  if (!job.response_caching) return nullptr;
+  job.response_key = response_key(p.model->id, job.image.key, job.params);
+  return caches_.responses.get(job.response_key, true);
+}
+
+void Server::submit(const std::shared_ptr<Job>& job) {
+  if (stopping_) throw ApiError(503, "shutting_down", "the server is shutting down");
+  if (!queue_->try_push(job)) {
+    ApiError e(503, "queue_full",
+               "the server is busy: " + std::to_string(queue_->capacity()) +
+                   " requests are already waiting; retry later");
+    throw e;
+  }
+}
+
+namespace {
+
+// How a finished job is presented: the Moondream API or OpenAI chat completions.
+struct Presenter {
+  // Complete JSON body of a non-streaming response.
+  std::function<json(const JobOutcome&, double total_s)> body;
+  // SSE text sent before any chunk (may be empty).
+  std::string start;
+  std::function<std::string(const std::string& chunk)> chunk;
+  std::function<std::string(const JobOutcome&, double total_s)> end;
+  std::function<std::string(const ApiError&)> error;
+};
+
+}  // namespace
+
+// Runs a prepared job (or answers it from the response cache) and writes the
+// response, streaming or not.
+static void run_and_respond(const std::shared_ptr<Job>& job, const std::shared_ptr<RequestInfo>& inf,
+                            const Presenter& pr, httplib::Response& res,
+                            const std::function<std::shared_ptr<const JobOutcome>()>& cached,
+                            const std::function<void(const std::shared_ptr<Job>&)>& submit,
+                            const std::function<void(const JobOutcome&)>& record);
+
+void Server::moondream_task(const httplib::Request& req, const std::string& raw_body, httplib::Response& res,
+                            Task task) {
+  guarded(req, res, true, [&] {
+    auto inf = info(req);
+    auto prof = ready_profile();
+    const ServerConfig& c = prof->cfg;
+    const json body = parse_object(raw_body);
+    auto job = std::make_shared<Job>();
+    job->model = prof->model;
+    JobParams& p = job->params;
+    p.task = task;
+    default_sampling(p, c);
+    const std::string image_url = required_string(body, "image_url");
+    if (task == Task::Caption) {
+      const std::string len = optional_string(body, "length").value_or("normal");
+      if (!parse_caption_length(len, &p.length))
+        throw bad_request("invalid_field", "length must be short, normal or long (got '" + len + "')");
+    } else if (task == Task::Query) {
+      p.text = required_string(body, "question");
+    } else {
+      p.text = required_string(body, "object");
+    }
+    if (const json* s = field(body, "settings")) {
+      if (!s->is_object()) throw bad_request("invalid_field", "settings must be an object");
+      read_sampling(p, *s, c, "settings.");
+      if (auto v = optional_int(*s, "max_objects", 1, c.limits.max_objects, "settings.")) p.max_objects = int(*v);
+    }
+    // Top-level sampling fields are accepted too.
+    read_sampling(p, body, c, "");
+    if (auto v = optional_int(body, "max_objects", 1, c.limits.max_objects)) p.max_objects = int(*v);
+    const bool text_task = task == Task::Caption || task == Task::Query;
+    job->stream = text_task && optional_bool(body, "stream").value_or(false);
+    if (task == Task::Query) {
+      const auto prompt = prof->model->model->query_prompt(p.text);
+      const auto& tc = prof->model->model->config().text;
+      const int room = tc.max_context - tc.prefix_attn;
+      if (int(prompt.size()) >= room)
+        throw bad_request("context_length_exceeded", "the question is " + std::to_string(prompt.size()) +
+                                                         " tokens; at most " + std::to_string(room - 1) + " fit");
+    }
+
+    prepare_image(*job, image_url, *prof, *inf);
+
+    const std::string request_id = "req-" + random_hex(24);
+    res.set_header("X-Request-Id", request_id);
+    Presenter pr;
+    pr.body = [task, request_id](const JobOutcome& o, double total) {
+      json j = moondream_result(task, o);
+      j["request_id"] = request_id;
+      j["finish_reason"] = public_finish(o.finish_reason);
+      j["timings"] = timings_json(o, total);
+      j["usage"] = usage_json(o);
+      return j;
+    };
+    pr.chunk = [](const std::string& chunk) { return sse({{"chunk", chunk}}); };
+    pr.end = [request_id](const JobOutcome& o, double total) {
+      return sse({{"completed", true},
+                  {"request_id", request_id},
+                  {"finish_reason", public_finish(o.finish_reason)},
+                  {"timings", timings_json(o, total)},
+                  {"usage", usage_json(o)}});
+    };
+    pr.error = [](const ApiError& e) {
+      json j = error_body(e);
+      j["completed"] = true;
+      return sse(j);
+    };
+    run_and_respond(
+        job, inf, pr, res, [&] { return cached_response(*job, *prof); },
+        [this](const std::shared_ptr<Job>& j) { submit(j); },
+        [this, task](const JobOutcome& o) {
+          metrics_.generation(task_name(task), o.prompt_tokens + o.image_tokens, o.completion_tokens(),
+                              o.timings.decode_s, o.queue_s, o.finish_reason);
+        });
+  });
+}
+
+void Server::chat_completions(const httplib::Request& req, const std::string& raw_body, httplib::Response& res) {
+  guarded(req, res, true, [&] {
+    auto inf = info(req);
+    auto prof = ready_profile();
+    const ServerConfig& c = prof->cfg;
+    const json body = parse_object(raw_body);
+    const json* msgs = field(body, "messages");
+    if (!msgs) throw bad_request("missing_field", "messages is required");
+    if (!msgs->is_array() || msgs->empty()) throw bad_request("invalid_field", "messages must be a non-empty array");
+
+    struct Turn {
+      std::string role, text;
+      std::vector<std::string> images;
+    };
+    std::vector<Turn> turns;
+    for (size_t i = 0; i < msgs->size(); ++i) {
+      const json& m = (*msgs)[i];
+      const std::string at = "messages[" + std::to_string(i) + "].";
+      if (!m.is_object()) throw bad_request("invalid_field", "messages[" + std::to_string(i) + "] must be an object");
+      Turn t;
+      t.role = required_string(m, "role", at);
+      const json* content = field(m, "content");
+      if (content && content->is_string()) {
+        t.text = content->get<std::string>();
+      } else if (content && content->is_array()) {
+        for (size_t k = 0; k < content->size(); ++k) {
+          const json& part = (*content)[k];
+          const std::string pat = at + "content[" + std::to_string(k) + "].";
+          if (!part.is_object()) throw bad_request("invalid_field", pat.substr(0, pat.size() - 1) + " must be an object");
+          const std::string type = required_string(part, "type", pat);
+          if (type == "text" || type == "input_text") {
+            const std::string txt = optional_string(part, "text", pat).value_or("");
+            if (!t.text.empty() && !txt.empty()) t.text += "\n";
+            t.text += txt;
+          } else if (type == "image_url" || type == "input_image") {
+            const json* iu = field(part, "image_url");
+            if (iu && iu->is_object()) t.images.push_back(required_string(*iu, "url", pat + "image_url."));
+            else t.images.push_back(required_string(part, "image_url", pat));
+          } else {
+            throw bad_request("unsupported_content", pat + "type '" + type + "' is not supported (use text or image_url)");
+          }
+        }
+      } else if (content) {
+        throw bad_request("invalid_field", at + "content must be a string or an array of parts");
+      }
+      turns.push_back(std::move(t));
+    }
+    if (turns.back().role != "user")
+      throw bad_request("invalid_field", "the last message must have role \"user\" (got \"" + turns.back().role + "\")");
+
+    std::string image_url;
+    for (auto it = turns.rbegin(); it != turns.rend() && image_url.empty(); ++it)
+      if (!it->images.empty()) image_url = it->images.back();
+    if (image_url.empty())
+      throw bad_request("image_required",
+                        "moondream answers questions about an image, and no message has one: add a content part "
+                        "{\"type\": \"image_url\", \"image_url\": {\"url\": \"data:image/jpeg;base64,...\"}} to a "
+                        "user message");
+
+    auto job = std::make_shared<Job>();
+    job->model = prof->model;
+    JobParams& p = job->params;
+    default_sampling(p, c);
+    // Earlier turns become Question/Answer history.
+    std::string pending;
+    for (size_t i = 0; i + 1 < turns.size(); ++i) {
+      const Turn& t = turns[i];
+      if (t.role == "user") {
+        if (!pending.empty() && !t.text.empty()) pending += "\n";
+        pending += t.text;
+      } else if (t.role == "assistant") {
+        if (pending.find_first_not_of(" \t\r\n") != std::string::npos) p.history.emplace_back(pending, t.text);
+        pending.clear();
+      }  // system / developer / tool messages are not part of moondream's prompt
+    }
+    std::string question = turns.back().text;
+    if (!pending.empty()) question = pending + (question.empty() ? "" : "\n" + question);
+    const bool blank = question.find_first_not_of(" \t\r\n") == std::string::npos;
+    if (blank && p.history.empty()) {
+      p.task = Task::Caption;  // an image with no question: describe it
+    } else if (p.history.empty()) {
+      p.task = Task::Query;
+      p.text = question;
+    } else {
+      p.task = Task::Chat;
+      p.text = question;
+    }
+
+    read_sampling(p, body, c, "");
+    if (auto n = optional_int(body, "n", 1, 128); n && *n != 1)
+      throw bad_request("invalid_field", "n must be 1: this server returns one choice");
+    if (const json* st = field(body, "stop")) {
+      if (st->is_string()) {
+        p.stop.push_back(st->get<std::string>());
+      } else if (st->is_array() && st->size() <= 4 &&
+                 std::all_of(st->begin(), st->end(), [](const json& x) { return x.is_string(); })) {
+        for (const auto& x : *st) p.stop.push_back(x.get<std::string>());
+      } else {
+        throw bad_request("invalid_field", "stop must be a string or an array of up to 4 strings");
+      }
+    }
+    job->stream = optional_bool(body, "stream").value_or(false);
+    bool include_usage = false;
+    if (const json* so = field(body, "stream_options")) {
+      if (!so->is_object()) throw bad_request("invalid_field", "stream_options must be an object");
+      include_usage = optional_bool(*so, "include_usage", "stream_options.").value_or(false);
+    }
+    if (p.task != Task::Caption) {
+      const Moondream& m = *prof->model->model;
+      size_t n = m.query_prompt(p.text).size();
+      for (const auto& [q, a] : p.history) n += m.query_prompt(q).size() + m.tokenizer().encode(" " + a).size();
+      const int room = m.config().text.max_context - m.config().text.prefix_attn;
+      if (int(n) >= room)
+        throw bad_request("context_length_exceeded", "the conversation is " + std::to_string(n) +
+                                                         " tokens; at most " + std::to_string(room - 1) + " fit");
+    }
+
+    prepare_image(*job, image_url, *prof, *inf);
+
+    const std::string id = "chatcmpl-" + random_hex(24);
+    const int64_t created = unix_time();
+    const std::string model = c.model_name;
+    res.set_header("X-Request-Id", id);
+    auto base = [id, created, model](const char* object) {
+      return json{{"id", id}, {"object", object}, {"created", created}, {"model", model}, {"system_fingerprint", nullptr}};
+    };
+    Presenter pr;
+    pr.body = [base](const JobOutcome& o, double total) {
+      json j = base("chat.completion");
+      j["choices"] = json::array({{{"index", 0},
+                                   {"message", {{"role", "assistant"}, {"content", o.text}, {"refusal", nullptr}}},
+                                   {"logprobs", nullptr},
+                                   {"finish_reason", public_finish(o.finish_reason)}}});
+      j["usage"] = usage_json(o);
+      j["timings"] = timings_json(o, total);
+      return j;
+    };
+    auto chunk_json = [base, include_usage](const json& delta, const json& finish) {
+      json j = base("chat.completion.chunk");
+      j["choices"] = json::array({{{"index", 0}, {"delta", delta}, {"logprobs", nullptr}, {"finish_reason", finish}}});
+      if (include_usage) j["usage"] = nullptr;
+      return j;
+    };
+    pr.start = sse(chunk_json({{"role", "assistant"}, {"content", ""}}, nullptr));
+    pr.chunk = [chunk_json](const std::string& text) { return sse(chunk_json({{"content", text}}, nullptr)); };
+    pr.end = [chunk_json, base, include_usage](const JobOutcome& o, double total) {
+      json last = chunk_json(json::object(), public_finish(o.finish_reason));
+      if (!include_usage) last["timings"] = timings_json(o, total);
+      std::string out = sse(last);
+      if (include_usage) {
+        json u = base("chat.completion.chunk");
+        u["choices"] = json::array();
+        u["usage"] = usage_json(o);
+        u["timings"] = timings_json(o, total);
+        out += sse(u);
+      }
+      return out + "data: [DONE]\n\n";
+    };
+    pr.error = [](const ApiError& e) { return sse(error_body(e)) + "data: [DONE]\n\n"; };
+    const Task task = p.task;
+    run_and_respond(
+        job, inf, pr, res, [&] { return cached_response(*job, *prof); },
+        [this](const std::shared_ptr<Job>& j) { submit(j); },
+        [this, task](const JobOutcome& o) {
+          metrics_.generation(task == Task::Caption ? "chat_caption" : "chat", o.prompt_tokens + o.image_tokens,
+                              o.completion_tokens(), o.timings.decode_s, o.queue_s, o.finish_reason);
+        });
+  });
+}
+
+static void run_and_respond(const std::shared_ptr<Job>& job, const std::shared_ptr<RequestInfo>& inf,
+                            const Presenter& pr, httplib::Response& res,
+                            const std::function<std::shared_ptr<const JobOutcome>()>& cached,
+                            const std::function<void(const std::shared_ptr<Job>&)>& submit,
+                            const std::function<void(const JobOutcome&)>& record) {
+  auto note = [inf](const JobOutcome& o) {
+    inf->image_cache = o.image_cache;
+    inf->response_cache = o.response_cache;
+    inf->tokens_in = o.prompt_tokens + o.image_tokens;
+    inf->tokens_out = o.completion_tokens();
+    inf->queue_s = o.queue_s;
+    inf->finish = o.finish_reason;
+  };
+
+  std::shared_ptr<const JobOutcome> hit = cached();
+  if (hit) {
+    auto o = std::make_shared<JobOutcome>(*hit);
+    o->response_cache = "hit";
+    o->image_cache = "skipped";
+    o->timings = Timings{};
+    o->timings.decode_image_s = job->image.decode_image_s;
+    o->queue_s = 0;
+    note(*o);
+    if (!job->stream) {
+      set_json(res, 200, pr.body(*o, seconds_since(inf->start)));
+      return;
+    }
+    std::string text = pr.start;
+    if (!o->text.empty()) text += pr.chunk(o->text);
+    text += pr.end(*o, seconds_since(inf->start));
+    res.set_header("Cache-Control", "no-cache");
+    res.set_content(text, "text/event-stream");
+    return;
+  }
+  if (job->response_caching) inf->response_cache = "miss";
+
+  submit(job);  // throws a 503 when the queue is full
+
+  if (!job->stream) {
+    const std::shared_ptr<JobOutcome> o = job->channel->wait();  // rethrows the job's ApiError
+    note(*o);
+    record(*o);
+    set_json(res, 200, pr.body(*o, seconds_since(inf->start)));
+    return;
+  }
+
+  res.set_header("Cache-Control", "no-cache");
+  res.set_header("X-Accel-Buffering", "no");
+  res.set_chunked_content_provider(
+      "text/event-stream",
+      [job, inf, pr, note, record](size_t, httplib::DataSink& sink) {
+        auto send = [&](const std::string& s) {
+          if (s.empty()) return true;
+          if (!sink.write(s.data(), s.size())) {
+            job->channel->cancelled = true;
+            return false;
+          }
+          return true;
+        };
+        if (!send(pr.start)) return false;
+        std::string chunk;
+        while (job->channel->next(&chunk)) {
+          if (!send(pr.chunk(chunk))) return false;
+        }
+        if (auto e = job->channel->error()) {
+          std::string ev;
+          try {
+            std::rethrow_exception(e);
+          } catch (const ApiError& ae) {
+            ev = pr.error(ae);
+          } catch (const std::exception& ex) {
+            ev = pr.error(ApiError(500, "internal_error", ex.what()));
+          }
+          inf->finish = "error";
+          send(ev);
+          sink.done();
+          return true;
+        }
+        const auto o = job->channel->outcome();
+        note(*o);
+        record(*o);
+        if (!send(pr.end(*o, seconds_since(inf->start)))) return false;
+        sink.done();
+        return true;
+      },
+      [job](bool success) {
+        if (!success) job->channel->cancelled = true;
+      });
+}
+
+}  // namespace md::server

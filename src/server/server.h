@@ -1,0 +1,119 @@
+#pragma once
+// moondream-server's HTTP side: the API on the main port (health, OpenAI chat
+// completions, Moondream caption/query/detect/point) and the backend API on
+// the backend port (profile switching, Prometheus metrics). Requests are
+// validated and their images decoded on the HTTP threads; inference runs on
+// the single worker of InferenceQueue.
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "server/config.h"
+#include "server/engine.h"
+#include "server/metrics.h"
+
+namespace httplib {
+class Server;
+class ContentReader;
+struct Request;
+struct Response;
+}  // namespace httplib
+
+namespace md::server {
+
+extern const char* const kServerVersion;
+
+struct ServerOptions {
+  std::string config_path;  // the startup profile's file ("" = built-in defaults)
+  std::string configs_dir;  // where profiles live
+  ConfigOverrides overrides;
+  std::string pid_file;
+  std::string instance;  // random id, also in the pid file and /health
+};
+
+// An active configuration: immutable once published.
+struct Profile {
+  std::string name;  // file stem, "default" without a file
+  std::string path;
+  ServerConfig cfg;
+  std::shared_ptr<LoadedModel> model;  // null while the startup model loads
+};
+
+struct RequestInfo;
+
+class Server {
+ public:
+  Server(ServerOptions opts, ServerConfig cfg, std::string profile_name);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Binds both ports; throws md::Error naming the port on failure.
+  void bind();
+  // Starts serving (status "loading" until load_startup_model() returns).
+  void start();
+  // Resolves and loads the startup profile's model; throws md::Error.
+  void load_startup_model();
+  // Graceful: stop accepting, finish in-flight requests, stop the worker.
+  void stop();
+
+  std::shared_ptr<const Profile> active() const;
+
+ private:
+  void routes();
+  void common_handlers(httplib::Server& s, bool backend);
+
+  // Handlers.
+  void health(const httplib::Request& req, httplib::Response& res);
+  void models(const httplib::Request& req, httplib::Response& res);
+  void moondream_task(const httplib::Request& req, const std::string& body, httplib::Response& res, Task task);
+  void chat_completions(const httplib::Request& req, const std::string& body, httplib::Response& res);
+  void get_config(const httplib::Request& req, httplib::Response& res);
+  void patch_config(const httplib::Request& req, const std::string& body, httplib::Response& res);
+  void metrics(const httplib::Request& req, httplib::Response& res);
+
+  // Helpers.
+  // Reads the body through `reader` (any content type), refusing more than
+  // the active profile's limits.max_body_bytes with a 413.
+  std::string read_body(const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& reader);
+  void with_body(const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& reader,
+                 const std::function<void(const std::string&)>& fn);
+  using Handler = void (Server::*)(const httplib::Request&, httplib::Response&);
+  void guarded(const httplib::Request& req, httplib::Response& res, bool needs_key,
+               const std::function<void()>& fn);
+  void check_api_key(const httplib::Request& req, const Profile& p) const;
+  std::shared_ptr<const Profile> ready_profile() const;  // 503 while loading
+  void prepare_image(Job& job, const std::string& image_url, const Profile& p, RequestInfo& info);
+  std::shared_ptr<const JobOutcome> cached_response(Job& job, const Profile& p);
+  void submit(const std::shared_ptr<Job>& job);
+  void apply_runtime_settings(const Profile& p);
+  std::string health_json() const;
+  std::string config_json() const;
+
+  ServerOptions opts_;
+  ServerConfig startup_cfg_;
+  std::unique_ptr<httplib::Server> api_, backend_;
+  std::thread api_thread_, backend_thread_;
+
+  mutable std::mutex active_m_;
+  std::shared_ptr<const Profile> active_;
+  std::mutex switch_m_;
+
+  Caches caches_;
+  std::unique_ptr<InferenceQueue> queue_;
+  Metrics metrics_;
+  std::chrono::steady_clock::time_point started_;
+  std::atomic<bool> stopping_{false};
+
+  std::mutex info_m_;
+  std::unordered_map<const httplib::Request*, std::shared_ptr<RequestInfo>> infos_;
+  std::shared_ptr<RequestInfo> info(const httplib::Request& req);
+};
+
+}  // namespace md::server

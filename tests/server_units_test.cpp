@@ -1,0 +1,287 @@
+// moondream-server pieces without a model: config parsing and validation
+// (the shipped profiles included), base64 and data URIs, stop sequences, the
+// LRU caches, address checks for image URLs, the Prometheus text.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "server/api_error.h"
+#include "server/cache.h"
+#include "server/config.h"
+#include "server/engine.h"
+#include "server/image_input.h"
+#include "server/metrics.h"
+#include "server/process.h"
+#include "tensor/error.h"
+
+namespace md::server {
+namespace {
+
+std::string error_of(const std::string& text) {
+  try {
+    std::vector<std::string> w;
+    parse_server_config(text, "t.json", &w);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(ServerConfig, ShippedProfilesParseWithoutWarnings) {
+  for (const char* name : {"moondream2", "moondream2_optimized"}) {
+    std::vector<std::string> w;
+    const ServerConfig c =
+        load_server_config(std::string(MOONDREAM_SOURCE_DIR) + "/configs/" + name + ".json", &w);
+    EXPECT_TRUE(w.empty()) << name << ": " << (w.empty() ? "" : w[0]);
+    EXPECT_EQ(c.model_path, "vikhyatk/moondream2");
+    EXPECT_EQ(c.server.port, 8080);
+    EXPECT_TRUE(c.server.cors_enabled);
+    const bool optimized = std::string(name) == "moondream2_optimized";
+    EXPECT_EQ(c.performance.image_caching, optimized) << name;
+    EXPECT_EQ(c.performance.response_caching, optimized) << name;
+    if (optimized) {
+      EXPECT_GT(c.performance.cache_max_mb, 0);
+    }
+  }
+  EXPECT_EQ(list_profiles(std::string(MOONDREAM_SOURCE_DIR) + "/configs"),
+            (std::vector<std::string>{"moondream2", "moondream2_optimized"}));
+}
+
+TEST(ServerConfig, EveryKeyIsRead) {
+  std::vector<std::string> w;
+  const ServerConfig c = parse_server_config(R"({
+    "model_name": "m", "model_path": "/models/m", "revision": "r1", "device": "cpu", "max_tokens": 300,
+    "performance": {"image_caching": true, "response_caching": true, "memory_management": true,
+                    "cache_max_mb": 512, "quantization": "none"},
+    "server": {"host": "0.0.0.0", "port": 9000, "backend_port": 9001, "cors_enabled": false,
+               "api_key": "k", "queue_size": 3},
+    "image_processing": {"size": 768, "quality": 80},
+    "generation_config": {"max_new_tokens": 100, "temperature": 0.2, "top_p": 0.9, "do_sample": false},
+    "limits": {"max_body_bytes": 2048, "max_image_bytes": 1000, "max_image_pixels": 5000}
+  })",
+                                             "t.json", &w);
+  EXPECT_TRUE(w.empty());
+  EXPECT_EQ(c.model_name, "m");
+  EXPECT_EQ(c.revision, "r1");
+  EXPECT_EQ(c.max_tokens, 300);
+  EXPECT_TRUE(c.performance.memory_management);
+  EXPECT_EQ(c.performance.cache_max_mb, 512);
+  EXPECT_EQ(c.server.host, "0.0.0.0");
+  EXPECT_EQ(c.server.backend_port, 9001);
+  EXPECT_FALSE(c.server.cors_enabled);
+  EXPECT_EQ(c.server.queue_size, 3);
+  EXPECT_EQ(c.image_processing.size, 768);
+  EXPECT_EQ(c.generation_config.max_new_tokens, 100);
+  EXPECT_DOUBLE_EQ(c.generation_config.top_p, 0.9);
+  EXPECT_FALSE(c.generation_config.do_sample);
+  EXPECT_EQ(c.limits.max_image_pixels, 5000u);
+}
+
+TEST(ServerConfig, WrongTypesAndValuesNameTheKey) {
+  const std::pair<const char*, const char*> cases[] = {
+      {R"({"max_tokens": "many"})", "max_tokens"},
+      {R"({"max_tokens": 0})", "max_tokens"},
+      {R"({"performance": {"cache_max_mb": -1}})", "performance.cache_max_mb"},
+      {R"({"performance": {"quantization": "int3"}})", "performance.quantization"},
+      {R"({"performance": []})", "performance"},
+      {R"({"server": {"port": 0}})", "server.port"},
+      {R"({"server": {"cors_enabled": "yes"}})", "server.cors_enabled"},
+      {R"({"server": {"port": 8000}})", "backend_port"},
+      {R"({"image_processing": {"quality": 101}})", "image_processing.quality"},
+      {R"({"generation_config": {"temperature": -1}})", "generation_config.temperature"},
+      {R"({"generation_config": {"top_p": 0}})", "generation_config.top_p"},
+      {R"({"device": "tpu"})", "device"},
+      {R"({"model_path": ""})", "model_path"},
+      {R"([1])", "object"},
+      {R"({"a": )", "not valid JSON"},
+  };
+  for (const auto& [text, key] : cases) {
+    const std::string e = error_of(text);
+    EXPECT_NE(e.find(key), std::string::npos) << text << " → " << e;
+    EXPECT_NE(e.find("t.json"), std::string::npos) << e;
+    EXPECT_EQ(e.find('\n'), std::string::npos) << e;
+  }
+}
+
+TEST(ServerConfig, UnknownKeysAndOtherDevicesWarn) {
+  std::vector<std::string> w;
+  const ServerConfig c = parse_server_config(
+      R"({"colour": 1, "device": "mps", "server": {"x": 2}, "performance": {"quantization": "int8"},
+          "max_tokens": 100, "generation_config": {"max_new_tokens": 500}})",
+      "t.json", &w);
+  ASSERT_EQ(w.size(), 5u);
+  std::string all;
+  for (const auto& s : w) all += s + "\n";
+  for (const char* k : {"'colour'", "'server.x'", "mps", "int8", "max_new_tokens"})
+    EXPECT_NE(all.find(k), std::string::npos) << k << "\n" << all;
+  EXPECT_EQ(c.generation_config.max_new_tokens, 100);
+}
+
+TEST(ServerConfig, OverridesWin) {
+  ServerConfig c;
+  ConfigOverrides o;
+  o.model_path = "/m";
+  o.port = 1234;
+  o.api_key = "k";
+  o.revision = "";
+  apply_overrides(&c, o);
+  EXPECT_EQ(c.model_path, "/m");
+  EXPECT_EQ(c.server.port, 1234);
+  EXPECT_EQ(c.server.api_key, "k");
+  EXPECT_EQ(c.revision, "main");
+  const auto j = nlohmann::json::parse(config_to_json(c));
+  EXPECT_EQ(j["server"]["api_key"], "***");
+}
+
+TEST(ServerImages, Base64AndDataUris) {
+  for (const std::string& s : std::vector<std::string>{"", "a", "ab", "abc", "abcd", std::string("\0\xff\x10z", 4)}) {
+    std::string out;
+    ASSERT_TRUE(base64_decode(base64_encode(s), &out));
+    EXPECT_EQ(out, s);
+  }
+  std::string out;
+  EXPECT_TRUE(base64_decode("aGVs\nbG8", &out));
+  EXPECT_EQ(out, "hello");
+  EXPECT_TRUE(base64_decode("-_8", &out));  // URL-safe alphabet
+  EXPECT_FALSE(base64_decode("a$bc", &out));
+  EXPECT_FALSE(base64_decode("abcde", &out));
+  ImageFetchOptions o;
+  EXPECT_EQ(image_bytes_from_url("data:image/png;base64,aGVsbG8=", o), "hello");
+  EXPECT_EQ(image_bytes_from_url("  aGVsbG8=  ", o), "hello");  // bare base64
+  auto code = [&](const std::string& url, const ImageFetchOptions& opts) {
+    try {
+      image_bytes_from_url(url, opts);
+    } catch (const ApiError& e) {
+      EXPECT_EQ(e.status, 400);
+      return e.code;
+    }
+    return std::string("ok");
+  };
+  EXPECT_EQ(code("data:image/png,hello", o), "invalid_image");
+  EXPECT_EQ(code("http://example.com/a.png", o), "image_url_not_allowed");
+  EXPECT_EQ(code("ftp://example.com/a.png", o), "invalid_image");
+  EXPECT_EQ(code("", o), "missing_image");
+  ImageFetchOptions small;
+  small.max_bytes = 4;
+  EXPECT_EQ(code("data:image/png;base64,aGVsbG8=", small), "image_too_large");
+  ImageFetchOptions urls;
+  urls.allow_urls = true;
+  EXPECT_EQ(code("http://127.0.0.1:1/a.png", urls), "image_url_forbidden");
+  EXPECT_EQ(code("http://[::1]:1/a.png", urls), "image_url_forbidden");
+}
+
+TEST(ServerImages, PrivateAddresses) {
+  for (const char* ip : {"127.0.0.1", "10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1", "169.254.169.254",
+                         "100.64.0.1", "0.0.0.0", "::1", "::", "fe80::1", "fd00::1", "::ffff:127.0.0.1", "224.0.0.1",
+                         "not-an-ip"})
+    EXPECT_TRUE(is_private_address(ip)) << ip;
+  for (const char* ip : {"8.8.8.8", "172.32.0.1", "1.1.1.1", "2606:4700::1111", "::ffff:8.8.8.8"})
+    EXPECT_FALSE(is_private_address(ip)) << ip;
+}
+
+TEST(ServerEngine, StopFilterHoldsBackPartialMatches) {
+  StopFilter f({"\n\nQuestion", "END"});
+  bool hit = false;
+  std::string out = f.push("Hello wor", &hit);
+  out += f.push("ld\n", &hit);  // "\n" may start a stop sequence
+  EXPECT_EQ(out, "Hello world");
+  EXPECT_FALSE(hit);
+  out += f.push("\nQues", &hit);
+  EXPECT_EQ(out, "Hello world");
+  out += f.push("tion: more", &hit);
+  EXPECT_TRUE(hit);
+  EXPECT_EQ(out, "Hello world");
+  EXPECT_EQ(f.finish(), "");
+
+  StopFilter g({"END"});
+  out = g.push("a EN", &hit);
+  out += g.push("D? no, ENx", &hit);
+  EXPECT_TRUE(hit);
+  EXPECT_EQ(out, "a ");
+  StopFilter h({"zz"});
+  out = h.push("abz", &hit);
+  out += h.finish();
+  EXPECT_EQ(out, "abz");
+  StopFilter none({});
+  EXPECT_EQ(none.push("x", &hit), "x");
+}
+
+TEST(ServerEngine, ResponseKeysSeparateEverythingThatMatters) {
+  JobParams a;
+  a.task = Task::Query;
+  a.text = "q";
+  a.max_tokens = 10;
+  const Key128 img = hash128("img", 3);
+  const Key128 k = response_key(1, img, a);
+  EXPECT_EQ(k, response_key(1, img, a));
+  JobParams b = a;
+  b.text = "q2";
+  EXPECT_FALSE(k == response_key(1, img, b));
+  b = a;
+  b.max_tokens = 11;
+  EXPECT_FALSE(k == response_key(1, img, b));
+  b = a;
+  b.stop = {"x"};
+  EXPECT_FALSE(k == response_key(1, img, b));
+  EXPECT_FALSE(k == response_key(2, img, a));
+  EXPECT_FALSE(k == response_key(1, hash128("imh", 3), a));
+  b = a;
+  b.temperature = 0.9f;  // not part of the key: only deterministic requests are cached
+  EXPECT_FALSE(b.deterministic());
+  b.temperature = 0;
+  EXPECT_TRUE(b.deterministic());
+}
+
+TEST(ServerCache, LruEvictsByBytesAndCounts) {
+  LruCache<int> c(100);
+  const Key128 k1 = hash128("1", 1), k2 = hash128("2", 1), k3 = hash128("3", 1);
+  EXPECT_TRUE(c.put(k1, std::make_shared<int>(1), 40));
+  EXPECT_TRUE(c.put(k2, std::make_shared<int>(2), 40));
+  ASSERT_TRUE(c.get(k1));  // k1 is now the most recent
+  EXPECT_TRUE(c.put(k3, std::make_shared<int>(3), 40));  // evicts k2
+  EXPECT_FALSE(c.get(k2));
+  auto held = c.get(k1);
+  ASSERT_TRUE(held);
+  EXPECT_EQ(*held, 1);
+  EXPECT_FALSE(c.put(hash128("big", 3), std::make_shared<int>(4), 101));
+  CacheStats s = c.stats();
+  EXPECT_EQ(s.entries, 2u);
+  EXPECT_EQ(s.bytes, 80u);
+  EXPECT_EQ(s.hits, 2u);
+  EXPECT_EQ(s.misses, 1u);
+  EXPECT_EQ(s.evictions, 1u);
+  c.set_max_bytes(50);
+  EXPECT_EQ(c.stats().entries, 1u);
+  c.clear();
+  EXPECT_EQ(c.stats().entries, 0u);
+  EXPECT_EQ(*held, 1);  // values handed out outlive eviction
+  Hasher h1, h2;
+  h1.add("ab").add("c");
+  h2.add("a").add("bc");
+  EXPECT_FALSE(h1.finish() == h2.finish()) << "fields are length-prefixed";
+}
+
+TEST(ServerMetrics, PrometheusText) {
+  Metrics m;
+  m.request("/v1/query", 200, 0.3);
+  m.request("/v1/query", 400, 0.001);
+  m.generation("query", 740, 20, 0.5, 0.01, "stop");
+  const std::string t = m.render();
+  EXPECT_NE(t.find("moondream_requests_total{endpoint=\"/v1/query\",status=\"200\"} 1"), std::string::npos) << t;
+  EXPECT_NE(t.find("moondream_request_duration_seconds_bucket{endpoint=\"/v1/query\",le=\"0.5\"} 2"),
+            std::string::npos)
+      << t;
+  EXPECT_NE(t.find("moondream_request_duration_seconds_count{endpoint=\"/v1/query\"} 2"), std::string::npos);
+  EXPECT_NE(t.find("moondream_generated_tokens_total{task=\"query\"} 20"), std::string::npos);
+  EXPECT_NE(t.find("moondream_decode_tokens_per_second 40"), std::string::npos);
+  EXPECT_EQ(prom_label("a\"b\\c"), "a\\\"b\\\\c");
+}
+
+TEST(ServerProcess, PortOwnerOfAFreePortIsNobody) {
+  EXPECT_EQ(find_port_owner(1).pid, 0);
+  EXPECT_NE(describe_port_owner(8080, PortOwner{}).find("port 8080 is already in use"), std::string::npos);
+  EXPECT_EQ(new_instance_id().size(), 32u);
+}
+
+}  // namespace
+}  // namespace md::server
