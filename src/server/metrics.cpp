@@ -44,7 +44,12 @@ void Histogram::render(std::string* out, const std::string& name, const std::str
     *out += name + "_bucket{" + labels + "le=\"" + (i < bounds_.size() ? num(bounds_[i]) : "+Inf") + "\"} " +
             std::to_string(cum) + "\n";
   }
-  const std::string l = labels.empty() ? "" : "{" + labels.substr(0, labels.size() - 1) + "}";
+  std::string l;
+  if (!labels.empty()) {
+    l = "{";
+    l.append(labels, 0, labels.size() - 1);  // without the trailing comma
+    l += "}";
+  }
   *out += name + "_sum" + l + " " + num(sum_) + "\n";
   *out += name + "_count" + l + " " + std::to_string(count_) + "\n";
 }

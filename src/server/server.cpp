@@ -313,6 +313,9 @@ void Server::bind() {
 void Server::start() {
   api_thread_ = std::thread([this] { api_->listen_after_bind(); });
   if (backend_) backend_thread_ = std::thread([this] { backend_->listen_after_bind(); });
+  // stop() only reaches a server that is already running.
+  for (int i = 0; i < 2000 && !(api_->is_running() && (!backend_ || backend_->is_running())); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
 }
 
 void Server::load_startup_model() {
@@ -351,7 +354,8 @@ void Server::common_handlers(httplib::Server& s, bool backend) {
   s.set_payload_max_length(std::numeric_limits<size_t>::max());
 
   s.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response&) {
-    info(req);  // starts the clock
+    std::lock_guard<std::mutex> lock(info_m_);
+    infos_[&req] = std::make_shared<RequestInfo>();  // starts the clock
     return httplib::Server::HandlerResponse::Unhandled;
   });
 
