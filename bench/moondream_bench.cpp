@@ -132,9 +132,13 @@ int main(int argc, char** argv) {
   const md::Crops crops378 = md::make_crops(img378, model->crop_params());
   std::vector<float> features;
   {
-    t0 = now();
-    features = model->vision_features(crops378);
-    const double s = now() - t0;
+    // Best of two: the first pass also pays for first touches of the mapped weights.
+    double s = 1e9;
+    for (int rep = 0; rep < 2; ++rep) {
+      t0 = now();
+      features = model->vision_features(crops378);
+      s = std::min(s, now() - t0);
+    }
     const double D = cfg.vision.enc_dim, F = cfg.vision.enc_ff_dim, T = 729;
     const double params = cfg.vision.enc_n_layers * (4 * D * D + 2 * D * F) + 588 * D;
     const double flops = 2 * T * params + cfg.vision.enc_n_layers * 4 * T * T * D;
@@ -144,9 +148,12 @@ int main(int argc, char** argv) {
   // Projection + 730-token prefix prefill.
   const std::vector<float> emb = model->image_embeddings(features, crops378.tiling);
   {
-    t0 = now();
-    md::KVCache cache = model->prefill_prefix(emb);
-    const double s = now() - t0;
+    double s = 1e9;
+    for (int rep = 0; rep < 2; ++rep) {
+      t0 = now();
+      md::KVCache cache = model->prefill_prefix(emb);
+      s = std::min(s, now() - t0);
+    }
     const double D = cfg.text.dim, F = cfg.text.ff_dim, T = cfg.text.prefix_attn;
     const double hd = D / cfg.text.n_heads;
     const double params = cfg.text.n_layers * (D * (D + 2 * cfg.text.n_kv_heads * hd) + D * D + 2 * D * F);
@@ -195,6 +202,7 @@ int main(int argc, char** argv) {
     md::TextOptions opts;
     opts.max_tokens = 1;
     opts.sampling.temperature = 0;
+    model->query(enc, "What is in the picture?", opts);  // warm
     t0 = now();
     const md::TextResult r = model->query(enc, "What is in the picture?", opts);
     const double s = now() - t0;

@@ -17,6 +17,9 @@ for arg in "$@"; do
 done
 [ "$install" = 1 ] && bash scripts/install-deps.sh
 jobs=$(nproc)
+# ctest runs tests side by side, each with an OpenMP pool as wide as the
+# machine: idle OpenMP threads must sleep, not spin, or they starve each other.
+export OMP_WAIT_POLICY=PASSIVE
 
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOONDREAM_WERROR=ON
 cmake --build build -j "$jobs"

@@ -109,12 +109,18 @@ TEST(ServerConfig, UnknownKeysAndOtherDevicesWarn) {
       R"({"colour": 1, "device": "mps", "server": {"x": 2}, "performance": {"quantization": "int8"},
           "max_tokens": 100, "generation_config": {"max_new_tokens": 500}})",
       "t.json", &w);
-  ASSERT_EQ(w.size(), 5u);
+  ASSERT_EQ(w.size(), 4u);
   std::string all;
   for (const auto& s : w) all += s + "\n";
-  for (const char* k : {"'colour'", "'server.x'", "mps", "int8", "max_new_tokens"})
+  for (const char* k : {"'colour'", "'server.x'", "mps", "max_new_tokens"})
     EXPECT_NE(all.find(k), std::string::npos) << k << "\n" << all;
   EXPECT_EQ(c.generation_config.max_new_tokens, 100);
+  EXPECT_EQ(c.performance.quantization, "int8");  // supported: no warning
+  for (auto [in, out] : {std::pair{"q4_0", "q4"}, std::pair{"bf16", "none"}, std::pair{"8bit", "int8"}}) {
+    const ServerConfig q = parse_server_config(std::string(R"({"performance": {"quantization": ")") + in + "\"}}",
+                                               "t.json", nullptr);
+    EXPECT_EQ(q.performance.quantization, out) << in;
+  }
 }
 
 TEST(ServerConfig, OverridesWin) {

@@ -158,15 +158,18 @@ ServerConfig parse_server_config(const std::string& json_text, const std::string
       }
       std::string l = v;
       std::transform(l.begin(), l.end(), l.begin(), ::tolower);
-      static const std::set<std::string> none = {"", "none", "fp32", "float32", "f32", "off"};
-      static const std::set<std::string> other = {"bf16", "bfloat16", "fp16", "float16", "f16",
-                                                  "int8", "int4", "q8", "q4", "8bit", "4bit",
-                                                  "q8_0", "q4_0", "dynamic"};
+      // Weights as stored (16-bit files stay 16-bit), int8 or 4-bit, under
+      // the names users already write.
+      static const std::set<std::string> none = {"", "none", "fp32", "float32", "f32", "off",
+                                                 "bf16", "bfloat16", "fp16", "float16", "f16"};
+      static const std::set<std::string> int8 = {"int8", "q8", "q8_0", "8bit", "dynamic"};
+      static const std::set<std::string> q4 = {"int4", "q4", "q4_0", "4bit"};
       if (none.count(l)) {
         c.performance.quantization = "none";
-      } else if (other.count(l)) {
-        s.warn("performance.quantization '" + v + "' is not available in this build; weights run in fp32");
-        c.performance.quantization = l;
+      } else if (int8.count(l)) {
+        c.performance.quantization = "int8";
+      } else if (q4.count(l)) {
+        c.performance.quantization = "q4";
       } else {
         s.fail("quantization", "must be none, fp32, bf16, fp16, int8 or int4", *q);
       }

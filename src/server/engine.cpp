@@ -50,13 +50,15 @@ const char* task_name(Task t) {
   return "?";
 }
 
-std::shared_ptr<LoadedModel> load_model(const std::string& source, const std::string& revision, int threads) {
+std::shared_ptr<LoadedModel> load_model(const std::string& source, const std::string& revision, int threads,
+                                        const std::string& quantization) {
   static std::atomic<uint64_t> next_id{1};
   const auto t0 = std::chrono::steady_clock::now();
   auto lm = std::make_shared<LoadedModel>();
   lm->source = source;
   lm->revision = revision;
   lm->threads = threads;
+  lm->quantization = quantization;
   std::error_code ec;
   if (std::filesystem::is_directory(source, ec)) {
     lm->dir = source;
@@ -68,6 +70,8 @@ std::shared_ptr<LoadedModel> load_model(const std::string& source, const std::st
   }
   LoadOptions lo;
   lo.threads = threads;
+  if (!parse_quantization(quantization, &lo.quantization))
+    throw Error("performance.quantization must be none, int8 or q4, got '" + quantization + "'");
   lm->model = Moondream::load(lm->dir, lo);
   lm->id = next_id++;
   lm->load_seconds = seconds_since(t0);

@@ -25,6 +25,7 @@ struct LoadedModel {
   std::string source;    // model_path as configured (directory or hub repo id)
   std::string dir;       // the local directory it was loaded from
   std::string revision;
+  std::string quantization = "none";  // "none", "int8" or "q4"
   int threads = 0;
   uint64_t id = 0;       // unique per load: cache keys never mix models
   double load_seconds = 0;
@@ -32,7 +33,9 @@ struct LoadedModel {
 
 // Resolves `source` (a directory, or a hub repo id downloaded into the hub
 // cache) and loads it. Throws md::Error.
-std::shared_ptr<LoadedModel> load_model(const std::string& source, const std::string& revision, int threads);
+// `quantization` is the config's performance.quantization, normalised.
+std::shared_ptr<LoadedModel> load_model(const std::string& source, const std::string& revision, int threads,
+                                        const std::string& quantization = "none");
 
 enum class Task { Caption, Query, Chat, Detect, Point };
 const char* task_name(Task t);

@@ -322,7 +322,7 @@ void Server::load_startup_model() {
   auto cur = active();
   const ServerConfig& c = cur->cfg;
   spdlog::info("loading model {} (revision {})", c.model_path, c.revision);
-  auto lm = load_model(c.model_path, c.revision, startup_cfg_.threads);
+  auto lm = load_model(c.model_path, c.revision, startup_cfg_.threads, c.performance.quantization);
   auto p = std::make_shared<Profile>(*cur);
   p->model = lm;
   {
@@ -724,12 +724,13 @@ void Server::patch_config(const httplib::Request& req, const std::string& raw_bo
     next->path = path;
     next->cfg = cfg;
     bool reloaded = false;
-    if (cur->model && cur->model->source == cfg.model_path && cur->model->revision == cfg.revision) {
+    if (cur->model && cur->model->source == cfg.model_path && cur->model->revision == cfg.revision &&
+        cur->model->quantization == cfg.performance.quantization) {
       next->model = cur->model;
     } else {
       spdlog::info("profile {}: loading model {} (revision {})", name, cfg.model_path, cfg.revision);
       try {
-        next->model = load_model(cfg.model_path, cfg.revision, startup_cfg_.threads);
+        next->model = load_model(cfg.model_path, cfg.revision, startup_cfg_.threads, cfg.performance.quantization);
       } catch (const Error& e) {
         throw ApiError(500, "model_load_failed", std::string(e.what()) + "; profile '" + cur->name + "' stays active",
                        "server_error");
