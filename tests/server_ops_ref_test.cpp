@@ -1,13 +1,16 @@
 // moondream-server as a process: API keys, the bounded queue's 503, switching
 // profiles while a request is in flight, a client leaving mid-stream, image
 // URLs, graceful SIGTERM, the port-taken message, --replace, and startup
-// refusing a bad config with one line. Each test starts its own server; the
+// refusing a bad config with one line, and a hub model downloaded through a
+// cut-and-resumed transfer (then served from the cache, or replaced by the
+// fallback model when the hub is unreachable). Each test starts its own server; the
 // MOONDREAM_SERVER_TEST_*_DELAY_MS hooks keep a request in flight long enough.
 #include <gtest/gtest.h>
 
 #include <atomic>
 #include <thread>
 
+#include "mock_hub.h"
 #include "server/process.h"
 #include "server_harness.h"
 
@@ -348,6 +351,88 @@ TEST_F(ServerOps, BadConfigStopsStartupWithOneLineNamingTheKey) {
   auto ok = start({{"extra", tiny_profile(port_, backend_, {{"colour", "blue"}, {"server", {{"shiny", true}}}})}});
   EXPECT_NE(ok->log().find("unknown key 'colour'"), std::string::npos) << ok->log();
   EXPECT_NE(ok->log().find("unknown key 'server.shiny'"), std::string::npos) << ok->log();
+}
+
+// The tiny model as a hub repo on the mock hub: the weights through the CDN
+// redirect, the small files served directly.
+mockhub::MockRepo tiny_hub_repo() {
+  mockhub::MockRepo repo;
+  repo.commit = "a1b2c3d4e5f60718293a4b5c6d7e8f9012345678";
+  repo.refs = {"main"};
+  for (const char* f : {"config.json", "tokenizer.json"})
+    repo.files[f] = mockhub::MockFile{read_file(testdata::tiny_model() / f), false};
+  repo.files["model.safetensors"] = mockhub::MockFile{read_file(testdata::tiny_model() / "model.safetensors"), true};
+  return repo;
+}
+
+TEST_F(ServerOps, HubModelDownloadsWithAResumedTransferThenStartsFromTheCacheWithoutNetwork) {
+  mockhub::MockHub hub;
+  hub.repos["test/moondream2-tiny"] = tiny_hub_repo();
+  const std::string weights = hub.repos["test/moondream2-tiny"].files["model.safetensors"].content;
+  const std::string sha = md::hub_detail::sha256_hex(weights);
+  hub.cut_first[sha] = weights.size() / 3;  // the first transfer drops a third of the way in
+
+  const fs::path cache = dir_.path / "hf-cache";
+  const std::vector<std::pair<std::string, std::string>> env = {
+      {"HF_ENDPOINT", hub.url()}, {"HF_HUB_CACHE", cache.string()}, {"HF_HOME", (dir_.path / "hf-home").string()}};
+  const json profile = tiny_profile(port_, backend_, {{"model_path", "test/moondream2-tiny"}, {"revision", "main"}});
+
+  std::string first_caption;
+  {
+    auto s = start({{"hub", profile}}, {}, env, false);
+    ASSERT_TRUE(wait_health(*s, [](const json& h) { return h["status"] == "ok"; }, 120)) << s->log();
+    const json h = health(*s);
+    const fs::path snap = cache / "models--test--moondream2-tiny" / "snapshots" / hub.repos["test/moondream2-tiny"].commit;
+    EXPECT_EQ(fs::weakly_canonical(h["model_path"].get<std::string>()), fs::weakly_canonical(snap)) << h.dump();
+    EXPECT_EQ(h["model_source"], "test/moondream2-tiny");
+    EXPECT_EQ(read_file(snap / "model.safetensors"), weights);  // byte-identical after the resume
+    int ranged = 0;
+    for (const auto& rq : hub.requests())
+      if (rq.path.rfind("/cdn/", 0) == 0 && rq.header("range").rfind("bytes=", 0) == 0) ++ranged;
+    EXPECT_GE(ranged, 1) << "the cut transfer was not resumed with a Range request";
+    int st = 0;
+    const json out = post_json(*s->client(), "/v1/caption", caption_req(), &st);
+    ASSERT_EQ(st, 200) << out.dump();
+    first_caption = out["caption"];
+    EXPECT_EQ(s->stop(), 0) << s->log();
+  }
+  // Second start: the hub is gone; the cache serves the same model.
+  const size_t requests_before = hub.request_count();
+  hub.stop();
+  {
+    auto s = start({{"hub", profile}}, {}, env, false);
+    ASSERT_TRUE(wait_health(*s, [](const json& h) { return h["status"] == "ok"; }, 60)) << s->log();
+    int st = 0;
+    const json out = post_json(*s->client(), "/v1/caption", caption_req(), &st);
+    ASSERT_EQ(st, 200) << out.dump();
+    EXPECT_EQ(out["caption"], first_caption);
+    EXPECT_FALSE(health(*s).contains("fallback_from"));
+  }
+  EXPECT_EQ(hub.request_count(), requests_before);
+}
+
+TEST_F(ServerOps, UnreachableHubServesTheFallbackModelAndSaysSo) {
+  const std::vector<std::pair<std::string, std::string>> env = {
+      {"HF_ENDPOINT", "http://127.0.0.1:" + std::to_string(mockhub::dead_port())},
+      {"HF_HUB_CACHE", (dir_.path / "empty-cache").string()},
+      {"HF_HOME", (dir_.path / "hf-home").string()}};
+  const json profile = tiny_profile(port_, backend_, {{"model_path", "vikhyatk/moondream2"}, {"revision", "2025-04-14"}});
+
+  // Without a fallback the start fails with the reason.
+  auto failing = start({{"hub", profile}}, {}, env, false);
+  EXPECT_EQ(failing->wait_exit(60), 1);
+  EXPECT_NE(failing->log().find("cannot load the model"), std::string::npos) << failing->log();
+
+  auto s = start({{"hub", profile}}, {"--fallback-model", testdata::tiny_model().string()}, env, false);
+  ASSERT_TRUE(wait_health(*s, [](const json& h) { return h["status"] == "ok"; }, 60)) << s->log();
+  const json h = health(*s);
+  EXPECT_EQ(h["fallback_from"], "vikhyatk/moondream2") << h.dump();
+  EXPECT_FALSE(h["fallback_reason"].get<std::string>().empty());
+  EXPECT_EQ(fs::weakly_canonical(h["model_path"].get<std::string>()), fs::weakly_canonical(testdata::tiny_model()));
+  int st = 0;
+  const json out = post_json(*s->client(), "/v1/caption", caption_req(), &st);
+  EXPECT_EQ(st, 200) << out.dump();
+  EXPECT_NE(s->log().find("serving the fallback model"), std::string::npos) << s->log();
 }
 
 }  // namespace

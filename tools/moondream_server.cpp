@@ -122,6 +122,9 @@ int main(int argc, char** argv) {
   app.add_option("--threads", threads, "Inference threads, 0 = all cores (overrides threads)")->check(CLI::Range(0, 4096));
   app.add_option("--api-key", api_key, "Require this key (Authorization: Bearer KEY); also $MOONDREAM_API_KEY");
   app.add_option("--pid-file", pid_file, "Pid file (default $XDG_RUNTIME_DIR or /tmp/moondream-server-PORT.pid)");
+  std::string fallback_model;
+  app.add_option("--fallback-model", fallback_model,
+                 "Directory served instead when the configured hub model cannot be fetched at startup");
   app.add_flag("--replace", replace, "Stop a previous moondream-server on the port first (gracefully)");
   app.add_option("--replace-wait", replace_wait, "Seconds to wait for the previous server to finish (default 120)");
   app.add_flag("--version", version, "Print the version and exit");
@@ -196,6 +199,7 @@ int main(int argc, char** argv) {
   so.overrides = ov;
   so.pid_file = pid_file;
   so.instance = new_instance_id();
+  so.fallback_model = fallback_model;
   Server server(so, cfg, profile);
   try {
     server.bind();

@@ -29,6 +29,8 @@ struct LoadedModel {
   int threads = 0;
   uint64_t id = 0;       // unique per load: cache keys never mix models
   double load_seconds = 0;
+  std::string fallback_from;  // the source that failed when this is the fallback model
+  std::string fallback_reason;
 };
 
 // Resolves `source` (a directory, or a hub repo id downloaded into the hub

@@ -322,7 +322,19 @@ void Server::load_startup_model() {
   auto cur = active();
   const ServerConfig& c = cur->cfg;
   spdlog::info("loading model {} (revision {})", c.model_path, c.revision);
-  auto lm = load_model(c.model_path, c.revision, startup_cfg_.threads, c.performance.quantization);
+  std::shared_ptr<LoadedModel> lm;
+  try {
+    lm = load_model(c.model_path, c.revision, startup_cfg_.threads, c.performance.quantization);
+  } catch (const Error& e) {
+    std::error_code ec;
+    if (opts_.fallback_model.empty() || std::filesystem::is_directory(c.model_path, ec)) throw;
+    spdlog::error("cannot load {}: {}", c.model_path, e.what());
+    spdlog::warn("serving the fallback model {} instead (--fallback-model); its answers are not Moondream2's",
+                 opts_.fallback_model);
+    lm = load_model(opts_.fallback_model, "", startup_cfg_.threads, c.performance.quantization);
+    lm->fallback_from = c.model_path;
+    lm->fallback_reason = e.what();
+  }
   auto p = std::make_shared<Profile>(*cur);
   p->model = lm;
   {
@@ -603,6 +615,10 @@ std::string Server::health_json() const {
       {"cache", cache_json(caches_.images.stats(), c.performance.image_caching)},
       {"response_cache", cache_json(caches_.responses.stats(), c.performance.response_caching)},
   };
+  if (p->model && !p->model->fallback_from.empty()) {
+    j["fallback_from"] = p->model->fallback_from;
+    j["fallback_reason"] = p->model->fallback_reason;
+  }
   return dumps(j);
 }
 

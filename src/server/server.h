@@ -35,6 +35,10 @@ struct ServerOptions {
   ConfigOverrides overrides;
   std::string pid_file;
   std::string instance;  // random id, also in the pid file and /health
+  // When the startup model is a hub repo id that cannot be fetched (no
+  // network, hub down, not cached), serve this local directory instead so a
+  // first start still answers; /health says so ("fallback_from").
+  std::string fallback_model;
 };
 
 // An active configuration: immutable once published.
