@@ -137,7 +137,8 @@ TEST(EngineVsReference, PrefillAndTwentyDecodeStepLogits) {
     ASSERT_EQ(ref_decode.size(), size_t(steps) * V);
     ASSERT_LE(steps, int(tokens.size()));
 
-    KVCache cache = shared().encoded.at(c.name).cache.copy_with_capacity(730 + 64 + steps);
+    // Continues the shared image prefix without copying it, as every task does.
+    KVCache cache = KVCache::extending(shared().encoded.at(c.name).cache, 730 + 64 + steps);
     const std::vector<int> prompt = m.caption_prompt(CaptionLength::Normal);
     std::vector<float> x(prompt.size() * D);
     m.text().embed(prompt.data(), int(prompt.size()), x.data());

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "model/config.h"
+#include "tensor/error.h"
 #include "model/region.h"
 #include "model/sampling.h"
 #include "model/text.h"
@@ -95,6 +96,35 @@ TEST(Attention, MatchesNaiveWithGroupedHeadsAndMask) {
     EXPECT_EQ(out[2 * s.n_heads * s.head_dim + c], out2[2 * s.n_heads * s.head_dim + c]);
     EXPECT_EQ(out[0 * s.n_heads * s.head_dim + c], out2[0 * s.n_heads * s.head_dim + c]);
   }
+}
+
+TEST(Attention, KeysSplitIntoABaseAndOwnRowsGiveTheSameResult) {
+  AttentionShape s;
+  s.n_q = 3;
+  s.n_k = 11;
+  s.n_heads = 4;
+  s.n_kv_heads = 4;
+  s.head_dim = 8;
+  s.q_stride = 32;
+  s.kv_stride = 32;
+  const auto q = random_vec(size_t(s.n_q) * s.q_stride, 4);
+  const auto k = random_vec(size_t(s.n_k) * s.kv_stride, 5);
+  const auto v = random_vec(size_t(s.n_k) * s.kv_stride, 6);
+  AttentionMask mask;
+  mask.full = false;
+  mask.q_pos0 = 8;
+  mask.prefix = 7;
+  std::vector<float> whole(size_t(s.n_q) * s.n_heads * s.head_dim), split(whole.size());
+  attention(s, mask, q.data(), k.data(), v.data(), whole.data());
+  for (int base_rows : {0, 1, 7, 11}) {
+    const size_t off = size_t(base_rows) * s.kv_stride;
+    attention(s, mask, q.data(), KVRows{k.data(), v.data(), base_rows},
+              KVRows{k.data() + off, v.data() + off, s.n_k - base_rows}, split.data());
+    for (size_t i = 0; i < whole.size(); ++i) EXPECT_NEAR(split[i], whole[i], 1e-6) << "base " << base_rows;
+  }
+  EXPECT_THROW(attention(s, mask, q.data(), KVRows{k.data(), v.data(), 2}, KVRows{k.data(), v.data(), 2},
+                         split.data()),
+               Error);
 }
 
 TEST(Rotary, RotatesPairsIAndIPlus16ByPositionTimesFrequency) {

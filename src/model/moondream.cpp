@@ -156,7 +156,7 @@ TextResult Moondream::generate(const EncodedImage& img, const std::vector<int>& 
   if (img.cache.length + int(prompt.size()) > cfg_.text.max_context)
     throw Error("prompt too long: " + std::to_string(prompt.size()) + " tokens do not fit the context of " +
                 std::to_string(cfg_.text.max_context));
-  KVCache cache = img.cache.copy_with_capacity(capacity);
+  KVCache cache = KVCache::extending(img.cache, capacity);
 
   TextResult res;
   res.prompt_tokens = int(prompt.size());
@@ -219,7 +219,7 @@ RegionResult Moondream::locate(const EncodedImage& img, const std::vector<int>& 
                                 img.cache.length + int(prompt.size()) + steps_per_object * max_objects);
   if (img.cache.length + int(prompt.size()) > cfg_.text.max_context)
     throw Error("object name too long for the context");
-  KVCache cache = img.cache.copy_with_capacity(capacity);
+  KVCache cache = KVCache::extending(img.cache, capacity);
 
   RegionResult res;
   res.prompt_tokens = int(prompt.size());

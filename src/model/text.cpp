@@ -15,7 +15,23 @@ KVCache::KVCache(const TextConfig& cfg, int cap)
   v.assign(size_t(n_layers), std::vector<float>(size_t(capacity) * kv_dim));
 }
 
+KVCache KVCache::extending(const KVCache& b, int cap) {
+  if (b.base) throw Error("KV cache: a cache that extends another cannot be a base itself");
+  if (cap < b.length) throw Error("KV cache: capacity below the base's length");
+  KVCache out;
+  out.n_layers = b.n_layers;
+  out.kv_dim = b.kv_dim;
+  out.capacity = cap;
+  out.length = b.length;
+  out.base = &b;
+  out.base_length = b.length;
+  out.k.assign(size_t(b.n_layers), std::vector<float>(size_t(cap - b.length) * b.kv_dim));
+  out.v.assign(size_t(b.n_layers), std::vector<float>(size_t(cap - b.length) * b.kv_dim));
+  return out;
+}
+
 KVCache KVCache::copy_with_capacity(int cap) const {
+  if (base) throw Error("KV cache: copy_with_capacity of a cache with a base");
   KVCache out;
   out.n_layers = n_layers;
   out.kv_dim = kv_dim;
@@ -102,19 +118,24 @@ std::vector<float> TextModel::forward(const float* embeddings, int n, KVCache& c
     const TextBlock& blk = w_.text_blocks[l];
     layer_norm(blk.ln, x.data(), n, h.data());
     linear(blk.qkv, h.data(), n, qkv.data());
+    // This cache's own rows start at position base_length.
     float* kc = cache.k[l].data();
     float* vc = cache.v[l].data();
+    const int own0 = cache.base_length;
     parallel_for(size_t(n), [&](size_t b, size_t e) {
       for (size_t i = b; i < e; ++i) {
         float* row = qkv.data() + i * qkv_dim;
         const int p = pos0 + int(i);
         for (int hh = 0; hh < cfg_.n_heads; ++hh) rotary_.apply(row + hh * hd, p);
         for (int g = 0; g < cfg_.n_kv_heads; ++g) rotary_.apply(row + q_dim + g * hd, p);
-        std::memcpy(kc + size_t(p) * kv_dim, row + q_dim, sizeof(float) * kv_dim);
-        std::memcpy(vc + size_t(p) * kv_dim, row + q_dim + kv_dim, sizeof(float) * kv_dim);
+        std::memcpy(kc + size_t(p - own0) * kv_dim, row + q_dim, sizeof(float) * kv_dim);
+        std::memcpy(vc + size_t(p - own0) * kv_dim, row + q_dim + kv_dim, sizeof(float) * kv_dim);
       }
     });
-    attention(shape, mask, qkv.data(), kc, vc, att.data());
+    KVRows base;
+    if (cache.base) base = KVRows{cache.base->k[l].data(), cache.base->v[l].data(), cache.base_length};
+    const KVRows own{cache.k[l].data(), cache.v[l].data(), pos0 + n - cache.base_length};
+    attention(shape, mask, qkv.data(), base, own, att.data());
     linear(blk.proj, att.data(), n, tmp.data());
     linear(blk.fc1, h.data(), n, ff.data());
     gelu_tanh(ff.data(), ff.size());

@@ -13,15 +13,23 @@ namespace md {
 struct KVCache {
   int n_layers = 0;
   int kv_dim = 0;    // n_kv_heads · head_dim
-  int capacity = 0;  // positions allocated
-  int length = 0;    // positions filled
-  std::vector<std::vector<float>> k, v;
+  int capacity = 0;  // positions it can hold, base included
+  int length = 0;    // positions filled, base included
+  // Positions [0, base_length) live in `base` (read-only, owned elsewhere and
+  // outliving this cache); k/v hold positions [base_length, capacity).
+  const KVCache* base = nullptr;
+  int base_length = 0;
+  std::vector<std::vector<float>> k, v;  // [layer][(position - base_length) · kv_dim]
 
   KVCache() = default;
   KVCache(const TextConfig& cfg, int capacity);
-  // A cache of `capacity` positions holding a copy of this one's contents.
+  // A cache that continues `base` (which must outlive it) without copying it:
+  // room for `capacity` positions in all, the first base.length shared.
+  static KVCache extending(const KVCache& base, int capacity);
+  // A standalone cache of `capacity` positions holding a copy of this one.
   KVCache copy_with_capacity(int capacity) const;
-  size_t bytes() const { return size_t(n_layers) * 2 * capacity * kv_dim * sizeof(float); }
+  // Bytes this cache owns (not its base).
+  size_t bytes() const { return size_t(n_layers) * 2 * size_t(capacity - base_length) * kv_dim * sizeof(float); }
 };
 
 // cos/sin of position p for the 16 rotary frequency pairs, computed in fp32

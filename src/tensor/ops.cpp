@@ -185,6 +185,12 @@ MD_VECTOR_CLONES void softmax(float* x, int n) {
 
 void attention(const AttentionShape& s, const AttentionMask& mask, const float* q, const float* k,
                const float* v, float* out) {
+  attention(s, mask, q, KVRows{}, KVRows{k, v, s.n_k}, out);
+}
+
+void attention(const AttentionShape& s, const AttentionMask& mask, const float* q, KVRows base, KVRows own,
+               float* out) {
+  if (base.rows + own.rows != s.n_k) throw Error("attention: key rows do not add up to n_k");
   const int group = s.n_heads / s.n_kv_heads;
   const float scale = 1.0f / std::sqrt(float(s.head_dim));
   const int out_stride = s.n_heads * s.head_dim;
@@ -192,20 +198,31 @@ void attention(const AttentionShape& s, const AttentionMask& mask, const float* 
   parallel_for(size_t(s.n_heads), [&](size_t hb, size_t he) {
     std::vector<float> scores(size_t(s.n_q) * s.n_k);
     for (size_t h = hb; h < he; ++h) {
-      const size_t g = h / size_t(group);
+      const size_t col = h / size_t(group) * size_t(s.head_dim);
       const float* qh = q + h * s.head_dim;
-      const float* kh = k + g * s.head_dim;
-      const float* vh = v + g * s.head_dim;
-      sgemm(true, s.n_q, s.n_k, s.head_dim, scale, qh, s.q_stride, kh, s.kv_stride, 0.0f, scores.data(),
-            s.n_k);
+      float* oh = out + h * s.head_dim;
+      // Scores against each key range, side by side in one row per query.
+      if (base.rows > 0)
+        sgemm(true, s.n_q, base.rows, s.head_dim, scale, qh, s.q_stride, base.k + col, s.kv_stride, 0.0f,
+              scores.data(), s.n_k);
+      if (own.rows > 0)
+        sgemm(true, s.n_q, own.rows, s.head_dim, scale, qh, s.q_stride, own.k + col, s.kv_stride, 0.0f,
+              scores.data() + base.rows, s.n_k);
       for (int i = 0; i < s.n_q; ++i) {
         float* row = scores.data() + size_t(i) * s.n_k;
         const int visible = mask.visible_keys(i, s.n_k);
         softmax(row, visible);
         std::fill(row + visible, row + s.n_k, 0.0f);
       }
-      sgemm(false, s.n_q, s.head_dim, s.n_k, 1.0f, scores.data(), s.n_k, vh, s.kv_stride, 0.0f,
-            out + h * s.head_dim, out_stride);
+      float beta = 0.0f;
+      if (base.rows > 0) {
+        sgemm(false, s.n_q, s.head_dim, base.rows, 1.0f, scores.data(), s.n_k, base.v + col, s.kv_stride, 0.0f,
+              oh, out_stride);
+        beta = 1.0f;
+      }
+      if (own.rows > 0)
+        sgemm(false, s.n_q, s.head_dim, own.rows, 1.0f, scores.data() + base.rows, s.n_k, own.v + col,
+              s.kv_stride, beta, oh, out_stride);
     }
   });
 }

@@ -67,4 +67,16 @@ struct AttentionMask {
 void attention(const AttentionShape& s, const AttentionMask& mask, const float* q, const float* k,
                const float* v, float* out);
 
+// Keys/values held in two places: `base` rows are keys [0, base.rows) (a
+// shared, read-only image prefix), `own` rows the keys after them; together
+// they are the s.n_k keys. Lets every question about one image attend to the
+// same prefix without copying it.
+struct KVRows {
+  const float* k = nullptr;
+  const float* v = nullptr;
+  int rows = 0;
+};
+void attention(const AttentionShape& s, const AttentionMask& mask, const float* q, KVRows base, KVRows own,
+               float* out);
+
 }  // namespace md
