@@ -1,0 +1,327 @@
+// AVX2 + FMA + F16C GEMV kernels (CPUs without AVX-512 VNNI). Compiled for
+// that target only inside this file; reached through gemv.cpp's dispatch. No
+// standard-library templates are instantiated under the target pragma.
+//
+// fp kernels: 8 columns per step, R weight rows × M input rows per pass.
+// Q8: per 32 columns (one group or part of one) the signed int8 dot via the
+// sign trick: maddubs(|x|, sign(w, x)) — |x|, |w| ≤ 127, so the int16 pair
+// sums cannot saturate — then madd(·, 1) to int32.
+// Q4: maddubs(q, x) with the unsigned nibbles q ≤ 15 directly, plus the
+// zero-point correction -8·Σx precomputed per 4 columns.
+
+// GCC 12 reports its own _mm*_undefined_* placeholders inside the intrinsic
+// headers as uninitialised once inlined (GCC bug 105593); not our code.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "tensor/dtype.h"
+#include "tensor/gemv_impl.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+
+namespace md::gemv_detail {
+namespace {
+
+inline float hsum(__m256 v) {
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
+}
+
+template <WeightFormat F>
+struct Fp;
+
+template <>
+struct Fp<WeightFormat::F32> {
+  static constexpr size_t kSize = 4;
+  static __m256 load(const uint8_t* p) { return _mm256_loadu_ps(reinterpret_cast<const float*>(p)); }
+  static float one(const uint8_t* p) {
+    float f;
+    std::memcpy(&f, p, 4);
+    return f;
+  }
+};
+
+template <>
+struct Fp<WeightFormat::BF16> {
+  static constexpr size_t kSize = 2;
+  static __m256 load(const uint8_t* p) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  }
+  static float one(const uint8_t* p) {
+    uint16_t h;
+    std::memcpy(&h, p, 2);
+    const uint32_t u = uint32_t(h) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  }
+};
+
+template <>
+struct Fp<WeightFormat::F16> {
+  static constexpr size_t kSize = 2;
+  static __m256 load(const uint8_t* p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+  static float one(const uint8_t* p) {
+    uint16_t h;
+    std::memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+  }
+};
+
+template <WeightFormat F, int R, int M>
+inline void fp_tile(const uint8_t* W, int cols, const float* X, float* Y, size_t ldy, int r) {
+  using L = Fp<F>;
+  const size_t stride = size_t(cols) * L::kSize;
+  const uint8_t* w0 = W + size_t(r) * stride;
+  __m256 acc[R][M];
+  for (int i = 0; i < R; ++i)
+    for (int m = 0; m < M; ++m) acc[i][m] = _mm256_setzero_ps();
+  const int cfull = cols & ~7;
+  for (int c = 0; c < cfull; c += 8) {
+    __m256 xv[M];
+    for (int m = 0; m < M; ++m) xv[m] = _mm256_loadu_ps(X + size_t(m) * size_t(cols) + size_t(c));
+    for (int i = 0; i < R; ++i) {
+      const __m256 wv = L::load(w0 + size_t(i) * stride + size_t(c) * L::kSize);
+      for (int m = 0; m < M; ++m) acc[i][m] = _mm256_fmadd_ps(wv, xv[m], acc[i][m]);
+    }
+  }
+  for (int i = 0; i < R; ++i)
+    for (int m = 0; m < M; ++m) {
+      float v = hsum(acc[i][m]);
+      for (int c = cfull; c < cols; ++c)
+        v += L::one(w0 + size_t(i) * stride + size_t(c) * L::kSize) * X[size_t(m) * size_t(cols) + size_t(c)];
+      Y[size_t(m) * ldy + size_t(r + i)] = v;
+    }
+}
+
+template <WeightFormat F, int R, int M>
+void fp_rows(const uint8_t* W, int cols, const float* X, float* Y, size_t ldy, int r0, int r1) {
+  int r = r0;
+  for (; r + R <= r1; r += R) fp_tile<F, R, M>(W, cols, X, Y, ldy, r);
+  for (; r < r1; ++r) fp_tile<F, 1, M>(W, cols, X, Y, ldy, r);
+}
+
+template <WeightFormat F>
+void fp_format(const WeightMatrix& w, const float* X, int m, float* Y, int ldy, int r0, int r1) {
+  const uint8_t* W = static_cast<const uint8_t*>(w.data);
+  const int cols = w.cols;
+  if (m == 1) {
+    fp_rows<F, 4, 1>(W, cols, X, Y, size_t(ldy), r0, r1);
+    return;
+  }
+  constexpr int kR = 4;
+  for (int r = r0; r < r1; r += kR) {
+    const int re = r + kR <= r1 ? r + kR : r1;
+    for (int mb = 0; mb < m; mb += 2) {
+      const float* Xb = X + size_t(mb) * size_t(cols);
+      float* Yb = Y + size_t(mb) * size_t(ldy);
+      if (m - mb >= 2)
+        fp_rows<F, kR, 2>(W, cols, Xb, Yb, size_t(ldy), r, re);
+      else
+        fp_rows<F, kR, 1>(W, cols, Xb, Yb, size_t(ldy), r, re);
+    }
+  }
+}
+
+void fp_avx2(const WeightMatrix& w, const float* X, int m, float* Y, int ldy, int r0, int r1) {
+  switch (w.format) {
+    case WeightFormat::F32: fp_format<WeightFormat::F32>(w, X, m, Y, ldy, r0, r1); break;
+    case WeightFormat::BF16: fp_format<WeightFormat::BF16>(w, X, m, Y, ldy, r0, r1); break;
+    case WeightFormat::F16: fp_format<WeightFormat::F16>(w, X, m, Y, ldy, r0, r1); break;
+    default: break;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Q8
+
+template <int R, int M>
+inline void q8_tile(const WeightMatrix& w, const XQuant* x, float* Y, size_t ldy, int r) {
+  const int cols = w.cols, G = w.group, ng = cols / G;
+  const uint8_t* w0 = static_cast<const uint8_t*>(w.data) + size_t(r) * size_t(cols);
+  const uint16_t* s0 = static_cast<const uint16_t*>(w.aux) + size_t(r) * size_t(ng);
+  const __m256i ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8(char(0x80));
+  __m256 acc[R][M];
+  for (int i = 0; i < R; ++i)
+    for (int m = 0; m < M; ++m) acc[i][m] = _mm256_setzero_ps();
+  for (int g = 0; g < ng; ++g) {
+    __m256 sc[R][M];
+    for (int i = 0; i < R; ++i) {
+      const float sw = _cvtsh_ss(s0[size_t(i) * size_t(ng) + size_t(g)]);
+      for (int m = 0; m < M; ++m) sc[i][m] = _mm256_set1_ps(sw * x[m].s[g]);
+    }
+    for (int c = g * G; c < (g + 1) * G; c += 32) {
+      __m256i xv[M], ax[M];
+      for (int m = 0; m < M; ++m) {
+        xv[m] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[m].q + c));
+        ax[m] = _mm256_abs_epi8(xv[m]);
+      }
+      for (int i = 0; i < R; ++i) {
+        const __m256i wv = _mm256_xor_si256(
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w0 + size_t(i) * size_t(cols) + size_t(c))),
+            flip);
+        for (int m = 0; m < M; ++m) {
+          const __m256i p = _mm256_maddubs_epi16(ax[m], _mm256_sign_epi8(wv, xv[m]));
+          const __m256 f = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
+          acc[i][m] = _mm256_fmadd_ps(f, sc[i][m], acc[i][m]);
+        }
+      }
+    }
+  }
+  for (int i = 0; i < R; ++i)
+    for (int m = 0; m < M; ++m) Y[size_t(m) * ldy + size_t(r + i)] = hsum(acc[i][m]);
+}
+
+// ---------------------------------------------------------------------------
+// Q4
+
+template <int R, int M>
+inline void q4_tile(const WeightMatrix& w, const XQuant* x, float* Y, size_t ldy, int r) {
+  const int cols = w.cols, G = w.group, ng = cols / G, nb = cols / 128;
+  const size_t stride = size_t(cols) / 2;
+  const uint8_t* w0 = static_cast<const uint8_t*>(w.data) + size_t(r) * stride;
+  const uint16_t* s0 = static_cast<const uint16_t*>(w.aux) + size_t(r) * size_t(ng);
+  const __m256i ones = _mm256_set1_epi16(1), low4 = _mm256_set1_epi8(0x0f);
+  __m256 acc[R][M];
+  for (int i = 0; i < R; ++i)
+    for (int m = 0; m < M; ++m) acc[i][m] = _mm256_setzero_ps();
+  for (int b = 0; b < nb; ++b) {
+    __m256i v[R][2];
+    for (int i = 0; i < R; ++i)
+      for (int h = 0; h < 2; ++h)
+        v[i][h] = _mm256_loadu_si256(
+            reinterpret_cast<const __m256i*>(w0 + size_t(i) * stride + size_t(b) * 64 + size_t(h) * 32));
+    // Sub-chunk s covers columns b·128 + 32·s: s = 0, 1 the low nibbles of the
+    // two halves, s = 2, 3 their high nibbles.
+    for (int s = 0; s < 4; ++s) {
+      const int c = b * 128 + 32 * s;
+      const int g = c / G;
+      __m256i xv[M], cv[M];
+      for (int m = 0; m < M; ++m) {
+        xv[m] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[m].q + c));
+        cv[m] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[m].corr + c / 4));
+      }
+      for (int i = 0; i < R; ++i) {
+        const __m256i raw = v[i][s & 1];
+        const __m256i qv = s < 2 ? _mm256_and_si256(raw, low4)
+                                 : _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
+        const float sw = _cvtsh_ss(s0[size_t(i) * size_t(ng) + size_t(g)]);
+        for (int m = 0; m < M; ++m) {
+          const __m256i d = _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(qv, xv[m]), ones), cv[m]);
+          acc[i][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(sw * x[m].s[g]), acc[i][m]);
+        }
+      }
+    }
+  }
+  const bool has_tail = nb * 128 < cols;
+  for (int i = 0; i < R; ++i)
+    for (int m = 0; m < M; ++m) {
+      float v = hsum(acc[i][m]);
+      if (has_tail) v += q4_dot_tail(w, r + i, x[m], nb * 128);
+      Y[size_t(m) * ldy + size_t(r + i)] = v;
+    }
+}
+
+template <bool Q4, int R, int M>
+void q_rows(const WeightMatrix& w, const XQuant* x, float* Y, size_t ldy, int r0, int r1) {
+  int r = r0;
+  for (; r + R <= r1; r += R) {
+    if (Q4)
+      q4_tile<R, M>(w, x, Y, ldy, r);
+    else
+      q8_tile<R, M>(w, x, Y, ldy, r);
+  }
+  for (; r < r1; ++r) {
+    if (Q4)
+      q4_tile<1, M>(w, x, Y, ldy, r);
+    else
+      q8_tile<1, M>(w, x, Y, ldy, r);
+  }
+}
+
+template <bool Q4>
+void q_avx2(const WeightMatrix& w, const XQuant* x, int m, float* Y, int ldy, int r0, int r1) {
+  if (m == 1) {
+    q_rows<Q4, 4, 1>(w, x, Y, size_t(ldy), r0, r1);
+    return;
+  }
+  constexpr int kR = 4;
+  for (int r = r0; r < r1; r += kR) {
+    const int re = r + kR <= r1 ? r + kR : r1;
+    for (int mb = 0; mb < m; mb += 2) {
+      float* Yb = Y + size_t(mb) * size_t(ldy);
+      if (m - mb >= 2)
+        q_rows<Q4, kR, 2>(w, x + mb, Yb, size_t(ldy), r, re);
+      else
+        q_rows<Q4, kR, 1>(w, x + mb, Yb, size_t(ldy), r, re);
+    }
+  }
+}
+
+void q8_avx2(const WeightMatrix& w, const XQuant* x, int m, float* Y, int ldy, int r0, int r1) {
+  q_avx2<false>(w, x, m, Y, ldy, r0, r1);
+}
+void q4_avx2(const WeightMatrix& w, const XQuant* x, int m, float* Y, int ldy, int r0, int r1) {
+  q_avx2<true>(w, x, m, Y, ldy, r0, r1);
+}
+
+// ---------------------------------------------------------------------------
+// Activation quantisation, bit-identical to prep_row_scalar.
+
+void prep_row_avx2(const float* x, int cols, int group, int zero, int8_t* q, float* s, float* se,
+                   int32_t* corr) {
+  const int ng = cols / group;
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
+  const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+  const __m256i nz = _mm256_set1_epi32(-zero);
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  for (int g = 0; g < ng; ++g) {
+    const float* xg = x + size_t(g) * size_t(group);
+    __m256 mx = _mm256_setzero_ps();
+    for (int c = 0; c < group; c += 8) mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, _mm256_loadu_ps(xg + c)));
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    const float amax = _mm_cvtss_f32(m4);
+    const __m256 id = _mm256_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
+    s[g] = amax / 127.0f;
+    for (int c = 0; c < group; c += 32) {
+      __m256i v[4];
+      for (int k = 0; k < 4; ++k)
+        v[k] = _mm256_min_epi32(
+            _mm256_max_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xg + c + 8 * k), id)), lo), hi);
+      const __m256i p16 = _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
+      const __m256i qb = _mm256_permutevar8x32_epi32(p16, order);
+      const size_t col = size_t(g) * size_t(group) + size_t(c);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + col), qb);
+      const __m256i sum4 = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, qb), ones16);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(corr + col / 4), _mm256_mullo_epi32(sum4, nz));
+    }
+  }
+  const int nchunk = (cols + 63) / 64;
+  for (int k = 0; k < nchunk; ++k) {
+    const int c0 = k * 64, c1 = c0 + 32;
+    const __m256 a = _mm256_set1_ps(s[c0 / group]), b = _mm256_set1_ps(c1 < cols ? s[c1 / group] : 0.0f);
+    _mm256_storeu_ps(se + size_t(k) * 16, a);
+    _mm256_storeu_ps(se + size_t(k) * 16 + 8, b);
+  }
+}
+
+}  // namespace
+
+const Kernels kAvx2 = {"avx2", fp_avx2, q8_avx2, q4_avx2, quant_row_scalar, prep_row_avx2};
+
+}  // namespace md::gemv_detail
+
+#pragma GCC pop_options
