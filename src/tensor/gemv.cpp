@@ -48,8 +48,7 @@ namespace gemv_detail {
 // (max, IEEE multiply, round-to-nearest-even), so the ISAs differ only in the
 // order of fp32 additions.
 
-void prep_row_scalar(const float* x, int cols, int group, int zero, int8_t* q, float* s, float* se,
-                     int32_t* corr) {
+void prep_row_scalar(const float* x, int cols, int group, int zero, int8_t* q, float* s, int32_t* hc) {
   constexpr float kMagic = 12582912.0f;  // 1.5·2^23: (v + M) - M rounds to nearest even
   const int ng = cols / group;
   for (int g = 0; g < ng; ++g) {
@@ -68,29 +67,32 @@ void prep_row_scalar(const float* x, int cols, int group, int zero, int8_t* q, f
     }
     s[g] = amax / 127.0f;
   }
-  expand_scales(s, cols, group, se);
-  for (int l = 0; l < cols / 4; ++l)
-    corr[l] = -zero * (int(q[4 * l]) + q[4 * l + 1] + q[4 * l + 2] + q[4 * l + 3]);
+  for (int k = 0; k < cols / 32; ++k) {
+    int sum = 0;
+    for (int c = 0; c < 32; ++c) sum += q[32 * k + c];
+    hc[k] = -zero * sum;
+  }
 }
 
 void XQuantBuf::prepare(const float* X, int m, int ldx, int cols, int group, int zero) {
   const size_t qstride = size_t(cols) + 64;
   const size_t sstride = size_t(cols / group) + 16;
-  const size_t lstride = size_t(cols / 4) + 32;
+  const size_t hstride = size_t(cols / 32) + 16;
   if (q.size() < size_t(m) * qstride) q.resize(size_t(m) * qstride);
   if (s.size() < size_t(m) * sstride) s.resize(size_t(m) * sstride);
-  if (se.size() < size_t(m) * lstride) se.resize(size_t(m) * lstride);
-  if (corr.size() < size_t(m) * lstride) corr.resize(size_t(m) * lstride);
+  if (hc.size() < size_t(m) * hstride) hc.resize(size_t(m) * hstride);
   rows.resize(size_t(m));
   const PrepRow prep = kernels().prep_row;
   for (int i = 0; i < m; ++i) {
     int8_t* qi = q.data() + size_t(i) * qstride;
     float* si = s.data() + size_t(i) * sstride;
-    float* sei = se.data() + size_t(i) * lstride;
-    int32_t* ci = corr.data() + size_t(i) * lstride;
-    prep(X + size_t(i) * size_t(ldx), cols, group, zero, qi, si, sei, ci);
-    std::memset(qi + cols, 0, 64);  // readable padding
-    rows[size_t(i)] = XQuant{qi, si, sei, ci};
+    int32_t* hi = hc.data() + size_t(i) * hstride;
+    prep(X + size_t(i) * size_t(ldx), cols, group, zero, qi, si, hi);
+    // Readable padding, zero so that over-reads contribute nothing.
+    std::memset(qi + cols, 0, 64);
+    std::memset(si + cols / group, 0, 16 * sizeof(float));
+    std::memset(hi + cols / 32, 0, 16 * sizeof(int32_t));
+    rows[size_t(i)] = XQuant{qi, si, hi};
   }
 }
 

@@ -209,7 +209,7 @@ inline void q4_tile(const WeightMatrix& w, const XQuant* x, float* Y, size_t ldy
       __m256i xv[M], cv[M];
       for (int m = 0; m < M; ++m) {
         xv[m] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[m].q + c));
-        cv[m] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[m].corr + c / 4));
+        cv[m] = _mm256_setr_epi32(x[m].hc[c / 32], 0, 0, 0, 0, 0, 0, 0);  // -8·Σx of these 32 columns
       }
       for (int i = 0; i < R; ++i) {
         const __m256i raw = v[i][s & 1];
@@ -278,13 +278,10 @@ void q4_avx2(const WeightMatrix& w, const XQuant* x, int m, float* Y, int ldy, i
 // ---------------------------------------------------------------------------
 // Activation quantisation, bit-identical to prep_row_scalar.
 
-void prep_row_avx2(const float* x, int cols, int group, int zero, int8_t* q, float* s, float* se,
-                   int32_t* corr) {
+void prep_row_avx2(const float* x, int cols, int group, int zero, int8_t* q, float* s, int32_t* hc) {
   const int ng = cols / group;
   const __m256 sign = _mm256_set1_ps(-0.0f);
   const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
-  const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
-  const __m256i nz = _mm256_set1_epi32(-zero);
   const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
   for (int g = 0; g < ng; ++g) {
     const float* xg = x + size_t(g) * size_t(group);
@@ -302,19 +299,14 @@ void prep_row_avx2(const float* x, int cols, int group, int zero, int8_t* q, flo
         v[k] = _mm256_min_epi32(
             _mm256_max_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xg + c + 8 * k), id)), lo), hi);
       const __m256i p16 = _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
-      const __m256i qb = _mm256_permutevar8x32_epi32(p16, order);
       const size_t col = size_t(g) * size_t(group) + size_t(c);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + col), qb);
-      const __m256i sum4 = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, qb), ones16);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(corr + col / 4), _mm256_mullo_epi32(sum4, nz));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + col), _mm256_permutevar8x32_epi32(p16, order));
+      const __m256i t = _mm256_add_epi32(_mm256_add_epi32(v[0], v[1]), _mm256_add_epi32(v[2], v[3]));
+      __m128i u = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+      u = _mm_add_epi32(u, _mm_shuffle_epi32(u, 0x4e));
+      u = _mm_add_epi32(u, _mm_shuffle_epi32(u, 0xb1));
+      hc[col / 32] = -zero * _mm_cvtsi128_si32(u);
     }
-  }
-  const int nchunk = (cols + 63) / 64;
-  for (int k = 0; k < nchunk; ++k) {
-    const int c0 = k * 64, c1 = c0 + 32;
-    const __m256 a = _mm256_set1_ps(s[c0 / group]), b = _mm256_set1_ps(c1 < cols ? s[c1 / group] : 0.0f);
-    _mm256_storeu_ps(se + size_t(k) * 16, a);
-    _mm256_storeu_ps(se + size_t(k) * 16 + 8, b);
   }
 }
 

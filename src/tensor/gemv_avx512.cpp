@@ -184,43 +184,59 @@ inline QCtx make_ctx(const WeightMatrix& w) {
 }
 
 // Rows [r, r+R) × input rows [0, M). Q4 = false: Q8 layout.
+// Per 128-column block: the R rows' fp16 scales of the block's groups (one
+// masked 8-byte load each) times the x scales, spread over the lanes of each
+// 64-column chunk by vpermps; the zero-point corrections (one int32 per 32
+// columns) go into lanes 0 and 8 of the vpdpbusd accumulator.
 template <bool Q4, int R, int M>
 inline void q_tile(const QCtx& q, const WeightMatrix& w, const XQuant* x, float* Y, size_t ldy, int r) {
   const size_t wstride = Q4 ? size_t(q.cols) / 2 : size_t(q.cols);
   const uint8_t* w0 = static_cast<const uint8_t*>(w.data) + size_t(r) * wstride;
   const uint16_t* s0 = static_cast<const uint16_t*>(w.aux) + size_t(r) * size_t(q.ng);
   const __m512i low4 = _mm512_set1_epi8(0x0f);
+  const __m512i hidx0 = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+  const __m512i hidx1 = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 2);
   __m512 acc[R][M];
   for (int i = 0; i < R; ++i)
     for (int m = 0; m < M; ++m) acc[i][m] = _mm512_setzero_ps();
-  int gb = 0, left = q.bpg;  // first group of block b, blocks left in it (group > 128)
+  int gb = 0, left = q.bpg;  // first group of block b; blocks left in it (group > 128)
   for (int b = 0; b < q.nb; ++b) {
+    __m512 sx[M];
+    __m512i hc[M];
+    for (int m = 0; m < M; ++m) {
+      sx[m] = _mm512_castps128_ps512(_mm_maskz_loadu_ps(q.kspb, x[m].s + gb));
+      hc[m] = _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x[m].hc + 4 * b)));
+    }
     __m512 sw[R];
-    for (int i = 0; i < R; ++i)
+    for (int i = 0; i < R; ++i) {
       sw[i] = _mm512_castps128_ps512(
           _mm_cvtph_ps(_mm_maskz_loadu_epi16(q.kspb, s0 + size_t(i) * size_t(q.ng) + size_t(gb))));
+      if (M == 1) sw[i] = _mm512_mul_ps(sw[i], sx[0]);
+    }
     __m512i raw[R];
     if (Q4)
       for (int i = 0; i < R; ++i) raw[i] = _mm512_loadu_si512(w0 + size_t(i) * wstride + size_t(b) * 64);
     for (int k = 0; k < 2; ++k) {
       const size_t c = size_t(b) * 128 + size_t(k) * 64;
+      const __m512i idx = k == 0 ? q.idx0 : q.idx1;
       __m512i wv[R];
       __m512 swk[R];
       for (int i = 0; i < R; ++i) {
         if (Q4)
-          wv[i] = k == 0 ? _mm512_and_si512(raw[i], low4)
-                         : _mm512_and_si512(_mm512_srli_epi16(raw[i], 4), low4);
+          wv[i] = k == 0 ? _mm512_and_si512(raw[i], low4) : _mm512_and_si512(_mm512_srli_epi16(raw[i], 4), low4);
         else
           wv[i] = _mm512_loadu_si512(w0 + size_t(i) * wstride + c);
-        swk[i] = _mm512_permutexvar_ps(k == 0 ? q.idx0 : q.idx1, sw[i]);
+        swk[i] = _mm512_permutexvar_ps(idx, sw[i]);
       }
       for (int m = 0; m < M; ++m) {
         const __m512i xv = _mm512_loadu_si512(x[m].q + c);
-        const __m512i cv = _mm512_loadu_si512(x[m].corr + c / 4);
-        const __m512 sx = _mm512_loadu_ps(x[m].se + c / 4);
+        const __m512i cv = _mm512_maskz_permutexvar_epi32(0x0101, k == 0 ? hidx0 : hidx1, hc[m]);
+        // M > 1: the product of the spread scales equals the spread of the
+        // product (lane moves only), so every m gives the gemv_rows result.
+        const __m512 sxk = M == 1 ? _mm512_setzero_ps() : _mm512_permutexvar_ps(idx, sx[m]);
         for (int i = 0; i < R; ++i) {
           const __m512 f = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(cv, wv[i], xv));
-          acc[i][m] = _mm512_fmadd_ps(_mm512_mul_ps(f, sx), swk[i], acc[i][m]);
+          acc[i][m] = _mm512_fmadd_ps(f, M == 1 ? swk[i] : _mm512_mul_ps(swk[i], sxk), acc[i][m]);
         }
       }
     }
@@ -282,12 +298,9 @@ void q4_avx512(const WeightMatrix& w, const XQuant* x, int m, float* Y, int ldy,
 // Activation quantisation (bit-identical to prep_row_scalar: the same max,
 // the same IEEE multiply, round to nearest even by vcvtps2dq).
 
-void prep_row_avx512(const float* x, int cols, int group, int zero, int8_t* q, float* s, float* se,
-                     int32_t* corr) {
+void prep_row_avx512(const float* x, int cols, int group, int zero, int8_t* q, float* s, int32_t* hc) {
   const int ng = cols / group;
   const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
-  const __m256i ones = _mm256_set1_epi8(1);
-  const __m256i nz = _mm256_set1_epi32(-zero);
   for (int g = 0; g < ng; ++g) {
     const float* xg = x + size_t(g) * size_t(group);
     __m512 mx = _mm512_setzero_ps();
@@ -304,16 +317,8 @@ void prep_row_avx512(const float* x, int cols, int group, int zero, int8_t* q, f
                                                  _mm512_cvtepi32_epi8(b), 1);
       const size_t col = size_t(g) * size_t(group) + size_t(c);
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + col), qb);
-      const __m256i sum4 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), ones, qb);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(corr + col / 4), _mm256_mullo_epi32(sum4, nz));
+      hc[col / 32] = -zero * _mm512_reduce_add_epi32(_mm512_add_epi32(a, b));
     }
-  }
-  const int nchunk = (cols + 63) / 64;
-  for (int k = 0; k < nchunk; ++k) {
-    const int c0 = k * 64, c1 = c0 + 32;
-    const float a = s[c0 / group], b = c1 < cols ? s[c1 / group] : 0.0f;
-    _mm512_storeu_ps(se + size_t(k) * 16,
-                     _mm512_insertf32x8(_mm512_set1_ps(a), _mm256_set1_ps(b), 1));
   }
 }
 

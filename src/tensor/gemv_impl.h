@@ -12,22 +12,18 @@ namespace md::gemv_detail {
 // One input row quantised per weight group for the Q8/Q4 kernels:
 // q = RNE(x · 127/amax) in [-127, 127], s = amax / 127 (amax over the group).
 struct XQuant {
-  const int8_t* q = nullptr;      // [cols] (readable up to cols + 64)
-  const float* s = nullptr;       // [cols / group]
-  // Per 64-column chunk, 16 floats: lanes 0-7 the scale of the group holding
-  // the chunk's columns 0..31, lanes 8-15 that of columns 32..63 (matches the
-  // int32 lanes of vpdpbusd, lane i summing columns 4i..4i+3).
-  const float* se = nullptr;      // [cols / 4 rounded up to 16]
-  // -Z · (q[4i] + q[4i+1] + q[4i+2] + q[4i+3]): the correction for unsigned
-  // weights stored with zero point Z (Q8: 128, Q4: 8).
-  const int32_t* corr = nullptr;  // [cols / 4]
+  const int8_t* q = nullptr;    // [cols] (+64 readable bytes)
+  const float* s = nullptr;     // [cols / group] (+16 readable floats)
+  // Per 32 columns: -Z · Σ q, the correction for unsigned weights stored
+  // with zero point Z (Q8: 128, Q4: 8). [cols / 32] (+16 readable)
+  const int32_t* hc = nullptr;
 };
 
 // Owns the buffers behind XQuant for m rows.
 struct XQuantBuf {
   std::vector<int8_t> q;
-  std::vector<float> s, se;
-  std::vector<int32_t> corr;
+  std::vector<float> s;
+  std::vector<int32_t> hc;
   std::vector<XQuant> rows;
   // Quantises X [m, cols] (row stride ldx) for groups of `group` columns and
   // zero point `zero`. Identical results on every ISA (plain IEEE ops).
@@ -43,10 +39,9 @@ using QKernel = void (*)(const WeightMatrix& w, const XQuant* x, int m, float* Y
 using QuantRow = void (*)(WeightFormat target, const float* w, int cols, int group, uint8_t* q,
                           uint16_t* scales, uint8_t* scratch);
 // Quantises one input row x [cols] per group (see XQuant): q [cols],
-// s [cols/group], se, corr [cols/4]. Every implementation gives
-// bit-identical results.
-using PrepRow = void (*)(const float* x, int cols, int group, int zero, int8_t* q, float* s, float* se,
-                         int32_t* corr);
+// s [cols/group], hc [cols/32]. Every implementation gives bit-identical
+// results.
+using PrepRow = void (*)(const float* x, int cols, int group, int zero, int8_t* q, float* s, int32_t* hc);
 
 struct Kernels {
   const char* name;
@@ -69,18 +64,7 @@ const Kernels& kernels();
 float q8_dot_tail(const WeightMatrix& w, int r, const XQuant& x, int c0);
 float q4_dot_tail(const WeightMatrix& w, int r, const XQuant& x, int c0);
 
-void prep_row_scalar(const float* x, int cols, int group, int zero, int8_t* q, float* s, float* se,
-                     int32_t* corr);
-
-// XQuant::se from s.
-inline void expand_scales(const float* s, int cols, int group, float* se) {
-  const int nchunk = (cols + 63) / 64;
-  for (int k = 0; k < nchunk; ++k)
-    for (int l = 0; l < 16; ++l) {
-      const int c = k * 64 + (l < 8 ? 0 : 32);
-      se[k * 16 + l] = c < cols ? s[c / group] : 0.0f;
-    }
-}
+void prep_row_scalar(const float* x, int cols, int group, int zero, int8_t* q, float* s, int32_t* hc);
 
 // Q4 candidate scales: the group's largest-magnitude value maps to t (the
 // others round into [-8, 7]); each candidate's scale is refitted by least
