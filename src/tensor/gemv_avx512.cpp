@@ -4,9 +4,10 @@
 // instantiated under the pragma (they could leak AVX-512 code into shared
 // inline definitions).
 //
-// fp kernels: 16 columns per step, R weight rows × M input rows per pass
-// (each x vector load feeds R FMAs, each weight load M FMAs); bf16 widens to
-// fp32 by a 16-bit shift, fp16 by vcvtph2ps.
+// One weight row at a time (a single sequential stream per thread), up to 4
+// input rows per pass sharing each weight load.
+// fp kernels: 64 columns per step, four accumulators; bf16 widens to fp32 by
+// a 16-bit shift, fp16 by vcvtph2ps.
 // Q8/Q4 kernels: activations quantised per group to int8 once per call; per
 // 64 columns one vpdpbusd of the unsigned weights (Q8: q+128, Q4: nibble q)
 // with the signed activations into an accumulator preloaded with the
@@ -67,67 +68,56 @@ struct Fp<WeightFormat::F16> {
   }
 };
 
-// Rows [r, r+R) × input rows [0, M) of X (row stride ldx).
-template <WeightFormat F, int R, int M>
-inline void fp_tile(const uint8_t* W, int cols, const float* X, size_t ldx, float* Y, size_t ldy,
-                    int r) {
+// One weight row × input rows [0, M) of X (row stride ldx). One row at a
+// time keeps the weight reads a single sequential stream (cold-memory
+// streaming measured fastest that way: several concurrent row streams
+// restart the hardware prefetchers at every page); four accumulators per
+// input row hide the FMA latency. The summation order does not depend on M.
+template <WeightFormat F, int M>
+inline void fp_row(const uint8_t* wr, int cols, const float* X, size_t ldx, float* y, size_t ldy) {
   using L = Fp<F>;
-  const size_t stride = size_t(cols) * L::kSize;
-  const uint8_t* w0 = W + size_t(r) * stride;
-  __m512 acc[R][M];
-  for (int i = 0; i < R; ++i)
-    for (int m = 0; m < M; ++m) acc[i][m] = _mm512_setzero_ps();
-  const int cfull = cols & ~15;
-  for (int c = 0; c < cfull; c += 16) {
-    __m512 xv[M];
-    for (int m = 0; m < M; ++m) xv[m] = _mm512_loadu_ps(X + size_t(m) * ldx + size_t(c));
-    for (int i = 0; i < R; ++i) {
-      const __m512 wv = L::load(w0 + size_t(i) * stride + size_t(c) * L::kSize);
-      for (int m = 0; m < M; ++m) acc[i][m] = _mm512_fmadd_ps(wv, xv[m], acc[i][m]);
+  __m512 acc[M][4];
+  for (int m = 0; m < M; ++m)
+    for (int u = 0; u < 4; ++u) acc[m][u] = _mm512_setzero_ps();
+  int c = 0;
+  for (; c + 64 <= cols; c += 64)
+    for (int u = 0; u < 4; ++u) {
+      const __m512 wv = L::load(wr + size_t(c + 16 * u) * L::kSize);
+      for (int m = 0; m < M; ++m)
+        acc[m][u] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(X + size_t(m) * ldx + size_t(c + 16 * u)), acc[m][u]);
     }
+  for (; c + 16 <= cols; c += 16) {
+    const __m512 wv = L::load(wr + size_t(c) * L::kSize);
+    for (int m = 0; m < M; ++m)
+      acc[m][0] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(X + size_t(m) * ldx + size_t(c)), acc[m][0]);
   }
-  if (cfull < cols) {
-    const __mmask16 k = __mmask16((1u << (cols - cfull)) - 1u);
-    __m512 xv[M];
-    for (int m = 0; m < M; ++m) xv[m] = _mm512_maskz_loadu_ps(k, X + size_t(m) * ldx + size_t(cfull));
-    for (int i = 0; i < R; ++i) {
-      const __m512 wv = L::load(w0 + size_t(i) * stride + size_t(cfull) * L::kSize, k);
-      for (int m = 0; m < M; ++m) acc[i][m] = _mm512_fmadd_ps(wv, xv[m], acc[i][m]);
-    }
+  if (c < cols) {
+    const __mmask16 k = __mmask16((1u << (cols - c)) - 1u);
+    const __m512 wv = L::load(wr + size_t(c) * L::kSize, k);
+    for (int m = 0; m < M; ++m)
+      acc[m][0] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(k, X + size_t(m) * ldx + size_t(c)), acc[m][0]);
   }
-  for (int i = 0; i < R; ++i)
-    for (int m = 0; m < M; ++m) Y[size_t(m) * ldy + size_t(r + i)] = _mm512_reduce_add_ps(acc[i][m]);
-}
-
-template <WeightFormat F, int R, int M>
-void fp_rows(const uint8_t* W, int cols, const float* X, float* Y, size_t ldy, int r0, int r1) {
-  int r = r0;
-  for (; r + R <= r1; r += R) fp_tile<F, R, M>(W, cols, X, size_t(cols), Y, ldy, r);
-  for (; r < r1; ++r) fp_tile<F, 1, M>(W, cols, X, size_t(cols), Y, ldy, r);
+  for (int m = 0; m < M; ++m)
+    y[size_t(m) * ldy] = _mm512_reduce_add_ps(
+        _mm512_add_ps(_mm512_add_ps(acc[m][0], acc[m][1]), _mm512_add_ps(acc[m][2], acc[m][3])));
 }
 
 template <WeightFormat F>
 void fp_format(const WeightMatrix& w, const float* X, int m, float* Y, int ldy, int r0, int r1) {
   const uint8_t* W = static_cast<const uint8_t*>(w.data);
   const int cols = w.cols;
-  if (m == 1) {
-    fp_rows<F, 4, 1>(W, cols, X, Y, size_t(ldy), r0, r1);
-    return;
-  }
-  // Several input rows: row tiles outside (the tile stays in L1/L2), blocks
-  // of up to 4 input rows inside.
-  constexpr int kR = 4;
-  for (int r = r0; r < r1; r += kR) {
-    const int re = r + kR <= r1 ? r + kR : r1;
+  const size_t stride = size_t(cols) * Fp<F>::kSize;
+  for (int r = r0; r < r1; ++r) {
+    const uint8_t* wr = W + size_t(r) * stride;
+    // Blocks of up to 4 input rows; the weight row stays in L1 between them.
     for (int mb = 0; mb < m; mb += 4) {
-      const int mm = m - mb < 4 ? m - mb : 4;
       const float* Xb = X + size_t(mb) * size_t(cols);
-      float* Yb = Y + size_t(mb) * size_t(ldy);
-      switch (mm) {
-        case 1: fp_rows<F, kR, 1>(W, cols, Xb, Yb, size_t(ldy), r, re); break;
-        case 2: fp_rows<F, kR, 2>(W, cols, Xb, Yb, size_t(ldy), r, re); break;
-        case 3: fp_rows<F, kR, 3>(W, cols, Xb, Yb, size_t(ldy), r, re); break;
-        default: fp_rows<F, kR, 4>(W, cols, Xb, Yb, size_t(ldy), r, re); break;
+      float* y = Y + size_t(mb) * size_t(ldy) + size_t(r);
+      switch (m - mb < 4 ? m - mb : 4) {
+        case 1: fp_row<F, 1>(wr, cols, Xb, size_t(cols), y, size_t(ldy)); break;
+        case 2: fp_row<F, 2>(wr, cols, Xb, size_t(cols), y, size_t(ldy)); break;
+        case 3: fp_row<F, 3>(wr, cols, Xb, size_t(cols), y, size_t(ldy)); break;
+        default: fp_row<F, 4>(wr, cols, Xb, size_t(cols), y, size_t(ldy)); break;
       }
     }
   }
@@ -183,22 +173,22 @@ inline QCtx make_ctx(const WeightMatrix& w) {
   return q;
 }
 
-// Rows [r, r+R) × input rows [0, M). Q4 = false: Q8 layout.
-// Per 128-column block: the R rows' fp16 scales of the block's groups (one
-// masked 8-byte load each) times the x scales, spread over the lanes of each
-// 64-column chunk by vpermps; the zero-point corrections (one int32 per 32
-// columns) go into lanes 0 and 8 of the vpdpbusd accumulator.
-template <bool Q4, int R, int M>
-inline void q_tile(const QCtx& q, const WeightMatrix& w, const XQuant* x, float* Y, size_t ldy, int r) {
+// One weight row × input rows [0, M). Q4 = false: Q8 layout. Per 128-column
+// block: the row's fp16 scales of the block's groups (one masked load) times
+// the x scales, spread over the lanes of each 64-column chunk by vpermps; the
+// zero-point corrections (one int32 per 32 columns) go into lanes 0 and 8 of
+// the vpdpbusd accumulator. Two accumulators per input row (one per chunk);
+// the summation order does not depend on M.
+template <bool Q4, int M>
+inline void q_row(const QCtx& q, const WeightMatrix& w, const XQuant* x, float* y, size_t ldy, int r) {
   const size_t wstride = Q4 ? size_t(q.cols) / 2 : size_t(q.cols);
-  const uint8_t* w0 = static_cast<const uint8_t*>(w.data) + size_t(r) * wstride;
-  const uint16_t* s0 = static_cast<const uint16_t*>(w.aux) + size_t(r) * size_t(q.ng);
+  const uint8_t* wr = static_cast<const uint8_t*>(w.data) + size_t(r) * wstride;
+  const uint16_t* sr = static_cast<const uint16_t*>(w.aux) + size_t(r) * size_t(q.ng);
   const __m512i low4 = _mm512_set1_epi8(0x0f);
   const __m512i hidx0 = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0);
   const __m512i hidx1 = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 2);
-  __m512 acc[R][M];
-  for (int i = 0; i < R; ++i)
-    for (int m = 0; m < M; ++m) acc[i][m] = _mm512_setzero_ps();
+  __m512 acc[M][2];
+  for (int m = 0; m < M; ++m) acc[m][0] = acc[m][1] = _mm512_setzero_ps();
   int gb = 0, left = q.bpg;  // first group of block b; blocks left in it (group > 128)
   for (int b = 0; b < q.nb; ++b) {
     __m512 sx[M];
@@ -207,37 +197,24 @@ inline void q_tile(const QCtx& q, const WeightMatrix& w, const XQuant* x, float*
       sx[m] = _mm512_castps128_ps512(_mm_maskz_loadu_ps(q.kspb, x[m].s + gb));
       hc[m] = _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x[m].hc + 4 * b)));
     }
-    __m512 sw[R];
-    for (int i = 0; i < R; ++i) {
-      sw[i] = _mm512_castps128_ps512(
-          _mm_cvtph_ps(_mm_maskz_loadu_epi16(q.kspb, s0 + size_t(i) * size_t(q.ng) + size_t(gb))));
-      if (M == 1) sw[i] = _mm512_mul_ps(sw[i], sx[0]);
-    }
-    __m512i raw[R];
-    if (Q4)
-      for (int i = 0; i < R; ++i) raw[i] = _mm512_loadu_si512(w0 + size_t(i) * wstride + size_t(b) * 64);
+    __m512 sw = _mm512_castps128_ps512(_mm_cvtph_ps(_mm_maskz_loadu_epi16(q.kspb, sr + gb)));
+    if (M == 1) sw = _mm512_mul_ps(sw, sx[0]);
+    __m512i raw = _mm512_setzero_si512();
+    if (Q4) raw = _mm512_loadu_si512(wr + size_t(b) * 64);
     for (int k = 0; k < 2; ++k) {
       const size_t c = size_t(b) * 128 + size_t(k) * 64;
       const __m512i idx = k == 0 ? q.idx0 : q.idx1;
-      __m512i wv[R];
-      __m512 swk[R];
-      for (int i = 0; i < R; ++i) {
-        if (Q4)
-          wv[i] = k == 0 ? _mm512_and_si512(raw[i], low4) : _mm512_and_si512(_mm512_srli_epi16(raw[i], 4), low4);
-        else
-          wv[i] = _mm512_loadu_si512(w0 + size_t(i) * wstride + c);
-        swk[i] = _mm512_permutexvar_ps(idx, sw[i]);
-      }
+      const __m512i wv = !Q4 ? _mm512_loadu_si512(wr + c)
+                         : k == 0 ? _mm512_and_si512(raw, low4)
+                                  : _mm512_and_si512(_mm512_srli_epi16(raw, 4), low4);
+      const __m512 swk = _mm512_permutexvar_ps(idx, sw);
       for (int m = 0; m < M; ++m) {
-        const __m512i xv = _mm512_loadu_si512(x[m].q + c);
         const __m512i cv = _mm512_maskz_permutexvar_epi32(0x0101, k == 0 ? hidx0 : hidx1, hc[m]);
+        const __m512 f = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(cv, wv, _mm512_loadu_si512(x[m].q + c)));
         // M > 1: the product of the spread scales equals the spread of the
-        // product (lane moves only), so every m gives the gemv_rows result.
-        const __m512 sxk = M == 1 ? _mm512_setzero_ps() : _mm512_permutexvar_ps(idx, sx[m]);
-        for (int i = 0; i < R; ++i) {
-          const __m512 f = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(cv, wv[i], xv));
-          acc[i][m] = _mm512_fmadd_ps(f, M == 1 ? swk[i] : _mm512_mul_ps(swk[i], sxk), acc[i][m]);
-        }
+        // product (lane moves only): bit-identical to the M = 1 result.
+        const __m512 scale = M == 1 ? swk : _mm512_mul_ps(swk, _mm512_permutexvar_ps(idx, sx[m]));
+        acc[m][k] = _mm512_fmadd_ps(f, scale, acc[m][k]);
       }
     }
     if (q.bpg == 1) {
@@ -248,43 +225,26 @@ inline void q_tile(const QCtx& q, const WeightMatrix& w, const XQuant* x, float*
     }
   }
   const int ctail = q.nb * 128;
-  for (int i = 0; i < R; ++i)
-    for (int m = 0; m < M; ++m) {
-      float v = _mm512_reduce_add_ps(acc[i][m]);
-      if (ctail < q.cols) v += Q4 ? q4_dot_tail(w, r + i, x[m], ctail) : q8_dot_tail(w, r + i, x[m], ctail);
-      Y[size_t(m) * ldy + size_t(r + i)] = v;
-    }
-}
-
-template <bool Q4, int R, int M>
-void q_rows(const QCtx& q, const WeightMatrix& w, const XQuant* x, float* Y, size_t ldy, int r0,
-            int r1) {
-  int r = r0;
-  for (; r + R <= r1; r += R) q_tile<Q4, R, M>(q, w, x, Y, ldy, r);
-  for (; r < r1; ++r) q_tile<Q4, 1, M>(q, w, x, Y, ldy, r);
+  for (int m = 0; m < M; ++m) {
+    float v = _mm512_reduce_add_ps(_mm512_add_ps(acc[m][0], acc[m][1]));
+    if (ctail < q.cols) v += Q4 ? q4_dot_tail(w, r, x[m], ctail) : q8_dot_tail(w, r, x[m], ctail);
+    y[size_t(m) * ldy] = v;
+  }
 }
 
 template <bool Q4>
 void q_avx512(const WeightMatrix& w, const XQuant* x, int m, float* Y, int ldy, int r0, int r1) {
   const QCtx q = make_ctx(w);
-  if (m == 1) {
-    q_rows<Q4, 4, 1>(q, w, x, Y, size_t(ldy), r0, r1);
-    return;
-  }
-  constexpr int kR = 4;
-  for (int r = r0; r < r1; r += kR) {
-    const int re = r + kR <= r1 ? r + kR : r1;
+  for (int r = r0; r < r1; ++r)
     for (int mb = 0; mb < m; mb += 4) {
-      const int mm = m - mb < 4 ? m - mb : 4;
-      float* Yb = Y + size_t(mb) * size_t(ldy);
-      switch (mm) {
-        case 1: q_rows<Q4, kR, 1>(q, w, x + mb, Yb, size_t(ldy), r, re); break;
-        case 2: q_rows<Q4, kR, 2>(q, w, x + mb, Yb, size_t(ldy), r, re); break;
-        case 3: q_rows<Q4, kR, 3>(q, w, x + mb, Yb, size_t(ldy), r, re); break;
-        default: q_rows<Q4, kR, 4>(q, w, x + mb, Yb, size_t(ldy), r, re); break;
+      float* y = Y + size_t(mb) * size_t(ldy) + size_t(r);
+      switch (m - mb < 4 ? m - mb : 4) {
+        case 1: q_row<Q4, 1>(q, w, x + mb, y, size_t(ldy), r); break;
+        case 2: q_row<Q4, 2>(q, w, x + mb, y, size_t(ldy), r); break;
+        case 3: q_row<Q4, 3>(q, w, x + mb, y, size_t(ldy), r); break;
+        default: q_row<Q4, 4>(q, w, x + mb, y, size_t(ldy), r); break;
       }
     }
-  }
 }
 
 void q8_avx512(const WeightMatrix& w, const XQuant* x, int m, float* Y, int ldy, int r0, int r1) {
