@@ -2,7 +2,9 @@
 // that target only inside this file; reached through gemv.cpp's dispatch. No
 // standard-library templates are instantiated under the target pragma.
 //
-// fp kernels: 8 columns per step, R weight rows × M input rows per pass.
+// One weight row at a time (a single sequential stream per thread), up to 2
+// input rows per pass sharing each weight load.
+// fp kernels: 32 columns per step, four accumulators.
 // Q8: per 32 columns (one group or part of one) the signed int8 dot via the
 // sign trick: maddubs(|x|, sign(w, x)) — |x|, |w| ≤ 127, so the int16 pair
 // sums cannot saturate — then madd(·, 1) to int32.
@@ -78,59 +80,53 @@ struct Fp<WeightFormat::F16> {
   }
 };
 
-template <WeightFormat F, int R, int M>
-inline void fp_tile(const uint8_t* W, int cols, const float* X, float* Y, size_t ldy, int r) {
+// One weight row (a single sequential stream) × input rows [0, M), four
+// accumulators per input row; the summation order does not depend on M.
+template <WeightFormat F, int M>
+inline void fp_row(const uint8_t* wr, int cols, const float* X, float* y, size_t ldy) {
   using L = Fp<F>;
-  const size_t stride = size_t(cols) * L::kSize;
-  const uint8_t* w0 = W + size_t(r) * stride;
-  __m256 acc[R][M];
-  for (int i = 0; i < R; ++i)
-    for (int m = 0; m < M; ++m) acc[i][m] = _mm256_setzero_ps();
-  const int cfull = cols & ~7;
-  for (int c = 0; c < cfull; c += 8) {
-    __m256 xv[M];
-    for (int m = 0; m < M; ++m) xv[m] = _mm256_loadu_ps(X + size_t(m) * size_t(cols) + size_t(c));
-    for (int i = 0; i < R; ++i) {
-      const __m256 wv = L::load(w0 + size_t(i) * stride + size_t(c) * L::kSize);
-      for (int m = 0; m < M; ++m) acc[i][m] = _mm256_fmadd_ps(wv, xv[m], acc[i][m]);
+  __m256 acc[M][4];
+#pragma GCC unroll 16
+  for (int m = 0; m < M; ++m)
+#pragma GCC unroll 16
+    for (int u = 0; u < 4; ++u) acc[m][u] = _mm256_setzero_ps();
+  int c = 0;
+  for (; c + 32 <= cols; c += 32)
+#pragma GCC unroll 16
+    for (int u = 0; u < 4; ++u) {
+      const __m256 wv = L::load(wr + size_t(c + 8 * u) * L::kSize);
+#pragma GCC unroll 16
+      for (int m = 0; m < M; ++m)
+        acc[m][u] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(X + size_t(m) * size_t(cols) + size_t(c + 8 * u)), acc[m][u]);
     }
+  for (; c + 8 <= cols; c += 8) {
+    const __m256 wv = L::load(wr + size_t(c) * L::kSize);
+#pragma GCC unroll 16
+    for (int m = 0; m < M; ++m)
+      acc[m][0] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(X + size_t(m) * size_t(cols) + size_t(c)), acc[m][0]);
   }
-  for (int i = 0; i < R; ++i)
-    for (int m = 0; m < M; ++m) {
-      float v = hsum(acc[i][m]);
-      for (int c = cfull; c < cols; ++c)
-        v += L::one(w0 + size_t(i) * stride + size_t(c) * L::kSize) * X[size_t(m) * size_t(cols) + size_t(c)];
-      Y[size_t(m) * ldy + size_t(r + i)] = v;
-    }
-}
-
-template <WeightFormat F, int R, int M>
-void fp_rows(const uint8_t* W, int cols, const float* X, float* Y, size_t ldy, int r0, int r1) {
-  int r = r0;
-  for (; r + R <= r1; r += R) fp_tile<F, R, M>(W, cols, X, Y, ldy, r);
-  for (; r < r1; ++r) fp_tile<F, 1, M>(W, cols, X, Y, ldy, r);
+#pragma GCC unroll 16
+  for (int m = 0; m < M; ++m) {
+    float v = hsum(_mm256_add_ps(_mm256_add_ps(acc[m][0], acc[m][1]), _mm256_add_ps(acc[m][2], acc[m][3])));
+    for (int t = c; t < cols; ++t) v += L::one(wr + size_t(t) * L::kSize) * X[size_t(m) * size_t(cols) + size_t(t)];
+    y[size_t(m) * ldy] = v;
+  }
 }
 
 template <WeightFormat F>
 void fp_format(const WeightMatrix& w, const float* X, int m, float* Y, int ldy, int r0, int r1) {
   const uint8_t* W = static_cast<const uint8_t*>(w.data);
   const int cols = w.cols;
-  if (m == 1) {
-    fp_rows<F, 4, 1>(W, cols, X, Y, size_t(ldy), r0, r1);
-    return;
-  }
-  constexpr int kR = 4;
-  for (int r = r0; r < r1; r += kR) {
-    const int re = r + kR <= r1 ? r + kR : r1;
+  const size_t stride = size_t(cols) * Fp<F>::kSize;
+  for (int r = r0; r < r1; ++r)
     for (int mb = 0; mb < m; mb += 2) {
       const float* Xb = X + size_t(mb) * size_t(cols);
-      float* Yb = Y + size_t(mb) * size_t(ldy);
+      float* y = Y + size_t(mb) * size_t(ldy) + size_t(r);
       if (m - mb >= 2)
-        fp_rows<F, kR, 2>(W, cols, Xb, Yb, size_t(ldy), r, re);
+        fp_row<F, 2>(W + size_t(r) * stride, cols, Xb, y, size_t(ldy));
       else
-        fp_rows<F, kR, 1>(W, cols, Xb, Yb, size_t(ldy), r, re);
+        fp_row<F, 1>(W + size_t(r) * stride, cols, Xb, y, size_t(ldy));
     }
-  }
 }
 
 void fp_avx2(const WeightMatrix& w, const float* X, int m, float* Y, int ldy, int r0, int r1) {
@@ -143,129 +139,95 @@ void fp_avx2(const WeightMatrix& w, const float* X, int m, float* Y, int ldy, in
 }
 
 // ---------------------------------------------------------------------------
-// Q8
+// Q8 / Q4: one weight row × input rows [0, M), two accumulators per input row
+// (alternating 32-column chunks).
 
-template <int R, int M>
-inline void q8_tile(const WeightMatrix& w, const XQuant* x, float* Y, size_t ldy, int r) {
+template <int M>
+inline void q8_row(const WeightMatrix& w, const XQuant* x, float* y, size_t ldy, int r) {
   const int cols = w.cols, G = w.group, ng = cols / G;
-  const uint8_t* w0 = static_cast<const uint8_t*>(w.data) + size_t(r) * size_t(cols);
-  const uint16_t* s0 = static_cast<const uint16_t*>(w.aux) + size_t(r) * size_t(ng);
+  const uint8_t* wr = static_cast<const uint8_t*>(w.data) + size_t(r) * size_t(cols);
+  const uint16_t* sr = static_cast<const uint16_t*>(w.aux) + size_t(r) * size_t(ng);
   const __m256i ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8(char(0x80));
-  __m256 acc[R][M];
-  for (int i = 0; i < R; ++i)
-    for (int m = 0; m < M; ++m) acc[i][m] = _mm256_setzero_ps();
-  for (int g = 0; g < ng; ++g) {
-    __m256 sc[R][M];
-    for (int i = 0; i < R; ++i) {
-      const float sw = _cvtsh_ss(s0[size_t(i) * size_t(ng) + size_t(g)]);
-      for (int m = 0; m < M; ++m) sc[i][m] = _mm256_set1_ps(sw * x[m].s[g]);
+  __m256 acc[M][2];
+#pragma GCC unroll 16
+  for (int m = 0; m < M; ++m) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
+  auto chunk = [&](int c, int a) {
+    const __m256i wv =
+        _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + size_t(c))), flip);
+    const float sw = _cvtsh_ss(sr[c / G]);
+#pragma GCC unroll 16
+    for (int m = 0; m < M; ++m) {
+      const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[m].q + c));
+      const __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(xv), _mm256_sign_epi8(wv, xv));
+      const __m256 f = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
+      acc[m][a] = _mm256_fmadd_ps(f, _mm256_set1_ps(sw * x[m].s[c / G]), acc[m][a]);
     }
-    for (int c = g * G; c < (g + 1) * G; c += 32) {
-      __m256i xv[M], ax[M];
-      for (int m = 0; m < M; ++m) {
-        xv[m] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[m].q + c));
-        ax[m] = _mm256_abs_epi8(xv[m]);
-      }
-      for (int i = 0; i < R; ++i) {
-        const __m256i wv = _mm256_xor_si256(
-            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w0 + size_t(i) * size_t(cols) + size_t(c))),
-            flip);
-        for (int m = 0; m < M; ++m) {
-          const __m256i p = _mm256_maddubs_epi16(ax[m], _mm256_sign_epi8(wv, xv[m]));
-          const __m256 f = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
-          acc[i][m] = _mm256_fmadd_ps(f, sc[i][m], acc[i][m]);
-        }
-      }
-    }
+  };
+  int c = 0;
+  for (; c + 64 <= cols; c += 64) {
+    chunk(c, 0);
+    chunk(c + 32, 1);
   }
-  for (int i = 0; i < R; ++i)
-    for (int m = 0; m < M; ++m) Y[size_t(m) * ldy + size_t(r + i)] = hsum(acc[i][m]);
+  if (c < cols) chunk(c, 0);
+#pragma GCC unroll 16
+  for (int m = 0; m < M; ++m) y[size_t(m) * ldy] = hsum(_mm256_add_ps(acc[m][0], acc[m][1]));
 }
 
-// ---------------------------------------------------------------------------
-// Q4
-
-template <int R, int M>
-inline void q4_tile(const WeightMatrix& w, const XQuant* x, float* Y, size_t ldy, int r) {
+template <int M>
+inline void q4_row(const WeightMatrix& w, const XQuant* x, float* y, size_t ldy, int r) {
   const int cols = w.cols, G = w.group, ng = cols / G, nb = cols / 128;
-  const size_t stride = size_t(cols) / 2;
-  const uint8_t* w0 = static_cast<const uint8_t*>(w.data) + size_t(r) * stride;
-  const uint16_t* s0 = static_cast<const uint16_t*>(w.aux) + size_t(r) * size_t(ng);
+  const uint8_t* wr = static_cast<const uint8_t*>(w.data) + size_t(r) * (size_t(cols) / 2);
+  const uint16_t* sr = static_cast<const uint16_t*>(w.aux) + size_t(r) * size_t(ng);
   const __m256i ones = _mm256_set1_epi16(1), low4 = _mm256_set1_epi8(0x0f);
-  __m256 acc[R][M];
-  for (int i = 0; i < R; ++i)
-    for (int m = 0; m < M; ++m) acc[i][m] = _mm256_setzero_ps();
+  __m256 acc[M][2];
+#pragma GCC unroll 16
+  for (int m = 0; m < M; ++m) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
   for (int b = 0; b < nb; ++b) {
-    __m256i v[R][2];
-    for (int i = 0; i < R; ++i)
-      for (int h = 0; h < 2; ++h)
-        v[i][h] = _mm256_loadu_si256(
-            reinterpret_cast<const __m256i*>(w0 + size_t(i) * stride + size_t(b) * 64 + size_t(h) * 32));
-    // Sub-chunk s covers columns b·128 + 32·s: s = 0, 1 the low nibbles of the
-    // two halves, s = 2, 3 their high nibbles.
+    const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + size_t(b) * 64));
+    const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + size_t(b) * 64 + 32));
+    // Sub-chunk s covers columns b·128 + 32·s: s = 0, 1 the low nibbles of
+    // the two halves, s = 2, 3 their high nibbles.
+#pragma GCC unroll 4
     for (int s = 0; s < 4; ++s) {
       const int c = b * 128 + 32 * s;
-      const int g = c / G;
-      __m256i xv[M], cv[M];
+      const __m256i raw = (s & 1) ? v1 : v0;
+      const __m256i qv = s < 2 ? _mm256_and_si256(raw, low4) : _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
+      const float sw = _cvtsh_ss(sr[c / G]);
+#pragma GCC unroll 16
       for (int m = 0; m < M; ++m) {
-        xv[m] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[m].q + c));
-        cv[m] = _mm256_setr_epi32(x[m].hc[c / 32], 0, 0, 0, 0, 0, 0, 0);  // -8·Σx of these 32 columns
-      }
-      for (int i = 0; i < R; ++i) {
-        const __m256i raw = v[i][s & 1];
-        const __m256i qv = s < 2 ? _mm256_and_si256(raw, low4)
-                                 : _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
-        const float sw = _cvtsh_ss(s0[size_t(i) * size_t(ng) + size_t(g)]);
-        for (int m = 0; m < M; ++m) {
-          const __m256i d = _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(qv, xv[m]), ones), cv[m]);
-          acc[i][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(sw * x[m].s[g]), acc[i][m]);
-        }
+        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[m].q + c));
+        // -8·Σx of these 32 columns into lane 0.
+        const __m256i cv = _mm256_setr_epi32(x[m].hc[c / 32], 0, 0, 0, 0, 0, 0, 0);
+        const __m256i d = _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(qv, xv), ones), cv);
+        acc[m][s & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(sw * x[m].s[c / G]), acc[m][s & 1]);
       }
     }
   }
-  const bool has_tail = nb * 128 < cols;
-  for (int i = 0; i < R; ++i)
-    for (int m = 0; m < M; ++m) {
-      float v = hsum(acc[i][m]);
-      if (has_tail) v += q4_dot_tail(w, r + i, x[m], nb * 128);
-      Y[size_t(m) * ldy + size_t(r + i)] = v;
-    }
-}
-
-template <bool Q4, int R, int M>
-void q_rows(const WeightMatrix& w, const XQuant* x, float* Y, size_t ldy, int r0, int r1) {
-  int r = r0;
-  for (; r + R <= r1; r += R) {
-    if (Q4)
-      q4_tile<R, M>(w, x, Y, ldy, r);
-    else
-      q8_tile<R, M>(w, x, Y, ldy, r);
-  }
-  for (; r < r1; ++r) {
-    if (Q4)
-      q4_tile<1, M>(w, x, Y, ldy, r);
-    else
-      q8_tile<1, M>(w, x, Y, ldy, r);
+#pragma GCC unroll 16
+  for (int m = 0; m < M; ++m) {
+    float v = hsum(_mm256_add_ps(acc[m][0], acc[m][1]));
+    if (nb * 128 < cols) v += q4_dot_tail(w, r, x[m], nb * 128);
+    y[size_t(m) * ldy] = v;
   }
 }
 
 template <bool Q4>
 void q_avx2(const WeightMatrix& w, const XQuant* x, int m, float* Y, int ldy, int r0, int r1) {
-  if (m == 1) {
-    q_rows<Q4, 4, 1>(w, x, Y, size_t(ldy), r0, r1);
-    return;
-  }
-  constexpr int kR = 4;
-  for (int r = r0; r < r1; r += kR) {
-    const int re = r + kR <= r1 ? r + kR : r1;
+  for (int r = r0; r < r1; ++r)
     for (int mb = 0; mb < m; mb += 2) {
-      float* Yb = Y + size_t(mb) * size_t(ldy);
-      if (m - mb >= 2)
-        q_rows<Q4, kR, 2>(w, x + mb, Yb, size_t(ldy), r, re);
-      else
-        q_rows<Q4, kR, 1>(w, x + mb, Yb, size_t(ldy), r, re);
+      float* y = Y + size_t(mb) * size_t(ldy) + size_t(r);
+      if (m - mb >= 2) {
+        if (Q4)
+          q4_row<2>(w, x + mb, y, size_t(ldy), r);
+        else
+          q8_row<2>(w, x + mb, y, size_t(ldy), r);
+      } else {
+        if (Q4)
+          q4_row<1>(w, x + mb, y, size_t(ldy), r);
+        else
+          q8_row<1>(w, x + mb, y, size_t(ldy), r);
+      }
     }
-  }
 }
 
 void q8_avx2(const WeightMatrix& w, const XQuant* x, int m, float* Y, int ldy, int r0, int r1) {
