@@ -70,14 +70,15 @@ void prep_row_scalar(const float* x, int cols, int group, int zero, int8_t* q, f
   for (int k = 0; k < cols / 32; ++k) {
     int sum = 0;
     for (int c = 0; c < 32; ++c) sum += q[32 * k + c];
-    hc[k] = -zero * sum;
+    hc[8 * k] = -zero * sum;
+    for (int l = 1; l < 8; ++l) hc[8 * k + l] = 0;
   }
 }
 
 void XQuantBuf::prepare(const float* X, int m, int ldx, int cols, int group, int zero) {
   const size_t qstride = size_t(cols) + 64;
   const size_t sstride = size_t(cols / group) + 16;
-  const size_t hstride = size_t(cols / 32) + 16;
+  const size_t hstride = size_t(cols / 4) + 16;
   if (q.size() < size_t(m) * qstride) q.resize(size_t(m) * qstride);
   if (s.size() < size_t(m) * sstride) s.resize(size_t(m) * sstride);
   if (hc.size() < size_t(m) * hstride) hc.resize(size_t(m) * hstride);
@@ -91,7 +92,7 @@ void XQuantBuf::prepare(const float* X, int m, int ldx, int cols, int group, int
     // Readable padding, zero so that over-reads contribute nothing.
     std::memset(qi + cols, 0, 64);
     std::memset(si + cols / group, 0, 16 * sizeof(float));
-    std::memset(hi + cols / 32, 0, 16 * sizeof(int32_t));
+    std::memset(hi + cols / 4, 0, 16 * sizeof(int32_t));
     rows[size_t(i)] = XQuant{qi, si, hi};
   }
 }

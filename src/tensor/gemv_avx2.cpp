@@ -196,8 +196,8 @@ inline void q4_row(const WeightMatrix& w, const XQuant* x, float* y, size_t ldy,
 #pragma GCC unroll 16
       for (int m = 0; m < M; ++m) {
         const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[m].q + c));
-        // -8·Σx of these 32 columns into lane 0.
-        const __m256i cv = _mm256_setr_epi32(x[m].hc[c / 32], 0, 0, 0, 0, 0, 0, 0);
+        // -8·Σx of these 32 columns in lane 0.
+        const __m256i cv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[m].hc + c / 4));
         const __m256i d = _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(qv, xv), ones), cv);
         acc[m][s & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(sw * x[m].s[c / G]), acc[m][s & 1]);
       }
@@ -267,7 +267,8 @@ void prep_row_avx2(const float* x, int cols, int group, int zero, int8_t* q, flo
       __m128i u = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
       u = _mm_add_epi32(u, _mm_shuffle_epi32(u, 0x4e));
       u = _mm_add_epi32(u, _mm_shuffle_epi32(u, 0xb1));
-      hc[col / 32] = -zero * _mm_cvtsi128_si32(u);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(hc + col / 4),
+                          _mm256_setr_epi32(-zero * _mm_cvtsi128_si32(u), 0, 0, 0, 0, 0, 0, 0));
     }
   }
 }

@@ -79,27 +79,27 @@ inline void fp_row(const uint8_t* wr, int cols, const float* X, size_t ldx, floa
   __m512 acc[M][4];
   #pragma GCC unroll 16
   for (int m = 0; m < M; ++m)
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int u = 0; u < 4; ++u) acc[m][u] = _mm512_setzero_ps();
   int c = 0;
   for (; c + 64 <= cols; c += 64)
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int u = 0; u < 4; ++u) {
       const __m512 wv = L::load(wr + size_t(c + 16 * u) * L::kSize);
-      #pragma GCC unroll 16
+  #pragma GCC unroll 16
       for (int m = 0; m < M; ++m)
         acc[m][u] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(X + size_t(m) * ldx + size_t(c + 16 * u)), acc[m][u]);
     }
   for (; c + 16 <= cols; c += 16) {
     const __m512 wv = L::load(wr + size_t(c) * L::kSize);
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int m = 0; m < M; ++m)
       acc[m][0] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(X + size_t(m) * ldx + size_t(c)), acc[m][0]);
   }
   if (c < cols) {
     const __mmask16 k = __mmask16((1u << (cols - c)) - 1u);
     const __m512 wv = L::load(wr + size_t(c) * L::kSize, k);
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int m = 0; m < M; ++m)
       acc[m][0] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(k, X + size_t(m) * ldx + size_t(c)), acc[m][0]);
   }
@@ -192,49 +192,43 @@ inline void q_rows(const QCtx& q, const WeightMatrix& w, const XQuant* x, float*
   const uint8_t* wr = static_cast<const uint8_t*>(w.data) + size_t(r) * wstride;
   const uint16_t* sr = static_cast<const uint16_t*>(w.aux) + size_t(r) * size_t(q.ng);
   const __m512i low4 = _mm512_set1_epi8(0x0f);
-  const __m512i hidx0 = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-  const __m512i hidx1 = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 2);
   __m512 acc[R][M][2];
   #pragma GCC unroll 16
   for (int i = 0; i < R; ++i)
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int m = 0; m < M; ++m) acc[i][m][0] = acc[i][m][1] = _mm512_setzero_ps();
   int gb = 0, left = q.bpg;  // first group of block b; blocks left in it (group > 128)
   for (int b = 0; b < q.nb; ++b) {
     __m512 sx[M];
-    __m512i hc[M];
-    #pragma GCC unroll 16
-    for (int m = 0; m < M; ++m) {
-      sx[m] = _mm512_castps128_ps512(_mm_maskz_loadu_ps(q.kspb, x[m].s + gb));
-      hc[m] = _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x[m].hc + 4 * b)));
-    }
+#pragma GCC unroll 16
+    for (int m = 0; m < M; ++m) sx[m] = _mm512_castps128_ps512(_mm_maskz_loadu_ps(q.kspb, x[m].s + gb));
     __m512 sw[R];
     __m512i raw[R];
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int i = 0; i < R; ++i) {
       sw[i] = _mm512_castps128_ps512(_mm_cvtph_ps(_mm_maskz_loadu_epi16(q.kspb, sr + size_t(i) * size_t(q.ng) + gb)));
       if (M == 1) sw[i] = _mm512_mul_ps(sw[i], sx[0]);
       if (Q4) raw[i] = _mm512_loadu_si512(wr + size_t(i) * wstride + size_t(b) * 64);
     }
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int k = 0; k < 2; ++k) {
       const size_t c = size_t(b) * 128 + size_t(k) * 64;
       const __m512i idx = k == 0 ? q.idx0 : q.idx1;
       __m512i wv[R];
       __m512 swk[R];
-      #pragma GCC unroll 16
+  #pragma GCC unroll 16
       for (int i = 0; i < R; ++i) {
         wv[i] = !Q4 ? _mm512_loadu_si512(wr + size_t(i) * wstride + c)
                 : k == 0 ? _mm512_and_si512(raw[i], low4)
                          : _mm512_and_si512(_mm512_srli_epi16(raw[i], 4), low4);
         swk[i] = _mm512_permutexvar_ps(idx, sw[i]);
       }
-      #pragma GCC unroll 16
+  #pragma GCC unroll 16
       for (int m = 0; m < M; ++m) {
-        const __m512i cv = _mm512_maskz_permutexvar_epi32(0x0101, k == 0 ? hidx0 : hidx1, hc[m]);
+        const __m512i cv = _mm512_loadu_si512(x[m].hc + c / 4);
         const __m512i xv = _mm512_loadu_si512(x[m].q + c);
         const __m512 sxk = M == 1 ? swk[0] : _mm512_permutexvar_ps(idx, sx[m]);
-        #pragma GCC unroll 16
+    #pragma GCC unroll 16
         for (int i = 0; i < R; ++i) {
           const __m512 f = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(cv, wv[i], xv));
           // M > 1: the product of the spread scales equals the spread of the
@@ -254,7 +248,7 @@ inline void q_rows(const QCtx& q, const WeightMatrix& w, const XQuant* x, float*
   const int ctail = q.nb * 128;
   #pragma GCC unroll 16
   for (int i = 0; i < R; ++i)
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int m = 0; m < M; ++m) {
       float v = _mm512_reduce_add_ps(_mm512_add_ps(acc[i][m][0], acc[i][m][1]));
       if (ctail < q.cols) v += Q4 ? q4_dot_tail(w, r + i, x[m], ctail) : q8_dot_tail(w, r + i, x[m], ctail);
@@ -307,7 +301,8 @@ void prep_row_avx512(const float* x, int cols, int group, int zero, int8_t* q, f
                                                  _mm512_cvtepi32_epi8(b), 1);
       const size_t col = size_t(g) * size_t(group) + size_t(c);
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + col), qb);
-      hc[col / 32] = -zero * _mm512_reduce_add_epi32(_mm512_add_epi32(a, b));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(hc + col / 4),
+                          _mm256_setr_epi32(-zero * _mm512_reduce_add_epi32(_mm512_add_epi32(a, b)), 0, 0, 0, 0, 0, 0, 0));
     }
   }
 }

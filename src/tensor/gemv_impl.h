@@ -14,8 +14,11 @@ namespace md::gemv_detail {
 struct XQuant {
   const int8_t* q = nullptr;    // [cols] (+64 readable bytes)
   const float* s = nullptr;     // [cols / group] (+16 readable floats)
-  // Per 32 columns: -Z · Σ q, the correction for unsigned weights stored
-  // with zero point Z (Q8: 128, Q4: 8). [cols / 32] (+16 readable)
+  // The zero-point correction for unsigned weights stored with zero point Z
+  // (Q8: 128, Q4: 8), laid out as the kernels' int32 accumulator lanes: per
+  // 32 columns 8 int32, the first -Z · Σ q over those columns, the others 0
+  // (a 64-column chunk's 16 lanes load straight into vpdpbusd's accumulator).
+  // [cols / 4] (+16 readable)
   const int32_t* hc = nullptr;
 };
 
@@ -39,7 +42,7 @@ using QKernel = void (*)(const WeightMatrix& w, const XQuant* x, int m, float* Y
 using QuantRow = void (*)(WeightFormat target, const float* w, int cols, int group, uint8_t* q,
                           uint16_t* scales, uint8_t* scratch);
 // Quantises one input row x [cols] per group (see XQuant): q [cols],
-// s [cols/group], hc [cols/32]. Every implementation gives bit-identical
+// s [cols/group], hc [cols/4]. Every implementation gives bit-identical
 // results.
 using PrepRow = void (*)(const float* x, int cols, int group, int zero, int8_t* q, float* s, int32_t* hc);
 
