@@ -6,7 +6,7 @@
 // run, and the decode tokens/s the GEMVs alone would allow for the full model.
 //
 //   gemv_bench [--threads 2,1] [--formats f32,bf16,f16,q8,q4] [--rounds 5]
-//              [--pool-mb 768] [--hugepages] [--no-quant] [--isa avx512|avx2|scalar]
+//              [--pool-mb 768] [--hugepages] [--no-quant] [--no-gemm] [--isa avx512|avx2|scalar]
 //              [--shapes 0,4]  (a subset of the five shapes: no projection)
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -240,7 +240,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> formats = {"f32", "bf16", "f16", "q8", "q4"};
   int rounds = 5;
   size_t pool_mb = 768;
-  bool huge = false, quant_speed = true;
+  bool huge = false, quant_speed = true, gemm_section = true;
   std::vector<int> only;  // --shapes: indices into kShapes (the projection needs all five)
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -266,6 +266,8 @@ int main(int argc, char** argv) {
       huge = true;
     } else if (a == "--no-quant") {
       quant_speed = false;
+    } else if (a == "--no-gemm") {
+      gemm_section = false;
     } else if (a == "--isa") {
       const std::string isa = next();
       if (!md::detail::gemv_force_isa(isa.c_str())) {
@@ -275,7 +277,7 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: gemv_bench [--threads 2,1] [--formats f32,bf16,f16,q8,q4] [--rounds N]\n"
-                   "                  [--pool-mb MB] [--hugepages] [--no-quant] [--isa avx512|avx2|scalar]\n"
+                   "                  [--pool-mb MB] [--hugepages] [--no-quant] [--no-gemm] [--isa avx512|avx2|scalar]\n"
                    "                  [--shapes i,j (0..4)]\n");
       return 2;
     }
@@ -324,6 +326,38 @@ int main(int argc, char** argv) {
                   "(median calls: %.1f; at the measured BW: %.1f)\n",
                   fs.c_str(), token_bytes / 1e9, token_s * 1e3, token_bytes / token_s / 1e9,
                   100.0 * token_bytes / token_s / 1e9 / bw, 1.0 / token_s, 1.0 / token_med, bw * 1e9 / token_bytes);
+    }
+  }
+
+  if (gemm_section) {
+    // A few input rows at once (short prompts): gemm_rows through md::gemm,
+    // fc1's 8192×2048, cold weights, against m separate gemv calls.
+    md::set_num_threads(threads.empty() ? 0 : threads[0]);
+    const Shape s = kShapes[2];
+    std::printf("\n== gemm: %d input rows at once, %dx%d, %d threads (time per call; vs m gemv calls)\n", 16,
+                s.rows, s.cols, md::num_threads());
+    std::vector<float> X(size_t(16) * size_t(s.cols)), Y(size_t(16) * size_t(s.rows));
+    for (size_t i = 0; i < X.size(); ++i) X[i] = float(int(i * 7919 % 2001) - 1000) * 1e-3f;
+    for (const std::string& fs : formats) {
+      WeightFormat f;
+      parse_format(fs, &f);
+      const Matrices m = make(f, s, pool_mb << 20, huge, 77);
+      const double t1 = time_gemv(m, x.data(), y.data(), rounds).best;
+      std::printf("%-5s m=1 %8.1f us", fs.c_str(), t1 * 1e6);
+      for (int mm : {4, 16}) {
+        for (const auto& w : m.views) md::gemm(w, X.data(), mm, Y.data(), s.rows);
+        double best = 1e30;
+        const auto start = Clock::now();
+        do {
+          for (const auto& w : m.views) {
+            const auto t0 = Clock::now();
+            md::gemm(w, X.data(), mm, Y.data(), s.rows);
+            best = std::min(best, seconds_since(t0));
+          }
+        } while (seconds_since(start) < 0.03 * rounds);
+        std::printf(" | m=%-2d %8.1f us (%.1fx faster than %d gemv)", mm, best * 1e6, t1 * mm / best, mm);
+      }
+      std::printf("\n");
     }
   }
 
