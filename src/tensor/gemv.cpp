@@ -1,199 +1,357 @@
+// GEMV front end: run-time CPU dispatch, the per-call activation quantisation
+// of the Q8/Q4 paths, threading, and the scalar reference kernels (the
+// fallback on CPUs without AVX2, and the column tails of the SIMD kernels).
 #include "tensor/gemv.h"
 
-// GCC 12's AVX-512 headers trip -Wmaybe-uninitialized on their own
-// _mm512_undefined_* helpers (GCC bug 105593).
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-
-#include <immintrin.h>
-
 #include <algorithm>
-#include <bit>
+#include <atomic>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <string>
 
 #include "tensor/dtype.h"
+#include "tensor/error.h"
+#include "tensor/gemv_impl.h"
 #include "tensor/parallel.h"
 
 namespace md {
+
+const char* weight_format_name(WeightFormat f) {
+  switch (f) {
+    case WeightFormat::F32: return "f32";
+    case WeightFormat::BF16: return "bf16";
+    case WeightFormat::F16: return "f16";
+    case WeightFormat::Q8: return "q8";
+    case WeightFormat::Q4: return "q4";
+  }
+  return "?";
+}
+
+size_t weight_bytes(const WeightMatrix& w) {
+  const size_t n = size_t(w.rows) * size_t(w.cols);
+  const size_t scales = w.group > 0 ? size_t(w.rows) * size_t(w.cols / w.group) * 2 : 0;
+  switch (w.format) {
+    case WeightFormat::F32: return n * 4;
+    case WeightFormat::BF16:
+    case WeightFormat::F16: return n * 2;
+    case WeightFormat::Q8: return n + scales;
+    case WeightFormat::Q4: return n / 2 + scales;
+  }
+  return 0;
+}
+
+namespace gemv_detail {
+
+// ---------------------------------------------------------------------------
+// Activation quantisation. Every ISA's version gives the same int8 values
+// (max, IEEE multiply, round-to-nearest-even), so the ISAs differ only in the
+// order of fp32 additions.
+
+void prep_row_scalar(const float* x, int cols, int group, int zero, int8_t* q, float* s, int32_t* hc) {
+  constexpr float kMagic = 12582912.0f;  // 1.5·2^23: (v + M) - M rounds to nearest even
+  const int ng = cols / group;
+  for (int g = 0; g < ng; ++g) {
+    const float* xg = x + size_t(g) * size_t(group);
+    float amax = 0.0f;
+    for (int c = 0; c < group; ++c) {
+      const float a = std::fabs(xg[c]);
+      amax = a > amax ? a : amax;
+    }
+    const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+    int8_t* qg = q + size_t(g) * size_t(group);
+    for (int c = 0; c < group; ++c) {
+      float v = (xg[c] * id + kMagic) - kMagic;
+      v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
+      qg[c] = int8_t(int(v));
+    }
+    s[g] = amax / 127.0f;
+  }
+  for (int k = 0; k < cols / 32; ++k) {
+    int sum = 0;
+    for (int c = 0; c < 32; ++c) sum += q[32 * k + c];
+    hc[8 * k] = -zero * sum;
+    for (int l = 1; l < 8; ++l) hc[8 * k + l] = 0;
+  }
+}
+
+void XQuantBuf::prepare(const float* X, int m, int ldx, int cols, int group, int zero) {
+  const size_t qstride = size_t(cols) + 64;
+  const size_t sstride = size_t(cols / group) + 16;
+  const size_t hstride = size_t(cols / 4) + 16;
+  if (q.size() < size_t(m) * qstride) q.resize(size_t(m) * qstride);
+  if (s.size() < size_t(m) * sstride) s.resize(size_t(m) * sstride);
+  if (hc.size() < size_t(m) * hstride) hc.resize(size_t(m) * hstride);
+  rows.resize(size_t(m));
+  const PrepRow prep = kernels().prep_row;
+  for (int i = 0; i < m; ++i) {
+    int8_t* qi = q.data() + size_t(i) * qstride;
+    float* si = s.data() + size_t(i) * sstride;
+    int32_t* hi = hc.data() + size_t(i) * hstride;
+    prep(X + size_t(i) * size_t(ldx), cols, group, zero, qi, si, hi);
+    // Readable padding, zero so that over-reads contribute nothing.
+    std::memset(qi + cols, 0, 64);
+    std::memset(si + cols / group, 0, 16 * sizeof(float));
+    std::memset(hi + cols / 4, 0, 16 * sizeof(int32_t));
+    rows[size_t(i)] = XQuant{qi, si, hi};
+  }
+}
+
 namespace {
 
-// ---- generic kernels: plain loops the compiler vectorises; compiled for
-// AVX2+FMA and for baseline x86-64, picked at load time (ifunc). ----------
+inline float load_f16(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return f16_to_f32(h);
+}
 
-inline float bf16f(uint16_t v) { return std::bit_cast<float>(uint32_t(v) << 16); }
-
-#define MD_GENERIC __attribute__((target_clones("arch=haswell", "default")))
-
-MD_GENERIC void dense_rows_generic(WeightFormat f, const void* data, int cols, const float* x, float* y, int r0,
-                                   int r1) {
-  for (int r = r0; r < r1; ++r) {
-    float acc = 0;
-    if (f == WeightFormat::F32) {
-      const float* w = static_cast<const float*>(data) + size_t(r) * cols;
-#pragma omp simd reduction(+ : acc)
-      for (int c = 0; c < cols; ++c) acc += w[c] * x[c];
-    } else if (f == WeightFormat::BF16) {
-      const uint16_t* w = static_cast<const uint16_t*>(data) + size_t(r) * cols;
-#pragma omp simd reduction(+ : acc)
-      for (int c = 0; c < cols; ++c) acc += bf16f(w[c]) * x[c];
-    } else {
-      const uint16_t* w = static_cast<const uint16_t*>(data) + size_t(r) * cols;
-      for (int c = 0; c < cols; ++c) acc += f16_to_f32(w[c]) * x[c];
+// Unpacks Q4 columns [c0, c1) of a row (c0 a multiple of 128; c1 = cols or a
+// multiple of 128) to signed values q - 8.
+void q4_unpack(const uint8_t* row, int cols, int c0, int c1, int8_t* out) {
+  for (int b = c0; b < c1; b += 128) {
+    const int n = std::min(128, cols - b);
+    const int h = n / 2;
+    const uint8_t* p = row + b / 2;
+    int8_t* o = out + (b - c0);
+    for (int j = 0; j < h; ++j) {
+      o[j] = int8_t((p[j] & 0x0f) - 8);
+      o[j + h] = int8_t((p[j] >> 4) - 8);
     }
-    y[r] = acc;
   }
 }
 
-MD_GENERIC void quant_rows_generic(const WeightMatrix& w, const float* x, float* y, int r0, int r1) {
-  const int G = w.group, groups = w.cols / G;
-  for (int r = r0; r < r1; ++r) {
-    const float* sc = w.scales + size_t(r) * groups;
-    float acc = 0;
-    for (int g = 0; g < groups; ++g) {
-      const float* xg = x + g * G;
-      float s = 0;
-      if (w.format == WeightFormat::Q8) {
-        const int8_t* q = static_cast<const int8_t*>(w.data) + size_t(r) * w.cols + g * G;
-#pragma omp simd reduction(+ : s)
-        for (int c = 0; c < G; ++c) s += float(q[c]) * xg[c];
-      } else {
-        const uint8_t* q = static_cast<const uint8_t*>(w.data) + (size_t(r) * w.cols + g * G) / 2;
-#pragma omp simd reduction(+ : s)
-        for (int c = 0; c < 16; ++c) s += float(int(q[c] & 15) - 8) * xg[c] + float(int(q[c] >> 4) - 8) * xg[c + 16];
-      }
-      acc += sc[g] * s;
-    }
-    y[r] = acc;
+// Σ over groups [g0, g1) of d_w · s_x · Σ q_w·q_x with signed weights wq
+// (indexed from column g0·group).
+float qdot_groups(const int8_t* wq, const uint8_t* scales, const XQuant& x, int group, int g0,
+                  int g1) {
+  float acc = 0.0f;
+  for (int g = g0; g < g1; ++g) {
+    const int8_t* a = wq + size_t(g - g0) * size_t(group);
+    const int8_t* b = x.q + size_t(g) * size_t(group);
+    int32_t sum = 0;
+    for (int c = 0; c < group; ++c) sum += int32_t(a[c]) * int32_t(b[c]);
+    acc += float(sum) * (load_f16(scales + 2 * size_t(g)) * x.s[g]);
   }
+  return acc;
 }
 
-// ---- AVX-512 kernels: four rows per pass share each load of x. ----------
+thread_local std::vector<float> t_row;
+thread_local std::vector<int8_t> t_qrow;
 
-__attribute__((target("avx512f"))) inline __m512 load16(WeightFormat f, const void* base, size_t off) {
-  if (f == WeightFormat::F32) return _mm512_loadu_ps(static_cast<const float*>(base) + off);
-  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(base) + off));
-  if (f == WeightFormat::BF16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-  return _mm512_cvtph_ps(h);
-}
-
-__attribute__((target("avx512f"))) void dense_rows_avx512(WeightFormat f, const void* data, int cols,
-                                                          const float* x, float* y, int r0, int r1) {
-  const int vec_cols = cols & ~15;
-  int r = r0;
-  for (; r + 4 <= r1; r += 4) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    const size_t o0 = size_t(r) * cols, o1 = o0 + cols, o2 = o1 + cols, o3 = o2 + cols;
-    for (int c = 0; c < vec_cols; c += 16) {
-      const __m512 xv = _mm512_loadu_ps(x + c);
-      a0 = _mm512_fmadd_ps(load16(f, data, o0 + c), xv, a0);
-      a1 = _mm512_fmadd_ps(load16(f, data, o1 + c), xv, a1);
-      a2 = _mm512_fmadd_ps(load16(f, data, o2 + c), xv, a2);
-      a3 = _mm512_fmadd_ps(load16(f, data, o3 + c), xv, a3);
-    }
-    float t[4] = {_mm512_reduce_add_ps(a0), _mm512_reduce_add_ps(a1), _mm512_reduce_add_ps(a2),
-                  _mm512_reduce_add_ps(a3)};
-    for (int c = vec_cols; c < cols; ++c)
-      for (int j = 0; j < 4; ++j) {
-        const size_t i = size_t(r + j) * cols + c;
-        const float wv = f == WeightFormat::F32    ? static_cast<const float*>(data)[i]
-                         : f == WeightFormat::BF16 ? bf16f(static_cast<const uint16_t*>(data)[i])
-                                                   : f16_to_f32(static_cast<const uint16_t*>(data)[i]);
-        t[j] += wv * x[c];
-      }
-    for (int j = 0; j < 4; ++j) y[r + j] = t[j];
-  }
-  if (r < r1) dense_rows_generic(f, data, cols, x, y, r, r1);
-}
-
-// 32 quantised weights of one group → two vectors of 16 fp32 values (unscaled).
-__attribute__((target("avx512f"))) inline void load_group32(WeightFormat f, const uint8_t* q, __m512* lo,
-                                                            __m512* hi) {
-  if (f == WeightFormat::Q8) {
-    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
-    *lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(v)));
-    *hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(v, 1)));
-  } else {
-    const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q)));
-    const __m512i eight = _mm512_set1_epi32(8), mask = _mm512_set1_epi32(15);
-    *lo = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_and_si512(b, mask), eight));
-    *hi = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_srli_epi32(b, 4), eight));
-  }
-}
-
-__attribute__((target("avx512f"))) void quant_rows_avx512(const WeightMatrix& w, const float* x, float* y, int r0,
-                                                          int r1) {
-  const int groups = w.cols / 32;
-  const size_t row_bytes = w.format == WeightFormat::Q8 ? size_t(w.cols) : size_t(w.cols) / 2;
-  const size_t group_bytes = w.format == WeightFormat::Q8 ? 32 : 16;
+void fp_scalar(const WeightMatrix& w, const float* X, int m, float* Y, int ldy, int r0, int r1) {
+  const int cols = w.cols;
+  t_row.resize(size_t(cols));
+  float* row = t_row.data();
   const uint8_t* base = static_cast<const uint8_t*>(w.data);
-  int r = r0;
-  for (; r + 4 <= r1; r += 4) {
-    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-    for (int g = 0; g < groups; ++g) {
-      const __m512 x0 = _mm512_loadu_ps(x + g * 32), x1 = _mm512_loadu_ps(x + g * 32 + 16);
-      for (int j = 0; j < 4; ++j) {
-        __m512 lo, hi;
-        load_group32(w.format, base + size_t(r + j) * row_bytes + g * group_bytes, &lo, &hi);
-        const __m512 t = _mm512_fmadd_ps(lo, x0, _mm512_mul_ps(hi, x1));
-        acc[j] = _mm512_fmadd_ps(t, _mm512_set1_ps(w.scales[size_t(r + j) * groups + g]), acc[j]);
-      }
+  for (int r = r0; r < r1; ++r) {
+    switch (w.format) {
+      case WeightFormat::F32: std::memcpy(row, base + 4 * size_t(r) * size_t(cols), 4 * size_t(cols)); break;
+      case WeightFormat::BF16: convert_to_f32(DType::BF16, base + 2 * size_t(r) * size_t(cols), row, size_t(cols)); break;
+      default: convert_to_f32(DType::F16, base + 2 * size_t(r) * size_t(cols), row, size_t(cols)); break;
     }
-    for (int j = 0; j < 4; ++j) y[r + j] = _mm512_reduce_add_ps(acc[j]);
+    for (int i = 0; i < m; ++i) {
+      const float* x = X + size_t(i) * size_t(cols);
+      float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      int c = 0;
+      for (; c + 8 <= cols; c += 8)
+        for (int k = 0; k < 8; ++k) acc[k] += row[c + k] * x[c + k];
+      for (; c < cols; ++c) acc[c & 7] += row[c] * x[c];
+      Y[size_t(i) * size_t(ldy) + size_t(r)] =
+          ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    }
   }
-  if (r < r1) quant_rows_generic(w, x, y, r, r1);
 }
 
-// MOONDREAM_ISA=generic forces the portable kernels (tests, comparisons).
-bool has_avx512() {
-  static const bool yes = [] {
-    const char* isa = std::getenv("MOONDREAM_ISA");
-    if (isa && std::string(isa) == "generic") return false;
-    return bool(__builtin_cpu_supports("avx512f"));
-  }();
-  return yes;
+void q8_scalar(const WeightMatrix& w, const XQuant* x, int m, float* Y, int ldy, int r0, int r1) {
+  const int cols = w.cols, ng = cols / w.group;
+  t_qrow.resize(size_t(cols));
+  int8_t* wq = t_qrow.data();
+  for (int r = r0; r < r1; ++r) {
+    const uint8_t* row = static_cast<const uint8_t*>(w.data) + size_t(r) * size_t(cols);
+    for (int c = 0; c < cols; ++c) wq[c] = int8_t(int(row[c]) - 128);
+    const uint8_t* sc = static_cast<const uint8_t*>(w.aux) + 2 * size_t(r) * size_t(ng);
+    for (int i = 0; i < m; ++i)
+      Y[size_t(i) * size_t(ldy) + size_t(r)] = qdot_groups(wq, sc, x[i], w.group, 0, ng);
+  }
 }
 
-void rows(const WeightMatrix& w, const float* x, float* y, int r0, int r1) {
-  const bool quant = w.format == WeightFormat::Q8 || w.format == WeightFormat::Q4;
-  if (quant) {
-    if (has_avx512() && w.group == 32) quant_rows_avx512(w, x, y, r0, r1);
-    else quant_rows_generic(w, x, y, r0, r1);
-  } else {
-    if (has_avx512()) dense_rows_avx512(w.format, w.data, w.cols, x, y, r0, r1);
-    else dense_rows_generic(w.format, w.data, w.cols, x, y, r0, r1);
+void q4_scalar(const WeightMatrix& w, const XQuant* x, int m, float* Y, int ldy, int r0, int r1) {
+  const int cols = w.cols, ng = cols / w.group;
+  t_qrow.resize(size_t(cols));
+  int8_t* wq = t_qrow.data();
+  for (int r = r0; r < r1; ++r) {
+    const uint8_t* row = static_cast<const uint8_t*>(w.data) + size_t(r) * size_t(cols / 2);
+    q4_unpack(row, cols, 0, cols, wq);
+    const uint8_t* sc = static_cast<const uint8_t*>(w.aux) + 2 * size_t(r) * size_t(ng);
+    for (int i = 0; i < m; ++i)
+      Y[size_t(i) * size_t(ldy) + size_t(r)] = qdot_groups(wq, sc, x[i], w.group, 0, ng);
   }
 }
 
 }  // namespace
 
-void gemm_rows(const WeightMatrix& w, const float* X, int m, float* Y, int ldy, int r0, int r1) {
-  // Blocks of 16 rows: their weights stay in L1/L2 while every input row
-  // passes over them.
-  for (int b = r0; b < r1; b += 16) {
-    const int e = std::min(r1, b + 16);
-    for (int i = 0; i < m; ++i) rows(w, X + size_t(i) * w.cols, Y + size_t(i) * ldy, b, e);
+float q8_dot_tail(const WeightMatrix& w, int r, const XQuant& x, int c0) {
+  const int cols = w.cols, ng = cols / w.group;
+  int8_t wq[128];
+  const uint8_t* row = static_cast<const uint8_t*>(w.data) + size_t(r) * size_t(cols);
+  for (int c = c0; c < cols; ++c) wq[c - c0] = int8_t(int(row[c]) - 128);
+  const uint8_t* sc = static_cast<const uint8_t*>(w.aux) + 2 * size_t(r) * size_t(ng);
+  return qdot_groups(wq, sc, x, w.group, c0 / w.group, ng);
+}
+
+float q4_dot_tail(const WeightMatrix& w, int r, const XQuant& x, int c0) {
+  const int cols = w.cols, ng = cols / w.group;
+  int8_t wq[128];
+  const uint8_t* row = static_cast<const uint8_t*>(w.data) + size_t(r) * size_t(cols / 2);
+  q4_unpack(row, cols, c0, cols, wq);
+  const uint8_t* sc = static_cast<const uint8_t*>(w.aux) + 2 * size_t(r) * size_t(ng);
+  return qdot_groups(wq, sc, x, w.group, c0 / w.group, ng);
+}
+
+const Kernels kScalar = {"scalar", fp_scalar, q8_scalar, q4_scalar, quant_row_scalar, prep_row_scalar};
+
+// ---------------------------------------------------------------------------
+// Dispatch.
+
+namespace {
+
+bool cpu_has(const char* isa) {
+  __builtin_cpu_init();
+  if (std::strcmp(isa, "scalar") == 0) return true;
+  // F16C: CPUID.1:ECX bit 29 (GCC 12's __builtin_cpu_supports has no name for it).
+  unsigned a, b, c, d;
+  __asm__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(1), "c"(0));
+  const bool f16c = (c >> 29) & 1u;
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
+  if (std::strcmp(isa, "avx2") == 0) return avx2;
+  if (std::strcmp(isa, "avx512") == 0)
+    return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512vnni");
+  return false;
+}
+
+int isa_rank(const char* isa) {
+  if (std::strcmp(isa, "avx512") == 0) return 2;
+  if (std::strcmp(isa, "avx2") == 0) return 1;
+  if (std::strcmp(isa, "scalar") == 0 || std::strcmp(isa, "generic") == 0) return 0;
+  return -1;
+}
+
+const Kernels* table_for(int rank) { return rank == 2 ? &kAvx512 : rank == 1 ? &kAvx2 : &kScalar; }
+
+const char* best_isa() {
+  static const char* best = cpu_has("avx512") ? "avx512" : cpu_has("avx2") ? "avx2" : "scalar";
+  return best;
+}
+
+const Kernels* auto_choice() {
+  int rank = isa_rank(best_isa());
+  if (const char* env = std::getenv("MOONDREAM_ISA")) {
+    const int e = isa_rank(env);
+    if (e >= 0 && e < rank) rank = e;
+  }
+  return table_for(rank);
+}
+
+std::atomic<const Kernels*> g_active{nullptr};
+
+}  // namespace
+
+const Kernels& kernels() {
+  const Kernels* k = g_active.load(std::memory_order_acquire);
+  if (!k) {
+    k = auto_choice();
+    g_active.store(k, std::memory_order_release);
+  }
+  return *k;
+}
+
+}  // namespace gemv_detail
+
+using namespace gemv_detail;
+
+namespace detail {
+
+bool gemv_force_isa(const char* name) {
+  if (!name) {
+    g_active.store(auto_choice(), std::memory_order_release);
+    return true;
+  }
+  const int rank = isa_rank(name);
+  if (rank < 0 || !cpu_has(rank == 2 ? "avx512" : rank == 1 ? "avx2" : "scalar")) return false;
+  g_active.store(table_for(rank), std::memory_order_release);
+  return true;
+}
+
+const char* gemv_best_isa() { return best_isa(); }
+
+}  // namespace detail
+
+const char* gemv_isa() { return kernels().name; }
+
+namespace {
+
+bool is_quant(WeightFormat f) { return f == WeightFormat::Q8 || f == WeightFormat::Q4; }
+
+void check(const WeightMatrix& w, int r0, int r1) {
+  if (!w.data || w.rows <= 0 || w.cols <= 0 || r0 < 0 || r1 > w.rows || r0 > r1)
+    throw Error("gemv: bad matrix or row range");
+  if (is_quant(w.format) && (!w.aux || w.group <= 0 || w.cols % w.group != 0 ||
+                             !(w.group == 32 || w.group == 64 || w.group % 128 == 0)))
+    throw Error("gemv: bad quantised matrix (group size or scales)");
+}
+
+thread_local XQuantBuf t_xq;
+
+void run_rows(const Kernels& k, const WeightMatrix& w, const float* X, const XQuant* xq, int m,
+              float* Y, int ldy, int r0, int r1) {
+  if (r0 >= r1) return;
+  switch (w.format) {
+    case WeightFormat::Q8: k.q8(w, xq, m, Y, ldy, r0, r1); break;
+    case WeightFormat::Q4: k.q4(w, xq, m, Y, ldy, r0, r1); break;
+    default: k.fp(w, X, m, Y, ldy, r0, r1); break;
   }
 }
 
-void gemv(const WeightMatrix& w, const float* x, float* y) {
-  const int chunks = (w.rows + 63) / 64;
-  parallel_for(size_t(chunks), [&](size_t b, size_t e) {
-    gemm_rows(w, x, 1, y, w.rows, int(b) * 64, std::min(w.rows, int(e) * 64));
+int zero_point(WeightFormat f) { return f == WeightFormat::Q8 ? 128 : 8; }
+
+}  // namespace
+
+void gemm_rows(const WeightMatrix& w, const float* X, int m, float* Y, int ldy, int r0, int r1) {
+  check(w, r0, r1);
+  if (m <= 0 || r0 == r1) return;
+  const Kernels& k = kernels();
+  const XQuant* xq = nullptr;
+  if (is_quant(w.format)) {
+    t_xq.prepare(X, m, w.cols, w.cols, w.group, zero_point(w.format));
+    xq = t_xq.rows.data();
+  }
+  run_rows(k, w, X, xq, m, Y, ldy, r0, r1);
+}
+
+void gemv_rows(const WeightMatrix& w, const float* x, float* y, int r0, int r1) {
+  gemm_rows(w, x, 1, y, w.rows, r0, r1);
+}
+
+void gemm(const WeightMatrix& w, const float* X, int m, float* Y, int ldy) {
+  check(w, 0, w.rows);
+  if (m <= 0) return;
+  const Kernels& k = kernels();
+  const XQuant* xq = nullptr;
+  if (is_quant(w.format)) {
+    t_xq.prepare(X, m, w.cols, w.cols, w.group, zero_point(w.format));
+    xq = t_xq.rows.data();
+  }
+  constexpr int kBlock = 16;
+  const int nblocks = (w.rows + kBlock - 1) / kBlock;
+  parallel_for(size_t(nblocks), [&](size_t b, size_t e) {
+    const int r0 = int(b) * kBlock;
+    const int r1 = std::min(w.rows, int(e) * kBlock);
+    run_rows(k, w, X, xq, m, Y, ldy, r0, r1);
   });
 }
 
-size_t weight_bytes(const WeightMatrix& w) {
-  const size_t n = size_t(w.rows) * w.cols;
-  switch (w.format) {
-    case WeightFormat::F32: return n * 4;
-    case WeightFormat::BF16:
-    case WeightFormat::F16: return n * 2;
-    case WeightFormat::Q8: return n + n / w.group * 4;
-    case WeightFormat::Q4: return n / 2 + n / w.group * 4;
-  }
-  return 0;
-}
+void gemv(const WeightMatrix& w, const float* x, float* y) { gemm(w, x, 1, y, w.rows); }
 
 }  // namespace md

@@ -1,9 +1,14 @@
 #pragma once
-// Matrix × vector(s) for decode: y = W·x with W [rows, cols] in its stored
-// format (F32/BF16/F16, used in place from the memory map) or quantised
-// (Q8: int8, Q4: 4-bit, group-wise fp32 scales). Memory-bound: the kernels
-// stream each weight once per call and widen to fp32 in registers.
-// CPU-specific versions (AVX-512, AVX2, generic) are picked at run time.
+// Decode-time matrix-vector products y = W·x over weights stored as fp32,
+// bf16, fp16 (used in place, straight from safetensors) or quantised to int8 /
+// 4 bits (src/tensor/quant.h). Memory-bandwidth-bound: the kernels stream each
+// weight byte once, several rows per pass, activations and accumulation in
+// fp32; the Q8/Q4 kernels quantise x per group to int8 once per call and use
+// integer dot products (VNNI vpdpbusd / AVX2 maddubs), see quant.h.
+//
+// CPU dispatch at run time: "avx512" (AVX-512 F/BW/VL/DQ + VNNI), "avx2"
+// (AVX2 + FMA + F16C) or "scalar". The environment variable
+// MOONDREAM_ISA=avx2|scalar (or generic, = scalar) forces a lower one.
 #include <cstddef>
 #include <cstdint>
 
@@ -11,21 +16,49 @@ namespace md {
 
 enum class WeightFormat { F32, BF16, F16, Q8, Q4 };
 
-struct WeightMatrix {  // a view; owns nothing
+const char* weight_format_name(WeightFormat f);  // "f32", "bf16", "f16", "q8", "q4"
+
+// A view of a weight matrix [rows = out features, cols = in features]; owns
+// nothing.
+struct WeightMatrix {
   WeightFormat format = WeightFormat::F32;
   int rows = 0, cols = 0;
-  const void* data = nullptr;  // F32/BF16/F16: [rows, cols] row-major; Q8: int8 [rows, cols];
-                               // Q4: [rows, cols/2] bytes (see quant.h)
-  const float* scales = nullptr;  // Q8/Q4: [rows, cols/group]
-  int group = 0;
+  // F32/BF16/F16: [rows, cols] row-major exactly as stored (BF16/F16 may be
+  // only 2-byte aligned). Q8/Q4: the packed layout of quant.h.
+  const void* data = nullptr;
+  // Q8/Q4: fp16 group scales [rows, cols / group] (quant.h); null otherwise.
+  const void* aux = nullptr;
+  int group = 0;  // Q8/Q4 group size along cols
 };
 
-// Y[i, r] = Σ_c W[r,c]·X[i,c] for i < m, r in [r0, r1). X row stride cols, Y row stride ldy.
-// Single-threaded; callers split rows across threads.
-void gemm_rows(const WeightMatrix& w, const float* X, int m, float* Y, int ldy, int r0, int r1);
-// y = W·x over all rows, in parallel.
-void gemv(const WeightMatrix& w, const float* x, float* y);
-// Bytes of weights (and scales) one product streams.
+// Bytes of weight data (plus scales) one full product streams.
 size_t weight_bytes(const WeightMatrix& w);
+
+// y[r] = Σ_c W[r,c]·x[c] for r in [r0, r1). Single-threaded; the caller splits
+// rows across threads. y is indexed by the absolute row (y[r0] .. y[r1-1]).
+void gemv_rows(const WeightMatrix& w, const float* x, float* y, int r0, int r1);
+
+// The same for m input rows at once (m small, e.g. 1..16): X [m, cols] with row
+// stride cols, Y [m, rows] with row stride ldy; Y[i*ldy + r] for r in [r0, r1).
+// Row i of Y equals gemv_rows on row i of X exactly.
+void gemm_rows(const WeightMatrix& w, const float* X, int m, float* Y, int ldy, int r0, int r1);
+
+// Whole product, parallel over rows with md::parallel_for.
+void gemv(const WeightMatrix& w, const float* x, float* y);
+// Whole product for m input rows, parallel over rows.
+void gemm(const WeightMatrix& w, const float* X, int m, float* Y, int ldy);
+
+// What dispatch picked: "avx512", "avx2" or "scalar".
+const char* gemv_isa();
+
+namespace detail {
+// Forces an ISA ("avx512", "avx2", "scalar"); returns false (and changes
+// nothing) if the name is unknown or this CPU cannot run it. nullptr restores
+// the automatic choice (which honours MOONDREAM_ISA). For tests and
+// benchmarks; not thread-safe against concurrent products.
+bool gemv_force_isa(const char* name);
+// Highest ISA this CPU supports, ignoring MOONDREAM_ISA.
+const char* gemv_best_isa();
+}  // namespace detail
 
 }  // namespace md

@@ -1,0 +1,385 @@
+// Decode-GEMV benchmark: for each weight format, the five Moondream2 text
+// decoder shapes (y = W·x, W [out, in]) with 2 threads and 1, timed on cold
+// weights (enough copies of each matrix are cycled that nothing is reused
+// from the caches, as in a real decode step). Prints time per call, weight
+// GB/s, the ratio to this machine's memory-read bandwidth measured in the same
+// run, and the decode tokens/s the GEMVs alone would allow for the full model.
+//
+//   gemv_bench [--threads 2,1] [--formats f32,bf16,f16,q8,q4] [--rounds 5]
+//              [--pool-mb 768] [--hugepages] [--no-quant] [--no-gemm] [--isa avx512|avx2|scalar]
+//              [--shapes 0,4]  (a subset of the five shapes: no projection)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tensor/dtype.h"
+#include "tensor/gemv.h"
+#include "tensor/parallel.h"
+#include "tensor/quant.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using md::WeightFormat;
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+// 2 MB-aligned buffer, optionally backed by transparent huge pages.
+struct Buffer {
+  uint8_t* p = nullptr;
+  size_t n = 0;
+  Buffer(size_t bytes, bool huge) : n(bytes) {
+    const size_t align = size_t(2) << 20;
+    p = static_cast<uint8_t*>(std::aligned_alloc(align, (bytes + align - 1) / align * align));
+    if (!p) {
+      std::fprintf(stderr, "out of memory (%zu MB)\n", bytes >> 20);
+      std::exit(1);
+    }
+    if (huge) madvise(p, bytes, MADV_HUGEPAGE);
+  }
+  ~Buffer() { std::free(p); }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+};
+
+// Fills a buffer in parallel: random values of the format (small magnitudes,
+// no denormals), random bytes for quantised data.
+void fill(uint8_t* p, size_t bytes, WeightFormat f, uint64_t seed) {
+  const size_t chunk = size_t(1) << 20;
+  md::parallel_for((bytes + chunk - 1) / chunk, [&](size_t b, size_t e) {
+    for (size_t k = b; k < e; ++k) {
+      uint64_t s = (seed + 1) * 0x9E3779B97F4A7C15ull ^ (k + 1) * 0xD1B54A32D192ED03ull;
+      const size_t lo = k * chunk, hi = std::min(bytes, lo + chunk);
+      auto next = [&s] {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        return s;
+      };
+      auto val = [&] { return float(int(next() % 2001) - 1000) * 1e-4f; };
+      switch (f) {
+        case WeightFormat::F32:
+          for (size_t i = lo; i + 4 <= hi; i += 4) {
+            const float v = val();
+            std::memcpy(p + i, &v, 4);
+          }
+          break;
+        case WeightFormat::BF16:
+        case WeightFormat::F16:
+          for (size_t i = lo; i + 2 <= hi; i += 2) {
+            const uint16_t h = f == WeightFormat::BF16 ? md::f32_to_bf16(val()) : md::f32_to_f16(val());
+            std::memcpy(p + i, &h, 2);
+          }
+          break;
+        default:
+          for (size_t i = lo; i < hi; ++i) p[i] = uint8_t(next());
+          break;
+      }
+    }
+  });
+}
+
+// Memory-read bandwidth: a parallel sum over a large buffer.
+__attribute__((target("avx2"))) double sum_avx2(const float* p, size_t n) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  size_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    a0 = _mm256_add_ps(a0, _mm256_loadu_ps(p + i));
+    a1 = _mm256_add_ps(a1, _mm256_loadu_ps(p + i + 8));
+    a2 = _mm256_add_ps(a2, _mm256_loadu_ps(p + i + 16));
+    a3 = _mm256_add_ps(a3, _mm256_loadu_ps(p + i + 24));
+  }
+  alignas(32) float t[8];
+  _mm256_store_ps(t, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+  double s = 0;
+  for (float v : t) s += v;
+  for (; i < n; ++i) s += p[i];
+  return s;
+}
+
+double sum_plain(const float* p, size_t n) {
+  float a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int k = 0; k < 8; ++k) a[k] += p[i + k];
+  double s = 0;
+  for (float v : a) s += v;
+  for (; i < n; ++i) s += p[i];
+  return s;
+}
+
+double measure_bandwidth(size_t bytes, int rounds, bool huge) {
+  Buffer buf(bytes, huge);
+  fill(buf.p, bytes, WeightFormat::F32, 7);
+  const float* f = reinterpret_cast<const float*>(buf.p);
+  const size_t n = bytes / 4, block = 4096, blocks = n / block;
+  const bool avx2 = __builtin_cpu_supports("avx2");
+  std::vector<double> part(blocks, 0.0);
+  double best = 0, sink = 0;
+  for (int r = 0; r < rounds; ++r) {
+    const auto t0 = Clock::now();
+    md::parallel_for(blocks, [&](size_t b, size_t e) {
+      const size_t lo = b * block, hi = e * block;
+      part[b] = avx2 ? sum_avx2(f + lo, hi - lo) : sum_plain(f + lo, hi - lo);
+    });
+    const double t = seconds_since(t0);
+    for (double v : part) sink += v;
+    best = std::max(best, double(blocks * block * 4) / t / 1e9);
+  }
+  if (sink == 12345.678) std::printf(" ");
+  return best;
+}
+
+struct Shape {
+  int rows, cols;
+  int per_token;  // calls per decode step
+};
+// Moondream2 text decoder (Phi-1.5 shape): per layer qkv 6144×2048, out proj
+// 2048×2048, fc1 8192×2048, fc2 2048×8192, 24 layers; lm_head 51200×2048.
+const Shape kShapes[] = {{6144, 2048, 24}, {2048, 2048, 24}, {8192, 2048, 24}, {2048, 8192, 24}, {51200, 2048, 1}};
+
+struct Matrices {
+  std::unique_ptr<Buffer> data, aux;
+  std::vector<md::WeightMatrix> views;
+};
+
+Matrices make(WeightFormat f, const Shape& s, size_t pool_bytes, bool huge, uint64_t seed) {
+  md::WeightMatrix proto;
+  proto.format = f;
+  proto.rows = s.rows;
+  proto.cols = s.cols;
+  size_t dbytes = 0, abytes = 0;
+  switch (f) {
+    case WeightFormat::F32: dbytes = size_t(s.rows) * size_t(s.cols) * 4; break;
+    case WeightFormat::BF16:
+    case WeightFormat::F16: dbytes = size_t(s.rows) * size_t(s.cols) * 2; break;
+    case WeightFormat::Q8:
+    case WeightFormat::Q4:
+      proto.group = 32;
+      dbytes = md::quant_data_bytes(f, s.rows, s.cols);
+      abytes = md::quant_aux_bytes(s.rows, s.cols, 32);
+      break;
+  }
+  const size_t one = dbytes + abytes;
+  const size_t copies = std::max<size_t>(2, (pool_bytes + one - 1) / one);
+  Matrices m;
+  m.data = std::make_unique<Buffer>(dbytes * copies, huge);
+  fill(m.data->p, dbytes * copies, f, seed);
+  if (abytes) {
+    m.aux = std::make_unique<Buffer>(abytes * copies, huge);
+    uint16_t* sc = reinterpret_cast<uint16_t*>(m.aux->p);
+    for (size_t i = 0; i < abytes * copies / 2; ++i) sc[i] = md::f32_to_f16(0.01f + 1e-5f * float(i % 97));
+  }
+  for (size_t c = 0; c < copies; ++c) {
+    md::WeightMatrix w = proto;
+    w.data = m.data->p + c * dbytes;
+    w.aux = abytes ? m.aux->p + c * abytes : nullptr;
+    m.views.push_back(w);
+  }
+  return m;
+}
+
+// Per-call times, cycling through the copies so that every call reads cold
+// weights: the best call is the figure for a quiet machine (other jobs
+// preempt our threads), the median shows the noise.
+struct Timing {
+  double best, median;
+};
+
+Timing time_gemv(const Matrices& m, const float* x, float* y, int rounds) {
+  for (const auto& w : m.views) md::gemv(w, x, y);  // warm-up
+  std::vector<double> t;
+  const auto start = Clock::now();
+  do {
+    for (const auto& w : m.views) {
+      const auto t0 = Clock::now();
+      md::gemv(w, x, y);
+      t.push_back(seconds_since(t0));
+    }
+  } while (seconds_since(start) < 0.06 * rounds || t.size() < 20);
+  std::sort(t.begin(), t.end());
+  return {t.front(), t[t.size() / 2]};
+}
+
+std::vector<std::string> split(const std::string& s) {
+  std::vector<std::string> out;
+  size_t b = 0;
+  for (;;) {
+    const size_t e = s.find(',', b);
+    out.push_back(s.substr(b, e == std::string::npos ? std::string::npos : e - b));
+    if (e == std::string::npos) break;
+    b = e + 1;
+  }
+  return out;
+}
+
+bool parse_format(const std::string& s, WeightFormat* f) {
+  for (WeightFormat g : {WeightFormat::F32, WeightFormat::BF16, WeightFormat::F16, WeightFormat::Q8, WeightFormat::Q4})
+    if (s == md::weight_format_name(g)) {
+      *f = g;
+      return true;
+    }
+  return false;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<int> threads = {2, 1};
+  std::vector<std::string> formats = {"f32", "bf16", "f16", "q8", "q4"};
+  int rounds = 5;
+  size_t pool_mb = 768;
+  bool huge = false, quant_speed = true, gemm_section = true;
+  std::vector<int> only;  // --shapes: indices into kShapes (the projection needs all five)
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "%s needs a value\n", a.c_str());
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (a == "--threads") {
+      threads.clear();
+      for (const auto& t : split(next())) threads.push_back(std::atoi(t.c_str()));
+    } else if (a == "--formats") {
+      formats = split(next());
+    } else if (a == "--rounds") {
+      rounds = std::max(1, std::atoi(next().c_str()));
+    } else if (a == "--pool-mb") {
+      pool_mb = size_t(std::max(16, std::atoi(next().c_str())));
+    } else if (a == "--shapes") {
+      for (const auto& t : split(next())) only.push_back(std::atoi(t.c_str()));
+    } else if (a == "--hugepages") {
+      huge = true;
+    } else if (a == "--no-quant") {
+      quant_speed = false;
+    } else if (a == "--no-gemm") {
+      gemm_section = false;
+    } else if (a == "--isa") {
+      const std::string isa = next();
+      if (!md::detail::gemv_force_isa(isa.c_str())) {
+        std::fprintf(stderr, "this CPU cannot run --isa %s\n", isa.c_str());
+        return 2;
+      }
+    } else {
+      std::fprintf(stderr,
+                   "usage: gemv_bench [--threads 2,1] [--formats f32,bf16,f16,q8,q4] [--rounds N]\n"
+                   "                  [--pool-mb MB] [--hugepages] [--no-quant] [--no-gemm] [--isa avx512|avx2|scalar]\n"
+                   "                  [--shapes i,j (0..4)]\n");
+      return 2;
+    }
+  }
+  for (const std::string& fs : formats) {
+    WeightFormat f;
+    if (!parse_format(fs, &f)) {
+      std::fprintf(stderr, "unknown format %s\n", fs.c_str());
+      return 2;
+    }
+  }
+
+  std::printf("gemv_bench: ISA %s, >= %zu MB of copies per shape cycled (cold weights)%s; Q8/Q4 group 32\n",
+              md::gemv_isa(), pool_mb, huge ? ", huge pages" : "");
+  std::vector<float> x(8192), y(51200);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = float(int(i * 7919 % 2001) - 1000) * 1e-3f;
+
+  for (int nt : threads) {
+    md::set_num_threads(nt);
+    const double bw = measure_bandwidth(size_t(1) << 30, rounds, huge);
+    std::printf("\n== %d thread%s; memory read bandwidth (parallel sum over 1 GB, best of %d): %.1f GB/s\n", nt,
+                nt == 1 ? "" : "s", rounds, bw);
+    std::printf("%-5s %-12s %9s %9s %9s %8s %7s\n", "fmt", "shape", "MB", "best us", "median us", "GB/s",
+                "of BW");
+    for (const std::string& fs : formats) {
+      WeightFormat f;
+      parse_format(fs, &f);
+      double token_s = 0, token_med = 0, token_bytes = 0;
+      uint64_t seed = 1;
+      int si = -1;
+      for (const Shape& s : kShapes) {
+        ++si;
+        if (!only.empty() && std::find(only.begin(), only.end(), si) == only.end()) continue;
+        const Matrices m = make(f, s, pool_mb << 20, huge, ++seed);
+        const Timing tm = time_gemv(m, x.data(), y.data(), rounds);
+        const double t = tm.best;
+        const double bytes = double(md::weight_bytes(m.views[0]));
+        token_s += t * s.per_token;
+        token_med += tm.median * s.per_token;
+        token_bytes += bytes * s.per_token;
+        std::printf("%-5s %5dx%-6d %9.1f %9.1f %9.1f %8.2f %6.1f%%\n", fs.c_str(), s.rows, s.cols, bytes / 1e6,
+                    t * 1e6, tm.median * 1e6, bytes / t / 1e9, 100.0 * bytes / t / 1e9 / bw);
+      }
+      if (!only.empty()) continue;
+      std::printf("%-5s decode-step GEMVs (%.2f GB): %.1f ms = %.2f GB/s, %.1f%% of BW -> %.1f tokens/s "
+                  "(median calls: %.1f; at the measured BW: %.1f)\n",
+                  fs.c_str(), token_bytes / 1e9, token_s * 1e3, token_bytes / token_s / 1e9,
+                  100.0 * token_bytes / token_s / 1e9 / bw, 1.0 / token_s, 1.0 / token_med, bw * 1e9 / token_bytes);
+    }
+  }
+
+  if (gemm_section) {
+    // A few input rows at once (short prompts): gemm_rows through md::gemm,
+    // fc1's 8192×2048, cold weights, against m separate gemv calls.
+    md::set_num_threads(threads.empty() ? 0 : threads[0]);
+    const Shape s = kShapes[2];
+    std::printf("\n== gemm: %d input rows at once, %dx%d, %d threads (time per call; vs m gemv calls)\n", 16,
+                s.rows, s.cols, md::num_threads());
+    std::vector<float> X(size_t(16) * size_t(s.cols)), Y(size_t(16) * size_t(s.rows));
+    for (size_t i = 0; i < X.size(); ++i) X[i] = float(int(i * 7919 % 2001) - 1000) * 1e-3f;
+    for (const std::string& fs : formats) {
+      WeightFormat f;
+      parse_format(fs, &f);
+      const Matrices m = make(f, s, pool_mb << 20, huge, 77);
+      const double t1 = time_gemv(m, x.data(), y.data(), rounds).best;
+      std::printf("%-5s m=1 %8.1f us", fs.c_str(), t1 * 1e6);
+      for (int mm : {4, 16}) {
+        for (const auto& w : m.views) md::gemm(w, X.data(), mm, Y.data(), s.rows);
+        double best = 1e30;
+        const auto start = Clock::now();
+        do {
+          for (const auto& w : m.views) {
+            const auto t0 = Clock::now();
+            md::gemm(w, X.data(), mm, Y.data(), s.rows);
+            best = std::min(best, seconds_since(t0));
+          }
+        } while (seconds_since(start) < 0.03 * rounds);
+        std::printf(" | m=%-2d %8.1f us (%.1fx faster than %d gemv)", mm, best * 1e6, t1 * mm / best, mm);
+      }
+      std::printf("\n");
+    }
+  }
+
+  if (quant_speed) {
+    // Quantisation at load: a bf16 8192×2048 matrix to Q8 and Q4 (group 32),
+    // projected to the full model's ≈ 1.9 G weights.
+    md::set_num_threads(threads.empty() ? 0 : threads[0]);
+    const int rows = 8192, cols = 2048;
+    Buffer src(size_t(rows) * cols * 2, false);
+    fill(src.p, size_t(rows) * cols * 2, WeightFormat::BF16, 99);
+    std::printf("\n== quantize(), %d threads, bf16 %dx%d, group 32\n", md::num_threads(), rows, cols);
+    for (WeightFormat t : {WeightFormat::Q8, WeightFormat::Q4}) {
+      double best = 1e30;
+      for (int r = 0; r < 3; ++r) {
+        const auto t0 = Clock::now();
+        const auto q = md::quantize(src.p, WeightFormat::BF16, rows, cols, t, 32);
+        best = std::min(best, seconds_since(t0));
+      }
+      const double wps = double(rows) * cols / best;
+      std::printf("%s: %.1f ms, %.2f G weights/s -> 1.9 G weights in %.2f s\n", md::weight_format_name(t),
+                  best * 1e3, wps / 1e9, 1.9e9 / wps);
+    }
+  }
+  return 0;
+}

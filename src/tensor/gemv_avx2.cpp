@@ -1,0 +1,282 @@
+// AVX2 + FMA + F16C GEMV kernels (CPUs without AVX-512 VNNI). Compiled for
+// that target only inside this file; reached through gemv.cpp's dispatch. No
+// standard-library templates are instantiated under the target pragma.
+//
+// One weight row at a time (a single sequential stream per thread), up to 2
+// input rows per pass sharing each weight load.
+// fp kernels: 32 columns per step, four accumulators.
+// Q8: per 32 columns (one group or part of one) the signed int8 dot via the
+// sign trick: maddubs(|x|, sign(w, x)) — |x|, |w| ≤ 127, so the int16 pair
+// sums cannot saturate — then madd(·, 1) to int32.
+// Q4: maddubs(q, x) with the unsigned nibbles q ≤ 15 directly, plus the
+// zero-point correction -8·Σx precomputed per 4 columns.
+
+// GCC 12 reports its own _mm*_undefined_* placeholders inside the intrinsic
+// headers as uninitialised once inlined (GCC bug 105593); not our code.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "tensor/dtype.h"
+#include "tensor/gemv_impl.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+
+namespace md::gemv_detail {
+namespace {
+
+inline float hsum(__m256 v) {
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
+}
+
+template <WeightFormat F>
+struct Fp;
+
+template <>
+struct Fp<WeightFormat::F32> {
+  static constexpr size_t kSize = 4;
+  static __m256 load(const uint8_t* p) { return _mm256_loadu_ps(reinterpret_cast<const float*>(p)); }
+  static float one(const uint8_t* p) {
+    float f;
+    std::memcpy(&f, p, 4);
+    return f;
+  }
+};
+
+template <>
+struct Fp<WeightFormat::BF16> {
+  static constexpr size_t kSize = 2;
+  static __m256 load(const uint8_t* p) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  }
+  static float one(const uint8_t* p) {
+    uint16_t h;
+    std::memcpy(&h, p, 2);
+    const uint32_t u = uint32_t(h) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  }
+};
+
+template <>
+struct Fp<WeightFormat::F16> {
+  static constexpr size_t kSize = 2;
+  static __m256 load(const uint8_t* p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+  static float one(const uint8_t* p) {
+    uint16_t h;
+    std::memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+  }
+};
+
+// One weight row (a single sequential stream) × input rows [0, M), four
+// accumulators per input row; the summation order does not depend on M.
+template <WeightFormat F, int M>
+inline void fp_row(const uint8_t* wr, int cols, const float* X, float* y, size_t ldy) {
+  using L = Fp<F>;
+  __m256 acc[M][4];
+#pragma GCC unroll 16
+  for (int m = 0; m < M; ++m)
+#pragma GCC unroll 16
+    for (int u = 0; u < 4; ++u) acc[m][u] = _mm256_setzero_ps();
+  int c = 0;
+  for (; c + 32 <= cols; c += 32)
+#pragma GCC unroll 16
+    for (int u = 0; u < 4; ++u) {
+      const __m256 wv = L::load(wr + size_t(c + 8 * u) * L::kSize);
+#pragma GCC unroll 16
+      for (int m = 0; m < M; ++m)
+        acc[m][u] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(X + size_t(m) * size_t(cols) + size_t(c + 8 * u)), acc[m][u]);
+    }
+  for (; c + 8 <= cols; c += 8) {
+    const __m256 wv = L::load(wr + size_t(c) * L::kSize);
+#pragma GCC unroll 16
+    for (int m = 0; m < M; ++m)
+      acc[m][0] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(X + size_t(m) * size_t(cols) + size_t(c)), acc[m][0]);
+  }
+#pragma GCC unroll 16
+  for (int m = 0; m < M; ++m) {
+    float v = hsum(_mm256_add_ps(_mm256_add_ps(acc[m][0], acc[m][1]), _mm256_add_ps(acc[m][2], acc[m][3])));
+    for (int t = c; t < cols; ++t) v += L::one(wr + size_t(t) * L::kSize) * X[size_t(m) * size_t(cols) + size_t(t)];
+    y[size_t(m) * ldy] = v;
+  }
+}
+
+template <WeightFormat F>
+void fp_format(const WeightMatrix& w, const float* X, int m, float* Y, int ldy, int r0, int r1) {
+  const uint8_t* W = static_cast<const uint8_t*>(w.data);
+  const int cols = w.cols;
+  const size_t stride = size_t(cols) * Fp<F>::kSize;
+  for (int r = r0; r < r1; ++r)
+    for (int mb = 0; mb < m; mb += 2) {
+      const float* Xb = X + size_t(mb) * size_t(cols);
+      float* y = Y + size_t(mb) * size_t(ldy) + size_t(r);
+      if (m - mb >= 2)
+        fp_row<F, 2>(W + size_t(r) * stride, cols, Xb, y, size_t(ldy));
+      else
+        fp_row<F, 1>(W + size_t(r) * stride, cols, Xb, y, size_t(ldy));
+    }
+}
+
+void fp_avx2(const WeightMatrix& w, const float* X, int m, float* Y, int ldy, int r0, int r1) {
+  switch (w.format) {
+    case WeightFormat::F32: fp_format<WeightFormat::F32>(w, X, m, Y, ldy, r0, r1); break;
+    case WeightFormat::BF16: fp_format<WeightFormat::BF16>(w, X, m, Y, ldy, r0, r1); break;
+    case WeightFormat::F16: fp_format<WeightFormat::F16>(w, X, m, Y, ldy, r0, r1); break;
+    default: break;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Q8 / Q4: one weight row × input rows [0, M), two accumulators per input row
+// (alternating 32-column chunks).
+
+template <int M>
+inline void q8_row(const WeightMatrix& w, const XQuant* x, float* y, size_t ldy, int r) {
+  const int cols = w.cols, G = w.group, ng = cols / G;
+  const uint8_t* wr = static_cast<const uint8_t*>(w.data) + size_t(r) * size_t(cols);
+  const uint16_t* sr = static_cast<const uint16_t*>(w.aux) + size_t(r) * size_t(ng);
+  const __m256i ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8(char(0x80));
+  __m256 acc[M][2];
+#pragma GCC unroll 16
+  for (int m = 0; m < M; ++m) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
+  auto chunk = [&](int c, int a) {
+    const __m256i wv =
+        _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + size_t(c))), flip);
+    const float sw = _cvtsh_ss(sr[c / G]);
+#pragma GCC unroll 16
+    for (int m = 0; m < M; ++m) {
+      const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[m].q + c));
+      const __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(xv), _mm256_sign_epi8(wv, xv));
+      const __m256 f = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
+      acc[m][a] = _mm256_fmadd_ps(f, _mm256_set1_ps(sw * x[m].s[c / G]), acc[m][a]);
+    }
+  };
+  int c = 0;
+  for (; c + 64 <= cols; c += 64) {
+    chunk(c, 0);
+    chunk(c + 32, 1);
+  }
+  if (c < cols) chunk(c, 0);
+#pragma GCC unroll 16
+  for (int m = 0; m < M; ++m) y[size_t(m) * ldy] = hsum(_mm256_add_ps(acc[m][0], acc[m][1]));
+}
+
+template <int M>
+inline void q4_row(const WeightMatrix& w, const XQuant* x, float* y, size_t ldy, int r) {
+  const int cols = w.cols, G = w.group, ng = cols / G, nb = cols / 128;
+  const uint8_t* wr = static_cast<const uint8_t*>(w.data) + size_t(r) * (size_t(cols) / 2);
+  const uint16_t* sr = static_cast<const uint16_t*>(w.aux) + size_t(r) * size_t(ng);
+  const __m256i ones = _mm256_set1_epi16(1), low4 = _mm256_set1_epi8(0x0f);
+  __m256 acc[M][2];
+#pragma GCC unroll 16
+  for (int m = 0; m < M; ++m) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
+  for (int b = 0; b < nb; ++b) {
+    const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + size_t(b) * 64));
+    const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + size_t(b) * 64 + 32));
+    // Sub-chunk s covers columns b·128 + 32·s: s = 0, 1 the low nibbles of
+    // the two halves, s = 2, 3 their high nibbles.
+#pragma GCC unroll 4
+    for (int s = 0; s < 4; ++s) {
+      const int c = b * 128 + 32 * s;
+      const __m256i raw = (s & 1) ? v1 : v0;
+      const __m256i qv = s < 2 ? _mm256_and_si256(raw, low4) : _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
+      const float sw = _cvtsh_ss(sr[c / G]);
+#pragma GCC unroll 16
+      for (int m = 0; m < M; ++m) {
+        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[m].q + c));
+        // -8·Σx of these 32 columns in lane 0.
+        const __m256i cv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[m].hc + c / 4));
+        const __m256i d = _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(qv, xv), ones), cv);
+        acc[m][s & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(sw * x[m].s[c / G]), acc[m][s & 1]);
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int m = 0; m < M; ++m) {
+    float v = hsum(_mm256_add_ps(acc[m][0], acc[m][1]));
+    if (nb * 128 < cols) v += q4_dot_tail(w, r, x[m], nb * 128);
+    y[size_t(m) * ldy] = v;
+  }
+}
+
+template <bool Q4>
+void q_avx2(const WeightMatrix& w, const XQuant* x, int m, float* Y, int ldy, int r0, int r1) {
+  for (int r = r0; r < r1; ++r)
+    for (int mb = 0; mb < m; mb += 2) {
+      float* y = Y + size_t(mb) * size_t(ldy) + size_t(r);
+      if (m - mb >= 2) {
+        if (Q4)
+          q4_row<2>(w, x + mb, y, size_t(ldy), r);
+        else
+          q8_row<2>(w, x + mb, y, size_t(ldy), r);
+      } else {
+        if (Q4)
+          q4_row<1>(w, x + mb, y, size_t(ldy), r);
+        else
+          q8_row<1>(w, x + mb, y, size_t(ldy), r);
+      }
+    }
+}
+
+void q8_avx2(const WeightMatrix& w, const XQuant* x, int m, float* Y, int ldy, int r0, int r1) {
+  q_avx2<false>(w, x, m, Y, ldy, r0, r1);
+}
+void q4_avx2(const WeightMatrix& w, const XQuant* x, int m, float* Y, int ldy, int r0, int r1) {
+  q_avx2<true>(w, x, m, Y, ldy, r0, r1);
+}
+
+// ---------------------------------------------------------------------------
+// Activation quantisation, bit-identical to prep_row_scalar.
+
+void prep_row_avx2(const float* x, int cols, int group, int zero, int8_t* q, float* s, int32_t* hc) {
+  const int ng = cols / group;
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  for (int g = 0; g < ng; ++g) {
+    const float* xg = x + size_t(g) * size_t(group);
+    __m256 mx = _mm256_setzero_ps();
+    for (int c = 0; c < group; c += 8) mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, _mm256_loadu_ps(xg + c)));
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    const float amax = _mm_cvtss_f32(m4);
+    const __m256 id = _mm256_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
+    s[g] = amax / 127.0f;
+    for (int c = 0; c < group; c += 32) {
+      __m256i v[4];
+      for (int k = 0; k < 4; ++k)
+        v[k] = _mm256_min_epi32(
+            _mm256_max_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xg + c + 8 * k), id)), lo), hi);
+      const __m256i p16 = _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
+      const size_t col = size_t(g) * size_t(group) + size_t(c);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + col), _mm256_permutevar8x32_epi32(p16, order));
+      const __m256i t = _mm256_add_epi32(_mm256_add_epi32(v[0], v[1]), _mm256_add_epi32(v[2], v[3]));
+      __m128i u = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+      u = _mm_add_epi32(u, _mm_shuffle_epi32(u, 0x4e));
+      u = _mm_add_epi32(u, _mm_shuffle_epi32(u, 0xb1));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(hc + col / 4),
+                          _mm256_setr_epi32(-zero * _mm_cvtsi128_si32(u), 0, 0, 0, 0, 0, 0, 0));
+    }
+  }
+}
+
+}  // namespace
+
+const Kernels kAvx2 = {"avx2", fp_avx2, q8_avx2, q4_avx2, quant_row_scalar, prep_row_avx2};
+
+}  // namespace md::gemv_detail
+
+#pragma GCC pop_options

@@ -1,0 +1,432 @@
+// AVX-512 (F/BW/VL/DQ + VNNI) GEMV kernels. Compiled for that target only
+// inside this file (target pragma, no global -march); reached only through
+// the run-time dispatch of gemv.cpp. No standard-library templates are
+// instantiated under the pragma (they could leak AVX-512 code into shared
+// inline definitions).
+//
+// One weight row at a time (a single sequential stream per thread), up to 4
+// input rows per pass sharing each weight load.
+// fp kernels: 64 columns per step, four accumulators; bf16 widens to fp32 by
+// a 16-bit shift, fp16 by vcvtph2ps.
+// Q8/Q4 kernels: activations quantised per group to int8 once per call; per
+// 64 columns one vpdpbusd of the unsigned weights (Q8: q+128, Q4: nibble q)
+// with the signed activations into an accumulator preloaded with the
+// zero-point correction -Z·Σx, then fp32: acc += float(dot)·s_x·d_w, the
+// per-lane weight scales spread from the row's fp16 group scales by vpermps.
+
+// GCC 12 reports its own _mm*_undefined_* placeholders inside the intrinsic
+// headers as uninitialised once inlined (GCC bug 105593); not our code.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "tensor/dtype.h"
+#include "tensor/gemv_impl.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")
+
+namespace md::gemv_detail {
+namespace {
+
+// ---------------------------------------------------------------------------
+// fp32 / bf16 / fp16 weights.
+
+template <WeightFormat F>
+struct Fp;
+
+template <>
+struct Fp<WeightFormat::F32> {
+  static constexpr size_t kSize = 4;
+  static __m512 load(const uint8_t* p) { return _mm512_loadu_ps(p); }
+  static __m512 load(const uint8_t* p, __mmask16 k) { return _mm512_maskz_loadu_ps(k, p); }
+};
+
+template <>
+struct Fp<WeightFormat::BF16> {
+  static constexpr size_t kSize = 2;
+  static __m512 widen(__m256i h) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
+  static __m512 load(const uint8_t* p) {
+    return widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  static __m512 load(const uint8_t* p, __mmask16 k) { return widen(_mm256_maskz_loadu_epi16(k, p)); }
+};
+
+template <>
+struct Fp<WeightFormat::F16> {
+  static constexpr size_t kSize = 2;
+  static __m512 load(const uint8_t* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  static __m512 load(const uint8_t* p, __mmask16 k) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, p));
+  }
+};
+
+// One weight row × input rows [0, M) of X (row stride ldx). One row at a
+// time keeps the weight reads a single sequential stream (cold-memory
+// streaming measured fastest that way: several concurrent row streams
+// restart the hardware prefetchers at every page); four accumulators per
+// input row hide the FMA latency. The summation order does not depend on M.
+template <WeightFormat F, int M>
+inline void fp_row(const uint8_t* wr, int cols, const float* X, size_t ldx, float* y, size_t ldy) {
+  using L = Fp<F>;
+  __m512 acc[M][4];
+  #pragma GCC unroll 16
+  for (int m = 0; m < M; ++m)
+#pragma GCC unroll 16
+    for (int u = 0; u < 4; ++u) acc[m][u] = _mm512_setzero_ps();
+  int c = 0;
+  for (; c + 64 <= cols; c += 64)
+#pragma GCC unroll 16
+    for (int u = 0; u < 4; ++u) {
+      const __m512 wv = L::load(wr + size_t(c + 16 * u) * L::kSize);
+  #pragma GCC unroll 16
+      for (int m = 0; m < M; ++m)
+        acc[m][u] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(X + size_t(m) * ldx + size_t(c + 16 * u)), acc[m][u]);
+    }
+  for (; c + 16 <= cols; c += 16) {
+    const __m512 wv = L::load(wr + size_t(c) * L::kSize);
+#pragma GCC unroll 16
+    for (int m = 0; m < M; ++m)
+      acc[m][0] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(X + size_t(m) * ldx + size_t(c)), acc[m][0]);
+  }
+  if (c < cols) {
+    const __mmask16 k = __mmask16((1u << (cols - c)) - 1u);
+    const __m512 wv = L::load(wr + size_t(c) * L::kSize, k);
+#pragma GCC unroll 16
+    for (int m = 0; m < M; ++m)
+      acc[m][0] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(k, X + size_t(m) * ldx + size_t(c)), acc[m][0]);
+  }
+  #pragma GCC unroll 16
+  for (int m = 0; m < M; ++m)
+    y[size_t(m) * ldy] = _mm512_reduce_add_ps(
+        _mm512_add_ps(_mm512_add_ps(acc[m][0], acc[m][1]), _mm512_add_ps(acc[m][2], acc[m][3])));
+}
+
+template <WeightFormat F>
+void fp_format(const WeightMatrix& w, const float* X, int m, float* Y, int ldy, int r0, int r1) {
+  const uint8_t* W = static_cast<const uint8_t*>(w.data);
+  const int cols = w.cols;
+  const size_t stride = size_t(cols) * Fp<F>::kSize;
+  for (int r = r0; r < r1; ++r) {
+    const uint8_t* wr = W + size_t(r) * stride;
+    // Blocks of up to 4 input rows; the weight row stays in L1 between them.
+    for (int mb = 0; mb < m; mb += 4) {
+      const float* Xb = X + size_t(mb) * size_t(cols);
+      float* y = Y + size_t(mb) * size_t(ldy) + size_t(r);
+      switch (m - mb < 4 ? m - mb : 4) {
+        case 1: fp_row<F, 1>(wr, cols, Xb, size_t(cols), y, size_t(ldy)); break;
+        case 2: fp_row<F, 2>(wr, cols, Xb, size_t(cols), y, size_t(ldy)); break;
+        case 3: fp_row<F, 3>(wr, cols, Xb, size_t(cols), y, size_t(ldy)); break;
+        default: fp_row<F, 4>(wr, cols, Xb, size_t(cols), y, size_t(ldy)); break;
+      }
+    }
+  }
+}
+
+void fp_avx512(const WeightMatrix& w, const float* X, int m, float* Y, int ldy, int r0, int r1) {
+  switch (w.format) {
+    case WeightFormat::F32: fp_format<WeightFormat::F32>(w, X, m, Y, ldy, r0, r1); break;
+    case WeightFormat::BF16: fp_format<WeightFormat::BF16>(w, X, m, Y, ldy, r0, r1); break;
+    case WeightFormat::F16: fp_format<WeightFormat::F16>(w, X, m, Y, ldy, r0, r1); break;
+    default: break;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Q8 / Q4 weights.
+
+// Per-matrix constants of the scale expansion: a 128-column block holds
+// `gpb` groups (4 for group 32, 2 for 64, 1 for ≥ 128, then spanning `bpg`
+// blocks); idx0/idx1 spread them over the 16 int32 lanes of the block's two
+// 64-column chunks.
+struct QCtx {
+  int cols, group, ng, nb, gpb, bpg;
+  __mmask8 kspb;
+  __m512i idx0, idx1;
+};
+
+inline QCtx make_ctx(const WeightMatrix& w) {
+  QCtx q;
+  q.cols = w.cols;
+  q.group = w.group;
+  q.ng = w.cols / w.group;
+  q.nb = w.cols / 128;
+  if (w.group == 32) {
+    q.gpb = 4;
+    q.bpg = 1;
+    q.kspb = 0x0f;
+    q.idx0 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    q.idx1 = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
+  } else if (w.group == 64) {
+    q.gpb = 2;
+    q.bpg = 1;
+    q.kspb = 0x03;
+    q.idx0 = _mm512_setzero_si512();
+    q.idx1 = _mm512_set1_epi32(1);
+  } else {
+    q.gpb = 1;
+    q.bpg = w.group / 128;
+    q.kspb = 0x01;
+    q.idx0 = _mm512_setzero_si512();
+    q.idx1 = _mm512_setzero_si512();
+  }
+  return q;
+}
+
+// One weight row × input rows [0, M). Q4 = false: Q8 layout. Per 128-column
+// block: the row's fp16 scales of the block's groups (one masked load) times
+// the x scales, spread over the lanes of each 64-column chunk by vpermps; the
+// zero-point corrections (one int32 per 32 columns) go into lanes 0 and 8 of
+// the vpdpbusd accumulator. Two accumulators per input row (one per chunk);
+// the summation order does not depend on M.
+template <bool Q4, int R, int M>
+inline void q_rows(const QCtx& q, const WeightMatrix& w, const XQuant* x, float* y, size_t ldy, int r) {
+  const size_t wstride = Q4 ? size_t(q.cols) / 2 : size_t(q.cols);
+  const uint8_t* wr = static_cast<const uint8_t*>(w.data) + size_t(r) * wstride;
+  const uint16_t* sr = static_cast<const uint16_t*>(w.aux) + size_t(r) * size_t(q.ng);
+  const __m512i low4 = _mm512_set1_epi8(0x0f);
+  __m512 acc[R][M][2];
+  #pragma GCC unroll 16
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 16
+    for (int m = 0; m < M; ++m) acc[i][m][0] = acc[i][m][1] = _mm512_setzero_ps();
+  int gb = 0, left = q.bpg;  // first group of block b; blocks left in it (group > 128)
+  for (int b = 0; b < q.nb; ++b) {
+    __m512 sx[M];
+#pragma GCC unroll 16
+    for (int m = 0; m < M; ++m) sx[m] = _mm512_castps128_ps512(_mm_maskz_loadu_ps(q.kspb, x[m].s + gb));
+    __m512 sw[R];
+    __m512i raw[R];
+#pragma GCC unroll 16
+    for (int i = 0; i < R; ++i) {
+      sw[i] = _mm512_castps128_ps512(_mm_cvtph_ps(_mm_maskz_loadu_epi16(q.kspb, sr + size_t(i) * size_t(q.ng) + gb)));
+      if (M == 1) sw[i] = _mm512_mul_ps(sw[i], sx[0]);
+      if (Q4) raw[i] = _mm512_loadu_si512(wr + size_t(i) * wstride + size_t(b) * 64);
+    }
+#pragma GCC unroll 16
+    for (int k = 0; k < 2; ++k) {
+      const size_t c = size_t(b) * 128 + size_t(k) * 64;
+      const __m512i idx = k == 0 ? q.idx0 : q.idx1;
+      __m512i wv[R];
+      __m512 swk[R];
+  #pragma GCC unroll 16
+      for (int i = 0; i < R; ++i) {
+        wv[i] = !Q4 ? _mm512_loadu_si512(wr + size_t(i) * wstride + c)
+                : k == 0 ? _mm512_and_si512(raw[i], low4)
+                         : _mm512_and_si512(_mm512_srli_epi16(raw[i], 4), low4);
+        swk[i] = _mm512_permutexvar_ps(idx, sw[i]);
+      }
+  #pragma GCC unroll 16
+      for (int m = 0; m < M; ++m) {
+        const __m512i cv = _mm512_loadu_si512(x[m].hc + c / 4);
+        const __m512i xv = _mm512_loadu_si512(x[m].q + c);
+        const __m512 sxk = M == 1 ? swk[0] : _mm512_permutexvar_ps(idx, sx[m]);
+    #pragma GCC unroll 16
+        for (int i = 0; i < R; ++i) {
+          const __m512 f = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(cv, wv[i], xv));
+          // M > 1: the product of the spread scales equals the spread of the
+          // product (lane moves only): bit-identical to the M = 1 result.
+          const __m512 scale = M == 1 ? swk[i] : _mm512_mul_ps(swk[i], sxk);
+          acc[i][m][k] = _mm512_fmadd_ps(f, scale, acc[i][m][k]);
+        }
+      }
+    }
+    if (q.bpg == 1) {
+      gb += q.gpb;
+    } else if (--left == 0) {
+      ++gb;
+      left = q.bpg;
+    }
+  }
+  const int ctail = q.nb * 128;
+  #pragma GCC unroll 16
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 16
+    for (int m = 0; m < M; ++m) {
+      float v = _mm512_reduce_add_ps(_mm512_add_ps(acc[i][m][0], acc[i][m][1]));
+      if (ctail < q.cols) v += Q4 ? q4_dot_tail(w, r + i, x[m], ctail) : q8_dot_tail(w, r + i, x[m], ctail);
+      y[size_t(m) * ldy + size_t(i)] = v;
+    }
+}
+
+template <bool Q4>
+void q_avx512(const WeightMatrix& w, const XQuant* x, int m, float* Y, int ldy, int r0, int r1) {
+  const QCtx q = make_ctx(w);
+  for (int r = r0; r < r1; ++r)
+    for (int mb = 0; mb < m; mb += 4) {
+      float* y = Y + size_t(mb) * size_t(ldy) + size_t(r);
+      switch (m - mb < 4 ? m - mb : 4) {
+        case 1: q_rows<Q4, 1, 1>(q, w, x + mb, y, size_t(ldy), r); break;
+        case 2: q_rows<Q4, 1, 2>(q, w, x + mb, y, size_t(ldy), r); break;
+        case 3: q_rows<Q4, 1, 3>(q, w, x + mb, y, size_t(ldy), r); break;
+        default: q_rows<Q4, 1, 4>(q, w, x + mb, y, size_t(ldy), r); break;
+      }
+    }
+}
+
+void q8_avx512(const WeightMatrix& w, const XQuant* x, int m, float* Y, int ldy, int r0, int r1) {
+  q_avx512<false>(w, x, m, Y, ldy, r0, r1);
+}
+void q4_avx512(const WeightMatrix& w, const XQuant* x, int m, float* Y, int ldy, int r0, int r1) {
+  q_avx512<true>(w, x, m, Y, ldy, r0, r1);
+}
+
+// ---------------------------------------------------------------------------
+// Activation quantisation (bit-identical to prep_row_scalar: the same max,
+// the same IEEE multiply, round to nearest even by vcvtps2dq).
+
+void prep_row_avx512(const float* x, int cols, int group, int zero, int8_t* q, float* s, int32_t* hc) {
+  const int ng = cols / group;
+  const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+  for (int g = 0; g < ng; ++g) {
+    const float* xg = x + size_t(g) * size_t(group);
+    __m512 mx = _mm512_setzero_ps();
+    for (int c = 0; c < group; c += 16) mx = _mm512_max_ps(mx, _mm512_abs_ps(_mm512_loadu_ps(xg + c)));
+    const float amax = _mm512_reduce_max_ps(mx);
+    const __m512 id = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
+    s[g] = amax / 127.0f;
+    for (int c = 0; c < group; c += 32) {
+      const __m512i a = _mm512_min_epi32(
+          _mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xg + c), id)), lo), hi);
+      const __m512i b = _mm512_min_epi32(
+          _mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xg + c + 16), id)), lo), hi);
+      const __m256i qb = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm512_cvtepi32_epi8(a)),
+                                                 _mm512_cvtepi32_epi8(b), 1);
+      const size_t col = size_t(g) * size_t(group) + size_t(c);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + col), qb);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(hc + col / 4),
+                          _mm256_setr_epi32(-zero * _mm512_reduce_add_epi32(_mm512_add_epi32(a, b)), 0, 0, 0, 0, 0, 0, 0));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Quantisation of one fp32 row (same algorithm as quant_row_scalar in
+// quant.cpp; see quant.h).
+
+// The 16 horizontal sums of v[0..15] as one vector (lane i = Σ lanes of v[i]):
+// a transpose-and-add tree, 45 shuffles/adds instead of 16 serial reductions.
+inline __m512 reduce16(const __m512* v) {
+  __m512 a[8], b[4], c[2];
+  for (int i = 0; i < 8; ++i)
+    a[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+  for (int i = 0; i < 4; ++i) {
+    const __m512d x = _mm512_castps_pd(a[2 * i]), y = _mm512_castps_pd(a[2 * i + 1]);
+    b[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+  }
+  for (int i = 0; i < 2; ++i)
+    c[i] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0x88),
+                         _mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0xdd));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(c[0], c[1], 0x88), _mm512_shuffle_f32x4(c[0], c[1], 0xdd));
+}
+
+void quant_row_avx512(WeightFormat target, const float* w, int cols, int group, uint8_t* out,
+                      uint16_t* scales, uint8_t* scratch) {
+  const int ng = cols / group;
+  if (target == WeightFormat::Q8) {
+    const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+    const __m512i off = _mm512_set1_epi32(128);
+    for (int g = 0; g < ng; ++g) {
+      const float* wg = w + size_t(g) * size_t(group);
+      __m512 mx = _mm512_setzero_ps();
+      for (int c = 0; c < group; c += 16) mx = _mm512_max_ps(mx, _mm512_abs_ps(_mm512_loadu_ps(wg + c)));
+      const uint16_t h = f32_to_f16(_mm512_reduce_max_ps(mx) / 127.0f);
+      scales[g] = h;
+      const float d = f16_to_f32(h);
+      const __m512 id = _mm512_set1_ps(d != 0.0f ? 1.0f / d : 0.0f);
+      uint8_t* og = out + size_t(g) * size_t(group);
+      for (int c = 0; c < group; c += 16) {
+        __m512i qi = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(wg + c), id));
+        qi = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(qi, lo), hi), off);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(og + c), _mm512_cvtepi32_epi8(qi));
+      }
+    }
+    return;
+  }
+  // Q4: candidate scales (gemv_impl.h), least-squares refit, best wins.
+  uint8_t* qrow = scratch;
+  const __m512 qlo = _mm512_set1_ps(-8.0f), qhi = _mm512_set1_ps(7.0f);
+  const __m512i even = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 14, 12, 10, 8, 6, 4, 2, 0);
+  const __m512i odd = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 15, 13, 11, 9, 7, 5, 3, 1);
+  constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  for (int g = 0; g < ng; ++g) {
+    const float* wg = w + size_t(g) * size_t(group);
+    __m512 vmax = _mm512_set1_ps(-__builtin_inff()), vmin = _mm512_set1_ps(__builtin_inff());
+    for (int c = 0; c < group; c += 16) {
+      const __m512 a = _mm512_loadu_ps(wg + c);
+      vmax = _mm512_max_ps(vmax, a);
+      vmin = _mm512_min_ps(vmin, a);
+    }
+    const float mxv = _mm512_reduce_max_ps(vmax), mnv = _mm512_reduce_min_ps(vmin);
+    const float mref = mxv >= -mnv ? mxv : mnv;
+    uint8_t* qg = qrow + size_t(g) * size_t(group);
+    if (mref == 0.0f) {
+      scales[g] = 0;
+      for (int c = 0; c < group; ++c) qg[c] = 8;
+      continue;
+    }
+    // Σw·q and Σq² of the 8 candidates as 16 vectors, reduced together; the
+    // best score Σwq²/Σq² (first one on ties) picked in-register.
+    __m512 acc[2 * kNumQ4Candidates];
+    for (int k = 0; k < kNumQ4Candidates; ++k) {
+      const __m512 id = _mm512_set1_ps(kQ4Candidates[k] / mref);
+      __m512 swq = _mm512_setzero_ps(), sqq = _mm512_setzero_ps();
+      for (int c = 0; c < group; c += 16) {
+        const __m512 a = _mm512_loadu_ps(wg + c);
+        __m512 qv = _mm512_roundscale_ps(_mm512_mul_ps(a, id), kRound);
+        qv = _mm512_min_ps(_mm512_max_ps(qv, qlo), qhi);
+        swq = _mm512_fmadd_ps(a, qv, swq);
+        sqq = _mm512_fmadd_ps(qv, qv, sqq);
+      }
+      acc[2 * k] = swq;
+      acc[2 * k + 1] = sqq;
+    }
+    const __m512 sums = reduce16(acc);
+    const __m512 swq = _mm512_permutexvar_ps(even, sums), sqq = _mm512_permutexvar_ps(odd, sums);
+    const __mmask16 valid = _mm512_cmp_ps_mask(sqq, _mm512_setzero_ps(), _CMP_GT_OQ) & 0xff;
+    const __m512 score = _mm512_mask_div_ps(_mm512_set1_ps(-1.0f), valid, _mm512_mul_ps(swq, swq), sqq);
+    const float top = _mm512_mask_reduce_max_ps(0xff, score);
+    const unsigned k = unsigned(__builtin_ctz(unsigned(_mm512_cmp_ps_mask(score, _mm512_set1_ps(top), _CMP_EQ_OQ)) | 0x100u));
+    float best_d = 0.0f, best_t = kQ4Candidates[0];
+    if (k < unsigned(kNumQ4Candidates) && top >= 0.0f) {
+      alignas(64) float a[16], b[16];
+      _mm512_store_ps(a, swq);
+      _mm512_store_ps(b, sqq);
+      best_d = a[k] / b[k];
+      best_t = kQ4Candidates[k];
+    }
+    scales[g] = f32_to_f16(best_d);
+    const __m512 id = _mm512_set1_ps(best_t / mref);
+    for (int c = 0; c < group; c += 16) {
+      __m512 qv = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_loadu_ps(wg + c), id), kRound);
+      qv = _mm512_min_ps(_mm512_max_ps(qv, qlo), qhi);
+      const __m512i qi = _mm512_add_epi32(_mm512_cvtps_epi32(qv), _mm512_set1_epi32(8));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(qg + c), _mm512_cvtepi32_epi8(qi));
+    }
+  }
+  // Pack nibbles: full 128-column blocks with 64-byte vectors, the tail block
+  // (32/64/96 columns) byte by byte.
+  const int nb = cols / 128;
+  for (int b = 0; b < nb; ++b) {
+    const __m512i l = _mm512_loadu_si512(qrow + size_t(b) * 128);
+    const __m512i h = _mm512_loadu_si512(qrow + size_t(b) * 128 + 64);
+    _mm512_storeu_si512(out + size_t(b) * 64, _mm512_or_si512(l, _mm512_slli_epi16(h, 4)));
+  }
+  const int c0 = nb * 128, half = (cols - c0) / 2;
+  for (int j = 0; j < half; ++j) out[c0 / 2 + j] = uint8_t(qrow[c0 + j] | (qrow[c0 + j + half] << 4));
+}
+
+}  // namespace
+
+const Kernels kAvx512 = {"avx512", fp_avx512, q8_avx512, q4_avx512, quant_row_avx512, prep_row_avx512};
+
+}  // namespace md::gemv_detail
+
+#pragma GCC pop_options

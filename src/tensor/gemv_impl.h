@@ -1,0 +1,83 @@
+#pragma once
+// Internal to the GEMV kernels (gemv*.cpp, quant.cpp): the per-ISA kernel
+// table and the per-call quantised activations.
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "tensor/gemv.h"
+
+namespace md::gemv_detail {
+
+// One input row quantised per weight group for the Q8/Q4 kernels:
+// q = RNE(x · 127/amax) in [-127, 127], s = amax / 127 (amax over the group).
+struct XQuant {
+  const int8_t* q = nullptr;    // [cols] (+64 readable bytes)
+  const float* s = nullptr;     // [cols / group] (+16 readable floats)
+  // The zero-point correction for unsigned weights stored with zero point Z
+  // (Q8: 128, Q4: 8), laid out as the kernels' int32 accumulator lanes: per
+  // 32 columns 8 int32, the first -Z · Σ q over those columns, the others 0
+  // (a 64-column chunk's 16 lanes load straight into vpdpbusd's accumulator).
+  // [cols / 4] (+16 readable)
+  const int32_t* hc = nullptr;
+};
+
+// Owns the buffers behind XQuant for m rows.
+struct XQuantBuf {
+  std::vector<int8_t> q;
+  std::vector<float> s;
+  std::vector<int32_t> hc;
+  std::vector<XQuant> rows;
+  // Quantises X [m, cols] (row stride ldx) for groups of `group` columns and
+  // zero point `zero`. Identical results on every ISA (plain IEEE ops).
+  void prepare(const float* X, int m, int ldx, int cols, int group, int zero);
+};
+
+using FpKernel = void (*)(const WeightMatrix& w, const float* X, int m, float* Y, int ldy, int r0,
+                          int r1);
+using QKernel = void (*)(const WeightMatrix& w, const XQuant* x, int m, float* Y, int ldy, int r0,
+                         int r1);
+// Quantises one fp32 row: Q8 writes cols bytes, Q4 cols/2 bytes; scales:
+// cols/group fp16; scratch: cols bytes.
+using QuantRow = void (*)(WeightFormat target, const float* w, int cols, int group, uint8_t* q,
+                          uint16_t* scales, uint8_t* scratch);
+// Quantises one input row x [cols] per group (see XQuant): q [cols],
+// s [cols/group], hc [cols/4]. Every implementation gives bit-identical
+// results.
+using PrepRow = void (*)(const float* x, int cols, int group, int zero, int8_t* q, float* s, int32_t* hc);
+
+struct Kernels {
+  const char* name;
+  FpKernel fp;  // F32, BF16, F16
+  QKernel q8;
+  QKernel q4;
+  QuantRow quant_row;
+  PrepRow prep_row;
+};
+
+extern const Kernels kScalar;
+extern const Kernels kAvx2;
+extern const Kernels kAvx512;
+
+// The active table (dispatch, MOONDREAM_ISA, gemv_force_isa).
+const Kernels& kernels();
+
+// Scalar pieces shared by the SIMD kernels for column tails (cols % 128 != 0):
+// Σ over columns [c0, cols) of row r, c0 a multiple of 128.
+float q8_dot_tail(const WeightMatrix& w, int r, const XQuant& x, int c0);
+float q4_dot_tail(const WeightMatrix& w, int r, const XQuant& x, int c0);
+
+void prep_row_scalar(const float* x, int cols, int group, int zero, int8_t* q, float* s, int32_t* hc);
+
+// Q4 candidate scales: the group's largest-magnitude value maps to t (the
+// others round into [-8, 7]); each candidate's scale is refitted by least
+// squares for its rounding and the one with the smallest squared error wins.
+inline constexpr float kQ4Candidates[] = {-8.0f, -8.5f, -9.0f, -9.5f, -10.0f, -7.5f, 7.0f, 7.5f};
+inline constexpr int kNumQ4Candidates = 8;
+static_assert(sizeof(kQ4Candidates) == kNumQ4Candidates * sizeof(float));
+
+// Scalar quantisation of one row (quant.cpp).
+void quant_row_scalar(WeightFormat target, const float* w, int cols, int group, uint8_t* q,
+                      uint16_t* scales, uint8_t* scratch);
+
+}  // namespace md::gemv_detail
