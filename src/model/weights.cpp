@@ -19,9 +19,13 @@ WeightFormat format_of(DType t) {
 // Group size of the quantised formats along the input dimension.
 constexpr int kQuantGroup = 32;
 
+WeightFormat target_format(Quantization q) { return q == Quantization::Int8 ? WeightFormat::Q8 : WeightFormat::Q4; }
+
 class Loader {
  public:
-  Loader(ModelWeights& w, Quantization q) : w_(w), q_(q) {}
+  Loader(ModelWeights& w, Quantization q, const QuantCache* cache) : w_(w), q_(q), cache_(cache) {}
+  // Names of the matrices quantised now (not found in the cache), in order.
+  std::vector<std::pair<std::string, size_t>> fresh;  // name → index in w_.quantized
 
   // Small tensors: fp32 (a view when stored F32 and aligned, else widened).
   const float* tensor(const std::string& name, const std::vector<int64_t>& shape) {
@@ -45,11 +49,14 @@ class Loader {
     l.out = out;
     const TensorView& t = w_.store->get(name + ".weight", {out, in});
     if (q_ != Quantization::None && quantize && in % kQuantGroup == 0) {
-      w_.quantized.push_back(md::quantize(t.data, format_of(t.dtype), out, in,
-                                          q_ == Quantization::Int8 ? WeightFormat::Q8 : WeightFormat::Q4,
-                                          kQuantGroup));
-      l.w = w_.quantized.back().view();
+      if (!cache_ || !cache_->find(name, out, in, &l.w)) {
+        w_.quantized.push_back(md::quantize(t.data, format_of(t.dtype), out, in, target_format(q_), kQuantGroup));
+        fresh.emplace_back(name, w_.quantized.size() - 1);
+        l.w = w_.quantized.back().view();
+      }
       w_.weight_bytes += weight_bytes(l.w);
+      // The 16-bit original is not read again: keep RSS at the quantised size.
+      WeightStore::release_pages(t);
     } else {
       l.w.format = format_of(t.dtype);
       l.w.rows = out;
@@ -72,6 +79,7 @@ class Loader {
  private:
   ModelWeights& w_;
   Quantization q_;
+  const QuantCache* cache_;
 };
 
 }  // namespace
@@ -88,7 +96,15 @@ std::unique_ptr<ModelWeights> load_weights(const std::string& model_dir, const M
                                            Quantization quantization) {
   auto w = std::make_unique<ModelWeights>();
   w->store = std::make_shared<WeightStore>(WeightStore::open(model_dir));
-  Loader L(*w, quantization);
+  QuantCacheKey key;
+  if (quantization != Quantization::None) {
+    key.format = target_format(quantization);
+    key.group = kQuantGroup;
+    key.source = QuantCacheKey::source_of(model_dir);
+    w->quant_cache_path = QuantCache::path_for(model_dir, key.format);
+    w->quant_cache = QuantCache::open(w->quant_cache_path, key);
+  }
+  Loader L(*w, quantization, w->quant_cache.get());
 
   const VisionConfig& v = cfg.vision;
   const int grid = v.crop_size / v.enc_patch_size;
@@ -139,6 +155,19 @@ std::unique_ptr<ModelWeights> load_weights(const std::string& model_dir, const M
   w->size_encoder = L.linear("region.size_encoder", r.size_feat_dim, r.dim, false);
   w->size_fc1 = L.linear("region.size_decoder.fc1", r.dim, r.inner_dim, false);
   w->size_fc2 = L.linear("region.size_decoder.fc2", r.inner_dim, r.size_out_dim, false);
+
+  if (quantization != Quantization::None) {
+    w->quant_cache_hit = w->quant_cache && L.fresh.empty();
+    if (w->quant_cache && !w->quant_cache_hit) {
+      // Some matrices came from the file, some not: keep the mapping (views
+      // point into it) and leave the file alone.
+      w->quant_cache_error = "the cache file lacks some matrices; not rewritten";
+    } else if (!w->quant_cache_hit) {
+      std::vector<std::pair<std::string, const QuantizedWeights*>> all;
+      for (const auto& [name, i] : L.fresh) all.emplace_back(name, &w->quantized[i]);
+      w->quant_cache_error = QuantCache::write(w->quant_cache_path, key, all);
+    }
+  }
   return w;
 }
 

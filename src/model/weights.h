@@ -9,6 +9,7 @@
 
 #include "model/config.h"
 #include "tensor/ops.h"
+#include "model/quant_cache.h"
 #include "tensor/quant.h"
 #include "tensor/safetensors.h"
 
@@ -46,7 +47,12 @@ struct ModelWeights {
   std::shared_ptr<WeightStore> store;
   std::vector<std::vector<float>> owned;
   std::vector<QuantizedWeights> quantized;
+  std::shared_ptr<QuantCache> quant_cache;  // mapped quantised weights, when loaded from the cache file
   size_t weight_bytes = 0;  // bytes of all weights as the kernels read them
+  // Quantised modes: the cache file, whether it was used, and why it could not be written.
+  std::string quant_cache_path;
+  bool quant_cache_hit = false;
+  std::string quant_cache_error;
 };
 
 // Precision of the large matrices: as stored (BF16/F16/F32), or quantised at

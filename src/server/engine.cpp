@@ -73,6 +73,13 @@ std::shared_ptr<LoadedModel> load_model(const std::string& source, const std::st
   if (!parse_quantization(quantization, &lo.quantization))
     throw Error("performance.quantization must be none, int8 or q4, got '" + quantization + "'");
   lm->model = Moondream::load(lm->dir, lo);
+  const ModelWeights& w = lm->model->weights();
+  if (!w.quant_cache_path.empty() && !w.quant_cache_hit) {
+    if (w.quant_cache_error.empty())
+      spdlog::info("quantised weights ({}) saved to {} for faster loads", quantization, w.quant_cache_path);
+    else
+      spdlog::warn("quantised weights ({}) not cached: {}", quantization, w.quant_cache_error);
+  }
   lm->id = next_id++;
   lm->load_seconds = seconds_since(t0);
   return lm;

@@ -437,6 +437,7 @@ WeightStore WeightStore::open(const std::string& model_dir) {
             std::memcpy(buf->data() + (c * rows + r) * es, v.data + (r * cols + c) * es, es);
         v.shape = {int64_t(cols), int64_t(rows)};
         v.data = buf->data();
+        v.mapped = false;
         ws.owned_.push_back(std::move(buf));
       }
       auto prev = ws.tensors_.find(m.name);
@@ -467,6 +468,16 @@ std::vector<std::string> WeightStore::names() const {
   r.reserve(tensors_.size());
   for (const auto& [k, v] : tensors_) r.push_back(k);
   return r;
+}
+
+void WeightStore::release_pages(const TensorView& t) {
+  const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(t.data) + page - 1) / page * page;
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(t.data) + t.nbytes) / page * page;
+  // Whole pages inside the tensor only: neighbours may still be in use. On a
+  // heap buffer (legacy transposed tensors) MADV_DONTNEED would zero live
+  // data, so only file mappings are released.
+  if (end > begin && t.mapped) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
 }
 
 size_t WeightStore::total_bytes() const {

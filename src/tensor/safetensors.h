@@ -19,6 +19,7 @@ struct TensorView {
   const uint8_t* data = nullptr;
   size_t nbytes = 0;
   std::string file;           // file it came from, for error messages
+  bool mapped = true;         // data points into the file mapping (not a heap copy)
   size_t numel() const;
 };
 
@@ -65,6 +66,11 @@ class WeightStore {
   const std::string& dir() const { return dir_; }
   // Total bytes of all tensors as stored.
   size_t total_bytes() const;
+  // Drops the resident pages of a mapped tensor that is no longer read (its
+  // quantised copy replaces it): they leave this process's RSS and are read
+  // again from the page cache / file only if touched again. No-op for tensors
+  // not backed by the file mapping.
+  static void release_pages(const TensorView& t);
 
  private:
   std::string dir_;
