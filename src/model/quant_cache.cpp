@@ -21,7 +21,7 @@ namespace {
 
 constexpr char kMagic[8] = {'M', 'D', 'Q', 'C', 'A', 'C', 'H', 'E'};
 // Bump whenever quant.h's packed Q8/Q4 layout or scale format changes.
-constexpr uint32_t kLayoutVersion = 1;
+constexpr uint32_t kLayoutVersion = 2;
 constexpr size_t kAlign = 64;
 
 size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
@@ -117,7 +117,7 @@ std::unique_ptr<QuantCache> QuantCache::open(const std::string& path, const Quan
       w.format = key.format;
       w.rows = e.at("rows");
       w.cols = e.at("cols");
-      w.group = key.group;
+      w.group = e.at("group");
       if (w.rows <= 0 || w.cols <= 0 || !quant_group_ok(w.cols, w.group)) return nullptr;
       if (data_len != quant_data_bytes(key.format, w.rows, w.cols) || aux_len != quant_aux_bytes(w.rows, w.cols, w.group))
         return nullptr;
@@ -151,7 +151,7 @@ std::string QuantCache::write(const std::string& path, const QuantCacheKey& key,
   json entries = json::array();
   size_t off = 0;
   for (const auto& [name, q] : matrices) {
-    json e = {{"name", name}, {"rows", q->rows}, {"cols", q->cols}};
+    json e = {{"name", name}, {"rows", q->rows}, {"cols", q->cols}, {"group", q->group}};
     e["data_off"] = off;
     e["data_len"] = q->data.size();
     off = align_up(off + q->data.size());

@@ -20,7 +20,7 @@ namespace md {
 
 struct QuantCacheKey {
   WeightFormat format = WeightFormat::Q8;
-  int group = 0;
+  int group = 0;        // the loader's grouping policy (each matrix records its own group)
   std::string source;  // identity of the safetensors files (names, sizes, mtimes)
   // Identity of the model files in `model_dir`.
   static std::string source_of(const std::string& model_dir);

@@ -16,10 +16,36 @@ WeightFormat format_of(DType t) {
   }
 }
 
-// Group size of the quantised formats along the input dimension.
-constexpr int kQuantGroup = 32;
+// Which matrices are quantised, and how:
+//  - int8: every text and vision matrix whose width is a multiple of 128 as
+//    Q8 with one scale per row, the layout both the decode GEMV and the int8
+//    GEMM (vision, prefill: u8×s8 VNNI) read;
+//  - q4: text matrices as Q4 in groups of 32 (decode streams 4.5 bits per
+//    weight); the vision tower as int8 does.
+// The region head and the odd-width matrices (patch embedding 588, vision
+// fc2 4304) stay as stored.
+constexpr int kQ4Group = 32;
+constexpr int kPolicyVersion = 2;  // cache key: bump when the choices above change
 
-WeightFormat target_format(Quantization q) { return q == Quantization::Int8 ? WeightFormat::Q8 : WeightFormat::Q4; }
+enum class Part { Text, Vision };
+
+struct QuantChoice {
+  WeightFormat format;
+  int group;
+};
+
+bool choose(Quantization q, Part part, int cols, QuantChoice* out) {
+  if (q == Quantization::None) return false;
+  if (q == Quantization::Q4 && part == Part::Text && cols % kQ4Group == 0) {
+    *out = {WeightFormat::Q4, kQ4Group};
+    return true;
+  }
+  if (cols % 128 == 0) {
+    *out = {WeightFormat::Q8, cols};
+    return true;
+  }
+  return false;
+}
 
 class Loader {
  public:
@@ -43,14 +69,23 @@ class Loader {
   // Matrices: the stored bytes in place, or quantised (`quantize` false
   // keeps a matrix as stored). Quantised views point into the heap buffers of
   // `quantized`, which stay put when the vector grows.
-  Linear linear(const std::string& name, int in, int out, bool quantize = true) {
+  Linear linear(const std::string& name, int in, int out, Part part) {
+    QuantChoice qc{};
+    const bool quantize = choose(q_, part, in, &qc);
+    return linear_as(name, in, out, quantize ? &qc : nullptr);
+  }
+  // Kept as stored.
+  Linear linear(const std::string& name, int in, int out) { return linear_as(name, in, out, nullptr); }
+
+ private:
+  Linear linear_as(const std::string& name, int in, int out, const QuantChoice* qc) {
     Linear l;
     l.in = in;
     l.out = out;
     const TensorView& t = w_.store->get(name + ".weight", {out, in});
-    if (q_ != Quantization::None && quantize && in % kQuantGroup == 0) {
-      if (!cache_ || !cache_->find(name, out, in, &l.w)) {
-        w_.quantized.push_back(md::quantize(t.data, format_of(t.dtype), out, in, target_format(q_), kQuantGroup));
+    if (qc) {
+      if (!cache_ || !cache_->find(name, out, in, &l.w) || l.w.format != qc->format || l.w.group != qc->group) {
+        w_.quantized.push_back(md::quantize(t.data, format_of(t.dtype), out, in, qc->format, qc->group));
         fresh.emplace_back(name, w_.quantized.size() - 1);
         l.w = w_.quantized.back().view();
       }
@@ -68,6 +103,8 @@ class Loader {
     return l;
   }
 
+
+ public:
   LayerNormWeights norm(const std::string& name, int dim) {
     LayerNormWeights ln;
     ln.dim = dim;
@@ -98,8 +135,8 @@ std::unique_ptr<ModelWeights> load_weights(const std::string& model_dir, const M
   w->store = std::make_shared<WeightStore>(WeightStore::open(model_dir));
   QuantCacheKey key;
   if (quantization != Quantization::None) {
-    key.format = target_format(quantization);
-    key.group = kQuantGroup;
+    key.format = quantization == Quantization::Int8 ? WeightFormat::Q8 : WeightFormat::Q4;
+    key.group = kPolicyVersion;
     key.source = QuantCacheKey::source_of(model_dir);
     w->quant_cache_path = QuantCache::path_for(model_dir, key.format);
     w->quant_cache = QuantCache::open(w->quant_cache_path, key);
@@ -111,22 +148,22 @@ std::unique_ptr<ModelWeights> load_weights(const std::string& model_dir, const M
   const int patch_dim = v.enc_patch_size * v.enc_patch_size * v.in_channels;
   // The vision tower runs as GEMMs over many rows, compute-bound, so its
   // weights stay as stored; quantisation pays where decode streams weights.
-  w->patch_emb = L.linear("vision.patch_emb", patch_dim, v.enc_dim, false);
+  w->patch_emb = L.linear("vision.patch_emb", patch_dim, v.enc_dim);
   w->pos_emb = L.tensor("vision.pos_emb", {1, grid * grid, v.enc_dim});
   for (int i = 0; i < v.enc_n_layers; ++i) {
     const std::string p = "vision.blocks." + std::to_string(i);
     VisionBlock b;
     b.ln1 = L.norm(p + ".ln1", v.enc_dim);
     b.ln2 = L.norm(p + ".ln2", v.enc_dim);
-    b.qkv = L.linear(p + ".attn.qkv", v.enc_dim, 3 * v.enc_dim, false);
-    b.proj = L.linear(p + ".attn.proj", v.enc_dim, v.enc_dim, false);
-    b.fc1 = L.linear(p + ".mlp.fc1", v.enc_dim, v.enc_ff_dim, false);
-    b.fc2 = L.linear(p + ".mlp.fc2", v.enc_ff_dim, v.enc_dim, false);
+    b.qkv = L.linear(p + ".attn.qkv", v.enc_dim, 3 * v.enc_dim, Part::Vision);
+    b.proj = L.linear(p + ".attn.proj", v.enc_dim, v.enc_dim, Part::Vision);
+    b.fc1 = L.linear(p + ".mlp.fc1", v.enc_dim, v.enc_ff_dim, Part::Vision);
+    b.fc2 = L.linear(p + ".mlp.fc2", v.enc_ff_dim, v.enc_dim, Part::Vision);
     w->vision_blocks.push_back(b);
   }
   w->vision_post_ln = L.norm("vision.post_ln", v.enc_dim);
-  w->proj_fc1 = L.linear("vision.proj_mlp.fc1", 2 * v.enc_dim, v.proj_inner_dim, false);
-  w->proj_fc2 = L.linear("vision.proj_mlp.fc2", v.proj_inner_dim, v.proj_out_dim, false);
+  w->proj_fc1 = L.linear("vision.proj_mlp.fc1", 2 * v.enc_dim, v.proj_inner_dim, Part::Vision);
+  w->proj_fc2 = L.linear("vision.proj_mlp.fc2", v.proj_inner_dim, v.proj_out_dim, Part::Vision);
 
   const TextConfig& t = cfg.text;
   const int head_dim = t.dim / t.n_heads;
@@ -137,24 +174,24 @@ std::unique_ptr<ModelWeights> load_weights(const std::string& model_dir, const M
     const std::string p = "text.blocks." + std::to_string(i);
     TextBlock b;
     b.ln = L.norm(p + ".ln", t.dim);
-    b.qkv = L.linear(p + ".attn.qkv", t.dim, qkv_out);
-    b.proj = L.linear(p + ".attn.proj", t.dim, t.dim);
-    b.fc1 = L.linear(p + ".mlp.fc1", t.dim, t.ff_dim);
-    b.fc2 = L.linear(p + ".mlp.fc2", t.ff_dim, t.dim);
+    b.qkv = L.linear(p + ".attn.qkv", t.dim, qkv_out, Part::Text);
+    b.proj = L.linear(p + ".attn.proj", t.dim, t.dim, Part::Text);
+    b.fc1 = L.linear(p + ".mlp.fc1", t.dim, t.ff_dim, Part::Text);
+    b.fc2 = L.linear(p + ".mlp.fc2", t.ff_dim, t.dim, Part::Text);
     w->text_blocks.push_back(b);
   }
   w->text_post_ln = L.norm("text.post_ln", t.dim);
-  w->lm_head = L.linear("text.lm_head", t.dim, t.vocab_size);
+  w->lm_head = L.linear("text.lm_head", t.dim, t.vocab_size, Part::Text);
 
   const RegionConfig& r = cfg.region;
   w->coord_features = L.tensor("region.coord_features", {1, r.coord_feat_dim / 2});
-  w->coord_encoder = L.linear("region.coord_encoder", r.coord_feat_dim, r.dim, false);
-  w->coord_fc1 = L.linear("region.coord_decoder.fc1", r.dim, r.inner_dim, false);
-  w->coord_fc2 = L.linear("region.coord_decoder.fc2", r.inner_dim, r.coord_out_dim, false);
+  w->coord_encoder = L.linear("region.coord_encoder", r.coord_feat_dim, r.dim);
+  w->coord_fc1 = L.linear("region.coord_decoder.fc1", r.dim, r.inner_dim);
+  w->coord_fc2 = L.linear("region.coord_decoder.fc2", r.inner_dim, r.coord_out_dim);
   w->size_features = L.tensor("region.size_features", {2, r.size_feat_dim / 2});
-  w->size_encoder = L.linear("region.size_encoder", r.size_feat_dim, r.dim, false);
-  w->size_fc1 = L.linear("region.size_decoder.fc1", r.dim, r.inner_dim, false);
-  w->size_fc2 = L.linear("region.size_decoder.fc2", r.inner_dim, r.size_out_dim, false);
+  w->size_encoder = L.linear("region.size_encoder", r.size_feat_dim, r.dim);
+  w->size_fc1 = L.linear("region.size_decoder.fc1", r.dim, r.inner_dim);
+  w->size_fc2 = L.linear("region.size_decoder.fc2", r.inner_dim, r.size_out_dim);
 
   if (quantization != Quantization::None) {
     w->quant_cache_hit = w->quant_cache && L.fresh.empty();

@@ -52,6 +52,57 @@ void widen_rows(const WeightMatrix& w, int r0, int n, float* out) {
   }
 }
 
+// Q8 with one scale per row (group == cols): the layout the int8 GEMM reads.
+bool is_q8_per_row(const WeightMatrix& w) { return w.format == WeightFormat::Q8 && w.group == w.cols; }
+
+// Activations as int8, one symmetric scale per row: xq = round(x / s),
+// s = max|x| / 127 (0 rows get s = 0 and all-zero codes).
+void quantize_rows_s8(const float* x, int m, int k, int8_t* xq, float* scale) {
+  parallel_for(size_t(m), [&](size_t b, size_t e) {
+    for (size_t r = b; r < e; ++r) {
+      const float* xr = x + r * size_t(k);
+      float amax = 0.0f;
+      for (int c = 0; c < k; ++c) amax = std::max(amax, std::fabs(xr[c]));
+      const float s = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
+      scale[r] = s;
+      int8_t* qr = xq + r * size_t(k);
+      for (int c = 0; c < k; ++c) qr[c] = int8_t(std::lrintf(xr[c] * inv));
+    }
+  });
+}
+
+// y[m, out] = x · Wᵀ with W Q8 per row (bytes q + 128) and x quantised to
+// int8 per row: oneDNN's u8×s8→s32 GEMM (VNNI) per block of weight rows,
+// C = (W_u8 − 128) · x_s8ᵀ, then y = C · s_w[row] · s_x[m]. int8 products and
+// int32 sums are exact; the only errors are the two roundings to int8.
+void linear_int8(const WeightMatrix& w, const float* x, int m, float* y) {
+  const int k = w.cols, out = w.rows;
+  std::vector<int8_t> xq(size_t(m) * k);
+  std::vector<float> xs(static_cast<size_t>(m));
+  quantize_rows_s8(x, m, k, xq.data(), xs.data());
+  const auto* wq = static_cast<const uint8_t*>(w.data);
+  const auto* wscale = static_cast<const uint16_t*>(w.aux);  // fp16, one per row
+  const int blocks = (out + kGemmBlock - 1) / kGemmBlock;
+  parallel_for(size_t(blocks), [&](size_t b, size_t e) {
+    std::vector<int32_t> c;
+    std::vector<float> ws(kGemmBlock);
+    const int32_t co = 0;
+    for (size_t blk = b; blk < e; ++blk) {
+      const int r0 = int(blk) * kGemmBlock, n = std::min(kGemmBlock, out - r0);
+      c.resize(size_t(n) * m);
+      if (dnnl_gemm_u8s8s32('N', 'T', 'F', n, m, k, 1.0f, wq + size_t(r0) * k, k, 128, xq.data(), k, 0, 0.0f,
+                            c.data(), m, &co) != dnnl_success)
+        throw Error("oneDNN u8s8s32 gemm failed");
+      convert_to_f32(DType::F16, wscale + r0, ws.data(), size_t(n));
+      for (int i = 0; i < m; ++i) {
+        float* yr = y + size_t(i) * out + r0;
+        const float sx = xs[size_t(i)];
+        for (int j = 0; j < n; ++j) yr[j] = float(c[size_t(j) * m + i]) * (ws[size_t(j)] * sx);
+      }
+    }
+  });
+}
+
 }  // namespace
 
 Linear make_linear(int in, int out, const float* w, const float* b) {
@@ -73,6 +124,8 @@ void linear(const Linear& l, const float* x, int m, float* y) {
     parallel_for(size_t(chunks), [&](size_t b, size_t e) {
       gemm_rows(w, x, m, y, l.out, int(b) * 64, std::min(l.out, int(e) * 64));
     });
+  } else if (is_q8_per_row(w)) {
+    linear_int8(w, x, m, y);
   } else {
     const int blocks = (l.out + kGemmBlock - 1) / kGemmBlock;
     const bool direct = is_f32_aligned(w);
