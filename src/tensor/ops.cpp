@@ -55,49 +55,56 @@ void widen_rows(const WeightMatrix& w, int r0, int n, float* out) {
 // Q8 with one scale per row (group == cols): the layout the int8 GEMM reads.
 bool is_q8_per_row(const WeightMatrix& w) { return w.format == WeightFormat::Q8 && w.group == w.cols; }
 
-// Activations as int8, one symmetric scale per row: xq = round(x / s),
-// s = max|x| / 127 (0 rows get s = 0 and all-zero codes).
-void quantize_rows_s8(const float* x, int m, int k, int8_t* xq, float* scale) {
+// Activations as int8, one symmetric scale per row: q = round(x / s),
+// s = max|x| / 127, stored as u8 = q + 128 (the GEMM's A operand, offset 128).
+// All-zero rows get s = 0.
+void quantize_rows_u8(const float* x, int m, int k, uint8_t* xq, float* scale) {
   parallel_for(size_t(m), [&](size_t b, size_t e) {
     for (size_t r = b; r < e; ++r) {
       const float* xr = x + r * size_t(k);
       float amax = 0.0f;
       for (int c = 0; c < k; ++c) amax = std::max(amax, std::fabs(xr[c]));
-      const float s = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
-      scale[r] = s;
-      int8_t* qr = xq + r * size_t(k);
-      for (int c = 0; c < k; ++c) qr[c] = int8_t(std::lrintf(xr[c] * inv));
+      const float inv = amax > 0 ? 127.0f / amax : 0.0f;
+      scale[r] = amax / 127.0f;
+      uint8_t* qr = xq + r * size_t(k);
+      for (int c = 0; c < k; ++c) qr[c] = uint8_t(int(std::lrintf(xr[c] * inv)) + 128);
     }
   });
 }
 
 // y[m, out] = x · Wᵀ with W Q8 per row (bytes q + 128) and x quantised to
 // int8 per row: oneDNN's u8×s8→s32 GEMM (VNNI) per block of weight rows,
-// C = (W_u8 − 128) · x_s8ᵀ, then y = C · s_w[row] · s_x[m]. int8 products and
+// C = (x_u8 − 128) · W_s8ᵀ, then y = C · s_x[m] · s_w[row]. int8 products and
 // int32 sums are exact; the only errors are the two roundings to int8.
 void linear_int8(const WeightMatrix& w, const float* x, int m, float* y) {
   const int k = w.cols, out = w.rows;
-  std::vector<int8_t> xq(size_t(m) * k);
+  std::vector<uint8_t> xq(size_t(m) * k);
   std::vector<float> xs(static_cast<size_t>(m));
-  quantize_rows_s8(x, m, k, xq.data(), xs.data());
+  quantize_rows_u8(x, m, k, xq.data(), xs.data());
   const auto* wq = static_cast<const uint8_t*>(w.data);
   const auto* wscale = static_cast<const uint16_t*>(w.aux);  // fp16, one per row
   const int blocks = (out + kGemmBlock - 1) / kGemmBlock;
   parallel_for(size_t(blocks), [&](size_t b, size_t e) {
     std::vector<int32_t> c;
+    std::vector<int8_t> wblock;
     std::vector<float> ws(kGemmBlock);
     const int32_t co = 0;
     for (size_t blk = b; blk < e; ++blk) {
       const int r0 = int(blk) * kGemmBlock, n = std::min(kGemmBlock, out - r0);
-      c.resize(size_t(n) * m);
-      if (dnnl_gemm_u8s8s32('N', 'T', 'F', n, m, k, 1.0f, wq + size_t(r0) * k, k, 128, xq.data(), k, 0, 0.0f,
-                            c.data(), m, &co) != dnnl_success)
+      // Stored bytes are q + 128; flipping the top bit gives q as int8.
+      wblock.resize(size_t(n) * k);
+      const uint8_t* src = wq + size_t(r0) * k;
+      for (size_t i = 0; i < wblock.size(); ++i) wblock[i] = int8_t(src[i] ^ 0x80u);
+      c.resize(size_t(m) * n);
+      if (dnnl_gemm_u8s8s32('N', 'T', 'F', m, n, k, 1.0f, xq.data(), k, 128, wblock.data(), k, 0, 0.0f, c.data(),
+                            n, &co) != dnnl_success)
         throw Error("oneDNN u8s8s32 gemm failed");
       convert_to_f32(DType::F16, wscale + r0, ws.data(), size_t(n));
       for (int i = 0; i < m; ++i) {
         float* yr = y + size_t(i) * out + r0;
+        const int32_t* cr = c.data() + size_t(i) * n;
         const float sx = xs[size_t(i)];
-        for (int j = 0; j < n; ++j) yr[j] = float(c[size_t(j) * m + i]) * (ws[size_t(j)] * sx);
+        for (int j = 0; j < n; ++j) yr[j] = float(cr[j]) * (ws[size_t(j)] * sx);
       }
     }
   });
