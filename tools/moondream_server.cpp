@@ -2,7 +2,7 @@
 // Moondream-compatible HTTP API (port 8080) with a backend API (port 8000).
 //   moondream-server [--config FILE] [--model DIR|REPO] [--revision REV]
 //                    [--host H] [--port 8080] [--backend-port 8000]
-//                    [--threads N] [--api-key KEY] [--replace]
+//                    [--threads N] [--api-key KEY] [--no-web-ui] [--replace]
 // See docs/API.md.
 #include <fcntl.h>
 #include <signal.h>
@@ -108,7 +108,7 @@ int main(int argc, char** argv) {
   std::string config_path, configs_dir, pid_file;
   std::string model, revision, host, api_key;
   int port = 0, backend_port = -1, threads = -1;
-  bool replace = false, version = false;
+  bool replace = false, version = false, no_web_ui = false;
   double replace_wait = 120;
   app.add_option("--config", config_path, "Config file (JSON); its stem is the active profile");
   app.add_option("--configs-dir", configs_dir,
@@ -122,6 +122,7 @@ int main(int argc, char** argv) {
   app.add_option("--threads", threads, "Inference threads, 0 = all cores (overrides threads)")->check(CLI::Range(0, 4096));
   app.add_option("--api-key", api_key, "Require this key (Authorization: Bearer KEY); also $MOONDREAM_API_KEY");
   app.add_option("--pid-file", pid_file, "Pid file (default $XDG_RUNTIME_DIR or /tmp/moondream-server-PORT.pid)");
+  app.add_flag("--no-web-ui", no_web_ui, "Do not serve the web page at / (overrides server.web_ui)");
   app.add_flag("--replace", replace, "Stop a previous moondream-server on the port first (gracefully)");
   app.add_option("--replace-wait", replace_wait, "Seconds to wait for the previous server to finish (default 120)");
   app.add_flag("--version", version, "Print the version and exit");
@@ -148,6 +149,7 @@ int main(int argc, char** argv) {
   if (port > 0) ov.port = port;
   if (backend_port >= 0) ov.backend_port = backend_port;
   if (threads >= 0) ov.threads = threads;
+  if (no_web_ui) ov.web_ui = false;
 
   if (configs_dir.empty())
     configs_dir = config_path.empty() ? default_configs_dir(argv[0])
