@@ -212,6 +212,8 @@ int main(int argc, char** argv) {
   else
     spdlog::info("moondream-server {} listening on http://{}:{}; profile {}", kServerVersion, h, cfg.server.port,
                  profile);
+  if (cfg.server.web_ui)
+    spdlog::info("web page: http://{}:{}/", h == "0.0.0.0" || h == "::" ? "localhost" : h, cfg.server.port);
 
   std::mutex m;
   std::condition_variable cv;
