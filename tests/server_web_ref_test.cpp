@@ -5,7 +5,8 @@
 // server on the tiny model. Screenshots: build/web-screenshots/*.png.
 #include <gtest/gtest.h>
 
-#include <regex>
+#include <cctype>
+#include <cstring>
 
 #include "server_harness.h"
 
@@ -98,13 +99,21 @@ TEST_F(WebUi, NothingIsLoadedFromOtherOrigins) {
   auto c = server_->client();
   // The only "://" allowed: the SVG namespace (not a request) and the advice
   // to open the page on localhost for the camera.
-  const std::regex url(R"([a-zA-Z][a-zA-Z0-9+.-]*://[^\s"'`)<>]*)");
+  // Every "scheme://rest" in the files (std::regex trips GCC 12's warnings under ASan).
+  auto urls = [](const std::string& body) {
+    std::vector<std::string> out;
+    for (size_t p = body.find("://"); p != std::string::npos; p = body.find("://", p + 3)) {
+      size_t b = p, e = p + 3;
+      while (b > 0 && (std::isalnum((unsigned char)body[b - 1]) || std::strchr("+.-", body[b - 1]))) --b;
+      while (e < body.size() && !std::isspace((unsigned char)body[e]) && !std::strchr("\"'`)<>", body[e])) ++e;
+      out.push_back(body.substr(b, e - b));
+    }
+    return out;
+  };
   for (const char* path : {"/", "/app.js", "/style.css", "/favicon.svg"}) {
     const std::string body = c->Get(path)->body;
-    for (std::sregex_iterator it(body.begin(), body.end(), url), end; it != end; ++it) {
-      const std::string u = it->str();
+    for (const std::string& u : urls(body))
       EXPECT_TRUE(u == "http://www.w3.org/2000/svg" || u == "http://localhost:PORT") << path << ": " << u;
-    }
     EXPECT_EQ(body.find("@import"), std::string::npos) << path;
     EXPECT_EQ(body.find("//cdn"), std::string::npos) << path;
   }
