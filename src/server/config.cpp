@@ -188,6 +188,7 @@ ServerConfig parse_server_config(const std::string& json_text, const std::string
     s.read_int("http_threads", &c.server.http_threads, 2, 4096);
     s.read("allow_image_urls", &c.server.allow_image_urls);
     s.read("allow_private_image_urls", &c.server.allow_private_image_urls);
+    s.read("web_ui", &c.server.web_ui);
     s.get("debug");
     s.get("workers");
     s.warn_unknown();
@@ -251,6 +252,7 @@ void apply_overrides(ServerConfig* cfg, const ConfigOverrides& o) {
   if (o.port) cfg->server.port = *o.port;
   if (o.backend_port) cfg->server.backend_port = *o.backend_port;
   if (o.threads) cfg->threads = *o.threads;
+  if (o.web_ui) cfg->server.web_ui = *o.web_ui;
 }
 
 void validate(const ServerConfig& c, const std::string& source) {
@@ -288,7 +290,8 @@ std::string config_to_json(const ServerConfig& c) {
         {"queue_size", c.server.queue_size},
         {"http_threads", c.server.http_threads},
         {"allow_image_urls", c.server.allow_image_urls},
-        {"allow_private_image_urls", c.server.allow_private_image_urls}}},
+        {"allow_private_image_urls", c.server.allow_private_image_urls},
+        {"web_ui", c.server.web_ui}}},
       {"image_processing", {{"size", c.image_processing.size}, {"quality", c.image_processing.quality}}},
       {"generation_config",
        {{"max_new_tokens", c.generation_config.max_new_tokens},

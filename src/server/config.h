@@ -29,6 +29,7 @@ struct HttpConfig {
   int http_threads = 32;    // connections served at once (each waits for its job)
   bool allow_image_urls = false;          // http(s) image_url fetching
   bool allow_private_image_urls = false;  // ... including loopback / private addresses
+  bool web_ui = true;  // the web page at / (and its assets); off: / answers the JSON index
 };
 
 struct ImageProcessingConfig {
@@ -75,6 +76,7 @@ ServerConfig load_server_config(const std::string& path, std::vector<std::string
 struct ConfigOverrides {
   std::optional<std::string> model_path, revision, host, api_key;
   std::optional<int> port, backend_port, threads;
+  std::optional<bool> web_ui;  // --no-web-ui
 };
 void apply_overrides(ServerConfig* cfg, const ConfigOverrides& o);
 // Checks cross-field constraints after overrides; throws md::Error.

@@ -18,6 +18,7 @@
 #include "server/api_error.h"
 #include "server/image_input.h"
 #include "server/process.h"
+#include "server/web_ui.h"
 #include "tensor/error.h"
 #include "tensor/parallel.h"
 
@@ -247,6 +248,7 @@ std::string endpoint_label(const std::string& path, bool backend) {
   for (const auto& r : backend ? std::span<const Route>(kBackendRoutes) : std::span<const Route>(kApiRoutes))
     if (path == r.path) return path;
   if (!backend && path.rfind("/v1/models/", 0) == 0) return "/v1/models/{id}";
+  if (!backend && find_web_asset(path)) return path;
   return "other";
 }
 
@@ -254,7 +256,24 @@ const char* allowed_methods(const std::string& path, bool backend) {
   for (const auto& r : backend ? std::span<const Route>(kBackendRoutes) : std::span<const Route>(kApiRoutes))
     if (path == r.path) return r.methods;
   if (!backend && path.rfind("/v1/models/", 0) == 0) return "GET";
+  if (!backend && find_web_asset(path)) return "GET";
   return nullptr;
+}
+
+// True when an Accept header asks for JSON rather than a page (API clients
+// that GET / for the endpoint list); browsers send text/html.
+bool prefers_json(const std::string& accept) {
+  return accept.find("application/json") != std::string::npos && accept.find("text/html") == std::string::npos;
+}
+
+// "/app.js" as an httplib route pattern (a regex).
+std::string literal_pattern(std::string_view path) {
+  std::string out;
+  for (char ch : path) {
+    if (std::string_view(".+*?()[]{}|^$\\").find(ch) != std::string_view::npos) out += '\\';
+    out += ch;
+  }
+  return out;
 }
 
 bool keys_equal(const std::string& a, const std::string& b) {
@@ -433,7 +452,7 @@ void Server::common_handlers(httplib::Server& s, bool backend) {
     if (inf && !inf->finish.empty()) line += " finish=" + inf->finish;
     if (inf && inf->queue_s >= 0) line += fmt::format(" queue={:.3f}s", inf->queue_s);
     line += fmt::format(" {:.3f}s", secs);
-    const bool quiet = req.path == "/health" || req.path == "/metrics";
+    const bool quiet = req.path == "/health" || req.path == "/metrics" || (!backend && req.path != "/" && find_web_asset(req.path));
     spdlog::log(quiet ? spdlog::level::debug : spdlog::level::info, "{}", line);
   });
 
@@ -545,15 +564,10 @@ std::shared_ptr<const Profile> Server::ready_profile() const {
 void Server::routes() {
   common_handlers(*api_, false);
   auto& s = *api_;
-  s.Get("/", [this](const httplib::Request& req, httplib::Response& res) {
-    guarded(req, res, false, [&] {
-      json eps = json::array();
-      for (const auto& r : kApiRoutes) eps.push_back(std::string(r.methods) + " " + r.path);
-      set_json(res, 200,
-               {{"server", "moondream-server"}, {"version", kServerVersion}, {"endpoints", eps},
-                {"docs", "docs/API.md"}});
-    });
-  });
+  // The web page (no API key: the page asks for one when the API answers 401).
+  s.Get("/", [this](const httplib::Request& req, httplib::Response& res) { web_page(req, res); });
+  for (const WebAsset& a : web_assets())
+    s.Get(literal_pattern(a.path), [this](const httplib::Request& req, httplib::Response& res) { web_page(req, res); });
   s.Get("/health", [this](const httplib::Request& req, httplib::Response& res) { health(req, res); });
   s.Get("/v1/models", [this](const httplib::Request& req, httplib::Response& res) { models(req, res); });
   s.Get(R"(/v1/models/(.+))", [this](const httplib::Request& req, httplib::Response& res) { models(req, res); });
@@ -583,6 +597,38 @@ void Server::routes() {
             });
     b.Get("/metrics", [this](const httplib::Request& req, httplib::Response& res) { metrics(req, res); });
   }
+}
+
+// ---- the web page ---------------------------------------------------------------
+
+void Server::web_page(const httplib::Request& req, httplib::Response& res) {
+  guarded(req, res, false, [&] {
+    const bool ui = active()->cfg.server.web_ui;
+    if (req.path == "/") res.set_header("Vary", "Accept");
+    if (req.path == "/" && (!ui || prefers_json(req.get_header_value("Accept")))) {
+      json eps = json::array();
+      for (const auto& r : kApiRoutes) eps.push_back(std::string(r.methods) + " " + r.path);
+      set_json(res, 200,
+               {{"server", "moondream-server"}, {"version", kServerVersion}, {"endpoints", eps},
+                {"web_ui", ui}, {"docs", "docs/API.md"}});
+      return;
+    }
+    const WebAsset* a = ui ? find_web_asset(req.path) : nullptr;
+    if (!a)
+      throw ApiError(404, "not_found",
+                     "no such endpoint: " + req.method + " " + req.path + " (the web page is turned off)");
+    res.set_header("Content-Security-Policy", kWebUiCsp);
+    res.set_header("X-Content-Type-Options", "nosniff");
+    res.set_header("Referrer-Policy", "no-referrer");
+    res.set_header("Cache-Control", "no-cache");
+    res.set_header("ETag", std::string(a->etag));
+    if (req.get_header_value("If-None-Match") == a->etag) {
+      res.status = 304;
+      return;
+    }
+    res.status = 200;
+    res.set_content(a->body.data(), a->body.size(), std::string(a->content_type).c_str());
+  });
 }
 
 // ---- /health, /v1/models, /metrics, /api/v1/config --------------------------

@@ -74,6 +74,7 @@ class Server {
   void common_handlers(httplib::Server& s, bool backend);
 
   // Handlers.
+  void web_page(const httplib::Request& req, httplib::Response& res);
   void health(const httplib::Request& req, httplib::Response& res);
   void models(const httplib::Request& req, httplib::Response& res);
   void moondream_task(const httplib::Request& req, const std::string& body, httplib::Response& res, Task task);
