@@ -59,6 +59,7 @@ TEST(ServerLoad, SixtyFourClientsGetAnswersOr503sAndTheServerStaysHealthy) {
               kRssBound / 1e6);
   EXPECT_EQ(r.errors, 0) << r.to_json().dump(2) << "\n" << s.log().substr(0, 4000);
   EXPECT_EQ(r.hung, 0);
+  EXPECT_EQ(r.refused, 0);
   EXPECT_GT(r.completed, 0);
   EXPECT_GT(r.rejected_503, 0) << "64 clients against a queue of 8 should see 503s";
   EXPECT_TRUE(r.healthy_after);

@@ -35,6 +35,7 @@ struct LoadOptions {
 struct LoadReport {
   long completed = 0;       // complete answers
   long rejected_503 = 0;    // 503 with Retry-After
+  long refused = 0;         // connection refused (the server stopped listening)
   long errors = 0;          // anything else
   long hung = 0;            // of the errors: timeouts
   double p50_s = 0, p99_s = 0, max_s = 0;  // latency of completed requests
@@ -42,7 +43,7 @@ struct LoadReport {
   bool healthy_after = false;
   std::vector<std::string> error_samples;  // the first few errors, for the log
   json to_json() const {
-    return {{"completed", completed}, {"rejected_503", rejected_503}, {"errors", errors}, {"hung", hung},
+    return {{"completed", completed}, {"rejected_503", rejected_503}, {"refused", refused}, {"errors", errors}, {"hung", hung},
             {"p50_s", p50_s},         {"p99_s", p99_s},               {"max_s", max_s},   {"peak_rss_bytes", peak_rss_bytes},
             {"healthy_after", healthy_after}, {"error_samples", error_samples}};
   }
@@ -133,8 +134,10 @@ inline LoadReport run_load(const LoadOptions& o) {
         auto r = c.Post(kind.path, headers, detail::body_for(kind, image, n).dump(), "application/json");
         const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         std::string err;
-        bool rejected = false, hung = false;
-        if (!r) {
+        bool rejected = false, hung = false, refused = false;
+        if (!r && r.error() == httplib::Error::Connection) {
+          refused = true;
+        } else if (!r) {
           hung = r.error() == httplib::Error::Read && s >= o.request_timeout_s * 0.9;
           err = std::string("no reply (") + httplib::to_string(r.error()) + ")";
         } else if (r->status == 503) {
@@ -150,6 +153,9 @@ inline LoadReport run_load(const LoadOptions& o) {
           ++rep.errors;
           rep.hung += hung;
           if (rep.error_samples.size() < 5) rep.error_samples.push_back(std::string(kind.path) + ": " + err);
+        } else if (refused) {
+          ++rep.refused;
+          std::this_thread::sleep_for(std::chrono::milliseconds(100));
         } else if (rejected) {
           ++rep.rejected_503;
           // Back off as told (bounded, to keep the test short).
