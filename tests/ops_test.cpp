@@ -282,7 +282,7 @@ TEST(Linear, Int8GemmWithPerRowScalesMatchesTheDequantisedWeights) {
   l.b = B.data();
   std::vector<float> wd(size_t(in) * out);
   for (int r = 0; r < out; ++r) dequantize_row(l.w, r, wd.data() + size_t(r) * in);
-  for (int m : {3, 40}) {
+  for (int m : {3, 7, 40}) {
     const auto x = random_vec(size_t(m) * in, 23 + m);
     std::vector<float> y(size_t(m) * out);
     linear(l, x.data(), m, y.data());

@@ -26,6 +26,10 @@ void sgemm(bool trans_b, int M, int N, int K, float alpha, const float* A, int l
 
 // Rows handled by the GEMV kernels instead of a GEMM.
 constexpr int kMaxGemvRows = 16;
+// The same for int8 (Q8 per-row) weights: the GEMV kernels stream the weights
+// once per 4 input rows, the int8 GEMM once for all rows — a follow-up
+// question's prompt (~10-20 tokens) reads them once.
+constexpr int kMaxInt8GemvRows = 4;
 // Output columns per GEMM block: one widened weight block per thread (256 ×
 // in floats), large enough for an efficient single-threaded SGEMM.
 constexpr int kGemmBlock = 256;
@@ -126,13 +130,13 @@ Linear make_linear(int in, int out, const float* w, const float* b) {
 
 void linear(const Linear& l, const float* x, int m, float* y) {
   const WeightMatrix& w = l.w;
-  if (m <= kMaxGemvRows) {
+  if (is_q8_per_row(w) && m > kMaxInt8GemvRows) {
+    linear_int8(w, x, m, y);
+  } else if (m <= kMaxGemvRows) {
     const int chunks = (l.out + 63) / 64;
     parallel_for(size_t(chunks), [&](size_t b, size_t e) {
       gemm_rows(w, x, m, y, l.out, int(b) * 64, std::min(l.out, int(e) * 64));
     });
-  } else if (is_q8_per_row(w)) {
-    linear_int8(w, x, m, y);
   } else {
     const int blocks = (l.out + kGemmBlock - 1) / kGemmBlock;
     const bool direct = is_f32_aligned(w);
