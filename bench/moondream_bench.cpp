@@ -2,11 +2,14 @@
 // printed with its time, throughput and ratio to this machine's own limits,
 // measured in the same run. Benchmarks, never tests.
 //   moondream_bench --model DIR [--quantization none|int8|q4] [--threads N] [--tokens N]
+//   moondream_bench --model DIR --accuracy [--tokens N]   (int8 and q4 against the stored weights)
 #include <CLI/CLI.hpp>
 #include <sys/resource.h>
 #include <vips/vips.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <string>
@@ -72,6 +75,69 @@ std::string fmt(const char* f, double a, double b = 0) {
 
 }  // namespace
 
+// Teacher-forced top-1 of next-token logits and the image embeddings of one
+// model, on the greedy caption of `reference` (or its own when null).
+struct Forced {
+  std::vector<int> tokens, top1;
+  std::vector<float> embeddings;
+};
+Forced teacher_forced(const md::Moondream& m, const md::Crops& crops, const std::vector<int>* tokens, int n) {
+  Forced f;
+  f.embeddings = m.image_embeddings(m.vision_features(crops), crops.tiling);
+  md::KVCache prefix = m.prefill_prefix(f.embeddings);
+  md::KVCache cache = md::KVCache::extending(prefix, prefix.length + 64 + n);
+  const int D = m.config().text.dim;
+  const std::vector<int> prompt = m.caption_prompt(md::CaptionLength::Normal);
+  std::vector<float> x(prompt.size() * D);
+  m.text().embed(prompt.data(), int(prompt.size()), x.data());
+  auto h = m.text().forward(x.data(), int(prompt.size()), cache);
+  auto logits = m.text().logits(h.data() + (prompt.size() - 1) * D);
+  for (int i = 0; i < n; ++i) {
+    const int top = int(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    f.top1.push_back(top);
+    const int next = tokens ? (*tokens)[size_t(i)] : top;
+    f.tokens.push_back(next);
+    m.text().embed(&next, 1, x.data());
+    h = m.text().forward(x.data(), 1, cache);
+    logits = m.text().logits(h.data());
+  }
+  return f;
+}
+
+// --accuracy: each quantised mode against the as-stored weights on this model.
+int accuracy(const std::string& model_dir, int threads, int n) {
+  std::printf("## Accuracy against the as-stored weights (model %s, %d teacher-forced positions per image)\n\n",
+              model_dir.c_str(), n);
+  std::printf("| mode | top-1 agreement | image embeddings max abs error | max abs embedding |\n|---|---|---|---|\n");
+  md::LoadOptions lo;
+  lo.threads = threads;
+  std::vector<md::Crops> images;
+  for (auto [w, h] : {std::pair{378, 378}, std::pair{640, 480}})
+    images.push_back(md::make_crops(md::decode_image(make_jpeg(w, h)), md::Moondream::load(model_dir, lo)->crop_params()));
+  std::vector<Forced> base;
+  {
+    auto m = md::Moondream::load(model_dir, lo);
+    for (const auto& c : images) base.push_back(teacher_forced(*m, c, nullptr, n));
+  }
+  for (auto [name, q] : {std::pair{"int8", md::Quantization::Int8}, std::pair{"q4", md::Quantization::Q4}}) {
+    lo.quantization = q;
+    auto m = md::Moondream::load(model_dir, lo);
+    size_t agree = 0, total = 0;
+    double err = 0, scale = 0;
+    for (size_t i = 0; i < images.size(); ++i) {
+      const Forced f = teacher_forced(*m, images[i], &base[i].tokens, n);
+      for (size_t j = 0; j < f.top1.size(); ++j, ++total) agree += f.top1[j] == base[i].top1[j];
+      for (size_t j = 0; j < f.embeddings.size(); ++j) {
+        err = std::max(err, double(std::fabs(f.embeddings[j] - base[i].embeddings[j])));
+        scale = std::max(scale, double(std::fabs(base[i].embeddings[j])));
+      }
+    }
+    std::printf("| %s | %.3f (%zu/%zu) | %.4f | %.3f |\n", name, double(agree) / double(total), agree, total, err, scale);
+    std::fflush(stdout);
+  }
+  return 0;
+}
+
 int main(int argc, char** argv) {
   CLI::App app{"Moondream2 engine benchmark"};
   std::string model_dir, quant = "none";
@@ -80,10 +146,13 @@ int main(int argc, char** argv) {
   app.add_option("--quantization", quant, "none, int8 or q4");
   app.add_option("--threads", threads, "Threads (default: all cores)");
   app.add_option("--tokens", tokens, "Decoded tokens per measurement");
+  bool acc = false;
+  app.add_flag("--accuracy", acc, "Instead of timing: top-1 agreement and embedding error of int8 and q4 vs as stored");
   CLI11_PARSE(app, argc, argv);
 
   md::set_num_threads(threads);
   threads = md::num_threads();
+  if (acc) return accuracy(model_dir, threads, std::max(tokens, 32));
   std::printf("## Machine limits (measured now, %d threads)\n", threads);
   const md::bench::MachineLimits lim = md::bench::measure_machine_limits(threads);
   std::printf("isa %s, fp32 FMA peak %.0f GFLOP/s, int8 VNNI peak %.0f GOP/s, memory read %.1f GB/s\n\n",
