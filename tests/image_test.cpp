@@ -751,6 +751,19 @@ TEST(DecodeErrors, OtherFormatsRefused) {
         << s;
 }
 
+TEST(DecodeErrors, OtherLibvipsLoadersAreBlocked) {
+  // Once the image pipeline has started libvips, only the JPEG, PNG and WebP
+  // buffer loaders can run in the process: a TIFF (or GIF, SVG, PDF, ...)
+  // cannot be parsed through any libvips entry point.
+  MemImage m = make_u8(4, 4, 3, std::vector<uint8_t>(48, 9), VIPS_INTERPRETATION_sRGB);
+  const auto png = png_of(m.img);
+  ASSERT_NO_THROW(md::decode_image(png));
+  const auto tiff = blob_bytes(m.img.tiffsave_buffer());
+  EXPECT_THROW(VImage::new_from_buffer(tiff.data(), tiff.size(), ""), vips::VError);
+  vips_error_clear();
+  EXPECT_NO_THROW(VImage::new_from_buffer(png.data(), png.size(), ""));
+}
+
 TEST(DecodeErrors, TruncatedOrCorrupt) {
   md::RgbImage ref = noise(200, 150, 4);
   MemImage m = make_u8(200, 150, 3, ref.pixels, VIPS_INTERPRETATION_sRGB);

@@ -56,6 +56,13 @@ void ensure_vips() {
     vips_cache_set_max(0);
     vips_cache_set_max_mem(0);
     vips_cache_set_max_files(0);
+    // Only the three loaders we call may run: every other libvips loader
+    // (TIFF, GIF, SVG, PDF, HEIF, ImageMagick, matrix, raw, ...) is blocked
+    // process-wide, so no path through libvips can parse another format.
+    vips_block_untrusted_set(TRUE);
+    vips_operation_block_set("VipsForeignLoad", TRUE);
+    for (const char* name : {"VipsForeignLoadJpegBuffer", "VipsForeignLoadPngBuffer", "VipsForeignLoadWebpBuffer"})
+      vips_operation_block_set(name, FALSE);
     // libvips logs decode problems as GLib warnings on stderr; they reach
     // the caller as md::Error instead.
     if (!std::getenv("MOONDREAM_VIPS_WARNINGS"))

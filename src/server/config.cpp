@@ -218,6 +218,9 @@ ServerConfig parse_server_config(const std::string& json_text, const std::string
     s.read_int("max_image_pixels", &c.limits.max_image_pixels, 1, 1ll << 40);
     s.read_int("image_url_timeout_s", &c.limits.image_url_timeout_s, 1, 3600);
     s.read_int("max_objects", &c.limits.max_objects, 1, 10000);
+    s.read_int("max_images", &c.limits.max_images, 1, 1000);
+    s.read_int("request_timeout_s", &c.limits.request_timeout_s, 1, 3600);
+    s.read_int("idle_timeout_s", &c.limits.idle_timeout_s, 1, 3600);
     s.warn_unknown();
   }
   top.warn_unknown();
@@ -300,7 +303,10 @@ std::string config_to_json(const ServerConfig& c) {
         {"max_image_bytes", c.limits.max_image_bytes},
         {"max_image_pixels", c.limits.max_image_pixels},
         {"image_url_timeout_s", c.limits.image_url_timeout_s},
-        {"max_objects", c.limits.max_objects}}},
+        {"max_objects", c.limits.max_objects},
+        {"max_images", c.limits.max_images},
+        {"request_timeout_s", c.limits.request_timeout_s},
+        {"idle_timeout_s", c.limits.idle_timeout_s}}},
   };
   return j.dump();
 }

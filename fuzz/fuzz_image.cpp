@@ -1,0 +1,41 @@
+// Fuzz target: image bytes → decode (JPEG/PNG/WebP sniffing, libvips loaders,
+// pixel limit, EXIF orientation, CMYK/grey/16-bit conversion) → crops
+// (tiling, Lanczos resize, windows). Any bytes: images and non-images.
+// The pixel limit and the crop size are small so each input runs fast; the
+// code paths are the ones the server runs.
+#include <cstdint>
+#include <span>
+
+#include "model/image.h"
+#include "tensor/error.h"
+
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+  // Small libvips thread pool: the fuzzer runs one input at a time.
+  setenv("VIPS_CONCURRENCY", "1", 0);
+  return 0;
+}
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  md::RgbImage img;
+  try {
+    img = md::decode_image(std::span<const uint8_t>(data, size), 1u << 18);
+  } catch (const md::Error&) {
+    return 0;
+  }
+  if (img.width <= 0 || img.height <= 0 || uint64_t(img.width) * img.height > (1u << 18) ||
+      img.pixels.size() != size_t(img.width) * img.height * 3)
+    __builtin_trap();
+  md::CropParams p;
+  p.crop_size = 42;
+  p.patch_size = 14;
+  p.overlap_margin = 1;
+  p.max_crops = 4;
+  try {
+    const md::Crops c = md::make_crops(img, p);
+    if (c.count != 1 + c.tiling.rows * c.tiling.cols || c.count > 1 + p.max_crops ||
+        c.pixels.size() != size_t(c.count) * p.crop_size * p.crop_size * 3)
+      __builtin_trap();
+  } catch (const md::Error&) {
+  }
+  return 0;
+}
