@@ -44,6 +44,9 @@ for t in "${targets[@]}"; do
   args=(-timeout=20 -rss_limit_mb=3072 -print_final_stats=1 -artifact_prefix="$art/")
   case "$t" in
     model_config|tokenizer_json|server_config|requests) args+=(-dict=fuzz/json.dict) ;;
+    # The image target's pixel limit is 16,384: any single allocation over
+    # 64 MB means something allocated by a declared size before the check.
+    image) args+=(-malloc_limit_mb=64) ;;
   esac
   if [ -n "$runs" ]; then args+=(-runs="$runs"); else args+=(-max_total_time="$seconds"); fi
   log=build-fuzz/logs/$t.log
