@@ -102,6 +102,7 @@ TEST(ServerConfig, WrongTypesAndValuesNameTheKey) {
       {R"({"model_path": ""})", "model_path"},
       {R"([1])", "object"},
       {R"({"a": )", "not valid JSON"},
+      {R"({"max_tokens": 1e400})", "not valid JSON"},  // found by fuzz_server_config: was an uncaught exception
   };
   for (const auto& [text, key] : cases) {
     const std::string e = error_of(text);
@@ -247,6 +248,10 @@ TEST(ServerRequests, MoondreamBodies) {
   };
   EXPECT_EQ(err("", Task::Caption), "invalid_json");
   EXPECT_EQ(err("[]", Task::Caption), "invalid_json");
+  // Found by fuzz_requests: a number out of double's range threw
+  // json::out_of_range, not parse_error, and became a 500.
+  EXPECT_EQ(err(R"({"image_url": "x", "seed": 1e400})", Task::Caption), "invalid_json");
+  EXPECT_EQ(request_error([&] { parse_chat_request(R"({"messages": [], "n": -1e999})", c); }), "invalid_json");
   EXPECT_EQ(err(R"({"question": "q"})", Task::Query), "missing_field");
   EXPECT_EQ(err(R"({"image_url": "x", "length": "huge"})", Task::Caption), "invalid_field");
   EXPECT_EQ(err(R"({"image_url": "x", "settings": {"max_tokens": 101}})", Task::Caption), "max_tokens_too_large");

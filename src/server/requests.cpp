@@ -22,9 +22,10 @@ json parse_object(const std::string& body) {
   json j;
   try {
     j = json::parse(body);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for numbers such as 1e400
     std::string w = e.what();
-    const auto p = w.find("parse error");
+    auto p = w.find("parse error");
+    if (p == std::string::npos && !w.empty() && w[0] == '[' && w.find("] ") != std::string::npos) p = w.find("] ") + 2;
     throw bad_request("invalid_json", "the request body is not valid JSON: " + (p == std::string::npos ? w : w.substr(p)));
   }
   if (!j.is_object()) throw bad_request("invalid_json", "the request body must be a JSON object");
