@@ -103,6 +103,8 @@ TEST(ServerConfig, WrongTypesAndValuesNameTheKey) {
       {R"([1])", "object"},
       {R"({"a": )", "not valid JSON"},
       {R"({"max_tokens": 1e400})", "not valid JSON"},  // found by fuzz_server_config: was an uncaught exception
+      {R"({"limits": {"max_image_bytes": 1.0e24}})", "limits.max_image_bytes must be between"},  // was UB (fuzz)
+      {R"({"max_tokens": 2.5})", "max_tokens must be an integer"},
   };
   for (const auto& [text, key] : cases) {
     const std::string e = error_of(text);

@@ -1,6 +1,7 @@
 #include "server/config.h"
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -62,8 +63,14 @@ class Section {
       long long x;
       if (v->is_number_integer()) {
         x = v->get<long long>();
-      } else if (v->is_number_float() && v->get<double>() == double((long long)v->get<double>())) {
-        x = (long long)v->get<double>();
+      } else if (v->is_number_float() && std::isfinite(v->get<double>()) &&
+                 v->get<double>() == std::floor(v->get<double>())) {
+        // Compared as a double first: converting one outside long long's
+        // range is undefined (found by fuzz_server_config with 1e24).
+        const double d = v->get<double>();
+        if (d < double(lo) || d > double(hi))
+          fail(key, "must be between " + std::to_string(lo) + " and " + std::to_string(hi), *v);
+        x = (long long)d;
       } else {
         fail(key, "must be an integer", *v);
       }
