@@ -10,7 +10,7 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends \
   build-essential cmake ninja-build pkg-config git ca-certificates \
-  clang libclang-rt-14-dev \
+  clang libclang-rt-14-dev libomp-dev \
   libvips-dev libwebp-dev libicu-dev \
   nlohmann-json3-dev libspdlog-dev libcli11-dev libcpp-httplib-dev libxxhash-dev \
   libcurl4-openssl-dev libssl-dev \

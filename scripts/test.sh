@@ -2,16 +2,20 @@
 # The whole test suite, from a fresh Debian bookworm machine:
 #   1. install the Debian (and test-only npm) packages;
 #   2. optimised build with warnings as errors, every test;
-#   3. AddressSanitizer + UBSan build, every test again.
-# Usage: scripts/test.sh [--no-install] [--no-sanitize]
+#   3. AddressSanitizer + UBSan build, every test again;
+#   4. every libFuzzer target for a short while (scripts/fuzz.sh, clang).
+# Usage: scripts/test.sh [--no-install] [--no-sanitize] [--no-fuzz]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 install=1
 sanitize=1
+fuzz=1
+fuzz_seconds=${MOONDREAM_FUZZ_SECONDS:-25}
 for arg in "$@"; do
   case "$arg" in
     --no-install) install=0 ;;
     --no-sanitize) sanitize=0 ;;
+    --no-fuzz) fuzz=0 ;;
     *) echo "unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -30,4 +34,10 @@ if [ "$sanitize" = 1 ]; then
   cmake --build build-asan -j "$jobs"
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     ctest --test-dir build-asan --output-on-failure -j "$jobs"
+fi
+
+if [ "$fuzz" = 1 ]; then
+  # Each fuzz target for a bounded time from the seed corpora; any crash,
+  # sanitizer report, leak or timeout fails the run.
+  bash scripts/fuzz.sh "$fuzz_seconds"
 fi

@@ -1,6 +1,9 @@
 // Image pipeline: decoding (formats, colour, orientation, errors), tiling,
 // crops and normalisation (contract section 4).
 #include <gtest/gtest.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <vips/vips8>
 
 #include <chrono>
@@ -751,6 +754,19 @@ TEST(DecodeErrors, OtherFormatsRefused) {
         << s;
 }
 
+TEST(DecodeErrors, OtherLibvipsLoadersAreBlocked) {
+  // Once the image pipeline has started libvips, only the JPEG, PNG and WebP
+  // buffer loaders can run in the process: a TIFF (or GIF, SVG, PDF, ...)
+  // cannot be parsed through any libvips entry point.
+  MemImage m = make_u8(4, 4, 3, std::vector<uint8_t>(48, 9), VIPS_INTERPRETATION_sRGB);
+  const auto png = png_of(m.img);
+  ASSERT_NO_THROW(md::decode_image(png));
+  const auto tiff = blob_bytes(m.img.tiffsave_buffer());
+  EXPECT_THROW(VImage::new_from_buffer(tiff.data(), tiff.size(), ""), vips::VError);
+  vips_error_clear();
+  EXPECT_NO_THROW(VImage::new_from_buffer(png.data(), png.size(), ""));
+}
+
 TEST(DecodeErrors, TruncatedOrCorrupt) {
   md::RgbImage ref = noise(200, 150, 4);
   MemImage m = make_u8(200, 150, 3, ref.pixels, VIPS_INTERPRETATION_sRGB);
@@ -807,6 +823,40 @@ TEST(DecodeErrors, HugeHeaderRefusedBeforeDecoding) {
   EXPECT_EQ(e.rfind("image: truncated or corrupt PNG data", 0), 0u) << e;
   e = error_of(small, 9999);
   EXPECT_EQ(e, "image: 100×100 pixels exceeds the limit of 9999");
+}
+
+TEST(DecodeErrors, HugeWebpCanvasRefusedBeforeLibvipsAllocatesIt) {
+  // Found by fuzz_image: a 44-byte lossy WebP declaring 12131×9070. libvips'
+  // WebP header load callocs the whole 440 MB canvas, so the size must be
+  // read (libwebp) and refused before libvips sees the file.
+  const std::vector<uint8_t> webp = {
+      0x52, 0x49, 0x46, 0x46, 0x24, 0x00, 0x00, 0x00, 0x57, 0x45, 0x42, 0x50, 0x56, 0x50, 0x38,
+      0x20, 0x18, 0x00, 0x00, 0x00, 0x30, 0x01, 0x00, 0x9d, 0x01, 0x2a, 0x63, 0x6f, 0x6e, 0x63,
+      0x63, 0x2f, 0x6e, 0x63, 0x01, 0x40, 0x26, 0x25, 0xa4, 0xfe, 0xfd, 0x20, 0x50, 0x00};
+  const std::string want = "image: 12131×9070 pixels exceeds the limit of 1000000";
+  EXPECT_EQ(error_of(webp, 1'000'000), want);
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "the address-space check needs a build without AddressSanitizer";
+#else
+  // In a child whose address space has room for 300 MB more, the refusal
+  // still comes from our check, not from a failed 440 MB allocation.
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    long pages = 0;
+    if (FILE* f = std::fopen("/proc/self/statm", "r")) {
+      if (std::fscanf(f, "%ld", &pages) != 1) pages = 0;
+      std::fclose(f);
+    }
+    const rlim_t cap = rlim_t(pages) * rlim_t(sysconf(_SC_PAGESIZE)) + (300ull << 20);
+    rlimit rl{cap, cap};
+    if (pages == 0 || setrlimit(RLIMIT_AS, &rl) != 0) _exit(2);
+    _exit(error_of(webp, 1'000'000) == want ? 0 : 1);
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
+#endif
 }
 
 // ------------------------------------------------------------ normalise

@@ -3,6 +3,12 @@
 // LRU caches, address checks for image URLs, the Prometheus text.
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <thread>
+
+#include <httplib.h>
 #include <nlohmann/json.hpp>
 
 #include "server/api_error.h"
@@ -12,6 +18,8 @@
 #include "server/image_input.h"
 #include "server/metrics.h"
 #include "server/process.h"
+#include "server/requests.h"
+#include "server/security.h"
 #include "tensor/error.h"
 
 namespace md::server {
@@ -35,7 +43,7 @@ TEST(ServerConfig, ShippedProfilesParseWithoutWarnings) {
     EXPECT_TRUE(w.empty()) << name << ": " << (w.empty() ? "" : w[0]);
     EXPECT_EQ(c.model_path, "vikhyatk/moondream2");
     EXPECT_EQ(c.server.port, 8080);
-    EXPECT_TRUE(c.server.cors_enabled);
+    EXPECT_FALSE(c.server.cors_enabled) << "CORS is off unless a profile turns it on";
     const bool optimized = std::string(name) == "moondream2_optimized";
     EXPECT_EQ(c.performance.image_caching, optimized) << name;
     EXPECT_EQ(c.performance.response_caching, optimized) << name;
@@ -97,6 +105,9 @@ TEST(ServerConfig, WrongTypesAndValuesNameTheKey) {
       {R"({"model_path": ""})", "model_path"},
       {R"([1])", "object"},
       {R"({"a": )", "not valid JSON"},
+      {R"({"max_tokens": 1e400})", "not valid JSON"},  // found by fuzz_server_config: was an uncaught exception
+      {R"({"limits": {"max_image_bytes": 1.0e24}})", "limits.max_image_bytes must be between"},  // was UB (fuzz)
+      {R"({"max_tokens": 2.5})", "max_tokens must be an integer"},
   };
   for (const auto& [text, key] : cases) {
     const std::string e = error_of(text);
@@ -189,6 +200,178 @@ TEST(ServerImages, PrivateAddresses) {
     EXPECT_TRUE(is_private_address(ip)) << ip;
   for (const char* ip : {"8.8.8.8", "172.32.0.1", "1.1.1.1", "2606:4700::1111", "::ffff:8.8.8.8"})
     EXPECT_FALSE(is_private_address(ip)) << ip;
+}
+
+TEST(ServerConfig, LimitKeysAndDefaults) {
+  const ServerConfig d;
+  EXPECT_FALSE(d.server.cors_enabled) << "CORS is off unless configured";
+  EXPECT_EQ(d.limits.max_images, 16);
+  EXPECT_EQ(d.limits.request_timeout_s, 30);
+  EXPECT_EQ(d.limits.idle_timeout_s, 5);
+  const ServerConfig c = parse_server_config(
+      R"({"limits": {"max_images": 3, "request_timeout_s": 7, "idle_timeout_s": 2}})", "t.json", nullptr);
+  EXPECT_EQ(c.limits.max_images, 3);
+  EXPECT_EQ(c.limits.request_timeout_s, 7);
+  EXPECT_EQ(c.limits.idle_timeout_s, 2);
+  const auto j = nlohmann::json::parse(config_to_json(c));
+  EXPECT_EQ(j["limits"]["max_images"], 3);
+  EXPECT_EQ(j["limits"]["request_timeout_s"], 7);
+  EXPECT_EQ(j["limits"]["idle_timeout_s"], 2);
+  for (const char* bad : {R"({"limits": {"max_images": 0}})", R"({"limits": {"request_timeout_s": 0}})",
+                          R"({"limits": {"idle_timeout_s": "long"}})"})
+    EXPECT_NE(error_of(bad).find("limits."), std::string::npos) << bad;
+}
+
+// ---- request parsers (the same functions the handlers and the fuzz target call)
+
+std::string request_error(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.status, 400);
+    return e.code;
+  }
+  return "ok";
+}
+
+TEST(ServerRequests, MoondreamBodies) {
+  ServerConfig c;
+  c.max_tokens = 100;
+  c.limits.max_objects = 5;
+  const ParsedRequest q = parse_moondream_request(
+      R"({"image_url": "aGk=", "question": "why?", "stream": true, "settings": {"temperature": 0, "max_tokens": 9}})",
+      Task::Query, c);
+  EXPECT_EQ(q.params.task, Task::Query);
+  EXPECT_EQ(q.params.text, "why?");
+  EXPECT_EQ(q.image_url, "aGk=");
+  EXPECT_TRUE(q.stream);
+  EXPECT_EQ(q.params.max_tokens, 9);
+  EXPECT_EQ(q.params.temperature, 0.0f);
+  const ParsedRequest d =
+      parse_moondream_request(R"({"image_url": "x", "object": "cat", "stream": true})", Task::Detect, c);
+  EXPECT_FALSE(d.stream) << "detect never streams";
+  EXPECT_EQ(d.params.max_objects, 5);
+  auto err = [&](const std::string& body, Task t) {
+    return request_error([&] { parse_moondream_request(body, t, c); });
+  };
+  EXPECT_EQ(err("", Task::Caption), "invalid_json");
+  EXPECT_EQ(err("[]", Task::Caption), "invalid_json");
+  // Found by fuzz_requests: a number out of double's range threw
+  // json::out_of_range, not parse_error, and became a 500.
+  EXPECT_EQ(err(R"({"image_url": "x", "seed": 1e400})", Task::Caption), "invalid_json");
+  EXPECT_EQ(request_error([&] { parse_chat_request(R"({"messages": [], "n": -1e999})", c); }), "invalid_json");
+  EXPECT_EQ(err(R"({"question": "q"})", Task::Query), "missing_field");
+  EXPECT_EQ(err(R"({"image_url": "x", "length": "huge"})", Task::Caption), "invalid_field");
+  EXPECT_EQ(err(R"({"image_url": "x", "settings": {"max_tokens": 101}})", Task::Caption), "max_tokens_too_large");
+  EXPECT_EQ(err(R"({"image_url": "x", "max_tokens": 1e300})", Task::Caption), "invalid_field");
+  EXPECT_EQ(err(R"({"image_url": "x", "object": "o", "settings": {"max_objects": 6}})", Task::Point), "invalid_field");
+}
+
+TEST(ServerRequests, ChatBodiesAndTheImageLimit) {
+  ServerConfig c;
+  c.limits.max_images = 2;
+  const std::string img = R"({"type": "image_url", "image_url": {"url": "IMG"}})";
+  auto chat = [&](int images, const std::string& extra = "") {
+    std::string parts;
+    for (int i = 0; i < images; ++i) parts += (i ? ", " : "") + img;
+    return R"({"messages": [{"role": "user", "content": [)" + parts + R"(]}, {"role": "assistant", "content": "A."},
+               {"role": "user", "content": "Why?"}])" + extra + "}";
+  };
+  const ParsedRequest r = parse_chat_request(chat(2, R"(, "stop": ["x"], "stream": true, "stream_options": {"include_usage": true})"), c);
+  EXPECT_EQ(r.image_count, 2u);
+  EXPECT_EQ(r.image_url, "IMG");
+  EXPECT_EQ(r.params.task, Task::Query) << "a first turn without text is not history";
+  EXPECT_EQ(r.params.text, "Why?");
+  EXPECT_TRUE(r.stream);
+  EXPECT_TRUE(r.include_usage);
+  EXPECT_EQ(r.params.stop, std::vector<std::string>{"x"});
+  EXPECT_EQ(request_error([&] { parse_chat_request(chat(3), c); }), "too_many_images");
+  EXPECT_EQ(request_error([&] { parse_chat_request(chat(0), c); }), "image_required");
+  EXPECT_EQ(request_error([&] { parse_chat_request(R"({"messages": []})", c); }), "invalid_field");
+  EXPECT_EQ(request_error([&] { parse_chat_request(chat(1, R"(, "max_tokens": 1000000)"), c); }),
+            "max_tokens_too_large");
+  EXPECT_EQ(parse_profile_switch(R"({"active_model": "p"})"), "p");
+  EXPECT_EQ(request_error([&] { parse_profile_switch(R"({"active_model": 3})"); }), "invalid_field");
+}
+
+// ---- security
+
+TEST(ServerSecurity, ApiKeyComparison) {
+  EXPECT_TRUE(api_key_matches("s3cret", "s3cret"));
+  EXPECT_FALSE(api_key_matches("s3cre", "s3cret"));
+  EXPECT_FALSE(api_key_matches("s3cret!", "s3cret"));
+  EXPECT_FALSE(api_key_matches("S3cret", "s3cret"));
+  EXPECT_FALSE(api_key_matches("", "s3cret"));
+  EXPECT_FALSE(api_key_matches("", "")) << "an empty configured key never matches";
+  EXPECT_FALSE(api_key_matches(std::string("s3cret\0x", 8), "s3cret"));
+  EXPECT_TRUE(api_key_matches(std::string(1000, 'k'), std::string(1000, 'k')));
+}
+
+TEST(ServerSecurity, NoRequestValueReachesTheFilesystem) {
+  // image_url never names a file: only data URIs, base64 and http(s).
+  ImageFetchOptions o;
+  o.allow_urls = true;
+  // A value made only of base64 characters is base64, decoded, never opened.
+  std::string decoded;
+  ASSERT_TRUE(base64_decode("/etc/passwd", &decoded));
+  EXPECT_EQ(image_bytes_from_url("/etc/passwd", o), decoded);
+  for (const char* url : {"file:///etc/passwd", "../../etc/passwd", "FILE:///etc/hostname",
+                          "gopher://127.0.0.1/", "data:image/png;base64,../../etc/passwd", "~/.ssh/id_rsa"}) {
+    try {
+      image_bytes_from_url(url, o);
+      ADD_FAILURE() << url << " was accepted";
+    } catch (const ApiError& e) {
+      EXPECT_EQ(e.status, 400) << url;
+      EXPECT_EQ(e.code, "invalid_image") << url;
+    }
+  }
+}
+
+TEST(ServerSecurity, RedirectsToPrivateAddressesAreRefused) {
+  // `first` stands in for a public server (listed as reachable) and redirects
+  // to `second`, a loopback address nobody allowed: the redirect is refused
+  // at the socket, before any byte is sent there.
+  httplib::Server first, second;
+  std::atomic<int> second_hits{0};
+  second.Get("/img", [&](const httplib::Request&, httplib::Response& res) {
+    ++second_hits;
+    res.set_content("PNGDATA", "image/png");
+  });
+  const int p2 = second.bind_to_any_port("127.0.0.1");
+  first.Get("/img", [&](const httplib::Request&, httplib::Response& res) { res.set_content("direct", "image/png"); });
+  first.Get("/redirect", [&](const httplib::Request&, httplib::Response& res) {
+    res.set_redirect("http://127.0.0.1:" + std::to_string(p2) + "/img");
+  });
+  const int p1 = first.bind_to_any_port("127.0.0.1");
+  std::thread t1([&] { first.listen_after_bind(); });
+  std::thread t2([&] { second.listen_after_bind(); });
+  while (!first.is_running() || !second.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  const std::string base = "http://127.0.0.1:" + std::to_string(p1);
+
+  ImageFetchOptions o;
+  o.allow_urls = true;
+  o.timeout_s = 5;
+  o.reachable = {"127.0.0.1:" + std::to_string(p1)};
+  EXPECT_EQ(image_bytes_from_url(base + "/img", o), "direct");
+  try {
+    image_bytes_from_url(base + "/redirect", o);
+    ADD_FAILURE() << "the redirect to a loopback address was followed";
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.code, "image_url_forbidden") << e.what();
+  }
+  EXPECT_EQ(second_hits.load(), 0);
+  // With the second endpoint allowed too, the same redirect is followed.
+  o.reachable.push_back("127.0.0.1:" + std::to_string(p2));
+  EXPECT_EQ(image_bytes_from_url(base + "/redirect", o), "PNGDATA");
+  EXPECT_EQ(second_hits.load(), 1);
+  // A proxy from the environment is not used: the check must see the real peer.
+  setenv("http_proxy", "http://127.0.0.1:1", 1);
+  EXPECT_EQ(image_bytes_from_url(base + "/img", o), "direct");
+  unsetenv("http_proxy");
+  first.stop();
+  second.stop();
+  t1.join();
+  t2.join();
 }
 
 TEST(ServerEngine, StopFilterHoldsBackPartialMatches) {

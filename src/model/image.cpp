@@ -22,6 +22,7 @@
 
 #include <glib.h>
 #include <vips/vips8>
+#include <webp/decode.h>
 
 #include <algorithm>
 #include <array>
@@ -56,6 +57,13 @@ void ensure_vips() {
     vips_cache_set_max(0);
     vips_cache_set_max_mem(0);
     vips_cache_set_max_files(0);
+    // Only the three loaders we call may run: every other libvips loader
+    // (TIFF, GIF, SVG, PDF, HEIF, ImageMagick, matrix, raw, ...) is blocked
+    // process-wide, so no path through libvips can parse another format.
+    vips_block_untrusted_set(TRUE);
+    vips_operation_block_set("VipsForeignLoad", TRUE);
+    for (const char* name : {"VipsForeignLoadJpegBuffer", "VipsForeignLoadPngBuffer", "VipsForeignLoadWebpBuffer"})
+      vips_operation_block_set(name, FALSE);
     // libvips logs decode problems as GLib warnings on stderr; they reach
     // the caller as md::Error instead.
     if (!std::getenv("MOONDREAM_VIPS_WARNINGS"))
@@ -95,6 +103,36 @@ bool sniff(std::span<const uint8_t> b, Format* out) {
     return true;
   }
   return false;
+}
+
+// Width and height from the file's own header, for the formats whose libvips
+// header load allocates by the declared size: libvips' WebP loader allocates
+// (calloc) the whole width×height×4 canvas while reading the header, so a
+// 44-byte WebP declaring 12131×9070 costs 440 MB before any pixel check.
+// PNG's IHDR is read too (cheap). False when the header gives no size.
+bool declared_size(Format fmt, std::span<const uint8_t> b, uint64_t* w, uint64_t* h) {
+  auto be32 = [&](size_t i) {
+    return (uint32_t(b[i]) << 24) | (uint32_t(b[i + 1]) << 16) | (uint32_t(b[i + 2]) << 8) | uint32_t(b[i + 3]);
+  };
+  if (fmt == Format::Png) {
+    if (b.size() < 24 || std::memcmp(b.data() + 12, "IHDR", 4) != 0) return false;
+    *w = be32(16);
+    *h = be32(20);
+    return true;
+  }
+  if (fmt == Format::Webp) {
+    WebPBitstreamFeatures f;
+    if (WebPGetFeatures(b.data(), b.size(), &f) != VP8_STATUS_OK) return false;
+    *w = uint64_t(std::max(f.width, 0));
+    *h = uint64_t(std::max(f.height, 0));
+    return true;
+  }
+  return false;
+}
+
+std::string too_many_pixels(uint64_t width, uint64_t height, uint64_t max_pixels) {
+  return "image: " + std::to_string(width) + "×" + std::to_string(height) + " pixels exceeds the limit of " +
+         std::to_string(max_pixels);
 }
 
 // The first line of a libvips error message, for appending to ours. The
@@ -179,6 +217,8 @@ RgbImage decode_image(std::span<const uint8_t> bytes, uint64_t max_pixels) {
   if (!sniff(bytes, &fmt)) throw Error("image: not a JPEG, PNG or WebP file");
   ensure_vips();
   const std::string name = format_name(fmt);
+  if (uint64_t w = 0, h = 0; max_pixels > 0 && declared_size(fmt, bytes, &w, &h) && w * h > max_pixels)
+    throw Error(too_many_pixels(w, h, max_pixels));
 
   // The blob borrows the caller's bytes; everything below finishes with them
   // before returning.
@@ -209,8 +249,7 @@ RgbImage decode_image(std::span<const uint8_t> bytes, uint64_t max_pixels) {
     throw Error("image: " + name + " header describes no pixels");
   const uint64_t npix = uint64_t(width) * uint64_t(height);
   if (max_pixels > 0 && npix > max_pixels)
-    throw Error("image: " + std::to_string(width) + "×" + std::to_string(height) +
-                " pixels exceeds the limit of " + std::to_string(max_pixels));
+    throw Error(too_many_pixels(uint64_t(width), uint64_t(height), max_pixels));
 
   int orientation = 1;
   if (img.get_typeof(VIPS_META_ORIENTATION) != 0) {

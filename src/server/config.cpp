@@ -1,6 +1,7 @@
 #include "server/config.h"
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -62,8 +63,14 @@ class Section {
       long long x;
       if (v->is_number_integer()) {
         x = v->get<long long>();
-      } else if (v->is_number_float() && v->get<double>() == double((long long)v->get<double>())) {
-        x = (long long)v->get<double>();
+      } else if (v->is_number_float() && std::isfinite(v->get<double>()) &&
+                 v->get<double>() == std::floor(v->get<double>())) {
+        // Compared as a double first: converting one outside long long's
+        // range is undefined (found by fuzz_server_config with 1e24).
+        const double d = v->get<double>();
+        if (d < double(lo) || d > double(hi))
+          fail(key, "must be between " + std::to_string(lo) + " and " + std::to_string(hi), *v);
+        x = (long long)d;
       } else {
         fail(key, "must be an integer", *v);
       }
@@ -112,9 +119,11 @@ ServerConfig parse_server_config(const std::string& json_text, const std::string
   json root;
   try {
     root = json::parse(json_text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for numbers such as 1e400
     std::string what = e.what();
-    const auto p = what.find("parse error");
+    auto p = what.find("parse error");
+    if (p == std::string::npos && !what.empty() && what[0] == '[' && what.find("] ") != std::string::npos)
+      p = what.find("] ") + 2;
     throw Error("config " + source + ": not valid JSON: " + (p == std::string::npos ? what : what.substr(p)));
   }
   if (!root.is_object()) throw Error("config " + source + ": the top level must be a JSON object");
@@ -219,6 +228,9 @@ ServerConfig parse_server_config(const std::string& json_text, const std::string
     s.read_int("max_image_pixels", &c.limits.max_image_pixels, 1, 1ll << 40);
     s.read_int("image_url_timeout_s", &c.limits.image_url_timeout_s, 1, 3600);
     s.read_int("max_objects", &c.limits.max_objects, 1, 10000);
+    s.read_int("max_images", &c.limits.max_images, 1, 1000);
+    s.read_int("request_timeout_s", &c.limits.request_timeout_s, 1, 3600);
+    s.read_int("idle_timeout_s", &c.limits.idle_timeout_s, 1, 3600);
     s.warn_unknown();
   }
   top.warn_unknown();
@@ -303,7 +315,10 @@ std::string config_to_json(const ServerConfig& c) {
         {"max_image_bytes", c.limits.max_image_bytes},
         {"max_image_pixels", c.limits.max_image_pixels},
         {"image_url_timeout_s", c.limits.image_url_timeout_s},
-        {"max_objects", c.limits.max_objects}}},
+        {"max_objects", c.limits.max_objects},
+        {"max_images", c.limits.max_images},
+        {"request_timeout_s", c.limits.request_timeout_s},
+        {"idle_timeout_s", c.limits.idle_timeout_s}}},
   };
   return j.dump();
 }

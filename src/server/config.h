@@ -23,7 +23,7 @@ struct HttpConfig {
   std::string host = "127.0.0.1";
   int port = 8080;
   int backend_port = 8000;  // 0 = no backend API
-  bool cors_enabled = true;
+  bool cors_enabled = false;  // CORS headers and preflights only when configured
   std::string api_key;      // empty = no key needed
   int queue_size = 16;      // requests waiting for the inference worker
   int http_threads = 32;    // connections served at once (each waits for its job)
@@ -50,6 +50,11 @@ struct LimitsConfig {
   uint64_t max_image_pixels = 50'000'000;
   int image_url_timeout_s = 10;
   int max_objects = 50;  // ceiling of detect/point settings.max_objects
+  int max_images = 16;   // images in one chat request (only the last one is used)
+  // Time a client may take to send its request: no byte for this long while
+  // reading it closes the connection; a body not complete by then gets 408.
+  int request_timeout_s = 30;
+  int idle_timeout_s = 5;  // an idle keep-alive connection is closed after this long
 };
 
 struct ServerConfig {

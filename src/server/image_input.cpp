@@ -47,6 +47,7 @@ struct FetchState {
   bool allow_private = false;
   bool blocked = false;
   std::string blocked_ip;
+  const std::vector<std::string>* reachable = nullptr;
 };
 
 size_t on_data(char* ptr, size_t size, size_t nmemb, void* user) {
@@ -68,7 +69,13 @@ curl_socket_t on_open_socket(void* user, curlsocktype, curl_sockaddr* address) {
     inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(&address->addr)->sin_addr, ip, sizeof ip);
   else if (address->family == AF_INET6)
     inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(&address->addr)->sin6_addr, ip, sizeof ip);
-  if (!st->allow_private && is_private_address(ip)) {
+  int port = 0;
+  if (address->family == AF_INET) port = ntohs(reinterpret_cast<const sockaddr_in*>(&address->addr)->sin_port);
+  else if (address->family == AF_INET6) port = ntohs(reinterpret_cast<const sockaddr_in6*>(&address->addr)->sin6_port);
+  const std::string endpoint = std::string(ip) + ":" + std::to_string(port);
+  const bool listed = st->reachable &&
+                      std::find(st->reachable->begin(), st->reachable->end(), endpoint) != st->reachable->end();
+  if (!st->allow_private && !listed && is_private_address(ip)) {
     st->blocked = true;
     st->blocked_ip = ip;
     return CURL_SOCKET_BAD;
@@ -84,6 +91,7 @@ std::string fetch_url(const std::string& url, const ImageFetchOptions& opts) {
   FetchState st;
   st.max_bytes = opts.max_bytes;
   st.allow_private = opts.allow_private;
+  st.reachable = &opts.reachable;
   char err[CURL_ERROR_SIZE] = {0};
   CURL* c = curl.get();
   curl_easy_setopt(c, CURLOPT_URL, url.c_str());
@@ -102,6 +110,8 @@ std::string fetch_url(const std::string& url, const ImageFetchOptions& opts) {
   curl_easy_setopt(c, CURLOPT_ERRORBUFFER, err);
   curl_easy_setopt(c, CURLOPT_USERAGENT, "moondream-server");
   curl_easy_setopt(c, CURLOPT_ACCEPT_ENCODING, "");
+  // No proxy from the environment: the address check must see the real peer.
+  curl_easy_setopt(c, CURLOPT_PROXY, "");
   const CURLcode rc = curl_easy_perform(c);
   if (st.blocked)
     throw bad_request("image_url_forbidden", "image_url resolves to a private or loopback address (" +

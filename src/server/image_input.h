@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "model/image.h"
 
@@ -15,6 +16,9 @@ struct ImageFetchOptions {
   bool allow_private = false;  // loopback, private, link-local, unique-local addresses
   uint64_t max_bytes = 32ull << 20;
   int timeout_s = 10;
+  // "ip:port" endpoints reachable even when private (tests: a local server
+  // standing in for a public one). Everything else is checked as usual.
+  std::vector<std::string> reachable;
 };
 
 // Standard or URL-safe base64, padding optional, whitespace ignored.

@@ -19,6 +19,8 @@
 #include "server/image_input.h"
 #include "server/process.h"
 #include "server/web_ui.h"
+#include "server/requests.h"
+#include "server/security.h"
 #include "tensor/error.h"
 #include "tensor/parallel.h"
 
@@ -70,111 +72,6 @@ void set_json(httplib::Response& res, int status, const json& j) {
 void write_error(httplib::Response& res, const ApiError& e) {
   set_json(res, e.status, error_body(e));
   if (e.status == 503 && !res.has_header("Retry-After")) res.set_header("Retry-After", "1");
-}
-
-// ---- request body helpers --------------------------------------------------
-
-json parse_object(const std::string& body) {
-  if (body.empty()) throw bad_request("invalid_json", "the request body is empty; send a JSON object");
-  json j;
-  try {
-    j = json::parse(body);
-  } catch (const json::parse_error& e) {
-    std::string w = e.what();
-    const auto p = w.find("parse error");
-    throw bad_request("invalid_json", "the request body is not valid JSON: " + (p == std::string::npos ? w : w.substr(p)));
-  }
-  if (!j.is_object()) throw bad_request("invalid_json", "the request body must be a JSON object");
-  return j;
-}
-
-const json* field(const json& obj, const std::string& key) {
-  auto it = obj.find(key);
-  if (it == obj.end() || it->is_null()) return nullptr;
-  return &*it;
-}
-
-std::string required_string(const json& obj, const std::string& key, const std::string& prefix = "") {
-  const json* v = field(obj, key);
-  if (!v) throw bad_request("missing_field", prefix + key + " is required");
-  if (!v->is_string()) throw bad_request("invalid_field", prefix + key + " must be a string");
-  std::string s = v->get<std::string>();
-  if (s.find_first_not_of(" \t\r\n") == std::string::npos)
-    throw bad_request("missing_field", prefix + key + " must not be empty");
-  return s;
-}
-
-std::optional<std::string> optional_string(const json& obj, const std::string& key, const std::string& prefix = "") {
-  const json* v = field(obj, key);
-  if (!v) return std::nullopt;
-  if (!v->is_string()) throw bad_request("invalid_field", prefix + key + " must be a string");
-  return v->get<std::string>();
-}
-
-std::optional<bool> optional_bool(const json& obj, const std::string& key, const std::string& prefix = "") {
-  const json* v = field(obj, key);
-  if (!v) return std::nullopt;
-  if (!v->is_boolean()) throw bad_request("invalid_field", prefix + key + " must be true or false");
-  return v->get<bool>();
-}
-
-std::optional<long long> optional_int(const json& obj, const std::string& key, long long lo, long long hi,
-                                      const std::string& prefix = "") {
-  const json* v = field(obj, key);
-  if (!v) return std::nullopt;
-  const bool integral = v->is_number_integer() ||
-                        (v->is_number_float() && std::floor(v->get<double>()) == v->get<double>() &&
-                         std::fabs(v->get<double>()) < 9e18);
-  const std::string range = "between " + std::to_string(lo) + " and " + std::to_string(hi);
-  if (!integral) throw bad_request("invalid_field", prefix + key + " must be an integer " + range);
-  const long long x = v->is_number_integer() ? v->get<long long>() : (long long)v->get<double>();
-  if (x < lo || x > hi) {
-    const bool tokens = key == "max_tokens" || key == "max_completion_tokens" || key == "max_new_tokens";
-    throw bad_request(tokens && x > hi ? "max_tokens_too_large" : "invalid_field",
-                      prefix + key + " must be " + range + " (got " + std::to_string(x) + ")");
-  }
-  return x;
-}
-
-std::optional<double> optional_number(const json& obj, const std::string& key, double lo, double hi,
-                                      const std::string& prefix = "") {
-  const json* v = field(obj, key);
-  if (!v) return std::nullopt;
-  std::ostringstream r;
-  r << "between " << lo << " and " << hi;
-  if (!v->is_number()) throw bad_request("invalid_field", prefix + key + " must be a number " + r.str());
-  const double x = v->get<double>();
-  if (!(x >= lo && x <= hi)) throw bad_request("invalid_field", prefix + key + " must be " + r.str());
-  return x;
-}
-
-uint64_t random_seed() {
-  static std::random_device rd;
-  static std::mutex m;
-  std::lock_guard<std::mutex> lock(m);
-  return (uint64_t(rd()) << 32) ^ rd();
-}
-
-void default_sampling(JobParams& p, const ServerConfig& c) {
-  p.max_tokens = std::min(c.generation_config.max_new_tokens, c.max_tokens);
-  p.temperature = c.generation_config.do_sample ? float(c.generation_config.temperature) : 0.0f;
-  p.top_p = float(c.generation_config.top_p);
-  p.max_objects = std::min(50, c.limits.max_objects);
-  p.seed = random_seed();
-}
-
-// temperature / top_p / max_tokens / seed from `obj` (OpenAI body or Moondream settings).
-void read_sampling(JobParams& p, const json& obj, const ServerConfig& c, const std::string& prefix) {
-  if (auto v = optional_number(obj, "temperature", 0.0, 2.0, prefix)) p.temperature = float(*v);
-  if (auto v = optional_number(obj, "top_p", 0.0, 1.0, prefix)) {
-    if (*v == 0.0) p.temperature = 0.0f;  // no mass kept but the top token: greedy
-    else p.top_p = float(*v);
-  }
-  if (auto v = optional_int(obj, "max_tokens", 1, c.max_tokens, prefix)) p.max_tokens = int(*v);
-  if (auto v = optional_int(obj, "max_completion_tokens", 1, c.max_tokens, prefix)) p.max_tokens = int(*v);
-  if (auto v = optional_int(obj, "seed", std::numeric_limits<long long>::min(), std::numeric_limits<long long>::max(),
-                            prefix))
-    p.seed = uint64_t(*v);
 }
 
 // ---- response helpers ------------------------------------------------------
@@ -276,12 +173,6 @@ std::string literal_pattern(std::string_view path) {
   return out;
 }
 
-bool keys_equal(const std::string& a, const std::string& b) {
-  unsigned char diff = a.size() == b.size() ? 0 : 1;
-  for (size_t i = 0; i < a.size(); ++i) diff |= uint8_t(a[i]) ^ uint8_t(b.empty() ? 0 : b[i % b.size()]);
-  return diff == 0;
-}
-
 }  // namespace
 
 // ---------------------------------------------------------------------------
@@ -378,8 +269,8 @@ void Server::stop() {
 void Server::common_handlers(httplib::Server& s, bool backend) {
   const int threads = startup_cfg_.server.http_threads;
   s.new_task_queue = [threads] { return new httplib::ThreadPool(size_t(threads)); };
-  s.set_keep_alive_timeout(2);
-  s.set_read_timeout(30, 0);
+  s.set_keep_alive_timeout(startup_cfg_.limits.idle_timeout_s);
+  s.set_read_timeout(startup_cfg_.limits.request_timeout_s, 0);
   s.set_write_timeout(30, 0);
   // Bodies are read by read_body(), which applies the active profile's limit.
   s.set_payload_max_length(std::numeric_limits<size_t>::max());
@@ -501,7 +392,7 @@ void Server::check_api_key(const httplib::Request& req, const Profile& p) const 
   if (got.empty())
     throw ApiError(401, "missing_api_key",
                    "an API key is required: send Authorization: Bearer <key> (or X-Moondream-Auth: <key>)");
-  if (!keys_equal(got, want)) throw ApiError(401, "invalid_api_key", "the API key is not valid");
+  if (!api_key_matches(got, want)) throw ApiError(401, "invalid_api_key", "the API key is not valid");
 }
 
 std::string Server::read_body(const httplib::Request& req, httplib::Response& res,
@@ -517,9 +408,16 @@ std::string Server::read_body(const httplib::Request& req, httplib::Response& re
   const uint64_t drain = limit + (64ull << 20);
   if (req.has_header("Content-Length") && req.get_header_value<uint64_t>("Content-Length") > drain) throw too_large();
   std::string body;
-  bool over = false;
+  bool over = false, late = false;
   uint64_t seen = 0;
+  // The whole body must arrive within limits.request_timeout_s of the headers.
+  const int timeout_s = active()->cfg.limits.request_timeout_s;
+  const Clock::time_point deadline = info(req)->start + std::chrono::seconds(timeout_s);
   const bool ok = reader([&](const char* data, size_t n) {
+    if (Clock::now() > deadline) {
+      late = true;
+      return false;
+    }
     seen += n;
     if (seen > limit) {
       over = true;
@@ -533,6 +431,12 @@ std::string Server::read_body(const httplib::Request& req, httplib::Response& re
     if (!ok) throw too_large();
     throw ApiError(413, "payload_too_large",
                    "the request body is larger than the limit of " + std::to_string(limit) + " bytes");
+  }
+  if (late) {
+    res.set_header("Connection", "close");
+    throw ApiError(408, "request_timeout",
+                   "the request body did not arrive within " + std::to_string(timeout_s) +
+                       " s (limits.request_timeout_s)");
   }
   if (!ok) {
     res.set_header("Connection", "close");
@@ -756,8 +660,7 @@ void Server::get_config(const httplib::Request& req, httplib::Response& res) {
 
 void Server::patch_config(const httplib::Request& req, const std::string& raw_body, httplib::Response& res) {
   guarded(req, res, true, [&] {
-    const json body = parse_object(raw_body);
-    const std::string name = required_string(body, "active_model");
+    const std::string name = parse_profile_switch(raw_body);
     const auto names = list_profiles(opts_.configs_dir);
     if (std::find(names.begin(), names.end(), name) == names.end())
       throw ApiError(404, "profile_not_found",
@@ -916,32 +819,13 @@ void Server::moondream_task(const httplib::Request& req, const std::string& raw_
     auto inf = info(req);
     auto prof = ready_profile();
     const ServerConfig& c = prof->cfg;
-    const json body = parse_object(raw_body);
+    ParsedRequest parsed = parse_moondream_request(raw_body, task, c);
     auto job = std::make_shared<Job>();
     job->model = prof->model;
+    job->params = std::move(parsed.params);
     JobParams& p = job->params;
-    p.task = task;
-    default_sampling(p, c);
-    const std::string image_url = required_string(body, "image_url");
-    if (task == Task::Caption) {
-      const std::string len = optional_string(body, "length").value_or("normal");
-      if (!parse_caption_length(len, &p.length))
-        throw bad_request("invalid_field", "length must be short, normal or long (got '" + len + "')");
-    } else if (task == Task::Query) {
-      p.text = required_string(body, "question");
-    } else {
-      p.text = required_string(body, "object");
-    }
-    if (const json* s = field(body, "settings")) {
-      if (!s->is_object()) throw bad_request("invalid_field", "settings must be an object");
-      read_sampling(p, *s, c, "settings.");
-      if (auto v = optional_int(*s, "max_objects", 1, c.limits.max_objects, "settings.")) p.max_objects = int(*v);
-    }
-    // Top-level sampling fields are accepted too.
-    read_sampling(p, body, c, "");
-    if (auto v = optional_int(body, "max_objects", 1, c.limits.max_objects)) p.max_objects = int(*v);
-    const bool text_task = task == Task::Caption || task == Task::Query;
-    job->stream = text_task && optional_bool(body, "stream").value_or(false);
+    job->stream = parsed.stream;
+    const std::string& image_url = parsed.image_url;
     if (task == Task::Query) {
       const auto prompt = prof->model->model->query_prompt(p.text);
       const auto& tc = prof->model->model->config().text;
@@ -992,108 +876,14 @@ void Server::chat_completions(const httplib::Request& req, const std::string& ra
     auto inf = info(req);
     auto prof = ready_profile();
     const ServerConfig& c = prof->cfg;
-    const json body = parse_object(raw_body);
-    const json* msgs = field(body, "messages");
-    if (!msgs) throw bad_request("missing_field", "messages is required");
-    if (!msgs->is_array() || msgs->empty()) throw bad_request("invalid_field", "messages must be a non-empty array");
-
-    struct Turn {
-      std::string role, text;
-      std::vector<std::string> images;
-    };
-    std::vector<Turn> turns;
-    for (size_t i = 0; i < msgs->size(); ++i) {
-      const json& m = (*msgs)[i];
-      const std::string at = "messages[" + std::to_string(i) + "].";
-      if (!m.is_object()) throw bad_request("invalid_field", "messages[" + std::to_string(i) + "] must be an object");
-      Turn t;
-      t.role = required_string(m, "role", at);
-      const json* content = field(m, "content");
-      if (content && content->is_string()) {
-        t.text = content->get<std::string>();
-      } else if (content && content->is_array()) {
-        for (size_t k = 0; k < content->size(); ++k) {
-          const json& part = (*content)[k];
-          const std::string pat = at + "content[" + std::to_string(k) + "].";
-          if (!part.is_object()) throw bad_request("invalid_field", pat.substr(0, pat.size() - 1) + " must be an object");
-          const std::string type = required_string(part, "type", pat);
-          if (type == "text" || type == "input_text") {
-            const std::string txt = optional_string(part, "text", pat).value_or("");
-            if (!t.text.empty() && !txt.empty()) t.text += "\n";
-            t.text += txt;
-          } else if (type == "image_url" || type == "input_image") {
-            const json* iu = field(part, "image_url");
-            if (iu && iu->is_object()) t.images.push_back(required_string(*iu, "url", pat + "image_url."));
-            else t.images.push_back(required_string(part, "image_url", pat));
-          } else {
-            throw bad_request("unsupported_content", pat + "type '" + type + "' is not supported (use text or image_url)");
-          }
-        }
-      } else if (content) {
-        throw bad_request("invalid_field", at + "content must be a string or an array of parts");
-      }
-      turns.push_back(std::move(t));
-    }
-    if (turns.back().role != "user")
-      throw bad_request("invalid_field", "the last message must have role \"user\" (got \"" + turns.back().role + "\")");
-
-    std::string image_url;
-    for (auto it = turns.rbegin(); it != turns.rend() && image_url.empty(); ++it)
-      if (!it->images.empty()) image_url = it->images.back();
-    if (image_url.empty())
-      throw bad_request("image_required",
-                        "moondream answers questions about an image, and no message has one: add a content part "
-                        "{\"type\": \"image_url\", \"image_url\": {\"url\": \"data:image/jpeg;base64,...\"}} to a "
-                        "user message");
-
+    ParsedRequest parsed = parse_chat_request(raw_body, c);
     auto job = std::make_shared<Job>();
     job->model = prof->model;
+    job->params = std::move(parsed.params);
     JobParams& p = job->params;
-    default_sampling(p, c);
-    // Earlier turns become Question/Answer history.
-    std::string pending;
-    for (size_t i = 0; i + 1 < turns.size(); ++i) {
-      const Turn& t = turns[i];
-      if (t.role == "user") {
-        if (!pending.empty() && !t.text.empty()) pending += "\n";
-        pending += t.text;
-      } else if (t.role == "assistant") {
-        if (pending.find_first_not_of(" \t\r\n") != std::string::npos) p.history.emplace_back(pending, t.text);
-        pending.clear();
-      }  // system / developer / tool messages are not part of moondream's prompt
-    }
-    std::string question = turns.back().text;
-    if (!pending.empty()) question = pending + (question.empty() ? "" : "\n" + question);
-    const bool blank = question.find_first_not_of(" \t\r\n") == std::string::npos;
-    if (blank && p.history.empty()) {
-      p.task = Task::Caption;  // an image with no question: describe it
-    } else if (p.history.empty()) {
-      p.task = Task::Query;
-      p.text = question;
-    } else {
-      p.task = Task::Chat;
-      p.text = question;
-    }
-
-    read_sampling(p, body, c, "");
-    if (auto n = optional_int(body, "n", 1, 128); n && *n != 1)
-      throw bad_request("invalid_field", "n must be 1: this server returns one choice");
-    if (const json* st = field(body, "stop")) {
-      if (st->is_string()) {
-        p.stop.push_back(st->get<std::string>());
-      } else if (st->is_array() && st->size() <= 4 &&
-                 std::all_of(st->begin(), st->end(), [](const json& x) { return x.is_string(); })) {
-        for (const auto& x : *st) p.stop.push_back(x.get<std::string>());
-      } else {
-        throw bad_request("invalid_field", "stop must be a string or an array of up to 4 strings");
-      }
-    }
-    job->stream = optional_bool(body, "stream").value_or(false);
-    bool include_usage = false;
-    if (const json* so = field(body, "stream_options")) {
-      if (!so->is_object()) throw bad_request("invalid_field", "stream_options must be an object");
-      include_usage = optional_bool(*so, "include_usage", "stream_options.").value_or(false);
-    }
+    job->stream = parsed.stream;
+    const bool include_usage = parsed.include_usage;
+    const std::string& image_url = parsed.image_url;
     if (p.task != Task::Caption) {
       const Moondream& m = *prof->model->model;
       size_t n = m.query_prompt(p.text).size();
