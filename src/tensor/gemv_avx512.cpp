@@ -16,8 +16,10 @@
 
 // GCC 12 reports its own _mm*_undefined_* placeholders inside the intrinsic
 // headers as uninitialised once inlined (GCC bug 105593); not our code.
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <immintrin.h>
 
 #include <cstddef>
@@ -26,8 +28,13 @@
 #include "tensor/dtype.h"
 #include "tensor/gemv_impl.h"
 
+#if defined(__clang__)
+// clang has no GCC target pragma: the same target on every function here.
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni"))), apply_to = function)
+#else
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")
+#endif
 
 namespace md::gemv_detail {
 namespace {
@@ -429,4 +436,8 @@ const Kernels kAvx512 = {"avx512", fp_avx512, q8_avx512, q4_avx512, quant_row_av
 
 }  // namespace md::gemv_detail
 
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
 #pragma GCC pop_options
+#endif
