@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "tensor/error.h"
+#include "tensor/json_text.h"
 
 namespace md {
 
@@ -20,23 +21,6 @@ namespace {
 // Upper bound for any hyper-parameter: keeps every product the engine forms
 // from them well inside 64-bit (and most inside 32-bit) arithmetic.
 constexpr int64_t kMaxValue = 1 << 24;
-
-std::string brief(const json& j) {
-  std::string s = j.dump(-1, ' ', false, json::error_handler_t::replace);
-  if (s.size() > 60) s = s.substr(0, 57) + "...";
-  return s;
-}
-
-std::string json_error_text(const std::exception& e) {
-  std::string s = e.what();
-  if (!s.empty() && s[0] == '[') {
-    size_t p = s.find("] ");
-    if (p != std::string::npos) s = s.substr(p + 2);
-  }
-  for (char& c : s)
-    if (c == '\n' || c == '\r') c = ' ';
-  return s;
-}
 
 class Reader {
  public:
@@ -49,7 +33,7 @@ class Reader {
   const json* section(const json& obj, const char* key, const std::string& path) const {
     auto it = obj.find(key);
     if (it == obj.end() || it->is_null()) return nullptr;
-    if (!it->is_object()) fail(path + " must be an object, got " + brief(*it));
+    if (!it->is_object()) fail(path + " must be an object, got " + json_text::brief(*it));
     return &*it;
   }
 
@@ -60,20 +44,20 @@ class Reader {
     if (it == obj.end()) return;
     const std::string p = path + "." + key;
     const char* what = min >= 1 ? "a positive integer" : "a non-negative integer";
-    if (!it->is_number_integer()) fail(p + " must be " + std::string(what) + ", got " + brief(*it));
+    if (!it->is_number_integer()) fail(p + " must be " + std::string(what) + ", got " + json_text::brief(*it));
     if (it->is_number_unsigned()) {
       uint64_t u = it->get<uint64_t>();
       if (int64_t(std::min<uint64_t>(u, uint64_t(kMaxValue))) < min)
-        fail(p + " must be " + std::string(what) + ", got " + brief(*it));
+        fail(p + " must be " + std::string(what) + ", got " + json_text::brief(*it));
       if (u > uint64_t(kMaxValue))
-        fail(p + " must be " + std::string(what) + " at most " + std::to_string(kMaxValue) + ", got " + brief(*it));
+        fail(p + " must be " + std::string(what) + " at most " + std::to_string(kMaxValue) + ", got " + json_text::brief(*it));
       *out = int(u);
       return;
     }
     int64_t v = it->get<int64_t>();
-    if (v < min) fail(p + " must be " + std::string(what) + ", got " + brief(*it));
+    if (v < min) fail(p + " must be " + std::string(what) + ", got " + json_text::brief(*it));
     if (v > kMaxValue)
-      fail(p + " must be " + std::string(what) + " at most " + std::to_string(kMaxValue) + ", got " + brief(*it));
+      fail(p + " must be " + std::string(what) + " at most " + std::to_string(kMaxValue) + ", got " + json_text::brief(*it));
     *out = int(v);
   }
 
@@ -82,14 +66,14 @@ class Reader {
     auto it = obj.find(key);
     if (it == obj.end() || it->is_null()) return;
     const std::string p = path + "." + key;
-    if (!it->is_array()) fail(p + " must be an array of token ids, got " + brief(*it));
+    if (!it->is_array()) fail(p + " must be an array of token ids, got " + json_text::brief(*it));
     std::vector<int> ids;
     for (const json& v : *it) {
       const bool ok = v.is_number_unsigned()  ? v.get<uint64_t>() <= uint64_t(INT_MAX)
                       : v.is_number_integer() ? v.get<int64_t>() >= 0 && v.get<int64_t>() <= INT_MAX
                                               : false;
       if (!ok)
-        fail(p + " must be an array of non-negative integer token ids, got " + brief(v));
+        fail(p + " must be an array of non-negative integer token ids, got " + json_text::brief(v));
       ids.push_back(int(v.get<int64_t>()));
     }
     *out = std::move(ids);
@@ -159,7 +143,7 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
   try {
     root = json::parse(json_text);
   } catch (const std::exception& e) {
-    throw Error(source + ": invalid JSON: " + json_error_text(e));
+    throw Error(source + ": invalid JSON: " + json_text::error_text(e));
   }
   Reader R(source);
   if (!root.is_object()) R.fail("not a JSON object");
@@ -170,7 +154,7 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
   auto inner = root.find("config");
   if (inner != root.end()) {
     if (inner->is_null()) return c;
-    if (!inner->is_object()) R.fail("config must be an object, got " + brief(*inner));
+    if (!inner->is_object()) R.fail("config must be an object, got " + json_text::brief(*inner));
     cfg = &*inner;
     pre = "config.";
   }

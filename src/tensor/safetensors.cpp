@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "tensor/error.h"
+#include "tensor/json_text.h"
 
 namespace md {
 
@@ -36,25 +37,6 @@ std::string shape_str(const std::vector<int64_t>& s) {
   return r + "]";
 }
 
-// Short rendering of a JSON value for error messages.
-std::string brief(const json& j) {
-  std::string s = j.dump(-1, ' ', false, json::error_handler_t::replace);
-  if (s.size() > 60) s = s.substr(0, 57) + "...";
-  return s;
-}
-
-// nlohmann's what() starts with "[json.exception.parse_error.101] "; drop it.
-std::string json_error_text(const std::exception& e) {
-  std::string s = e.what();
-  if (!s.empty() && s[0] == '[') {
-    size_t p = s.find("] ");
-    if (p != std::string::npos) s = s.substr(p + 2);
-  }
-  for (char& c : s)
-    if (c == '\n' || c == '\r') c = ' ';
-  return s;
-}
-
 // Parses a JSON object, refusing duplicate keys at the top level (a silent
 // "last one wins" would hide a tensor).
 json parse_object_no_dup(const std::string_view text, const std::string& file, const char* what) {
@@ -71,7 +53,7 @@ json parse_object_no_dup(const std::string_view text, const std::string& file, c
   try {
     j = json::parse(text.begin(), text.end(), cb);
   } catch (const std::exception& e) {
-    throw Error(file + ": invalid JSON in " + what + ": " + json_error_text(e));
+    throw Error(file + ": invalid JSON in " + what + ": " + json_text::error_text(e));
   }
   if (!j.is_object()) throw Error(file + ": " + what + " is not a JSON object");
   if (!dup.empty()) throw Error(file + ": " + what + " lists '" + dup + "' twice");
@@ -195,26 +177,26 @@ std::unique_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
 
     uint64_t numel = 1;
     for (const json& d : *sh) {
-      if (!d.is_number_integer()) throw Error(where + ": shape " + brief(*sh) + " has a non-integer dimension");
+      if (!d.is_number_integer()) throw Error(where + ": shape " + json_text::brief(*sh) + " has a non-integer dimension");
       if (d.is_number_unsigned()) {
         uint64_t u = d.get<uint64_t>();
-        if (u > uint64_t(INT64_MAX)) throw Error(where + ": shape " + brief(*sh) + " is too large");
+        if (u > uint64_t(INT64_MAX)) throw Error(where + ": shape " + json_text::brief(*sh) + " is too large");
         v.shape.push_back(int64_t(u));
       } else {
         int64_t s = d.get<int64_t>();
-        if (s < 0) throw Error(where + ": shape " + brief(*sh) + " has a negative dimension");
+        if (s < 0) throw Error(where + ": shape " + json_text::brief(*sh) + " has a negative dimension");
         v.shape.push_back(s);
       }
       if (__builtin_mul_overflow(numel, uint64_t(v.shape.back()), &numel))
-        throw Error(where + ": shape " + brief(*sh) + " is too large");
+        throw Error(where + ": shape " + json_text::brief(*sh) + " is too large");
     }
     uint64_t nbytes;
     if (__builtin_mul_overflow(numel, uint64_t(dtype_size(v.dtype)), &nbytes))
-      throw Error(where + ": shape " + brief(*sh) + " is too large");
+      throw Error(where + ": shape " + json_text::brief(*sh) + " is too large");
 
     uint64_t begin, end;
     if (!json_u64((*off)[0], &begin) || !json_u64((*off)[1], &end))
-      throw Error(where + ": data_offsets " + brief(*off) + " are not non-negative integers");
+      throw Error(where + ": data_offsets " + json_text::brief(*off) + " are not non-negative integers");
     const std::string offs = "[" + std::to_string(begin) + "," + std::to_string(end) + "]";
     if (begin > end) throw Error(where + ": data_offsets " + offs + " have begin > end");
     if (end > data_size)

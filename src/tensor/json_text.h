@@ -1,0 +1,31 @@
+#pragma once
+// Error-message helpers shared by the JSON readers (safetensors headers,
+// config.json, tokenizer.json).
+#include <exception>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+namespace md::json_text {
+
+// Short rendering of a JSON value for error messages.
+inline std::string brief(const nlohmann::json& j) {
+  std::string s = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  if (s.size() > 60) s = s.substr(0, 57) + "...";
+  return s;
+}
+
+// nlohmann's what() starts with "[json.exception.parse_error.101] "; drop it
+// and keep the message on one line.
+inline std::string error_text(const std::exception& e) {
+  std::string s = e.what();
+  if (!s.empty() && s[0] == '[') {
+    const size_t p = s.find("] ");
+    if (p != std::string::npos) s = s.substr(p + 2);
+  }
+  for (char& c : s)
+    if (c == '\n' || c == '\r') c = ' ';
+  return s;
+}
+
+}  // namespace md::json_text
