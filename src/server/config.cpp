@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "tensor/error.h"
+#include "tensor/json_text.h"
 
 namespace md::server {
 namespace {
@@ -120,11 +121,7 @@ ServerConfig parse_server_config(const std::string& json_text, const std::string
   try {
     root = json::parse(json_text);
   } catch (const json::exception& e) {  // parse_error, and out_of_range for numbers such as 1e400
-    std::string what = e.what();
-    auto p = what.find("parse error");
-    if (p == std::string::npos && !what.empty() && what[0] == '[' && what.find("] ") != std::string::npos)
-      p = what.find("] ") + 2;
-    throw Error("config " + source + ": not valid JSON: " + (p == std::string::npos ? what : what.substr(p)));
+    throw Error("config " + source + ": not valid JSON: " + json_text::parse_failure(e));
   }
   if (!root.is_object()) throw Error("config " + source + ": the top level must be a JSON object");
 

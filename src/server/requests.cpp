@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "server/api_error.h"
+#include "tensor/json_text.h"
 
 namespace md::server {
 namespace {
@@ -23,10 +24,7 @@ json parse_object(const std::string& body) {
   try {
     j = json::parse(body);
   } catch (const json::exception& e) {  // parse_error, and out_of_range for numbers such as 1e400
-    std::string w = e.what();
-    auto p = w.find("parse error");
-    if (p == std::string::npos && !w.empty() && w[0] == '[' && w.find("] ") != std::string::npos) p = w.find("] ") + 2;
-    throw bad_request("invalid_json", "the request body is not valid JSON: " + (p == std::string::npos ? w : w.substr(p)));
+    throw bad_request("invalid_json", "the request body is not valid JSON: " + json_text::parse_failure(e));
   }
   if (!j.is_object()) throw bad_request("invalid_json", "the request body must be a JSON object");
   return j;

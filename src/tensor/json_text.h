@@ -28,4 +28,14 @@ inline std::string error_text(const std::exception& e) {
   return s;
 }
 
+// A parse or range error (e.g. 1e400) as a server message: from "parse
+// error" on when nlohmann says so, else without the "[json.exception...] "
+// prefix.
+inline std::string parse_failure(const std::exception& e) {
+  const std::string w = e.what();
+  auto p = w.find("parse error");
+  if (p == std::string::npos && !w.empty() && w[0] == '[' && w.find("] ") != std::string::npos) p = w.find("] ") + 2;
+  return p == std::string::npos ? w : w.substr(p);
+}
+
 }  // namespace md::json_text
