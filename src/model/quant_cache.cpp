@@ -107,7 +107,7 @@ std::unique_ptr<QuantCache> QuantCache::open(const std::string& path, const Quan
   json h = json::parse(bytes + 16, bytes + 16 + header_len, nullptr, false);
   if (!h.is_object()) return nullptr;
   try {
-    if (h.at("format") != weight_format_name(key.format) || h.at("group") != key.group ||
+    if (h.at("format") != weight_format_name(key.format) || h.at("policy") != key.policy ||
         h.at("source") != key.source || h.at("file_bytes") != size)
       return nullptr;
     for (const auto& e : h.at("entries")) {
@@ -162,7 +162,7 @@ std::string QuantCache::write(const std::string& path, const QuantCacheKey& key,
   }
   // Header size with placeholder offsets bounds the real one (numbers only grow
   // by the base offset, at most 20 digits each).
-  json h = {{"format", weight_format_name(key.format)}, {"group", key.group}, {"source", key.source},
+  json h = {{"format", weight_format_name(key.format)}, {"policy", key.policy}, {"source", key.source},
             {"file_bytes", size_t(0)}, {"entries", entries}};
   const size_t header_room = align_up(16 + h.dump().size() + 64 * (entries.size() * 2 + 1));
   const size_t total = header_room + off;

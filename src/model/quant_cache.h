@@ -4,8 +4,8 @@
 // quantising ~2 GB of weights again (seconds → milliseconds, and no 16-bit
 // pages resident). The file is only trusted when its key matches: the
 // safetensors files' sizes and modification times, the target format, the
-// group size and the kernels' layout version. Anything else — missing,
-// truncated, corrupt, stale — is ignored and rewritten.
+// loader's quantisation policy and the kernels' layout version. Anything
+// else — missing, truncated, corrupt, stale — is ignored and rewritten.
 #include <cstddef>
 #include <cstdint>
 #include <map>
@@ -20,7 +20,7 @@ namespace md {
 
 struct QuantCacheKey {
   WeightFormat format = WeightFormat::Q8;
-  int group = 0;        // the loader's grouping policy (each matrix records its own group)
+  int policy = 0;  // version of the loader's choice of formats and groups (each matrix records its own)
   std::string source;  // identity of the safetensors files (names, sizes, mtimes)
   // Identity of the model files in `model_dir`.
   static std::string source_of(const std::string& model_dir);

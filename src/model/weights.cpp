@@ -66,9 +66,10 @@ class Loader {
     return w_.owned.back().data();
   }
 
-  // Matrices: the stored bytes in place, or quantised (`quantize` false
-  // keeps a matrix as stored). Quantised views point into the heap buffers of
-  // `quantized`, which stay put when the vector grows.
+  // Matrices of a model part: quantised as choose() says (from the cache
+  // file when it has them), else the stored bytes in place. Quantised views
+  // point into the cache mapping or into the heap buffers of `quantized`,
+  // which stay put when the vector grows.
   Linear linear(const std::string& name, int in, int out, Part part) {
     QuantChoice qc{};
     const bool quantize = choose(q_, part, in, &qc);
@@ -76,6 +77,14 @@ class Loader {
   }
   // Kept as stored.
   Linear linear(const std::string& name, int in, int out) { return linear_as(name, in, out, nullptr); }
+
+  LayerNormWeights norm(const std::string& name, int dim) {
+    LayerNormWeights ln;
+    ln.dim = dim;
+    ln.w = tensor(name + ".weight", {dim});
+    ln.b = tensor(name + ".bias", {dim});
+    return ln;
+  }
 
  private:
   Linear linear_as(const std::string& name, int in, int out, const QuantChoice* qc) {
@@ -103,17 +112,6 @@ class Loader {
     return l;
   }
 
-
- public:
-  LayerNormWeights norm(const std::string& name, int dim) {
-    LayerNormWeights ln;
-    ln.dim = dim;
-    ln.w = tensor(name + ".weight", {dim});
-    ln.b = tensor(name + ".bias", {dim});
-    return ln;
-  }
-
- private:
   ModelWeights& w_;
   Quantization q_;
   const QuantCache* cache_;
@@ -136,7 +134,7 @@ std::unique_ptr<ModelWeights> load_weights(const std::string& model_dir, const M
   QuantCacheKey key;
   if (quantization != Quantization::None) {
     key.format = quantization == Quantization::Int8 ? WeightFormat::Q8 : WeightFormat::Q4;
-    key.group = kPolicyVersion;
+    key.policy = kPolicyVersion;
     key.source = QuantCacheKey::source_of(model_dir);
     w->quant_cache_path = QuantCache::path_for(model_dir, key.format);
     w->quant_cache = QuantCache::open(w->quant_cache_path, key);
@@ -146,8 +144,7 @@ std::unique_ptr<ModelWeights> load_weights(const std::string& model_dir, const M
   const VisionConfig& v = cfg.vision;
   const int grid = v.crop_size / v.enc_patch_size;
   const int patch_dim = v.enc_patch_size * v.enc_patch_size * v.in_channels;
-  // The vision tower runs as GEMMs over many rows, compute-bound, so its
-  // weights stay as stored; quantisation pays where decode streams weights.
+  // Quantised modes: the vision tower's GEMMs run in int8 (see choose()).
   w->patch_emb = L.linear("vision.patch_emb", patch_dim, v.enc_dim);
   w->pos_emb = L.tensor("vision.pos_emb", {1, grid * grid, v.enc_dim});
   for (int i = 0; i < v.enc_n_layers; ++i) {
