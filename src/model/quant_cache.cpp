@@ -118,7 +118,7 @@ std::unique_ptr<QuantCache> QuantCache::open(const std::string& path, const Quan
       w.rows = e.at("rows");
       w.cols = e.at("cols");
       w.group = e.at("group");
-      if (w.rows <= 0 || w.cols <= 0 || !quant_group_ok(w.cols, w.group)) return nullptr;
+      if (w.rows <= 0 || w.cols <= 0 || !quant_layout_ok(key.format, w.cols, w.group)) return nullptr;
       if (data_len != quant_data_bytes(key.format, w.rows, w.cols) || aux_len != quant_aux_bytes(w.rows, w.cols, w.group))
         return nullptr;
       if (data_off > size || data_len > size - data_off || aux_off > size || aux_len > size - aux_off ||

@@ -137,8 +137,7 @@ std::vector<float> TextModel::forward(const float* embeddings, int n, KVCache& c
     const KVRows own{cache.k[l].data(), cache.v[l].data(), pos0 + n - cache.base_length};
     attention(shape, mask, qkv.data(), base, own, att.data());
     linear(blk.proj, att.data(), n, tmp.data());
-    linear(blk.fc1, h.data(), n, ff.data());
-    gelu_tanh(ff.data(), ff.size());
+    linear_gelu(blk.fc1, h.data(), n, ff.data());
     linear(blk.fc2, ff.data(), n, h.data());
     for (size_t i = 0; i < size_t(n) * D; ++i) x[i] = (x[i] + tmp[i]) + h[i];
   }

@@ -54,8 +54,7 @@ std::vector<float> run_vision_encoder(const ModelWeights& w, const VisionConfig&
     linear(blk.proj, att.data(), int(rows), h.data());
     for (size_t i = 0; i < rows * D; ++i) x[i] += h[i];
     layer_norm(blk.ln2, x.data(), int(rows), h.data());
-    linear(blk.fc1, h.data(), int(rows), ff.data());
-    gelu_tanh(ff.data(), ff.size());
+    linear_gelu(blk.fc1, h.data(), int(rows), ff.data());
     linear(blk.fc2, ff.data(), int(rows), h.data());
     for (size_t i = 0; i < rows * D; ++i) x[i] += h[i];
   }
@@ -111,8 +110,7 @@ std::vector<float> project_features(const ModelWeights& w, const VisionConfig& c
     std::memcpy(cat.data() + size_t(t) * 2 * D + D, pooled.data() + size_t(t) * D, sizeof(float) * D);
   }
   std::vector<float> inner(size_t(T) * cfg.proj_inner_dim);
-  linear(w.proj_fc1, cat.data(), T, inner.data());
-  gelu_tanh(inner.data(), inner.size());
+  linear_gelu(w.proj_fc1, cat.data(), T, inner.data());
   std::vector<float> out(size_t(T) * cfg.proj_out_dim);
   linear(w.proj_fc2, inner.data(), T, out.data());
   return out;

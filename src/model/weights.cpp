@@ -17,15 +17,15 @@ WeightFormat format_of(DType t) {
 }
 
 // Which matrices are quantised, and how:
-//  - int8: every text and vision matrix whose width is a multiple of 128 as
-//    Q8 with one scale per row, the layout both the decode GEMV and the int8
-//    GEMM (vision, prefill: u8×s8 VNNI) read;
+//  - int8: every text matrix whose width is a multiple of 128 as Q8 with one
+//    scale per row, the layout both the decode GEMV and the int8 GEMM
+//    (prefill: u8×s8 VNNI) read; vision matrices the same for any width that
+//    is a multiple of 16 (they only ever meet the GEMM: 729 rows a crop);
 //  - q4: text matrices as Q4 in groups of 32 (decode streams 4.5 bits per
 //    weight); the vision tower as int8 does.
-// The region head and the odd-width matrices (patch embedding 588, vision
-// fc2 4304) stay as stored.
+// The region head and the patch embedding (588 wide) stay as stored.
 constexpr int kQ4Group = 32;
-constexpr int kPolicyVersion = 2;  // cache key: bump when the choices above change
+constexpr int kPolicyVersion = 3;  // cache key: bump when the choices above change
 
 enum class Part { Text, Vision };
 
@@ -40,7 +40,7 @@ bool choose(Quantization q, Part part, int cols, QuantChoice* out) {
     *out = {WeightFormat::Q4, kQ4Group};
     return true;
   }
-  if (cols % 128 == 0) {
+  if (cols % 128 == 0 || (part == Part::Vision && cols % 16 == 0)) {
     *out = {WeightFormat::Q8, cols};
     return true;
   }

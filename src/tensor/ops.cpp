@@ -16,6 +16,46 @@
 namespace md {
 namespace {
 
+// exp(x) for x in [-87, 88] to ~1 ulp, in a form the compiler vectorises
+// (glibc's expf is a scalar call here): x = n·ln2 + r, e^r by a degree-6
+// polynomial, 2^n by building the float's exponent bits.
+__attribute__((always_inline)) static inline float fast_exp(float x) {
+  x = std::min(88.0f, std::max(-87.0f, x));
+  // Round to nearest by the 1.5·2^23 trick (vectorises without SSE4.1).
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187045e-06f;
+  float p = 1.0f / 720;
+  p = p * r + 1.0f / 120;
+  p = p * r + 1.0f / 24;
+  p = p * r + 1.0f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const int32_t bits = (int32_t(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, 4);
+  return p * scale;
+}
+
+// Element-wise loops compiled for x86-64-v4 (AVX-512), v3 (AVX2 + FMA) and
+// baseline x86-64, picked at load time by CPU features. (Not "arch=<cpu>":
+// GCC's resolver tests those by CPU model, so any other CPU got the scalar
+// baseline.)
+#define MD_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+
+__attribute__((always_inline)) inline void gelu_body(float* x, size_t n) {
+  constexpr float k = 0.7978845608028654f;  // sqrt(2/pi)
+  // 0.5·v·(1 + tanh(u)) = v / (1 + e^(−2u)).
+#pragma omp simd
+  for (size_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    const float u = k * (v + 0.044715f * v * v * v);
+    x[i] = v / (1.0f + fast_exp(-2.0f * u));
+  }
+}
+
+MD_VECTOR_CLONES void gelu_range(float* x, size_t n) { gelu_body(x, n); }
+
 // Row-major C[M,N] = alpha·A[M,K]·B (B given as [N,K] when trans_b) + beta·C.
 // Called from inside parallel regions, where oneDNN runs single-threaded.
 void sgemm(bool trans_b, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
@@ -59,57 +99,103 @@ void widen_rows(const WeightMatrix& w, int r0, int n, float* out) {
 // Q8 with one scale per row (group == cols): the layout the int8 GEMM reads.
 bool is_q8_per_row(const WeightMatrix& w) { return w.format == WeightFormat::Q8 && w.group == w.cols; }
 
+// A growing per-thread buffer: reused across calls, never zero-filled again
+// (fresh zeroed pages for every GEMM call cost page faults and memsets).
+template <class T>
+T* scratch(std::vector<T>& buf, size_t n) {
+  if (buf.size() < n) buf.resize(n);
+  return buf.data();
+}
+
 // Activations as int8, one symmetric scale per row: q = round(x / s),
 // s = max|x| / 127, stored as u8 = q + 128 (the GEMM's A operand, offset 128).
 // All-zero rows get s = 0.
+MD_VECTOR_CLONES float quantize_row_u8(const float* x, int k, uint8_t* q) {
+  float amax = 0.0f;
+#pragma omp simd reduction(max : amax)
+  for (int c = 0; c < k; ++c) amax = std::max(amax, std::fabs(x[c]));
+  const float inv = amax > 0 ? 127.0f / amax : 0.0f;
+  // Round to nearest even by the 1.5·2^23 trick (|x·inv| ≤ 127).
+#pragma omp simd
+  for (int c = 0; c < k; ++c) q[c] = uint8_t(int((x[c] * inv + 12582912.0f) - 12582912.0f) + 128);
+  return amax / 127.0f;
+}
+
 void quantize_rows_u8(const float* x, int m, int k, uint8_t* xq, float* scale) {
   parallel_for(size_t(m), [&](size_t b, size_t e) {
-    for (size_t r = b; r < e; ++r) {
-      const float* xr = x + r * size_t(k);
-      float amax = 0.0f;
-      for (int c = 0; c < k; ++c) amax = std::max(amax, std::fabs(xr[c]));
-      const float inv = amax > 0 ? 127.0f / amax : 0.0f;
-      scale[r] = amax / 127.0f;
-      uint8_t* qr = xq + r * size_t(k);
-      for (int c = 0; c < k; ++c) qr[c] = uint8_t(int(std::lrintf(xr[c] * inv)) + 128);
-    }
+    for (size_t r = b; r < e; ++r) scale[r] = quantize_row_u8(x + r * size_t(k), k, xq + r * size_t(k));
   });
 }
 
-// y[m, out] = x · Wᵀ with W Q8 per row (bytes q + 128) and x quantised to
-// int8 per row: oneDNN's u8×s8→s32 GEMM (VNNI) per block of weight rows,
-// C = (x_u8 − 128) · W_s8ᵀ, then y = C · s_x[m] · s_w[row]. int8 products and
-// int32 sums are exact; the only errors are the two roundings to int8.
-void linear_int8(const WeightMatrix& w, const float* x, int m, float* y) {
+// Stored bytes are q + 128; flipping the top bit gives q as int8.
+MD_VECTOR_CLONES void to_s8(const uint8_t* src, size_t n, int8_t* dst) {
+#pragma omp simd
+  for (size_t i = 0; i < n; ++i) dst[i] = int8_t(src[i] ^ 0x80u);
+}
+
+// y[j] = c[j]·(ws[j]·sx) + bias[j], then GELU when asked.
+MD_VECTOR_CLONES void dequant_row(const int32_t* c, const float* ws, float sx, const float* bias, int n,
+                                  bool gelu, float* y) {
+  if (bias) {
+#pragma omp simd
+    for (int j = 0; j < n; ++j) y[j] = float(c[j]) * (ws[j] * sx) + bias[j];
+  } else {
+#pragma omp simd
+    for (int j = 0; j < n; ++j) y[j] = float(c[j]) * (ws[j] * sx);
+  }
+  if (gelu) gelu_body(y, size_t(n));
+}
+
+MD_VECTOR_CLONES void add_bias_row(const float* bias, int n, float* y) {
+#pragma omp simd
+  for (int j = 0; j < n; ++j) y[j] += bias[j];
+}
+
+// y[m, out] = x · Wᵀ (+ b, GELU) with W Q8 per row (bytes q + 128) and x
+// quantised to int8 per row: oneDNN's u8×s8→s32 GEMM (VNNI) per tile of
+// rows × weight rows, C = (x_u8 − 128) · W_s8ᵀ, then y = C · s_x[m] · s_w[row]
+// in the same tile while C is in cache. int8 products and int32 sums are
+// exact; the only errors are the two roundings to int8.
+void linear_int8(const WeightMatrix& w, const float* x, int m, const float* bias, bool gelu, float* y) {
   const int k = w.cols, out = w.rows;
-  std::vector<uint8_t> xq(size_t(m) * k);
-  std::vector<float> xs(static_cast<size_t>(m));
-  quantize_rows_u8(x, m, k, xq.data(), xs.data());
+  static thread_local std::vector<uint8_t> t_xq;
+  static thread_local std::vector<float> t_xs;
+  uint8_t* xq = scratch(t_xq, size_t(m) * k);
+  float* xs = scratch(t_xs, size_t(m));
+  quantize_rows_u8(x, m, k, xq, xs);
   const auto* wq = static_cast<const uint8_t*>(w.data);
   const auto* wscale = static_cast<const uint16_t*>(w.aux);  // fp16, one per row
-  const int blocks = (out + kGemmBlock - 1) / kGemmBlock;
-  parallel_for(size_t(blocks), [&](size_t b, size_t e) {
-    std::vector<int32_t> c;
-    std::vector<int8_t> wblock;
-    std::vector<float> ws(kGemmBlock);
+  // Tiles: column blocks, and row bands when the blocks alone would leave a
+  // thread idle (1152 outputs = 4.5 blocks).
+  const int col_blocks = (out + kGemmBlock - 1) / kGemmBlock;
+  const int threads = num_threads();
+  const int bands = (col_blocks % threads == 0 || col_blocks >= 8 * threads || m < 64) ? 1 : threads;
+  const int band_rows = (m + bands - 1) / bands;
+  parallel_for(size_t(col_blocks) * bands, [&](size_t b, size_t e) {
+    static thread_local std::vector<int32_t> t_c;
+    static thread_local std::vector<int8_t> t_w;
+    static thread_local std::vector<float> t_ws;
+    float* ws = scratch(t_ws, kGemmBlock);
     const int32_t co = 0;
-    for (size_t blk = b; blk < e; ++blk) {
-      const int r0 = int(blk) * kGemmBlock, n = std::min(kGemmBlock, out - r0);
-      // Stored bytes are q + 128; flipping the top bit gives q as int8.
-      wblock.resize(size_t(n) * k);
-      const uint8_t* src = wq + size_t(r0) * k;
-      for (size_t i = 0; i < wblock.size(); ++i) wblock[i] = int8_t(src[i] ^ 0x80u);
-      c.resize(size_t(m) * n);
-      if (dnnl_gemm_u8s8s32('N', 'T', 'F', m, n, k, 1.0f, xq.data(), k, 128, wblock.data(), k, 0, 0.0f, c.data(),
+    int prev_block = -1;
+    for (size_t task = b; task < e; ++task) {
+      const int blk = int(task) / bands, band = int(task) % bands;
+      const int r0 = blk * kGemmBlock, n = std::min(kGemmBlock, out - r0);
+      const int m0 = band * band_rows, mn = std::min(band_rows, m - m0);
+      if (mn <= 0) continue;
+      int8_t* wblock = scratch(t_w, size_t(n) * k);
+      if (blk != prev_block) {
+        to_s8(wq + size_t(r0) * k, size_t(n) * k, wblock);
+        convert_to_f32(DType::F16, wscale + r0, ws, size_t(n));
+        prev_block = blk;
+      }
+      int32_t* c = scratch(t_c, size_t(mn) * n);
+      if (dnnl_gemm_u8s8s32('N', 'T', 'F', mn, n, k, 1.0f, xq + size_t(m0) * k, k, 128, wblock, k, 0, 0.0f, c,
                             n, &co) != dnnl_success)
         throw Error("oneDNN u8s8s32 gemm failed");
-      convert_to_f32(DType::F16, wscale + r0, ws.data(), size_t(n));
-      for (int i = 0; i < m; ++i) {
-        float* yr = y + size_t(i) * out + r0;
-        const int32_t* cr = c.data() + size_t(i) * n;
-        const float sx = xs[size_t(i)];
-        for (int j = 0; j < n; ++j) yr[j] = float(cr[j]) * (ws[size_t(j)] * sx);
-      }
+      for (int i = 0; i < mn; ++i)
+        dequant_row(c + size_t(i) * n, ws, xs[size_t(m0 + i)], bias ? bias + r0 : nullptr, n, gelu,
+                    y + size_t(m0 + i) * out + r0);
     }
   });
 }
@@ -128,101 +214,85 @@ Linear make_linear(int in, int out, const float* w, const float* b) {
   return l;
 }
 
-void linear(const Linear& l, const float* x, int m, float* y) {
+namespace {
+
+// Bias and GELU over rows [0, m) of columns [c0, c0 + n) of y (row stride ld).
+void finish_tile(const float* bias, bool gelu, int m, int n, float* y, size_t ld) {
+  if (!bias && !gelu) return;
+  for (int i = 0; i < m; ++i) {
+    float* row = y + size_t(i) * ld;
+    if (bias) add_bias_row(bias, n, row);
+    if (gelu) gelu_range(row, size_t(n));
+  }
+}
+
+void linear_impl(const Linear& l, const float* x, int m, bool gelu, float* y) {
   const WeightMatrix& w = l.w;
-  if (is_q8_per_row(w) && m > kMaxInt8GemvRows) {
-    linear_int8(w, x, m, y);
+  if (is_q8_per_row(w) && (m > kMaxInt8GemvRows || !quant_group_ok(w.cols, w.group))) {
+    linear_int8(w, x, m, l.b, gelu, y);
   } else if (m <= kMaxGemvRows) {
     const int chunks = (l.out + 63) / 64;
     parallel_for(size_t(chunks), [&](size_t b, size_t e) {
-      gemm_rows(w, x, m, y, l.out, int(b) * 64, std::min(l.out, int(e) * 64));
+      const int c0 = int(b) * 64, c1 = std::min(l.out, int(e) * 64);
+      gemm_rows(w, x, m, y, l.out, c0, c1);
+      finish_tile(l.b ? l.b + c0 : nullptr, gelu, m, c1 - c0, y + c0, size_t(l.out));
     });
   } else {
     const int blocks = (l.out + kGemmBlock - 1) / kGemmBlock;
     const bool direct = is_f32_aligned(w);
     parallel_for(size_t(blocks), [&](size_t b, size_t e) {
-      std::vector<float> scratch;
+      static thread_local std::vector<float> t_w;
       for (size_t blk = b; blk < e; ++blk) {
         const int r0 = int(blk) * kGemmBlock, n = std::min(kGemmBlock, l.out - r0);
         const float* wb;
         if (direct) {
           wb = static_cast<const float*>(w.data) + size_t(r0) * l.in;
         } else {
-          scratch.resize(size_t(n) * l.in);
-          widen_rows(w, r0, n, scratch.data());
-          wb = scratch.data();
+          float* buf = scratch(t_w, size_t(n) * l.in);
+          widen_rows(w, r0, n, buf);
+          wb = buf;
         }
         sgemm(true, m, n, l.in, 1.0f, x, l.in, wb, l.in, 0.0f, y + r0, l.out);
-      }
-    });
-  }
-  if (l.b) {
-    parallel_for(size_t(m), [&](size_t b, size_t e) {
-      for (size_t r = b; r < e; ++r) {
-        float* row = y + r * l.out;
-        for (int c = 0; c < l.out; ++c) row[c] += l.b[c];
+        finish_tile(l.b ? l.b + r0 : nullptr, gelu, m, n, y + r0, size_t(l.out));
       }
     });
   }
 }
+
+}  // namespace
+
+void linear(const Linear& l, const float* x, int m, float* y) { linear_impl(l, x, m, false, y); }
+
+void linear_gelu(const Linear& l, const float* x, int m, float* y) { linear_impl(l, x, m, true, y); }
+
+namespace {
+
+MD_VECTOR_CLONES void layer_norm_row(const float* x, int d, const float* w, const float* b, float* y) {
+  // Two-pass mean/variance in double: stable and close to PyTorch's result.
+  double mean = 0;
+#pragma omp simd reduction(+ : mean)
+  for (int i = 0; i < d; ++i) mean += x[i];
+  mean /= d;
+  double var = 0;
+#pragma omp simd reduction(+ : var)
+  for (int i = 0; i < d; ++i) {
+    const double t = x[i] - mean;
+    var += t * t;
+  }
+  var /= d;
+  const float inv = float(1.0 / std::sqrt(var + 1e-5));
+  const float fmean = float(mean);
+#pragma omp simd
+  for (int i = 0; i < d; ++i) y[i] = (x[i] - fmean) * inv * w[i] + b[i];
+}
+
+}  // namespace
 
 void layer_norm(const LayerNormWeights& ln, const float* x, int m, float* y) {
   const int d = ln.dim;
   parallel_for(size_t(m), [&](size_t b, size_t e) {
-    for (size_t r = b; r < e; ++r) {
-      const float* xr = x + r * d;
-      float* yr = y + r * d;
-      // Two-pass mean/variance in double: stable and close to PyTorch's result.
-      double mean = 0;
-      for (int i = 0; i < d; ++i) mean += xr[i];
-      mean /= d;
-      double var = 0;
-      for (int i = 0; i < d; ++i) {
-        const double t = xr[i] - mean;
-        var += t * t;
-      }
-      var /= d;
-      const float inv = float(1.0 / std::sqrt(var + 1e-5));
-      const float fmean = float(mean);
-      for (int i = 0; i < d; ++i) yr[i] = (xr[i] - fmean) * inv * ln.w[i] + ln.b[i];
-    }
+    for (size_t r = b; r < e; ++r) layer_norm_row(x + r * d, d, ln.w, ln.b, y + r * d);
   });
-}
-
-// exp(x) for x in [-87, 88] to ~1 ulp, in a form the compiler vectorises
-// (glibc's expf is a scalar call here): x = n·ln2 + r, e^r by a degree-6
-// polynomial, 2^n by building the float's exponent bits.
-__attribute__((always_inline)) static inline float fast_exp(float x) {
-  x = std::min(88.0f, std::max(-87.0f, x));
-  // Round to nearest by the 1.5·2^23 trick (vectorises without SSE4.1).
-  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187045e-06f;
-  float p = 1.0f / 720;
-  p = p * r + 1.0f / 120;
-  p = p * r + 1.0f / 24;
-  p = p * r + 1.0f / 6;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const int32_t bits = (int32_t(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, 4);
-  return p * scale;
-}
-
-// Element-wise loops compiled for AVX-512, AVX2 and baseline x86-64, picked
-// at load time.
-#define MD_VECTOR_CLONES __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
-
-MD_VECTOR_CLONES static void gelu_range(float* x, size_t n) {
-  constexpr float k = 0.7978845608028654f;  // sqrt(2/pi)
-  // 0.5·v·(1 + tanh(u)) = v / (1 + e^(−2u)).
-#pragma omp simd
-  for (size_t i = 0; i < n; ++i) {
-    const float v = x[i];
-    const float u = k * (v + 0.044715f * v * v * v);
-    x[i] = v / (1.0f + fast_exp(-2.0f * u));
-  }
 }
 
 void gelu_tanh(float* x, size_t n) {

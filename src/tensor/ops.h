@@ -31,6 +31,8 @@ struct LayerNormWeights {
 // prompts) stream the weights through the GEMV kernels; many rows (vision,
 // image prefix) run blocked oneDNN SGEMMs, widening one weight block at a time.
 void linear(const Linear& l, const float* x, int m, float* y);
+// gelu_tanh(linear(x)), applied to each output tile while it is in cache.
+void linear_gelu(const Linear& l, const float* x, int m, float* y);
 // LayerNorm with eps 1e-5 over rows of length dim; x and y may alias.
 void layer_norm(const LayerNormWeights& ln, const float* x, int m, float* y);
 // 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), in place.

@@ -30,6 +30,11 @@ bool quant_group_ok(int cols, int group) {
   return group == 32 || group == 64 || group % 128 == 0;
 }
 
+bool quant_layout_ok(WeightFormat target, int cols, int group) {
+  if (quant_group_ok(cols, group)) return true;
+  return target == WeightFormat::Q8 && cols > 0 && group == cols && cols % 16 == 0;
+}
+
 size_t quant_data_bytes(WeightFormat target, int rows, int cols) {
   const size_t n = size_t(rows) * size_t(cols);
   return target == WeightFormat::Q4 ? n / 2 : n;
@@ -152,9 +157,10 @@ void check_args(WeightFormat src_format, int rows, int cols, WeightFormat target
   if (src_format != WeightFormat::F32 && src_format != WeightFormat::BF16 &&
       src_format != WeightFormat::F16)
     throw Error("quantize: source must be F32, BF16 or F16");
-  if (rows <= 0 || !quant_group_ok(cols, group))
+  if (rows <= 0 || !quant_layout_ok(target, cols, group))
     throw Error("quantize: bad group size " + std::to_string(group) + " for " + std::to_string(cols) +
-                " columns (32, 64 or a multiple of 128, dividing the columns)");
+                " columns (32, 64 or a multiple of 128, dividing the columns; Q8 also one group per row of "
+                "a multiple of 16)");
 }
 
 }  // namespace

@@ -35,8 +35,13 @@ struct QuantizedWeights {
   WeightMatrix view() const;
 };
 
-// True if `group` is a supported group size for a matrix with `cols` columns.
+// True if `group` is a group size the GEMV kernels read for a matrix with
+// `cols` columns: 32, 64 or a multiple of 128, dividing cols.
 bool quant_group_ok(int cols, int group);
+// True if quantize() makes this layout: a GEMV group as above, or Q8 with one
+// scale per row of any width that is a multiple of 16 (only the int8 GEMM
+// reads those: the vision MLP's 4304-wide fc2).
+bool quant_layout_ok(WeightFormat target, int cols, int group);
 
 // Quantises a [rows, cols] matrix stored as F32/BF16/F16 (src may be only
 // 2-byte aligned) to Q8 or Q4. Parallel over rows (md::parallel_for).
