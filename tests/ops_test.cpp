@@ -15,6 +15,7 @@
 #include "model/sampling.h"
 #include "model/text.h"
 #include "model/vision.h"
+#include "tensor/buffer_pool.h"
 #include "tensor/ops.h"
 #include "tensor/parallel.h"
 
@@ -297,6 +298,102 @@ TEST(Linear, Int8GemmWithPerRowScalesMatchesTheDequantisedWeights) {
     EXPECT_LT(worst, 0.02 * scale) << "m=" << m;  // Gaussian x: int8 steps of ~3σ/127
     EXPECT_GT(scale, 1.0);
   }
+}
+
+TEST(Linear, Int8GemmOfAnyWidthInRowBandsWithFusedGelu) {
+  // Per-row Q8 of a width the GEMV kernels do not take (144 = 9·16, like the
+  // vision MLP's 4304) always runs the int8 GEMM, even for one row; 600
+  // outputs are 3 column blocks, which the GEMM splits into row bands on two
+  // threads. linear_gelu must equal GELU applied after linear.
+  const int in = 144, out = 600;
+  const auto W = random_vec(size_t(in) * out, 31), B = random_vec(out, 32);
+  ASSERT_FALSE(quant_group_ok(in, in));
+  ASSERT_TRUE(quant_layout_ok(WeightFormat::Q8, in, in));
+  const QuantizedWeights q = quantize(W.data(), WeightFormat::F32, out, in, WeightFormat::Q8, in);
+  Linear l;
+  l.in = in;
+  l.out = out;
+  l.w = q.view();
+  l.b = B.data();
+  std::vector<float> wd(size_t(in) * out);
+  for (int r = 0; r < out; ++r) dequantize_row(l.w, r, wd.data() + size_t(r) * in);
+  for (int m : {1, 100}) {
+    const auto x = random_vec(size_t(m) * in, 33 + m);
+    std::vector<float> y(size_t(m) * out), yg(size_t(m) * out);
+    linear(l, x.data(), m, y.data());
+    linear_gelu(l, x.data(), m, yg.data());
+    double worst = 0, scale = 0;
+    for (int r = 0; r < m; ++r)
+      for (int o = 0; o < out; ++o) {
+        double acc = B[o];
+        for (int i = 0; i < in; ++i) acc += double(x[r * in + i]) * wd[size_t(o) * in + i];
+        worst = std::max(worst, std::fabs(y[r * out + o] - acc));
+        scale = std::max(scale, std::fabs(acc));
+        float g = y[r * out + o];
+        gelu_tanh(&g, 1);
+        EXPECT_NEAR(yg[r * out + o], g, 1e-5f * (1 + std::fabs(g)));
+      }
+    EXPECT_LT(worst, 0.02 * scale) << "m=" << m;
+    EXPECT_GT(scale, 1.0);
+  }
+  EXPECT_THROW(quantize(W.data(), WeightFormat::F32, out, in, WeightFormat::Q4, in), Error);
+}
+
+TEST(Linear, Fp32GemmWithFusedGeluMatchesGeluAfterLinear) {
+  const int in = 40, out = 300, m = 50;  // many rows: the blocked GEMM path
+  const auto W = random_vec(size_t(in) * out, 41), B = random_vec(out, 42);
+  const Linear l = make_linear(in, out, W.data(), B.data());
+  const auto x = random_vec(size_t(m) * in, 43);
+  std::vector<float> y(size_t(m) * out), yg(size_t(m) * out);
+  linear(l, x.data(), m, y.data());
+  linear_gelu(l, x.data(), m, yg.data());
+  gelu_tanh(y.data(), y.size());
+  for (size_t i = 0; i < y.size(); ++i) EXPECT_NEAR(yg[i], y[i], 1e-6f * (1 + std::fabs(y[i])));
+}
+
+TEST(Softmax, LongRowsWithTheMaximumAnywhere) {
+  // The vectorised max must see every element, including the tail.
+  for (int n : {1, 15, 16, 17, 729, 730}) {
+    for (int at : {0, n / 2, n - 1}) {
+      std::vector<float> x(size_t(n), -3.0f);
+      x[size_t(at)] = 80.0f;  // exp(80) overflows unless the max is subtracted
+      softmax(x.data(), n);
+      EXPECT_NEAR(x[size_t(at)], 1.0f, 1e-6f) << n << " " << at;
+      double sum = 0;
+      for (float v : x) sum += v;
+      EXPECT_NEAR(sum, 1.0, 1e-5);
+    }
+  }
+}
+
+TEST(BufferPool, FreedBlocksAreReusedAndIdleMemoryIsBounded) {
+  const size_t n = (size_t(3) << 20) / sizeof(float);  // 3 MB: pooled
+  const void* first;
+  {
+    PooledVector<float> a(n, 1.0f);
+    first = a.data();
+    EXPECT_EQ(a[n - 1], 1.0f);
+  }
+  {
+    PooledVector<float> b(n);  // same size: the same block, zero-filled again
+    EXPECT_EQ(b[0], 0.0f);
+    EXPECT_EQ(b[n - 1], 0.0f);
+    if (pool_enabled()) {
+      EXPECT_EQ(static_cast<const void*>(b.data()), first);
+    }
+  }
+  {
+    // More than the idle limit freed at once: the surplus is unmapped.
+    std::vector<PooledVector<float>> many;
+    for (size_t got = 0; got < kPoolIdleLimit + (size_t(64) << 20); got += size_t(32) << 20)
+      many.emplace_back((size_t(32) << 20) / sizeof(float));
+  }
+  EXPECT_LE(pool_idle_bytes(), kPoolIdleLimit);
+  if (pool_enabled()) {
+    EXPECT_GT(pool_idle_bytes(), size_t(0));
+  }
+  PooledVector<uint8_t> small(100);  // small requests use operator new
+  EXPECT_EQ(small.size(), 100u);
 }
 
 TEST(Sampling, TopPDropsTokensWhosePrecedingMassExceedsP) {

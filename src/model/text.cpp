@@ -11,8 +11,13 @@ namespace md {
 
 KVCache::KVCache(const TextConfig& cfg, int cap)
     : n_layers(cfg.n_layers), kv_dim(cfg.n_kv_heads * (cfg.dim / cfg.n_heads)), capacity(cap) {
-  k.assign(size_t(n_layers), std::vector<float>(size_t(capacity) * kv_dim));
-  v.assign(size_t(n_layers), std::vector<float>(size_t(capacity) * kv_dim));
+  // Each layer's rows made in place (assign() would copy one zeroed prototype).
+  k.resize(size_t(n_layers));
+  v.resize(size_t(n_layers));
+  for (int l = 0; l < n_layers; ++l) {
+    k[l].resize(size_t(capacity) * kv_dim);
+    v[l].resize(size_t(capacity) * kv_dim);
+  }
 }
 
 KVCache KVCache::extending(const KVCache& b, int cap) {
@@ -25,8 +30,12 @@ KVCache KVCache::extending(const KVCache& b, int cap) {
   out.length = b.length;
   out.base = &b;
   out.base_length = b.length;
-  out.k.assign(size_t(b.n_layers), std::vector<float>(size_t(cap - b.length) * b.kv_dim));
-  out.v.assign(size_t(b.n_layers), std::vector<float>(size_t(cap - b.length) * b.kv_dim));
+  out.k.resize(size_t(b.n_layers));
+  out.v.resize(size_t(b.n_layers));
+  for (int l = 0; l < b.n_layers; ++l) {
+    out.k[l].resize(size_t(cap - b.length) * b.kv_dim);
+    out.v[l].resize(size_t(cap - b.length) * b.kv_dim);
+  }
   return out;
 }
 
@@ -98,7 +107,7 @@ std::vector<float> TextModel::forward(const float* embeddings, int n, KVCache& c
                 std::to_string(std::min(cache.capacity, cfg_.max_context)));
 
   std::vector<float> x(embeddings, embeddings + size_t(n) * D);
-  std::vector<float> h(size_t(n) * D), qkv(size_t(n) * qkv_dim), att(size_t(n) * q_dim),
+  PooledVector<float> h(size_t(n) * D), qkv(size_t(n) * qkv_dim), att(size_t(n) * q_dim),
       ff(size_t(n) * cfg_.ff_dim), tmp(size_t(n) * D);
 
   AttentionShape shape;

@@ -5,6 +5,7 @@
 
 #include "model/config.h"
 #include "model/weights.h"
+#include "tensor/buffer_pool.h"
 
 namespace md {
 
@@ -19,7 +20,7 @@ struct KVCache {
   // outliving this cache); k/v hold positions [base_length, capacity).
   const KVCache* base = nullptr;
   int base_length = 0;
-  std::vector<std::vector<float>> k, v;  // [layer][(position - base_length) · kv_dim]
+  std::vector<PooledVector<float>> k, v;  // [layer][(position - base_length) · kv_dim]
 
   KVCache() = default;
   KVCache(const TextConfig& cfg, int capacity);

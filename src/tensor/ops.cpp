@@ -304,7 +304,8 @@ void gelu_tanh(float* x, size_t n) {
 
 MD_VECTOR_CLONES void softmax(float* x, int n) {
   float mx = x[0];
-  for (int i = 1; i < n; ++i) mx = std::max(mx, x[i]);
+#pragma omp simd reduction(max : mx)
+  for (int i = 1; i < n; ++i) mx = x[i] > mx ? x[i] : mx;
   float sum = 0;
 #pragma omp simd reduction(+ : sum)
   for (int i = 0; i < n; ++i) {

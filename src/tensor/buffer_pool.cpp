@@ -1,0 +1,109 @@
+#include "tensor/buffer_pool.h"
+
+#include <sys/mman.h>
+
+#include <map>
+#include <mutex>
+#include <new>
+#include <unordered_map>
+
+namespace md {
+namespace {
+
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kPoolEnabled = false;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr bool kPoolEnabled = false;
+#else
+constexpr bool kPoolEnabled = true;
+#endif
+#else
+constexpr bool kPoolEnabled = true;
+#endif
+
+constexpr size_t kHugePage = size_t(2) << 20;
+
+struct Pool {
+  std::mutex mu;
+  std::multimap<size_t, void*> idle;       // size → block
+  std::unordered_map<void*, size_t> live;  // block → mapped size
+  size_t idle_bytes = 0;
+};
+
+Pool& pool() {
+  static Pool* p = new Pool;  // never destroyed: buffers may be freed during static destruction
+  return *p;
+}
+
+void* map_block(size_t size) {
+  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) throw std::bad_alloc();
+  madvise(p, size, MADV_HUGEPAGE);  // advisory: fewer, larger faults where the kernel allows
+  return p;
+}
+
+}  // namespace
+
+void* pool_allocate(size_t bytes) {
+  if (!kPoolEnabled || bytes < kPoolMinBytes) return ::operator new(bytes);
+  const size_t size = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+  Pool& p = pool();
+  {
+    std::lock_guard<std::mutex> lock(p.mu);
+    // The smallest idle block that fits without wasting more than half again.
+    auto it = p.idle.lower_bound(size);
+    if (it != p.idle.end() && it->first <= size + size / 2) {
+      void* block = it->second;
+      p.live[block] = it->first;
+      p.idle_bytes -= it->first;
+      p.idle.erase(it);
+      return block;
+    }
+  }
+  void* block = map_block(size);
+  std::lock_guard<std::mutex> lock(p.mu);
+  p.live[block] = size;
+  return block;
+}
+
+void pool_release(void* ptr, size_t bytes) {
+  if (!ptr) return;
+  if (!kPoolEnabled || bytes < kPoolMinBytes) {
+    ::operator delete(ptr);
+    return;
+  }
+  Pool& p = pool();
+  std::vector<std::pair<void*, size_t>> unmap;
+  {
+    std::lock_guard<std::mutex> lock(p.mu);
+    auto live = p.live.find(ptr);
+    if (live == p.live.end()) return;  // not ours: cannot happen through PoolAllocator
+    const size_t size = live->second;
+    p.live.erase(live);
+    if (size > kPoolIdleLimit) {
+      unmap.emplace_back(ptr, size);
+    } else {
+      p.idle.emplace(size, ptr);
+      p.idle_bytes += size;
+      // Over the limit: give back the largest idle blocks first.
+      while (p.idle_bytes > kPoolIdleLimit) {
+        auto big = std::prev(p.idle.end());
+        unmap.emplace_back(big->second, big->first);
+        p.idle_bytes -= big->first;
+        p.idle.erase(big);
+      }
+    }
+  }
+  for (const auto& [block, size] : unmap) munmap(block, size);
+}
+
+bool pool_enabled() { return kPoolEnabled; }
+
+size_t pool_idle_bytes() {
+  Pool& p = pool();
+  std::lock_guard<std::mutex> lock(p.mu);
+  return p.idle_bytes;
+}
+
+}  // namespace md
