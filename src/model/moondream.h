@@ -71,6 +71,8 @@ struct RegionResult {
 struct LoadOptions {
   int threads = 0;  // 0 = all cores
   Quantization quantization = Quantization::None;
+  // Touch the memory of one image's KV cache at load (see Moondream::load).
+  bool reserve_kv = true;
 };
 
 class Moondream {

@@ -29,6 +29,10 @@ struct KVCache {
   static KVCache extending(const KVCache& base, int capacity);
   // A standalone cache of `capacity` positions holding a copy of this one.
   KVCache copy_with_capacity(int capacity) const;
+  // Bytes of one layer's k (or v) rows for `capacity` positions.
+  static size_t layer_bytes(const TextConfig& cfg, int capacity) {
+    return size_t(capacity) * size_t(cfg.n_kv_heads) * size_t(cfg.dim / cfg.n_heads) * sizeof(float);
+  }
   // Bytes this cache owns (not its base).
   size_t bytes() const { return size_t(n_layers) * 2 * size_t(capacity - base_length) * kv_dim * sizeof(float); }
 };

@@ -1,7 +1,11 @@
 #include "tensor/buffer_pool.h"
 
+#include "tensor/parallel.h"
+
 #include <sys/mman.h>
 
+#include <algorithm>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <new>
@@ -96,6 +100,29 @@ void pool_release(void* ptr, size_t bytes) {
     }
   }
   for (const auto& [block, size] : unmap) munmap(block, size);
+}
+
+void pool_reserve(size_t bytes, int count) {
+  if (!kPoolEnabled || bytes < kPoolMinBytes || count <= 0) return;
+  const size_t size = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+  {
+    std::lock_guard<std::mutex> lock(pool().mu);
+    const size_t room = kPoolIdleLimit - std::min(kPoolIdleLimit, pool().idle_bytes);
+    count = int(std::min<size_t>(size_t(count), room / size));
+  }
+  std::vector<void*> blocks(size_t(count), nullptr);
+  parallel_for(blocks.size(), [&](size_t b, size_t e) {
+    for (size_t i = b; i < e; ++i) {
+      blocks[i] = map_block(size);
+      std::memset(blocks[i], 0, size);  // the first touch, done now
+    }
+  });
+  Pool& p = pool();
+  std::lock_guard<std::mutex> lock(p.mu);
+  for (void* block : blocks) {
+    p.idle.emplace(size, block);
+    p.idle_bytes += size;
+  }
 }
 
 bool pool_enabled() { return kPoolEnabled; }

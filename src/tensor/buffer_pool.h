@@ -23,6 +23,10 @@ inline constexpr size_t kPoolIdleLimit = size_t(768) << 20;
 
 void* pool_allocate(size_t bytes);
 void pool_release(void* p, size_t bytes);
+// Maps `count` idle blocks that later allocations of `bytes` each will take,
+// with their pages touched now (in parallel), so that the first request does
+// not pay for them. Stays within kPoolIdleLimit.
+void pool_reserve(size_t bytes, int count);
 // Bytes held idle in the pool now (tests, metrics).
 size_t pool_idle_bytes();
 // False in sanitizer builds, where every buffer comes from operator new.
