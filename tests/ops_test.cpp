@@ -382,6 +382,15 @@ TEST(BufferPool, FreedBlocksAreReusedAndIdleMemoryIsBounded) {
       EXPECT_EQ(static_cast<const void*>(b.data()), first);
     }
   }
+  // Reserved blocks (touched in the background) serve later allocations.
+  const size_t before = pool_idle_bytes(), block = size_t(6) << 20;  // 5 MB rounds up to 6
+  pool_reserve_in_background(size_t(5) << 20, 3);
+  pool_wait_for_reservations();
+  if (pool_enabled()) {
+    EXPECT_EQ(pool_idle_bytes(), before + 3 * block);
+    PooledVector<float> kv((size_t(5) << 20) / sizeof(float));
+    EXPECT_EQ(pool_idle_bytes(), before + 2 * block);
+  }
   {
     // More than the idle limit freed at once: the surplus is unmapped.
     std::vector<PooledVector<float>> many;

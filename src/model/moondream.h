@@ -71,8 +71,8 @@ struct RegionResult {
 struct LoadOptions {
   int threads = 0;  // 0 = all cores
   Quantization quantization = Quantization::None;
-  // Touch the memory of one image's KV cache at load (see Moondream::load).
-  bool reserve_kv = true;
+  // Image prefixes whose KV memory is touched at load (see Moondream::load).
+  int reserve_kv_images = 2;
 };
 
 class Moondream {

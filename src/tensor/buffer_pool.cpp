@@ -6,8 +6,10 @@
 
 #include <algorithm>
 #include <cstring>
+#include <condition_variable>
 #include <map>
 #include <mutex>
+#include <thread>
 #include <new>
 #include <unordered_map>
 
@@ -33,6 +35,8 @@ struct Pool {
   std::multimap<size_t, void*> idle;       // size → block
   std::unordered_map<void*, size_t> live;  // block → mapped size
   size_t idle_bytes = 0;
+  int reserving = 0;  // background reservations running
+  std::condition_variable reserved;
 };
 
 Pool& pool() {
@@ -123,6 +127,41 @@ void pool_reserve(size_t bytes, int count) {
     p.idle.emplace(size, block);
     p.idle_bytes += size;
   }
+}
+
+void pool_reserve_in_background(size_t bytes, int count) {
+  if (!kPoolEnabled || bytes < kPoolMinBytes || count <= 0) return;
+  std::lock_guard<std::mutex> lock(pool().mu);
+  ++pool().reserving;
+  std::thread([bytes, count] {
+    struct Done {
+      ~Done() {
+        Pool& p = pool();
+        std::lock_guard<std::mutex> lock(p.mu);
+        --p.reserving;
+        p.reserved.notify_all();
+      }
+    } done;
+    const size_t size = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+    for (int i = 0; i < count; ++i) {
+      Pool& p = pool();
+      {
+        std::lock_guard<std::mutex> lock(p.mu);
+        if (p.idle_bytes + size > kPoolIdleLimit) return;
+      }
+      void* block = map_block(size);
+      std::memset(block, 0, size);
+      std::lock_guard<std::mutex> lock(p.mu);
+      p.idle.emplace(size, block);
+      p.idle_bytes += size;
+    }
+  }).detach();
+}
+
+void pool_wait_for_reservations() {
+  Pool& p = pool();
+  std::unique_lock<std::mutex> lock(p.mu);
+  p.reserved.wait(lock, [&] { return p.reserving == 0; });
 }
 
 bool pool_enabled() { return kPoolEnabled; }

@@ -27,6 +27,13 @@ void pool_release(void* p, size_t bytes);
 // with their pages touched now (in parallel), so that the first request does
 // not pay for them. Stays within kPoolIdleLimit.
 void pool_reserve(size_t bytes, int count);
+// The same on a background thread, one block at a time (returns at once):
+// startup stays short, and the pages are ready by the time a first request
+// needs them (a request that comes sooner maps its own).
+void pool_reserve_in_background(size_t bytes, int count);
+// Blocks until background reservations are done (benchmarks: measure the
+// stages without one running beside them).
+void pool_wait_for_reservations();
 // Bytes held idle in the pool now (tests, metrics).
 size_t pool_idle_bytes();
 // False in sanitizer builds, where every buffer comes from operator new.
