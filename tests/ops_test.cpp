@@ -351,6 +351,33 @@ TEST(Linear, Fp32GemmWithFusedGeluMatchesGeluAfterLinear) {
   for (size_t i = 0; i < y.size(); ++i) EXPECT_NEAR(yg[i], y[i], 1e-6f * (1 + std::fabs(y[i])));
 }
 
+TEST(Attention, Int8ScoresStayCloseToFp32) {
+  // The vision tower's shape in miniature (head_dim 72, full mask), keys with
+  // a common offset (which the int8 path subtracts before quantising).
+  const int n = 150, heads = 3, hd = 72, dim = heads * hd;
+  auto qkv = random_vec(size_t(n) * 3 * dim, 51, 2.0f);
+  for (int j = 0; j < n; ++j)
+    for (int c = 0; c < dim; ++c) qkv[size_t(j) * 3 * dim + dim + c] += 1.5f;
+  AttentionShape shape;
+  shape.n_q = shape.n_k = n;
+  shape.n_heads = shape.n_kv_heads = heads;
+  shape.head_dim = hd;
+  shape.q_stride = shape.kv_stride = 3 * dim;
+  std::vector<float> ref(size_t(n) * dim), got(size_t(n) * dim);
+  attention(shape, AttentionMask{}, qkv.data(), qkv.data() + dim, qkv.data() + 2 * dim, ref.data());
+  shape.int8_scores = true;
+  attention(shape, AttentionMask{}, qkv.data(), qkv.data() + dim, qkv.data() + 2 * dim, got.data());
+  double worst = 0, vmax = 0, differ = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    worst = std::max(worst, double(std::fabs(got[i] - ref[i])));
+    differ += got[i] != ref[i];
+  }
+  for (int j = 0; j < n; ++j)
+    for (int c = 0; c < dim; ++c) vmax = std::max(vmax, double(std::fabs(qkv[size_t(j) * 3 * dim + 2 * dim + c])));
+  EXPECT_LT(worst, 0.03 * vmax);
+  EXPECT_GT(differ, 0);  // the int8 path really ran
+}
+
 TEST(Softmax, LongRowsWithTheMaximumAnywhere) {
   // The vectorised max must see every element, including the tail.
   for (int n : {1, 15, 16, 17, 729, 730}) {

@@ -25,6 +25,8 @@ std::vector<float> run_vision_encoder(const ModelWeights& w, const VisionConfig&
   shape.n_heads = shape.n_kv_heads = cfg.enc_n_heads;
   shape.head_dim = D / cfg.enc_n_heads;
   shape.q_stride = shape.kv_stride = 3 * D;
+  // The int8 modes quantise the vision tower: its attention scores too.
+  shape.int8_scores = !w.vision_blocks.empty() && w.vision_blocks.front().qkv.w.format == WeightFormat::Q8;
   for (int crop = 0; crop < n; ++crop) {
     // Patches laid out [channel][row][col], ordered row-major over the grid.
     const float* src = crops_chw + size_t(crop) * C * S * S;

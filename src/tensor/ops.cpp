@@ -127,6 +127,17 @@ void quantize_rows_u8(const float* x, int m, int k, uint8_t* xq, float* scale) {
   });
 }
 
+// The same as int8: q = round(x / s) in [-127, 127].
+MD_VECTOR_CLONES float quantize_row_s8(const float* x, int k, int8_t* q) {
+  float amax = 0.0f;
+#pragma omp simd reduction(max : amax)
+  for (int c = 0; c < k; ++c) amax = std::max(amax, std::fabs(x[c]));
+  const float inv = amax > 0 ? 127.0f / amax : 0.0f;
+#pragma omp simd
+  for (int c = 0; c < k; ++c) q[c] = int8_t(int((x[c] * inv + 12582912.0f) - 12582912.0f));
+  return amax / 127.0f;
+}
+
 // Stored bytes are q + 128; flipping the top bit gives q as int8.
 MD_VECTOR_CLONES void to_s8(const uint8_t* src, size_t n, int8_t* dst) {
 #pragma omp simd
@@ -198,6 +209,40 @@ void linear_int8(const WeightMatrix& w, const float* x, int m, const float* bias
                     y + size_t(m0 + i) * out + r0);
     }
   });
+}
+
+// scores[n_q, n_k] = scale · Q·Kᵀ for one head, as an int8 GEMM: query rows
+// quantised to u8 (offset 128) and key rows to s8, one scale per row. The
+// mean key is subtracted first: that moves all of a query's scores by the
+// same amount (softmax ignores it) and centres the keys for int8.
+void head_scores_int8(int n_q, int n_k, int hd, const float* q, int q_stride, const float* k, int kv_stride,
+                      float scale, float* scores) {
+  static thread_local std::vector<uint8_t> t_q;
+  static thread_local std::vector<int8_t> t_k;
+  static thread_local std::vector<float> t_sq, t_sk, t_mean, t_row;
+  static thread_local std::vector<int32_t> t_c;
+  uint8_t* qq = scratch(t_q, size_t(n_q) * hd);
+  int8_t* kq = scratch(t_k, size_t(n_k) * hd);
+  float* sq = scratch(t_sq, size_t(n_q));
+  float* sk = scratch(t_sk, size_t(n_k));
+  float* mean = scratch(t_mean, size_t(hd));
+  float* row = scratch(t_row, size_t(hd));
+  int32_t* c = scratch(t_c, size_t(n_q) * n_k);
+  std::fill(mean, mean + hd, 0.0f);
+  for (int j = 0; j < n_k; ++j) add_bias_row(k + size_t(j) * kv_stride, hd, mean);
+  for (int d = 0; d < hd; ++d) mean[d] /= float(n_k);
+  for (int j = 0; j < n_k; ++j) {
+    const float* kj = k + size_t(j) * kv_stride;
+    for (int d = 0; d < hd; ++d) row[d] = kj[d] - mean[d];
+    sk[j] = quantize_row_s8(row, hd, kq + size_t(j) * hd);
+  }
+  for (int i = 0; i < n_q; ++i) sq[i] = quantize_row_u8(q + size_t(i) * q_stride, hd, qq + size_t(i) * hd) * scale;
+  const int32_t co = 0;
+  if (dnnl_gemm_u8s8s32('N', 'T', 'F', n_q, n_k, hd, 1.0f, qq, hd, 128, kq, hd, 0, 0.0f, c, n_k, &co) !=
+      dnnl_success)
+    throw Error("oneDNN u8s8s32 gemm failed");
+  for (int i = 0; i < n_q; ++i)
+    dequant_row(c + size_t(i) * n_k, sk, sq[i], nullptr, n_k, false, scores + size_t(i) * n_k);
 }
 
 }  // namespace
@@ -329,6 +374,7 @@ void attention(const AttentionShape& s, const AttentionMask& mask, const float* 
   const int group = s.n_heads / s.n_kv_heads;
   const float scale = 1.0f / std::sqrt(float(s.head_dim));
   const int out_stride = s.n_heads * s.head_dim;
+  const bool int8 = s.int8_scores && base.rows == 0;
   // Heads in parallel, each with single-threaded GEMMs and its own scores.
   parallel_for(size_t(s.n_heads), [&](size_t hb, size_t he) {
     std::vector<float> scores(size_t(s.n_q) * s.n_k);
@@ -337,10 +383,12 @@ void attention(const AttentionShape& s, const AttentionMask& mask, const float* 
       const float* qh = q + h * s.head_dim;
       float* oh = out + h * s.head_dim;
       // Scores against each key range, side by side in one row per query.
-      if (base.rows > 0)
+      if (int8)
+        head_scores_int8(s.n_q, s.n_k, s.head_dim, qh, s.q_stride, own.k + col, s.kv_stride, scale, scores.data());
+      if (base.rows > 0 && !int8)
         sgemm(true, s.n_q, base.rows, s.head_dim, scale, qh, s.q_stride, base.k + col, s.kv_stride, 0.0f,
               scores.data(), s.n_k);
-      if (own.rows > 0)
+      if (own.rows > 0 && !int8)
         sgemm(true, s.n_q, own.rows, s.head_dim, scale, qh, s.q_stride, own.k + col, s.kv_stride, 0.0f,
               scores.data() + base.rows, s.n_k);
       for (int i = 0; i < s.n_q; ++i) {
