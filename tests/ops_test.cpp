@@ -317,7 +317,7 @@ TEST(Linear, Int8GemmOfAnyWidthInRowBandsWithFusedGelu) {
   l.b = B.data();
   std::vector<float> wd(size_t(in) * out);
   for (int r = 0; r < out; ++r) dequantize_row(l.w, r, wd.data() + size_t(r) * in);
-  for (int m : {1, 100}) {
+  for (int m : {1, 20, 100}) {
     const auto x = random_vec(size_t(m) * in, 33 + m);
     std::vector<float> y(size_t(m) * out), yg(size_t(m) * out);
     linear(l, x.data(), m, y.data());

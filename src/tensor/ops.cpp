@@ -167,7 +167,47 @@ MD_VECTOR_CLONES void add_bias_row(const float* bias, int n, float* y) {
 // rows × weight rows, C = (x_u8 − 128) · W_s8ᵀ, then y = C · s_x[m] · s_w[row]
 // in the same tile while C is in cache. int8 products and int32 sums are
 // exact; the only errors are the two roundings to int8.
+// Few rows (a prompt): the weights as the GEMM's u8 A operand as stored
+// (offset 128), the activations as s8 B, so the weights need no conversion;
+// C comes out transposed ([weight rows, m]), which is cheap for a short m.
+constexpr int kMaxTransposedInt8Rows = 32;
+
+void linear_int8_few_rows(const WeightMatrix& w, const float* x, int m, const float* bias, bool gelu,
+                          float* y) {
+  const int k = w.cols, out = w.rows;
+  static thread_local std::vector<int8_t> t_xq;
+  static thread_local std::vector<float> t_xs;
+  int8_t* xq = scratch(t_xq, size_t(m) * k);
+  float* xs = scratch(t_xs, size_t(m));
+  for (int i = 0; i < m; ++i) xs[i] = quantize_row_s8(x + size_t(i) * k, k, xq + size_t(i) * k);
+  const auto* wq = static_cast<const uint8_t*>(w.data);
+  const auto* wscale = static_cast<const uint16_t*>(w.aux);
+  const int blocks = (out + kGemmBlock - 1) / kGemmBlock;
+  parallel_for(size_t(blocks), [&](size_t b, size_t e) {
+    static thread_local std::vector<int32_t> t_c;
+    static thread_local std::vector<float> t_ws, t_row;
+    float* ws = scratch(t_ws, kGemmBlock);
+    float* row = scratch(t_row, kGemmBlock);
+    int32_t* c = scratch(t_c, size_t(kGemmBlock) * m);
+    const int32_t co = 0;
+    for (size_t blk = b; blk < e; ++blk) {
+      const int r0 = int(blk) * kGemmBlock, n = std::min(kGemmBlock, out - r0);
+      if (dnnl_gemm_u8s8s32('N', 'T', 'F', n, m, k, 1.0f, wq + size_t(r0) * k, k, 128, xq, k, 0, 0.0f, c, m,
+                            &co) != dnnl_success)
+        throw Error("oneDNN u8s8s32 gemm failed");
+      convert_to_f32(DType::F16, wscale + r0, ws, size_t(n));
+      for (int i = 0; i < m; ++i) {
+        for (int j = 0; j < n; ++j) row[j] = float(c[size_t(j) * m + i]);
+        float* yr = y + size_t(i) * out + r0;
+        for (int j = 0; j < n; ++j) yr[j] = row[j] * (ws[j] * xs[i]) + (bias ? bias[r0 + j] : 0.0f);
+        if (gelu) gelu_range(yr, size_t(n));
+      }
+    }
+  });
+}
+
 void linear_int8(const WeightMatrix& w, const float* x, int m, const float* bias, bool gelu, float* y) {
+  if (m <= kMaxTransposedInt8Rows) return linear_int8_few_rows(w, x, m, bias, gelu, y);
   const int k = w.cols, out = w.rows;
   static thread_local std::vector<uint8_t> t_xq;
   static thread_local std::vector<float> t_xs;
