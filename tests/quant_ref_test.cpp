@@ -157,8 +157,16 @@ TEST(Quantization, CacheFileIsWrittenOnceReusedAndRebuiltWhenStale) {
   // q4 has its own file.
   LoadOptions o4;
   o4.quantization = Quantization::Q4;
-  EXPECT_FALSE(Moondream::load(dir.string(), o4)->weights().quant_cache_hit);
+  const auto q4_first = Moondream::load(dir.string(), o4);
+  EXPECT_FALSE(q4_first->weights().quant_cache_hit);
   EXPECT_TRUE(fs::exists(dir / "model.q4.mdq"));
+  // ...holding Q4 text and Q8 vision matrices side by side: all reused.
+  const auto q4_second = Moondream::load(dir.string(), o4);
+  EXPECT_TRUE(q4_second->weights().quant_cache_hit);
+  EXPECT_TRUE(q4_second->weights().quantized.empty()) << "nothing should be quantised again";
+  EXPECT_EQ(q4_second->weights().vision_blocks.front().fc2.w.format, WeightFormat::Q8);
+  EXPECT_EQ(q4_second->weights().text_blocks.front().fc2.w.format, WeightFormat::Q4);
+  EXPECT_EQ(first_logits(*q4_second), first_logits(*q4_first));
 
   // A read-only model folder: the per-user cache under XDG_CACHE_HOME.
   if (::geteuid() != 0) {  // root writes anyway

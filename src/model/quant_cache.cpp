@@ -21,7 +21,7 @@ namespace {
 
 constexpr char kMagic[8] = {'M', 'D', 'Q', 'C', 'A', 'C', 'H', 'E'};
 // Bump whenever quant.h's packed Q8/Q4 layout or scale format changes.
-constexpr uint32_t kLayoutVersion = 2;
+constexpr uint32_t kLayoutVersion = 3;  // 3: each entry names its format
 constexpr size_t kAlign = 64;
 
 size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
@@ -113,13 +113,20 @@ std::unique_ptr<QuantCache> QuantCache::open(const std::string& path, const Quan
     for (const auto& e : h.at("entries")) {
       const size_t data_off = e.at("data_off"), data_len = e.at("data_len");
       const size_t aux_off = e.at("aux_off"), aux_len = e.at("aux_len");
+      // Entries are Q8 or Q4 each (q4 mode keeps the vision tower in Q8).
       WeightMatrix w;
-      w.format = key.format;
+      const std::string format = e.at("format");
+      if (format == weight_format_name(WeightFormat::Q8))
+        w.format = WeightFormat::Q8;
+      else if (format == weight_format_name(WeightFormat::Q4))
+        w.format = WeightFormat::Q4;
+      else
+        return nullptr;
       w.rows = e.at("rows");
       w.cols = e.at("cols");
       w.group = e.at("group");
-      if (w.rows <= 0 || w.cols <= 0 || !quant_layout_ok(key.format, w.cols, w.group)) return nullptr;
-      if (data_len != quant_data_bytes(key.format, w.rows, w.cols) || aux_len != quant_aux_bytes(w.rows, w.cols, w.group))
+      if (w.rows <= 0 || w.cols <= 0 || !quant_layout_ok(w.format, w.cols, w.group)) return nullptr;
+      if (data_len != quant_data_bytes(w.format, w.rows, w.cols) || aux_len != quant_aux_bytes(w.rows, w.cols, w.group))
         return nullptr;
       if (data_off > size || data_len > size - data_off || aux_off > size || aux_len > size - aux_off ||
           data_off % kAlign || aux_off % kAlign)
@@ -151,7 +158,8 @@ std::string QuantCache::write(const std::string& path, const QuantCacheKey& key,
   json entries = json::array();
   size_t off = 0;
   for (const auto& [name, q] : matrices) {
-    json e = {{"name", name}, {"rows", q->rows}, {"cols", q->cols}, {"group", q->group}};
+    json e = {{"name", name}, {"format", weight_format_name(q->format)}, {"rows", q->rows}, {"cols", q->cols},
+              {"group", q->group}};
     e["data_off"] = off;
     e["data_len"] = q->data.size();
     off = align_up(off + q->data.size());
