@@ -68,9 +68,9 @@ void row(const char* stage, double seconds, const std::string& throughput, const
               target.c_str());
 }
 
-std::string fmt(const char* f, double a, double b = 0) {
+std::string fmt(const char* f, double a, double b = 0, double c = 0) {
   char buf[128];
-  std::snprintf(buf, sizeof buf, f, a, b);
+  std::snprintf(buf, sizeof buf, f, a, b, c);
   return buf;
 }
 
@@ -257,6 +257,9 @@ int main(int argc, char** argv) {
         fmt("%.0f%% of bandwidth bound %.1f t/s", 100 * tps / bound, bound),
         quant == "none" ? ">= 8.5 tok/s" : quant == "int8" ? ">= 16 tok/s" : ">= 25 tok/s");
   }
+  // KV caches alive at once: the cold captions below keep `enc` (an earlier
+  // image, as a server's image cache would) beside the new image's cache.
+  double kv_peak_bytes = double(enc.cache.bytes());
   // Cold captions: JPEG bytes → 20 tokens.
   for (const auto& [name, bytes, target] :
        {std::tuple{"cold caption 378x378 JPEG -> 20 tokens", &jpeg378, "< 4.06 s (fastest mode)"},
@@ -269,6 +272,7 @@ int main(int argc, char** argv) {
     opts.sampling.temperature = 0;
     const md::TextResult r = model->caption(e, md::CaptionLength::Normal, opts);
     const double s = now() - t0;
+    kv_peak_bytes = std::max(kv_peak_bytes, double(enc.cache.bytes() + e.cache.bytes()));
     row(name, s,
         fmt("vision %.2f s, prefill %.2f s", e.timings.vision_s, e.timings.prefill_s + r.timings.prefill_s),
         fmt("decode %.2f s", r.timings.decode_s), target);
@@ -285,9 +289,9 @@ int main(int argc, char** argv) {
     row("follow-up question, first token (cached image)", s, fmt("%.0f prompt tokens", r.prompt_tokens), "",
         "< 0.3 s");
   }
-  const double kv_gb = double(enc.cache.bytes()) / 1e9;
+  const double kv_gb = kv_peak_bytes / 1e9;
   row("peak RSS", 0, fmt("%.2f GB", peak_rss_gb()),
-      fmt("%.2fx (weights %.2f GB + KV)", peak_rss_gb() / (weight_gb + kv_gb), weight_gb),
+      fmt("%.2fx (weights %.2f + KV %.2f GB)", peak_rss_gb() / (weight_gb + kv_gb), weight_gb, kv_gb),
       "<= 1.15x weights + KV");
   return 0;
 }

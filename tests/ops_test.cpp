@@ -273,38 +273,42 @@ TEST(Linear, Int8GemmWithPerRowScalesMatchesTheDequantisedWeights) {
   // Q8 with one scale per row: few rows take the GEMV kernels, many rows the
   // u8×s8 GEMM with activations quantised per row. Both must agree with the
   // dequantised weights up to the int8 rounding of the activations.
-  const int in = 256, out = 300;  // two GEMM blocks, the second partial
-  const auto W = random_vec(size_t(in) * out, 21), B = random_vec(out, 22);
-  const QuantizedWeights q = quantize(W.data(), WeightFormat::F32, out, in, WeightFormat::Q8, in);
-  Linear l;
-  l.in = in;
-  l.out = out;
-  l.w = q.view();
-  l.b = B.data();
-  std::vector<float> wd(size_t(in) * out);
-  for (int r = 0; r < out; ++r) dequantize_row(l.w, r, wd.data() + size_t(r) * in);
-  for (int m : {3, 7, 40}) {
-    const auto x = random_vec(size_t(m) * in, 23 + m);
-    std::vector<float> y(size_t(m) * out);
-    linear(l, x.data(), m, y.data());
-    double worst = 0, scale = 0;
-    for (int r = 0; r < m; ++r)
-      for (int o = 0; o < out; ++o) {
-        double acc = B[o];
-        for (int i = 0; i < in; ++i) acc += double(x[r * in + i]) * wd[size_t(o) * in + i];
-        worst = std::max(worst, std::fabs(y[r * out + o] - acc));
-        scale = std::max(scale, std::fabs(acc));
-      }
-    EXPECT_LT(worst, 0.02 * scale) << "m=" << m;  // Gaussian x: int8 steps of ~3σ/127
-    EXPECT_GT(scale, 1.0);
+  // 300 outputs: two GEMM blocks, the second partial; 16: one block, which
+  // many rows split into row bands.
+  for (const int out : {300, 16}) {
+    const int in = 256;
+    const auto W = random_vec(size_t(in) * out, 21), B = random_vec(out, 22);
+    const QuantizedWeights q = quantize(W.data(), WeightFormat::F32, out, in, WeightFormat::Q8, in);
+    Linear l;
+    l.in = in;
+    l.out = out;
+    l.w = q.view();
+    l.b = B.data();
+    std::vector<float> wd(size_t(in) * out);
+    for (int r = 0; r < out; ++r) dequantize_row(l.w, r, wd.data() + size_t(r) * in);
+    for (int m : {3, 7, 40, 100}) {
+      const auto x = random_vec(size_t(m) * in, 23 + m);
+      std::vector<float> y(size_t(m) * out);
+      linear(l, x.data(), m, y.data());
+      double worst = 0, scale = 0;
+      for (int r = 0; r < m; ++r)
+        for (int o = 0; o < out; ++o) {
+          double acc = B[o];
+          for (int i = 0; i < in; ++i) acc += double(x[r * in + i]) * wd[size_t(o) * in + i];
+          worst = std::max(worst, std::fabs(y[r * out + o] - acc));
+          scale = std::max(scale, std::fabs(acc));
+        }
+      EXPECT_LT(worst, 0.02 * scale) << "m=" << m;  // Gaussian x: int8 steps of ~3σ/127
+      EXPECT_GT(scale, 1.0);
+    }
   }
 }
 
 TEST(Linear, Int8GemmOfAnyWidthInRowBandsWithFusedGelu) {
   // Per-row Q8 of a width the GEMV kernels do not take (144 = 9·16, like the
-  // vision MLP's 4304) always runs the int8 GEMM, even for one row; 600
-  // outputs are 3 column blocks, which the GEMM splits into row bands on two
-  // threads. linear_gelu must equal GELU applied after linear.
+  // vision MLP's 4304) always runs the int8 GEMM, even for one row (the
+  // transposed form for few rows). linear_gelu must equal GELU applied after
+  // linear.
   const int in = 144, out = 600;
   const auto W = random_vec(size_t(in) * out, 31), B = random_vec(out, 32);
   ASSERT_FALSE(quant_group_ok(in, in));

@@ -220,11 +220,15 @@ void linear_int8(const WeightMatrix& w, const float* x, int m, const float* bias
   quantize_rows_u8(x, m, k, xq, xs);
   const auto* wq = static_cast<const uint8_t*>(w.data);
   const auto* wscale = static_cast<const uint16_t*>(w.aux);  // fp16, one per row
-  // Tiles: column blocks, and row bands when the blocks alone would leave a
-  // thread idle (1152 outputs = 4.5 blocks).
-  const int col_blocks = (out + kGemmBlock - 1) / kGemmBlock;
+  // Tiles: column blocks of up to 256 weight rows, as many as a multiple of
+  // the threads (1152 outputs: 6 blocks of 192, not 4.5 of 256), each
+  // converted once; row bands only when there are fewer blocks than threads.
   const int threads = num_threads();
-  const int bands = (col_blocks % threads == 0 || col_blocks >= 8 * threads || m < 64) ? 1 : threads;
+  int col_blocks = (out + kGemmBlock - 1) / kGemmBlock;
+  col_blocks = (col_blocks + threads - 1) / threads * threads;
+  const int width = std::min(kGemmBlock, ((out + col_blocks - 1) / col_blocks + 15) / 16 * 16);
+  col_blocks = (out + width - 1) / width;
+  const int bands = (col_blocks >= threads || m < 64) ? 1 : threads;
   const int band_rows = (m + bands - 1) / bands;
   parallel_for(size_t(col_blocks) * bands, [&](size_t b, size_t e) {
     static thread_local std::vector<int32_t> t_c;
@@ -235,7 +239,7 @@ void linear_int8(const WeightMatrix& w, const float* x, int m, const float* bias
     int prev_block = -1;
     for (size_t task = b; task < e; ++task) {
       const int blk = int(task) / bands, band = int(task) % bands;
-      const int r0 = blk * kGemmBlock, n = std::min(kGemmBlock, out - r0);
+      const int r0 = blk * width, n = std::min(width, out - r0);
       const int m0 = band * band_rows, mn = std::min(band_rows, m - m0);
       if (mn <= 0) continue;
       int8_t* wblock = scratch(t_w, size_t(n) * k);
