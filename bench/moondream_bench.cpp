@@ -193,8 +193,12 @@ int main(int argc, char** argv) {
       best = std::min(best, now() - t0);
     }
     const double gf = 2.0 * M * N * K / best / 1e9;
-    row(fmt("GEMM %.0fx%.0f", M, N).append("x").append(std::to_string(K)).c_str(), best, fmt("%.0f GFLOP/s", gf),
-        fmt("%.0f%% of fp32 peak", 100 * gf / lim.fp32_gflops), "");
+    const bool int8 = fc1.w.format == md::WeightFormat::Q8;
+    row(fmt("GEMM %.0fx%.0f", M, N).append("x").append(std::to_string(K)).c_str(), best,
+        fmt(int8 ? "%.0f GOP/s" : "%.0f GFLOP/s", gf),
+        int8 ? fmt("%.0f%% of int8 peak", 100 * gf / lim.int8_gops)
+             : fmt("%.0f%% of fp32 peak", 100 * gf / lim.fp32_gflops),
+        "");
   }
 
   // Vision encoder, one 378 crop (a 1×1 tiling: global and local crop share one pass).
