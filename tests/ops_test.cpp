@@ -269,27 +269,40 @@ TEST(Linear, MatchesNaiveForOneAndManyRows) {
   }
 }
 
-TEST(Linear, Int8GemmWithPerRowScalesMatchesTheDequantisedWeights) {
-  // Q8 with one scale per row: few rows take the GEMV kernels, many rows the
-  // u8×s8 GEMM with activations quantised per row. Both must agree with the
-  // dequantised weights up to the int8 rounding of the activations.
-  // 300 outputs: two GEMM blocks, the second partial; 16: one block, which
-  // many rows split into row bands.
-  for (const int out : {300, 16}) {
-    const int in = 256;
+// A Linear over per-row Q8 weights (kept alive by `q`), and the same
+// weights dequantised to fp32 for the naive reference.
+Linear q8_linear(const QuantizedWeights& q, const float* bias, std::vector<float>* dequantised) {
+  Linear l;
+  l.in = q.cols;
+  l.out = q.rows;
+  l.w = q.view();
+  l.b = bias;
+  dequantised->assign(size_t(q.rows) * q.cols, 0.0f);
+  for (int r = 0; r < q.rows; ++r) dequantize_row(l.w, r, dequantised->data() + size_t(r) * q.cols);
+  return l;
+}
+
+TEST(Linear, Int8WithPerRowScalesMatchesTheDequantisedWeights) {
+  // Q8 with one scale per row: up to 8 rows take the GEMV kernels, up to 32
+  // the transposed int8 GEMM, more the u8×s8 GEMM with activations quantised
+  // per row. All must agree with the dequantised weights up to the int8
+  // rounding of the activations, and linear_gelu with GELU after linear.
+  // Shapes: 256→300 (two GEMM blocks, the second partial); 256→16 (one
+  // block, which many rows split into row bands); 144→600, a width the GEMV
+  // kernels do not take (9·16, like the vision MLP's 4304), so even one row
+  // runs a GEMM.
+  ASSERT_FALSE(quant_group_ok(144, 144));
+  ASSERT_TRUE(quant_layout_ok(WeightFormat::Q8, 144, 144));
+  for (const auto& [in, out] : {std::pair{256, 300}, std::pair{256, 16}, std::pair{144, 600}}) {
     const auto W = random_vec(size_t(in) * out, 21), B = random_vec(out, 22);
     const QuantizedWeights q = quantize(W.data(), WeightFormat::F32, out, in, WeightFormat::Q8, in);
-    Linear l;
-    l.in = in;
-    l.out = out;
-    l.w = q.view();
-    l.b = B.data();
-    std::vector<float> wd(size_t(in) * out);
-    for (int r = 0; r < out; ++r) dequantize_row(l.w, r, wd.data() + size_t(r) * in);
-    for (int m : {3, 7, 40, 100}) {
+    std::vector<float> wd;
+    const Linear l = q8_linear(q, B.data(), &wd);
+    for (int m : {1, 3, 7, 20, 40, 100}) {
       const auto x = random_vec(size_t(m) * in, 23 + m);
-      std::vector<float> y(size_t(m) * out);
+      std::vector<float> y(size_t(m) * out), yg(size_t(m) * out);
       linear(l, x.data(), m, y.data());
+      linear_gelu(l, x.data(), m, yg.data());
       double worst = 0, scale = 0;
       for (int r = 0; r < m; ++r)
         for (int o = 0; o < out; ++o) {
@@ -297,50 +310,17 @@ TEST(Linear, Int8GemmWithPerRowScalesMatchesTheDequantisedWeights) {
           for (int i = 0; i < in; ++i) acc += double(x[r * in + i]) * wd[size_t(o) * in + i];
           worst = std::max(worst, std::fabs(y[r * out + o] - acc));
           scale = std::max(scale, std::fabs(acc));
+          float g = y[r * out + o];
+          gelu_tanh(&g, 1);
+          EXPECT_NEAR(yg[r * out + o], g, 1e-5f * (1 + std::fabs(g)));
         }
-      EXPECT_LT(worst, 0.02 * scale) << "m=" << m;  // Gaussian x: int8 steps of ~3σ/127
+      EXPECT_LT(worst, 0.02 * scale) << in << "x" << out << " m=" << m;  // Gaussian x: int8 steps of ~3σ/127
       EXPECT_GT(scale, 1.0);
     }
+    if (in == 144) {
+      EXPECT_THROW(quantize(W.data(), WeightFormat::F32, out, in, WeightFormat::Q4, in), Error);
+    }
   }
-}
-
-TEST(Linear, Int8GemmOfAnyWidthInRowBandsWithFusedGelu) {
-  // Per-row Q8 of a width the GEMV kernels do not take (144 = 9·16, like the
-  // vision MLP's 4304) always runs the int8 GEMM, even for one row (the
-  // transposed form for few rows). linear_gelu must equal GELU applied after
-  // linear.
-  const int in = 144, out = 600;
-  const auto W = random_vec(size_t(in) * out, 31), B = random_vec(out, 32);
-  ASSERT_FALSE(quant_group_ok(in, in));
-  ASSERT_TRUE(quant_layout_ok(WeightFormat::Q8, in, in));
-  const QuantizedWeights q = quantize(W.data(), WeightFormat::F32, out, in, WeightFormat::Q8, in);
-  Linear l;
-  l.in = in;
-  l.out = out;
-  l.w = q.view();
-  l.b = B.data();
-  std::vector<float> wd(size_t(in) * out);
-  for (int r = 0; r < out; ++r) dequantize_row(l.w, r, wd.data() + size_t(r) * in);
-  for (int m : {1, 20, 100}) {
-    const auto x = random_vec(size_t(m) * in, 33 + m);
-    std::vector<float> y(size_t(m) * out), yg(size_t(m) * out);
-    linear(l, x.data(), m, y.data());
-    linear_gelu(l, x.data(), m, yg.data());
-    double worst = 0, scale = 0;
-    for (int r = 0; r < m; ++r)
-      for (int o = 0; o < out; ++o) {
-        double acc = B[o];
-        for (int i = 0; i < in; ++i) acc += double(x[r * in + i]) * wd[size_t(o) * in + i];
-        worst = std::max(worst, std::fabs(y[r * out + o] - acc));
-        scale = std::max(scale, std::fabs(acc));
-        float g = y[r * out + o];
-        gelu_tanh(&g, 1);
-        EXPECT_NEAR(yg[r * out + o], g, 1e-5f * (1 + std::fabs(g)));
-      }
-    EXPECT_LT(worst, 0.02 * scale) << "m=" << m;
-    EXPECT_GT(scale, 1.0);
-  }
-  EXPECT_THROW(quantize(W.data(), WeightFormat::F32, out, in, WeightFormat::Q4, in), Error);
 }
 
 TEST(Linear, Fp32GemmWithFusedGeluMatchesGeluAfterLinear) {

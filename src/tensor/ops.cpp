@@ -108,34 +108,32 @@ T* scratch(std::vector<T>& buf, size_t n) {
 }
 
 // Activations as int8, one symmetric scale per row: q = round(x / s),
-// s = max|x| / 127, stored as u8 = q + 128 (the GEMM's A operand, offset 128).
-// All-zero rows get s = 0.
-MD_VECTOR_CLONES float quantize_row_u8(const float* x, int k, uint8_t* q) {
+// s = max|x| / 127, stored as q + kOffset (u8 with offset 128: the GEMM's A
+// operand; s8 without). All-zero rows get s = 0.
+template <class T, int kOffset>
+__attribute__((always_inline)) inline float quantize_row_body(const float* x, int k, T* q) {
   float amax = 0.0f;
 #pragma omp simd reduction(max : amax)
   for (int c = 0; c < k; ++c) amax = std::max(amax, std::fabs(x[c]));
   const float inv = amax > 0 ? 127.0f / amax : 0.0f;
   // Round to nearest even by the 1.5·2^23 trick (|x·inv| ≤ 127).
 #pragma omp simd
-  for (int c = 0; c < k; ++c) q[c] = uint8_t(int((x[c] * inv + 12582912.0f) - 12582912.0f) + 128);
+  for (int c = 0; c < k; ++c) q[c] = T(int((x[c] * inv + 12582912.0f) - 12582912.0f) + kOffset);
   return amax / 127.0f;
+}
+
+MD_VECTOR_CLONES float quantize_row_u8(const float* x, int k, uint8_t* q) {
+  return quantize_row_body<uint8_t, 128>(x, k, q);
+}
+
+MD_VECTOR_CLONES float quantize_row_s8(const float* x, int k, int8_t* q) {
+  return quantize_row_body<int8_t, 0>(x, k, q);
 }
 
 void quantize_rows_u8(const float* x, int m, int k, uint8_t* xq, float* scale) {
   parallel_for(size_t(m), [&](size_t b, size_t e) {
     for (size_t r = b; r < e; ++r) scale[r] = quantize_row_u8(x + r * size_t(k), k, xq + r * size_t(k));
   });
-}
-
-// The same as int8: q = round(x / s) in [-127, 127].
-MD_VECTOR_CLONES float quantize_row_s8(const float* x, int k, int8_t* q) {
-  float amax = 0.0f;
-#pragma omp simd reduction(max : amax)
-  for (int c = 0; c < k; ++c) amax = std::max(amax, std::fabs(x[c]));
-  const float inv = amax > 0 ? 127.0f / amax : 0.0f;
-#pragma omp simd
-  for (int c = 0; c < k; ++c) q[c] = int8_t(int((x[c] * inv + 12582912.0f) - 12582912.0f));
-  return amax / 127.0f;
 }
 
 // Stored bytes are q + 128; flipping the top bit gives q as int8.
