@@ -272,14 +272,17 @@ TEST_F(ServerOps, SigtermFinishesTheRequestInFlightAndExitsZero) {
 }
 
 TEST_F(ServerOps, PortTakenNamesTheHolderAndReplaceLeavesOthersAlone) {
+  // This process holds a port the kernel picks now (a free_port() number
+  // could meanwhile go to a server of a test running beside this one).
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  int yes = 1;
-  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = htons(uint16_t(port_));
+  a.sin_port = 0;
   ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  socklen_t alen = sizeof a;
+  ASSERT_EQ(getsockname(fd, reinterpret_cast<sockaddr*>(&a), &alen), 0);
+  port_ = ntohs(a.sin_port);
   ASSERT_EQ(listen(fd, 4), 0);
 
   auto s = start({{"p", tiny_profile(port_, backend_)}}, {}, {}, false);
