@@ -44,11 +44,11 @@ std::unique_ptr<Moondream> Moondream::load(const std::string& model_dir, const L
   m->text_ = std::make_unique<TextModel>(*m->weights_, m->cfg_.text);
   m->region_ = std::make_unique<RegionModel>(*m->weights_, m->cfg_.region);
   // KV memory for image prefixes (287 MB each at full size) touched in the
-  // background from now on: a
-  // first touch would otherwise add ~0.6-0.9 s to a new image's prefill on
-  // the VMs measured (see tensor/buffer_pool.h). Two: the image being
-  // encoded and the last one, still cached for follow-up questions; caches
-  // evicted later return their memory to the pool for the next image.
+  // background from now on: a first touch would otherwise add ~0.6-0.9 s to
+  // a new image's prefill on the VMs measured (see tensor/buffer_pool.h).
+  // Two: the image being encoded and the last one, still cached for
+  // follow-up questions; caches evicted later return their memory to the
+  // pool for the next image.
   if (opts.reserve_kv_images > 0) {
     pool_reserve_in_background(KVCache::layer_bytes(m->cfg_.text, m->cfg_.text.prefix_attn),
                                2 * m->cfg_.text.n_layers * opts.reserve_kv_images);

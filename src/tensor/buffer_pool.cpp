@@ -1,7 +1,5 @@
 #include "tensor/buffer_pool.h"
 
-#include "tensor/parallel.h"
-
 #include <sys/mman.h>
 
 #include <algorithm>
@@ -51,11 +49,14 @@ void* map_block(size_t size) {
   return p;
 }
 
+// Mapped sizes are whole huge pages.
+size_t block_size(size_t bytes) { return (bytes + kHugePage - 1) / kHugePage * kHugePage; }
+
 }  // namespace
 
 void* pool_allocate(size_t bytes) {
   if (!kPoolEnabled || bytes < kPoolMinBytes) return ::operator new(bytes);
-  const size_t size = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+  const size_t size = block_size(bytes);
   Pool& p = pool();
   {
     std::lock_guard<std::mutex> lock(p.mu);
@@ -106,29 +107,6 @@ void pool_release(void* ptr, size_t bytes) {
   for (const auto& [block, size] : unmap) munmap(block, size);
 }
 
-void pool_reserve(size_t bytes, int count) {
-  if (!kPoolEnabled || bytes < kPoolMinBytes || count <= 0) return;
-  const size_t size = (bytes + kHugePage - 1) / kHugePage * kHugePage;
-  {
-    std::lock_guard<std::mutex> lock(pool().mu);
-    const size_t room = kPoolIdleLimit - std::min(kPoolIdleLimit, pool().idle_bytes);
-    count = int(std::min<size_t>(size_t(count), room / size));
-  }
-  std::vector<void*> blocks(size_t(count), nullptr);
-  parallel_for(blocks.size(), [&](size_t b, size_t e) {
-    for (size_t i = b; i < e; ++i) {
-      blocks[i] = map_block(size);
-      std::memset(blocks[i], 0, size);  // the first touch, done now
-    }
-  });
-  Pool& p = pool();
-  std::lock_guard<std::mutex> lock(p.mu);
-  for (void* block : blocks) {
-    p.idle.emplace(size, block);
-    p.idle_bytes += size;
-  }
-}
-
 void pool_reserve_in_background(size_t bytes, int count) {
   if (!kPoolEnabled || bytes < kPoolMinBytes || count <= 0) return;
   std::lock_guard<std::mutex> lock(pool().mu);
@@ -142,7 +120,7 @@ void pool_reserve_in_background(size_t bytes, int count) {
         p.reserved.notify_all();
       }
     } done;
-    const size_t size = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+    const size_t size = block_size(bytes);
     for (int i = 0; i < count; ++i) {
       Pool& p = pool();
       {

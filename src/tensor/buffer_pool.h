@@ -23,13 +23,11 @@ inline constexpr size_t kPoolIdleLimit = size_t(768) << 20;
 
 void* pool_allocate(size_t bytes);
 void pool_release(void* p, size_t bytes);
-// Maps `count` idle blocks that later allocations of `bytes` each will take,
-// with their pages touched now (in parallel), so that the first request does
-// not pay for them. Stays within kPoolIdleLimit.
-void pool_reserve(size_t bytes, int count);
-// The same on a background thread, one block at a time (returns at once):
-// startup stays short, and the pages are ready by the time a first request
-// needs them (a request that comes sooner maps its own).
+// Maps `count` idle blocks that later allocations of `bytes` each will take
+// and touches their pages, on a background thread, one block at a time
+// (returns at once; stays within kPoolIdleLimit): startup stays short, and
+// the pages are ready by the time a first request needs them (a request that
+// comes sooner maps its own).
 void pool_reserve_in_background(size_t bytes, int count);
 // Blocks until background reservations are done (benchmarks: measure the
 // stages without one running beside them).

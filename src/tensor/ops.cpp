@@ -186,10 +186,10 @@ void linear_int8_few_rows(const WeightMatrix& w, const float* x, int m, const fl
   const auto* wscale = static_cast<const uint16_t*>(w.aux);
   const int blocks = (out + kGemmBlock - 1) / kGemmBlock;
   parallel_for(size_t(blocks), [&](size_t b, size_t e) {
-    static thread_local std::vector<int32_t> t_c;
-    static thread_local std::vector<float> t_ws, t_row;
+    static thread_local std::vector<int32_t> t_c, t_row;
+    static thread_local std::vector<float> t_ws;
     float* ws = scratch(t_ws, kGemmBlock);
-    float* row = scratch(t_row, kGemmBlock);
+    int32_t* row = scratch(t_row, kGemmBlock);
     int32_t* c = scratch(t_c, size_t(kGemmBlock) * mp);
     const int32_t co = 0;
     for (size_t blk = b; blk < e; ++blk) {
@@ -198,11 +198,11 @@ void linear_int8_few_rows(const WeightMatrix& w, const float* x, int m, const fl
                             &co) != dnnl_success)
         throw Error("oneDNN u8s8s32 gemm failed");
       convert_to_f32(DType::F16, wscale + r0, ws, size_t(n));
+      // Each output row gathers its column of C, then the same epilogue as
+      // the row-major path.
       for (int i = 0; i < m; ++i) {
-        for (int j = 0; j < n; ++j) row[j] = float(c[size_t(j) * mp + i]);
-        float* yr = y + size_t(i) * out + r0;
-        for (int j = 0; j < n; ++j) yr[j] = row[j] * (ws[j] * xs[i]) + (bias ? bias[r0 + j] : 0.0f);
-        if (gelu) gelu_range(yr, size_t(n));
+        for (int j = 0; j < n; ++j) row[j] = c[size_t(j) * mp + i];
+        dequant_row(row, ws, xs[i], bias ? bias + r0 : nullptr, n, gelu, y + size_t(i) * out + r0);
       }
     }
   });
