@@ -285,7 +285,7 @@ Linear q8_linear(const QuantizedWeights& q, const float* bias, std::vector<float
 TEST(Linear, Int8WithPerRowScalesMatchesTheDequantisedWeights) {
   // Q8 with one scale per row: up to 8 rows take the GEMV kernels, up to 32
   // the transposed int8 GEMM, more the u8×s8 GEMM with activations quantised
-  // per row. All must agree with the dequantised weights up to the int8
+  // per row (in a parallel region, the transposed GEMM again). All must agree with the dequantised weights up to the int8
   // rounding of the activations, and linear_gelu with GELU after linear.
   // Shapes: 256→300 (two GEMM blocks, the second partial); 256→16 (one
   // block, which many rows split into row bands); 144→600, a width the GEMV
@@ -316,6 +316,18 @@ TEST(Linear, Int8WithPerRowScalesMatchesTheDequantisedWeights) {
         }
       EXPECT_LT(worst, 0.02 * scale) << in << "x" << out << " m=" << m;  // Gaussian x: int8 steps of ~3σ/127
       EXPECT_GT(scale, 1.0);
+      // Inside a parallel region (a crop per thread) many rows take the
+      // transposed GEMM in two halves: the same int8 sums and scales, so the
+      // same floats.
+      std::vector<float> nested(size_t(m) * out);
+      bool was_nested = false;
+      parallel_for(2, [&](size_t b, size_t) {
+        if (b != 0) return;
+        was_nested = in_parallel_region();
+        linear(l, x.data(), m, nested.data());
+      });
+      EXPECT_TRUE(was_nested || num_threads() == 1);
+      EXPECT_EQ(nested, y) << in << "x" << out << " m=" << m;
     }
     if (in == 144) {
       EXPECT_THROW(quantize(W.data(), WeightFormat::F32, out, in, WeightFormat::Q4, in), Error);
@@ -335,9 +347,30 @@ TEST(Linear, Fp32GemmWithFusedGeluMatchesGeluAfterLinear) {
   for (size_t i = 0; i < y.size(); ++i) EXPECT_NEAR(yg[i], y[i], 1e-6f * (1 + std::fabs(y[i])));
 }
 
-TEST(Attention, Int8ScoresStayCloseToFp32) {
-  // The vision tower's shape in miniature (head_dim 72, full mask), keys with
-  // a common offset (which the int8 path subtracts before quantising).
+// fp32 and int8 attention (int8_scores) over the same q, k, v, and the
+// largest |v| (the scale of the output).
+struct Int8AttentionRun {
+  std::vector<float> ref, got;
+  double vmax = 0;
+};
+Int8AttentionRun run_attention_both_ways(AttentionShape shape, const AttentionMask& mask, const std::vector<float>& qkv) {
+  const int dim = shape.n_heads * shape.head_dim;
+  Int8AttentionRun r;
+  r.ref.resize(size_t(shape.n_q) * dim);
+  r.got.resize(r.ref.size());
+  shape.int8_scores = false;
+  attention(shape, mask, qkv.data(), qkv.data() + dim, qkv.data() + 2 * dim, r.ref.data());
+  shape.int8_scores = true;
+  attention(shape, mask, qkv.data(), qkv.data() + dim, qkv.data() + 2 * dim, r.got.data());
+  for (int j = 0; j < shape.n_k; ++j)
+    for (int c = 0; c < dim; ++c) r.vmax = std::max(r.vmax, double(std::fabs(qkv[size_t(j) * 3 * dim + 2 * dim + c])));
+  return r;
+}
+
+TEST(Attention, Int8StaysCloseToFp32WithAndWithoutMask) {
+  // The vision tower's shape in miniature (head_dim 72, full mask) and the
+  // text prefill's (a bidirectional prefix, causal after it), keys with a
+  // common offset (which the int8 path subtracts before quantising).
   const int n = 150, heads = 3, hd = 72, dim = heads * hd;
   auto qkv = random_vec(size_t(n) * 3 * dim, 51, 2.0f);
   for (int j = 0; j < n; ++j)
@@ -347,19 +380,46 @@ TEST(Attention, Int8ScoresStayCloseToFp32) {
   shape.n_heads = shape.n_kv_heads = heads;
   shape.head_dim = hd;
   shape.q_stride = shape.kv_stride = 3 * dim;
-  std::vector<float> ref(size_t(n) * dim), got(size_t(n) * dim);
-  attention(shape, AttentionMask{}, qkv.data(), qkv.data() + dim, qkv.data() + 2 * dim, ref.data());
-  shape.int8_scores = true;
-  attention(shape, AttentionMask{}, qkv.data(), qkv.data() + dim, qkv.data() + 2 * dim, got.data());
-  double worst = 0, vmax = 0, differ = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    worst = std::max(worst, double(std::fabs(got[i] - ref[i])));
-    differ += got[i] != ref[i];
+  AttentionMask prefix;
+  prefix.full = false;
+  prefix.prefix = 60;
+  for (const AttentionMask& mask : {AttentionMask{}, prefix}) {
+    const Int8AttentionRun r = run_attention_both_ways(shape, mask, qkv);
+    double worst = 0, differ = 0;
+    for (size_t i = 0; i < r.ref.size(); ++i) {
+      worst = std::max(worst, double(std::fabs(r.got[i] - r.ref[i])));
+      differ += r.got[i] != r.ref[i];
+    }
+    // (With the prefix mask, keys past it seen by a query would be errors
+    // of the size of the values themselves.)
+    EXPECT_LT(worst, 0.03 * r.vmax) << "full mask: " << mask.full;
+    EXPECT_GT(differ, 0);  // the int8 path really ran
   }
+}
+
+TEST(Attention, Int8KeepsTheDiffuseMassOfAPeakedRow) {
+  // Every query puts e^5 ≈ 148 times more weight on key 0 than on each of
+  // the other 199 keys, which together still hold 57 % of the mass, and key
+  // 0's values stand out (4.0). One u8 per probability (max → 255) rounds
+  // each small one to 1/255 or 2/255 instead of ~1.72/255; P's 16-bit fixed
+  // point keeps them.
+  const int n = 200, hd = 72;
+  auto qkv = random_vec(size_t(n) * 3 * hd, 61, 0.01f);
+  for (int i = 0; i < n; ++i) qkv[size_t(i) * 3 * hd] = 5.0f * std::sqrt(float(hd));  // q = (5·√72, ~0…)
+  qkv[hd] = 1.0f;                                                                       // key 0 = (1, ~0…)
+  const auto values = random_vec(size_t(n) * hd, 62, 1.0f);
   for (int j = 0; j < n; ++j)
-    for (int c = 0; c < dim; ++c) vmax = std::max(vmax, double(std::fabs(qkv[size_t(j) * 3 * dim + 2 * dim + c])));
-  EXPECT_LT(worst, 0.03 * vmax);
-  EXPECT_GT(differ, 0);  // the int8 path really ran
+    for (int c = 0; c < hd; ++c) qkv[size_t(j) * 3 * hd + 2 * hd + c] = j == 0 ? 4.0f : values[size_t(j) * hd + c];
+  AttentionShape shape;
+  shape.n_q = shape.n_k = n;
+  shape.n_heads = shape.n_kv_heads = 1;
+  shape.head_dim = hd;
+  shape.q_stride = shape.kv_stride = 3 * hd;
+  const Int8AttentionRun r = run_attention_both_ways(shape, AttentionMask{}, qkv);
+  double worst = 0;
+  for (size_t i = 0; i < r.ref.size(); ++i) worst = std::max(worst, double(std::fabs(r.got[i] - r.ref[i])));
+  // Measured: 0.0059 (V's int8 steps); without P's low byte 0.0167.
+  EXPECT_LT(worst, 0.0025 * r.vmax);
 }
 
 TEST(Softmax, LongRowsWithTheMaximumAnywhere) {

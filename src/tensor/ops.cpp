@@ -165,51 +165,69 @@ MD_VECTOR_CLONES void add_bias_row(const float* bias, int n, float* y) {
 // rows × weight rows, C = (x_u8 − 128) · W_s8ᵀ, then y = C · s_x[m] · s_w[row]
 // in the same tile while C is in cache. int8 products and int32 sums are
 // exact; the only errors are the two roundings to int8.
-// Few rows (a prompt): the weights as the GEMM's u8 A operand as stored
-// (offset 128), the activations as s8 B, so the weights need no conversion;
-// C comes out transposed ([weight rows, m]), which is cheap for a short m.
+// The transposed form, for few rows (a prompt) and for a crop per thread:
+// the weights as the GEMM's u8 A operand as stored (offset 128), the
+// activations as s8 B, so the weights need no conversion; C comes out
+// transposed, Cᵀ[weight rows, m], and each tile of 16 rows × 64 outputs is
+// transposed back in L1 before the same epilogue.
 constexpr int kMaxTransposedInt8Rows = 32;
+constexpr int kTileRows = 16, kTileCols = 64;
 
-void linear_int8_few_rows(const WeightMatrix& w, const float* x, int m, const float* bias, bool gelu,
-                          float* y) {
+// tile[i][j] = c[j·ldc + i] for i < 16, j < n.
+MD_VECTOR_CLONES void transpose_tile(const int32_t* c, int ldc, int n, int32_t (*tile)[kTileCols]) {
+  for (int i = 0; i < kTileRows; ++i) {
+    int32_t* row = tile[i];
+#pragma omp simd
+    for (int j = 0; j < n; ++j) row[j] = c[size_t(j) * size_t(ldc) + size_t(i)];
+  }
+}
+
+// Weight rows in blocks of `width`, one single-threaded GEMM per block.
+void linear_int8_transposed(const WeightMatrix& w, const float* x, int m, const float* bias, bool gelu, int width,
+                            float* y) {
   const int k = w.cols, out = w.rows;
   static thread_local std::vector<int8_t> t_xq;
   static thread_local std::vector<float> t_xs;
   // oneDNN's kernels want the B side's rows in multiples of 16 (14 rows ran
   // 4x slower than 16 in bench measurements): pad with zero rows.
-  const int mp = (m + 15) / 16 * 16;
+  const int mp = (m + kTileRows - 1) / kTileRows * kTileRows;
   int8_t* xq = scratch(t_xq, size_t(mp) * k);
   float* xs = scratch(t_xs, size_t(m));
   for (int i = 0; i < m; ++i) xs[i] = quantize_row_s8(x + size_t(i) * k, k, xq + size_t(i) * k);
   std::fill(xq + size_t(m) * k, xq + size_t(mp) * k, int8_t(0));
   const auto* wq = static_cast<const uint8_t*>(w.data);
   const auto* wscale = static_cast<const uint16_t*>(w.aux);
-  const int blocks = (out + kGemmBlock - 1) / kGemmBlock;
+  const int blocks = (out + width - 1) / width;
   parallel_for(size_t(blocks), [&](size_t b, size_t e) {
-    static thread_local std::vector<int32_t> t_c, t_row;
+    static thread_local std::vector<int32_t> t_c;
     static thread_local std::vector<float> t_ws;
-    float* ws = scratch(t_ws, kGemmBlock);
-    int32_t* row = scratch(t_row, kGemmBlock);
-    int32_t* c = scratch(t_c, size_t(kGemmBlock) * mp);
+    float* ws = scratch(t_ws, size_t(width));
+    int32_t* c = scratch(t_c, size_t(width) * mp);
+    alignas(64) int32_t tile[kTileRows][kTileCols];
     const int32_t co = 0;
     for (size_t blk = b; blk < e; ++blk) {
-      const int r0 = int(blk) * kGemmBlock, n = std::min(kGemmBlock, out - r0);
+      const int r0 = int(blk) * width, n = std::min(width, out - r0);
       if (dnnl_gemm_u8s8s32('N', 'T', 'F', n, mp, k, 1.0f, wq + size_t(r0) * k, k, 128, xq, k, 0, 0.0f, c, mp,
                             &co) != dnnl_success)
         throw Error("oneDNN u8s8s32 gemm failed");
       convert_to_f32(DType::F16, wscale + r0, ws, size_t(n));
-      // Each output row gathers its column of C, then the same epilogue as
-      // the row-major path.
-      for (int i = 0; i < m; ++i) {
-        for (int j = 0; j < n; ++j) row[j] = c[size_t(j) * mp + i];
-        dequant_row(row, ws, xs[i], bias ? bias + r0 : nullptr, n, gelu, y + size_t(i) * out + r0);
-      }
+      for (int i0 = 0; i0 < m; i0 += kTileRows)
+        for (int j0 = 0; j0 < n; j0 += kTileCols) {
+          const int cols = std::min(kTileCols, n - j0), rows = std::min(kTileRows, m - i0);
+          transpose_tile(c + size_t(j0) * mp + i0, mp, cols, tile);
+          for (int i = 0; i < rows; ++i)
+            dequant_row(tile[i], ws + j0, xs[i0 + i], bias ? bias + r0 + j0 : nullptr, cols, gelu,
+                        y + size_t(i0 + i) * out + r0 + j0);
+        }
     }
   });
 }
 
 void linear_int8(const WeightMatrix& w, const float* x, int m, const float* bias, bool gelu, float* y) {
-  if (m <= kMaxTransposedInt8Rows) return linear_int8_few_rows(w, x, m, bias, gelu, y);
+  if (m <= kMaxTransposedInt8Rows) return linear_int8_transposed(w, x, m, bias, gelu, kGemmBlock, y);
+  // A crop per thread (vision tower): two blocks, one after the other. Per
+  // thread that ran 5-8 % faster than the row-major blocks below (bench).
+  if (in_parallel_region()) return linear_int8_transposed(w, x, m, bias, gelu, (w.rows / 2 + 63) / 64 * 64, y);
   const int k = w.cols, out = w.rows;
   static thread_local std::vector<uint8_t> t_xq;
   static thread_local std::vector<float> t_xs;
@@ -257,38 +275,118 @@ void linear_int8(const WeightMatrix& w, const float* x, int m, const float* bias
   });
 }
 
-// scores[n_q, n_k] = scale · Q·Kᵀ for one head, as an int8 GEMM: query rows
-// quantised to u8 (offset 128) and key rows to s8, one scale per row. The
-// mean key is subtracted first: that moves all of a query's scores by the
-// same amount (softmax ignores it) and centres the keys for int8.
-void head_scores_int8(int n_q, int n_k, int hd, const float* q, int q_stride, const float* k, int kv_stride,
-                      float scale, float* scores) {
-  static thread_local std::vector<uint8_t> t_q;
-  static thread_local std::vector<int8_t> t_k;
-  static thread_local std::vector<float> t_sq, t_sk, t_mean, t_row;
-  static thread_local std::vector<int32_t> t_c;
+// Softmax of one row of int8 scores, v_j = c_j · sk_j · sq, written as
+// 16-bit fixed point in two u8 parts: e_j = exp(v_j − max) ∈ (0, 1] is
+// hi_j / 255 + (lo_j − 128) / kProbLoInv, within 0.5 / kProbLoInv = 7.7e-6.
+// (One u8 alone, e ≈ hi/255, drops every key under 1/510 of the row's
+// largest: the diffuse mass of a peaked row.) Keys from `visible` on get
+// zero. Returns 1 / Σ e, the normalisation left for after P·V.
+constexpr float kProbLoInv = 510.0f * 127.0f;
+
+MD_VECTOR_CLONES float softmax_row_fixed16(const int32_t* c, const float* sk, float sq, int visible, int n, float* v,
+                                           uint8_t* hi, uint8_t* lo) {
+#pragma omp simd
+  for (int j = 0; j < visible; ++j) v[j] = float(c[j]) * (sk[j] * sq);
+  float mx = v[0];
+#pragma omp simd reduction(max : mx)
+  for (int j = 1; j < visible; ++j) mx = v[j] > mx ? v[j] : mx;
+  float sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int j = 0; j < visible; ++j) {
+    const float e = fast_exp(v[j] - mx);
+    v[j] = e;
+    sum += e;
+  }
+  // Round to nearest by the 1.5·2^23 trick, as quantize_row_body.
+#pragma omp simd
+  for (int j = 0; j < visible; ++j) {
+    const float h = (v[j] * 255.0f + 12582912.0f) - 12582912.0f;
+    const float l = ((v[j] - h * (1.0f / 255.0f)) * kProbLoInv + 12582912.0f) - 12582912.0f;
+    hi[j] = uint8_t(int(h));
+    lo[j] = uint8_t(int(l) + 128);
+  }
+  for (int j = visible; j < n; ++j) {
+    hi[j] = 0;
+    lo[j] = 128;
+  }
+  return 1.0f / sum;
+}
+
+// V's columns as s8, one scale per column (= per output channel of P·V).
+MD_VECTOR_CLONES void quantize_columns_s8(const float* v, int ld, int rows, int cols, float* amax, float* scale,
+                                          int8_t* q) {
+  std::fill(amax, amax + cols, 0.0f);
+  for (int j = 0; j < rows; ++j) {
+    const float* vj = v + size_t(j) * ld;
+#pragma omp simd
+    for (int d = 0; d < cols; ++d) amax[d] = std::max(amax[d], std::fabs(vj[d]));
+  }
+  for (int d = 0; d < cols; ++d) {
+    scale[d] = amax[d] / 127.0f;
+    amax[d] = amax[d] > 0 ? 127.0f / amax[d] : 0.0f;  // now the inverse scale
+  }
+  for (int j = 0; j < rows; ++j) {
+    const float* vj = v + size_t(j) * ld;
+    int8_t* qj = q + size_t(j) * cols;
+#pragma omp simd
+    for (int d = 0; d < cols; ++d) qj[d] = int8_t(int((vj[d] * amax[d] + 12582912.0f) - 12582912.0f));
+  }
+}
+
+// One head of attention, all on int8 GEMMs (the int8 modes' vision tower):
+// scores = scale · Q·Kᵀ with query rows as u8 (offset 128) and key rows as
+// s8, one scale per row, the mean key subtracted first (that moves all of a
+// query's scores by the same amount, which softmax ignores, and centres the
+// keys for int8); then P·V as two u8×s8 GEMMs, P's 16-bit fixed point
+// parts against V as s8 per column. out = P·V / Σ e, rows out_stride apart.
+void head_attention_int8(const AttentionShape& s, const AttentionMask& mask, float scale, const float* q,
+                         const float* k, const float* v, float* out, int out_stride) {
+  const int n_q = s.n_q, n_k = s.n_k, hd = s.head_dim;
+  static thread_local std::vector<uint8_t> t_q, t_hi, t_lo;
+  static thread_local std::vector<int8_t> t_k, t_v;
+  static thread_local std::vector<float> t_f;
+  static thread_local std::vector<int32_t> t_c, t_o;
   uint8_t* qq = scratch(t_q, size_t(n_q) * hd);
   int8_t* kq = scratch(t_k, size_t(n_k) * hd);
-  float* sq = scratch(t_sq, size_t(n_q));
-  float* sk = scratch(t_sk, size_t(n_k));
-  float* mean = scratch(t_mean, size_t(hd));
-  float* row = scratch(t_row, size_t(hd));
+  int8_t* vq = scratch(t_v, size_t(n_k) * hd);
+  uint8_t* p_hi = scratch(t_hi, size_t(n_q) * n_k);
+  uint8_t* p_lo = scratch(t_lo, size_t(n_q) * n_k);
   int32_t* c = scratch(t_c, size_t(n_q) * n_k);
+  int32_t* o = scratch(t_o, size_t(2) * n_q * hd);
+  float* f = scratch(t_f, size_t(2) * n_q + 2 * size_t(n_k) + 4 * size_t(hd));
+  float *sq = f, *inv_sum = sq + n_q, *sk = inv_sum + n_q, *row_v = sk + n_k, *mean = row_v + n_k,
+        *row = mean + hd, *sv = row + hd, *tmp = sv + hd;
   std::fill(mean, mean + hd, 0.0f);
-  for (int j = 0; j < n_k; ++j) add_bias_row(k + size_t(j) * kv_stride, hd, mean);
+  for (int j = 0; j < n_k; ++j) add_bias_row(k + size_t(j) * s.kv_stride, hd, mean);
   for (int d = 0; d < hd; ++d) mean[d] /= float(n_k);
   for (int j = 0; j < n_k; ++j) {
-    const float* kj = k + size_t(j) * kv_stride;
+    const float* kj = k + size_t(j) * s.kv_stride;
     for (int d = 0; d < hd; ++d) row[d] = kj[d] - mean[d];
     sk[j] = quantize_row_s8(row, hd, kq + size_t(j) * hd);
   }
-  for (int i = 0; i < n_q; ++i) sq[i] = quantize_row_u8(q + size_t(i) * q_stride, hd, qq + size_t(i) * hd) * scale;
+  for (int i = 0; i < n_q; ++i)
+    sq[i] = quantize_row_u8(q + size_t(i) * s.q_stride, hd, qq + size_t(i) * hd) * scale;
   const int32_t co = 0;
   if (dnnl_gemm_u8s8s32('N', 'T', 'F', n_q, n_k, hd, 1.0f, qq, hd, 128, kq, hd, 0, 0.0f, c, n_k, &co) !=
       dnnl_success)
     throw Error("oneDNN u8s8s32 gemm failed");
   for (int i = 0; i < n_q; ++i)
-    dequant_row(c + size_t(i) * n_k, sk, sq[i], nullptr, n_k, false, scores + size_t(i) * n_k);
+    inv_sum[i] = softmax_row_fixed16(c + size_t(i) * n_k, sk, sq[i], mask.visible_keys(i, n_k), n_k, row_v,
+                                     p_hi + size_t(i) * n_k, p_lo + size_t(i) * n_k);
+  quantize_columns_s8(v, s.kv_stride, n_k, hd, tmp, sv, vq);
+  int32_t *o_hi = o, *o_lo = o + size_t(n_q) * hd;
+  if (dnnl_gemm_u8s8s32('N', 'N', 'F', n_q, hd, n_k, 1.0f, p_hi, n_k, 0, vq, hd, 0, 0.0f, o_hi, hd, &co) !=
+          dnnl_success ||
+      dnnl_gemm_u8s8s32('N', 'N', 'F', n_q, hd, n_k, 1.0f, p_lo, n_k, 128, vq, hd, 0, 0.0f, o_lo, hd, &co) !=
+          dnnl_success)
+    throw Error("oneDNN u8s8s32 gemm failed");
+  for (int i = 0; i < n_q; ++i) {
+    const int32_t* hi = o_hi + size_t(i) * hd;
+    const int32_t* lo = o_lo + size_t(i) * hd;
+    float* oi = out + size_t(i) * out_stride;
+    const float a = inv_sum[i] / 255.0f, b = inv_sum[i] / kProbLoInv;
+    for (int d = 0; d < hd; ++d) oi[d] = (float(hi[d]) * a + float(lo[d]) * b) * sv[d];
+  }
 }
 
 }  // namespace
@@ -420,37 +518,45 @@ void attention(const AttentionShape& s, const AttentionMask& mask, const float* 
   const int group = s.n_heads / s.n_kv_heads;
   const float scale = 1.0f / std::sqrt(float(s.head_dim));
   const int out_stride = s.n_heads * s.head_dim;
-  const bool int8 = s.int8_scores && base.rows == 0;
   // Heads in parallel, each with single-threaded GEMMs and its own scores.
+  if (s.int8_scores && base.rows == 0) {
+    parallel_for(size_t(s.n_heads), [&](size_t hb, size_t he) {
+      for (size_t h = hb; h < he; ++h)
+        head_attention_int8(s, mask, scale, q + h * s.head_dim, own.k + h / size_t(group) * size_t(s.head_dim),
+                            own.v + h / size_t(group) * size_t(s.head_dim), out + h * s.head_dim, out_stride);
+    });
+    return;
+  }
   parallel_for(size_t(s.n_heads), [&](size_t hb, size_t he) {
-    std::vector<float> scores(size_t(s.n_q) * s.n_k);
+    // Kept per thread: a fresh 2 MB block each call cost its page faults and
+    // zeroing (a tenth of the vision tower's attention time).
+    static thread_local std::vector<float> t_scores;
+    float* scores = scratch(t_scores, size_t(s.n_q) * s.n_k);
     for (size_t h = hb; h < he; ++h) {
       const size_t col = h / size_t(group) * size_t(s.head_dim);
       const float* qh = q + h * s.head_dim;
       float* oh = out + h * s.head_dim;
       // Scores against each key range, side by side in one row per query.
-      if (int8)
-        head_scores_int8(s.n_q, s.n_k, s.head_dim, qh, s.q_stride, own.k + col, s.kv_stride, scale, scores.data());
-      if (base.rows > 0 && !int8)
+      if (base.rows > 0)
         sgemm(true, s.n_q, base.rows, s.head_dim, scale, qh, s.q_stride, base.k + col, s.kv_stride, 0.0f,
-              scores.data(), s.n_k);
-      if (own.rows > 0 && !int8)
+              scores, s.n_k);
+      if (own.rows > 0)
         sgemm(true, s.n_q, own.rows, s.head_dim, scale, qh, s.q_stride, own.k + col, s.kv_stride, 0.0f,
-              scores.data() + base.rows, s.n_k);
+              scores + base.rows, s.n_k);
       for (int i = 0; i < s.n_q; ++i) {
-        float* row = scores.data() + size_t(i) * s.n_k;
+        float* row = scores + size_t(i) * s.n_k;
         const int visible = mask.visible_keys(i, s.n_k);
         softmax(row, visible);
         std::fill(row + visible, row + s.n_k, 0.0f);
       }
       float beta = 0.0f;
       if (base.rows > 0) {
-        sgemm(false, s.n_q, s.head_dim, base.rows, 1.0f, scores.data(), s.n_k, base.v + col, s.kv_stride, 0.0f,
+        sgemm(false, s.n_q, s.head_dim, base.rows, 1.0f, scores, s.n_k, base.v + col, s.kv_stride, 0.0f,
               oh, out_stride);
         beta = 1.0f;
       }
       if (own.rows > 0)
-        sgemm(false, s.n_q, s.head_dim, own.rows, 1.0f, scores.data() + base.rows, s.n_k, own.v + col,
+        sgemm(false, s.n_q, s.head_dim, own.rows, 1.0f, scores + base.rows, s.n_k, own.v + col,
               s.kv_stride, beta, oh, out_stride);
     }
   });

@@ -50,9 +50,10 @@ struct AttentionShape {
   int n_q = 0, n_k = 0;
   int n_heads = 0, n_kv_heads = 0, head_dim = 0;
   int q_stride = 0, kv_stride = 0;
-  // Q·Kᵀ as a u8×s8 GEMM (query and key rows quantised per row), as the int8
-  // modes do for the vision tower; softmax and P·V stay fp32. Only for keys
-  // in one range (no base rows).
+  // Attention on int8 GEMMs, as the int8 modes do for the vision tower and
+  // long text prompts: Q·Kᵀ with query and key rows quantised per row, P·V
+  // with P in 16-bit fixed point (two u8 GEMMs) and V per column; softmax
+  // in fp32. Only for keys in one range (no base rows).
   bool int8_scores = false;
 };
 // Mask kinds: full (every key visible) or "prefix-causal": query at absolute

@@ -26,11 +26,13 @@ void set_num_threads(int n) {
 
 int num_threads() { return threads_now(); }
 
+bool in_parallel_region() { return omp_in_parallel() != 0; }
+
 void parallel_for(size_t n, const std::function<void(size_t, size_t)>& fn) {
   if (n == 0) return;
   const size_t parts = std::min<size_t>(n, size_t(threads_now()));
   // Nested calls (from inside a parallel region) run serially.
-  if (parts <= 1 || omp_in_parallel()) {
+  if (parts <= 1 || in_parallel_region()) {
     fn(0, n);
     return;
   }

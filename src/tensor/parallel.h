@@ -14,5 +14,7 @@ int num_threads();
 // Calls fn(begin, end) on disjoint chunks covering [0, n), in parallel, and
 // returns when all are done. Nested calls run serially.
 void parallel_for(size_t n, const std::function<void(size_t, size_t)>& fn);
+// True inside a parallel_for body (where nested loops and oneDNN run serially).
+bool in_parallel_region();
 
 }  // namespace md
