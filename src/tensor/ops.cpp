@@ -56,6 +56,22 @@ __attribute__((always_inline)) inline void gelu_body(float* x, size_t n) {
 
 MD_VECTOR_CLONES void gelu_range(float* x, size_t n) { gelu_body(x, n); }
 
+// x[i] = e^(x[i] − max x) in place (n ≥ 1); returns their sum. Inlined into
+// each caller's vector clones.
+__attribute__((always_inline)) inline float exp_minus_max(float* x, int n) {
+  float mx = x[0];
+#pragma omp simd reduction(max : mx)
+  for (int i = 1; i < n; ++i) mx = x[i] > mx ? x[i] : mx;
+  float sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int i = 0; i < n; ++i) {
+    const float e = fast_exp(x[i] - mx);
+    x[i] = e;
+    sum += e;
+  }
+  return sum;
+}
+
 // Row-major C[M,N] = alpha·A[M,K]·B (B given as [N,K] when trans_b) + beta·C.
 // Called from inside parallel regions, where oneDNN runs single-threaded.
 void sgemm(bool trans_b, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
@@ -287,16 +303,7 @@ MD_VECTOR_CLONES float softmax_row_fixed16(const int32_t* c, const float* sk, fl
                                            uint8_t* hi, uint8_t* lo) {
 #pragma omp simd
   for (int j = 0; j < visible; ++j) v[j] = float(c[j]) * (sk[j] * sq);
-  float mx = v[0];
-#pragma omp simd reduction(max : mx)
-  for (int j = 1; j < visible; ++j) mx = v[j] > mx ? v[j] : mx;
-  float sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (int j = 0; j < visible; ++j) {
-    const float e = fast_exp(v[j] - mx);
-    v[j] = e;
-    sum += e;
-  }
+  const float sum = exp_minus_max(v, visible);
   // Round to nearest by the 1.5·2^23 trick, as quantize_row_body.
 #pragma omp simd
   for (int j = 0; j < visible; ++j) {
@@ -492,17 +499,7 @@ void gelu_tanh(float* x, size_t n) {
 }
 
 MD_VECTOR_CLONES void softmax(float* x, int n) {
-  float mx = x[0];
-#pragma omp simd reduction(max : mx)
-  for (int i = 1; i < n; ++i) mx = x[i] > mx ? x[i] : mx;
-  float sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (int i = 0; i < n; ++i) {
-    const float e = fast_exp(x[i] - mx);
-    x[i] = e;
-    sum += e;
-  }
-  const float inv = 1.0f / sum;
+  const float inv = 1.0f / exp_minus_max(x, n);
 #pragma omp simd
   for (int i = 0; i < n; ++i) x[i] *= inv;
 }
