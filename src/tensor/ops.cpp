@@ -340,7 +340,8 @@ MD_VECTOR_CLONES void quantize_columns_s8(const float* v, int ld, int rows, int 
   }
 }
 
-// One head of attention, all on int8 GEMMs (the int8 modes' vision tower):
+// One head of attention, all on int8 GEMMs (the int8 modes' vision tower
+// and long text prompts):
 // scores = scale · Q·Kᵀ with query rows as u8 (offset 128) and key rows as
 // s8, one scale per row, the mean key subtracted first (that moves all of a
 // query's scores by the same amount, which softmax ignores, and centres the
