@@ -16,13 +16,18 @@
 namespace md {
 namespace {
 
+// x rounded to the nearest integer (ties to even) by adding and removing
+// 1.5·2^23, for |x| < 2^22: vectorises without SSE4.1's round instruction.
+__attribute__((always_inline)) static inline float round_nearest(float x) {
+  return (x + 12582912.0f) - 12582912.0f;
+}
+
 // exp(x) for x in [-87, 88] to ~1 ulp, in a form the compiler vectorises
 // (glibc's expf is a scalar call here): x = n·ln2 + r, e^r by a degree-6
 // polynomial, 2^n by building the float's exponent bits.
 __attribute__((always_inline)) static inline float fast_exp(float x) {
   x = std::min(88.0f, std::max(-87.0f, x));
-  // Round to nearest by the 1.5·2^23 trick (vectorises without SSE4.1).
-  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  const float n = round_nearest(x * 1.44269504088896341f);
   const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187045e-06f;
   float p = 1.0f / 720;
   p = p * r + 1.0f / 120;
@@ -132,9 +137,8 @@ __attribute__((always_inline)) inline float quantize_row_body(const float* x, in
 #pragma omp simd reduction(max : amax)
   for (int c = 0; c < k; ++c) amax = std::max(amax, std::fabs(x[c]));
   const float inv = amax > 0 ? 127.0f / amax : 0.0f;
-  // Round to nearest even by the 1.5·2^23 trick (|x·inv| ≤ 127).
 #pragma omp simd
-  for (int c = 0; c < k; ++c) q[c] = T(int((x[c] * inv + 12582912.0f) - 12582912.0f) + kOffset);
+  for (int c = 0; c < k; ++c) q[c] = T(int(round_nearest(x[c] * inv)) + kOffset);
   return amax / 127.0f;
 }
 
@@ -243,7 +247,7 @@ void linear_int8(const WeightMatrix& w, const float* x, int m, const float* bias
   if (m <= kMaxTransposedInt8Rows) return linear_int8_transposed(w, x, m, bias, gelu, kGemmBlock, y);
   // A crop per thread (vision tower): two blocks, one after the other. Per
   // thread that ran 5-8 % faster than the row-major blocks below (bench).
-  if (in_parallel_region()) return linear_int8_transposed(w, x, m, bias, gelu, (w.rows / 2 + 63) / 64 * 64, y);
+  if (in_parallel_region()) return linear_int8_transposed(w, x, m, bias, gelu, (w.rows / 2 + kTileCols - 1) / kTileCols * kTileCols, y);
   const int k = w.cols, out = w.rows;
   static thread_local std::vector<uint8_t> t_xq;
   static thread_local std::vector<float> t_xs;
@@ -304,11 +308,10 @@ MD_VECTOR_CLONES float softmax_row_fixed16(const int32_t* c, const float* sk, fl
 #pragma omp simd
   for (int j = 0; j < visible; ++j) v[j] = float(c[j]) * (sk[j] * sq);
   const float sum = exp_minus_max(v, visible);
-  // Round to nearest by the 1.5·2^23 trick, as quantize_row_body.
 #pragma omp simd
   for (int j = 0; j < visible; ++j) {
-    const float h = (v[j] * 255.0f + 12582912.0f) - 12582912.0f;
-    const float l = ((v[j] - h * (1.0f / 255.0f)) * kProbLoInv + 12582912.0f) - 12582912.0f;
+    const float h = round_nearest(v[j] * 255.0f);
+    const float l = round_nearest((v[j] - h * (1.0f / 255.0f)) * kProbLoInv);
     hi[j] = uint8_t(int(h));
     lo[j] = uint8_t(int(l) + 128);
   }
@@ -336,7 +339,7 @@ MD_VECTOR_CLONES void quantize_columns_s8(const float* v, int ld, int rows, int 
     const float* vj = v + size_t(j) * ld;
     int8_t* qj = q + size_t(j) * cols;
 #pragma omp simd
-    for (int d = 0; d < cols; ++d) qj[d] = int8_t(int((vj[d] * amax[d] + 12582912.0f) - 12582912.0f));
+    for (int d = 0; d < cols; ++d) qj[d] = int8_t(int(round_nearest(vj[d] * amax[d])));
   }
 }
 
@@ -352,7 +355,7 @@ void head_attention_int8(const AttentionShape& s, const AttentionMask& mask, flo
   const int n_q = s.n_q, n_k = s.n_k, hd = s.head_dim;
   static thread_local std::vector<uint8_t> t_q, t_hi, t_lo;
   static thread_local std::vector<int8_t> t_k, t_v;
-  static thread_local std::vector<float> t_f;
+  static thread_local std::vector<float> t_sq, t_inv_sum, t_sk, t_row_v, t_mean, t_row, t_sv, t_tmp;
   static thread_local std::vector<int32_t> t_c, t_o;
   uint8_t* qq = scratch(t_q, size_t(n_q) * hd);
   int8_t* kq = scratch(t_k, size_t(n_k) * hd);
@@ -361,9 +364,14 @@ void head_attention_int8(const AttentionShape& s, const AttentionMask& mask, flo
   uint8_t* p_lo = scratch(t_lo, size_t(n_q) * n_k);
   int32_t* c = scratch(t_c, size_t(n_q) * n_k);
   int32_t* o = scratch(t_o, size_t(2) * n_q * hd);
-  float* f = scratch(t_f, size_t(2) * n_q + 2 * size_t(n_k) + 4 * size_t(hd));
-  float *sq = f, *inv_sum = sq + n_q, *sk = inv_sum + n_q, *row_v = sk + n_k, *mean = row_v + n_k,
-        *row = mean + hd, *sv = row + hd, *tmp = sv + hd;
+  float* sq = scratch(t_sq, size_t(n_q));
+  float* inv_sum = scratch(t_inv_sum, size_t(n_q));
+  float* sk = scratch(t_sk, size_t(n_k));
+  float* row_v = scratch(t_row_v, size_t(n_k));
+  float* mean = scratch(t_mean, size_t(hd));
+  float* row = scratch(t_row, size_t(hd));
+  float* sv = scratch(t_sv, size_t(hd));
+  float* tmp = scratch(t_tmp, size_t(hd));
   std::fill(mean, mean + hd, 0.0f);
   for (int j = 0; j < n_k; ++j) add_bias_row(k + size_t(j) * s.kv_stride, hd, mean);
   for (int d = 0; d < hd; ++d) mean[d] /= float(n_k);
