@@ -10,6 +10,7 @@
 
 #include "model/config.h"
 #include "tensor/error.h"
+#include "tensor/gemv.h"
 #include "tensor/quant.h"
 #include "model/region.h"
 #include "model/sampling.h"
@@ -293,13 +294,21 @@ TEST(Linear, Int8WithPerRowScalesMatchesTheDequantisedWeights) {
   // runs a GEMM.
   ASSERT_FALSE(quant_group_ok(144, 144));
   ASSERT_TRUE(quant_layout_ok(WeightFormat::Q8, 144, 144));
-  for (const auto& [in, out] : {std::pair{256, 300}, std::pair{256, 16}, std::pair{144, 600}}) {
+  for (const auto& [in, out] : {std::pair{256, 300}, std::pair{256, 16}, std::pair{144, 600}, std::pair{1168, 128}}) {
     const auto W = random_vec(size_t(in) * out, 21), B = random_vec(out, 22);
     const QuantizedWeights q = quantize(W.data(), WeightFormat::F32, out, in, WeightFormat::Q8, in);
     std::vector<float> wd;
     const Linear l = q8_linear(q, B.data(), &wd);
     for (int m : {1, 3, 7, 20, 40, 100}) {
       const auto x = random_vec(size_t(m) * in, 23 + m);
+      std::vector<float> y_onednn(size_t(m) * out), yg_onednn(size_t(m) * out);
+      // Without a fused kernel (as on an AVX2 CPU): oneDNN's GEMM, then
+      // the epilogue. The int32 sums are exact either way; the epilogues
+      // differ only in float rounding (fused multiply-adds).
+      ASSERT_TRUE(detail::gemv_force_isa("scalar"));
+      linear(l, x.data(), m, y_onednn.data());
+      linear_gelu(l, x.data(), m, yg_onednn.data());
+      detail::gemv_force_isa(nullptr);
       std::vector<float> y(size_t(m) * out), yg(size_t(m) * out);
       linear(l, x.data(), m, y.data());
       linear_gelu(l, x.data(), m, yg.data());
@@ -328,6 +337,10 @@ TEST(Linear, Int8WithPerRowScalesMatchesTheDequantisedWeights) {
       });
       EXPECT_TRUE(was_nested || num_threads() == 1);
       EXPECT_EQ(nested, y) << in << "x" << out << " m=" << m;
+      for (size_t i = 0; m > 32 && i < y.size(); ++i) {  // (fewer rows: the GEMV / transposed paths)
+        ASSERT_NEAR(y_onednn[i], y[i], 2e-6f * (1 + std::fabs(y[i]))) << in << "x" << out << " m=" << m;
+        ASSERT_NEAR(yg_onednn[i], yg[i], 2e-6f * (1 + std::fabs(yg[i]))) << in << "x" << out << " m=" << m;
+      }
     }
     if (in == 144) {
       EXPECT_THROW(quantize(W.data(), WeightFormat::F32, out, in, WeightFormat::Q4, in), Error);

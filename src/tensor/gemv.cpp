@@ -208,7 +208,7 @@ float q4_dot_tail(const WeightMatrix& w, int r, const XQuant& x, int c0) {
   return qdot_groups(wq, sc, x, w.group, c0 / w.group, ng);
 }
 
-const Kernels kScalar = {"scalar", fp_scalar, q8_scalar, q4_scalar, quant_row_scalar, prep_row_scalar};
+const Kernels kScalar = {"scalar", fp_scalar, q8_scalar, q4_scalar, quant_row_scalar, prep_row_scalar, nullptr};
 
 // ---------------------------------------------------------------------------
 // Dispatch.
@@ -289,6 +289,8 @@ const char* gemv_best_isa() { return best_isa(); }
 }  // namespace detail
 
 const char* gemv_isa() { return kernels().name; }
+
+Int8GemmKernel int8_gemm_kernel() { return kernels().int8_gemm; }
 
 namespace {
 

@@ -282,7 +282,7 @@ void prep_row_avx2(const float* x, int cols, int group, int zero, int8_t* q, flo
 
 }  // namespace
 
-const Kernels kAvx2 = {"avx2", fp_avx2, q8_avx2, q4_avx2, quant_row_scalar, prep_row_avx2};
+const Kernels kAvx2 = {"avx2", fp_avx2, q8_avx2, q4_avx2, quant_row_scalar, prep_row_avx2, nullptr};
 
 }  // namespace md::gemv_detail
 

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "tensor/gemm_int8.h"
 #include "tensor/gemv.h"
 
 namespace md::gemv_detail {
@@ -53,7 +54,10 @@ struct Kernels {
   QKernel q4;
   QuantRow quant_row;
   PrepRow prep_row;
+  Int8GemmKernel int8_gemm;  // null where the ISA has no fused int8 GEMM (oneDNN's is used)
 };
+
+void int8_gemm_avx512(const Int8GemmArgs& a, uint8_t* panel);
 
 extern const Kernels kScalar;
 extern const Kernels kAvx2;

@@ -10,6 +10,7 @@
 
 #include "tensor/dtype.h"
 #include "tensor/error.h"
+#include "tensor/gemm_int8.h"
 #include "tensor/parallel.h"
 #include "tensor/quant.h"
 
@@ -150,6 +151,16 @@ MD_VECTOR_CLONES float quantize_row_s8(const float* x, int k, int8_t* q) {
   return quantize_row_body<int8_t, 0>(x, k, q);
 }
 
+// The same with the row's sum Σ q (the fused GEMM's offset correction).
+MD_VECTOR_CLONES float quantize_row_s8_sum(const float* x, int k, int8_t* q, int32_t* sum) {
+  const float s = quantize_row_body<int8_t, 0>(x, k, q);
+  int32_t total = 0;
+#pragma omp simd reduction(+ : total)
+  for (int c = 0; c < k; ++c) total += q[c];
+  *sum = total;
+  return s;
+}
+
 void quantize_rows_u8(const float* x, int m, int k, uint8_t* xq, float* scale) {
   parallel_for(size_t(m), [&](size_t b, size_t e) {
     for (size_t r = b; r < e; ++r) scale[r] = quantize_row_u8(x + r * size_t(k), k, xq + r * size_t(k));
@@ -243,8 +254,53 @@ void linear_int8_transposed(const WeightMatrix& w, const float* x, int m, const 
   });
 }
 
+// The fused kernel of gemm_int8.h: activations quantised per row with their
+// sums, the outputs split between the threads in whole 48-row panels (the
+// kernel's unit), or all of them on this thread inside a parallel region.
+void linear_int8_fused(Int8GemmKernel kernel, const WeightMatrix& w, const float* x, int m, const float* bias,
+                       bool gelu, float* y) {
+  const int k = w.cols, out = w.rows;
+  static thread_local std::vector<int8_t> t_xq;
+  static thread_local std::vector<float> t_xs, t_ws;
+  static thread_local std::vector<int32_t> t_xsum;
+  int8_t* xq = scratch(t_xq, size_t(m) * k);
+  float* xs = scratch(t_xs, size_t(m));
+  int32_t* xsum = scratch(t_xsum, size_t(m));
+  float* ws = scratch(t_ws, size_t(out));
+  parallel_for(size_t(m), [&](size_t b, size_t e) {
+    for (size_t r = b; r < e; ++r)
+      xs[r] = quantize_row_s8_sum(x + r * size_t(k), k, xq + r * size_t(k), xsum + r);
+  });
+  convert_to_f32(DType::F16, w.aux, ws, size_t(out));
+  const auto* wq = static_cast<const uint8_t*>(w.data);
+  constexpr int kPanel = 48;
+  parallel_for(size_t((out + kPanel - 1) / kPanel), [&](size_t b, size_t e) {
+    static thread_local std::vector<uint8_t> t_panel;
+    // 64-byte aligned inside the buffer: the kernel's aligned loads.
+    uint8_t* raw = scratch(t_panel, int8_gemm_panel_bytes(k) + 64);
+    uint8_t* panel = raw + (64 - reinterpret_cast<uintptr_t>(raw) % 64) % 64;
+    const int j0 = int(b) * kPanel, j1 = std::min(out, int(e) * kPanel);
+    Int8GemmArgs a;
+    a.x = xq;
+    a.xs = xs;
+    a.xsum = xsum;
+    a.m = m;
+    a.k = k;
+    a.w = wq + size_t(j0) * k;
+    a.ws = ws + j0;
+    a.bias = bias ? bias + j0 : nullptr;
+    a.n = j1 - j0;
+    a.gelu = gelu;
+    a.y = y + j0;
+    a.ldy = size_t(out);
+    kernel(a, panel);
+  });
+}
+
 void linear_int8(const WeightMatrix& w, const float* x, int m, const float* bias, bool gelu, float* y) {
   if (m <= kMaxTransposedInt8Rows) return linear_int8_transposed(w, x, m, bias, gelu, kGemmBlock, y);
+  if (Int8GemmKernel kernel = int8_gemm_kernel(); kernel && w.cols % 4 == 0 && w.rows % 16 == 0)
+    return linear_int8_fused(kernel, w, x, m, bias, gelu, y);
   // A crop per thread (vision tower): two blocks, one after the other. Per
   // thread that ran 5-8 % faster than the row-major blocks below (bench).
   if (in_parallel_region()) return linear_int8_transposed(w, x, m, bias, gelu, (w.rows / 2 + kTileCols - 1) / kTileCols * kTileCols, y);

@@ -1,0 +1,216 @@
+// The int8 GEMM of the int8 modes on AVX-512 VNNI, with its epilogue fused
+// into the microkernel: Y = dequant(X_s8 · W_q8ᵀ) (+ bias, GELU) in one pass,
+// no int32 result matrix. Compiled for that target only inside this file
+// (target pragma, as gemv_avx512.cpp); reached through the kernel table.
+//
+// Why not oneDNN here: its u8×s8→s32 GEMM reaches ~85 % of the VNNI peak, but
+// it writes int32 C that a second pass must dequantise (per-row × per-column
+// scales, bias, GELU) and it cannot take those scales itself (oneDNN 2.6's
+// matmul falls back to reference code with per-row scales). Doing the
+// epilogue on the accumulators while they are in registers removes that pass
+// (bench/gemv_bench --gemm compares the two).
+//
+// Layout: the weights are stored row-major as q + 128 (u8), which is
+// vpdpbusd's unsigned operand; the activations are signed, broadcast 4 bytes
+// at a time. Per panel of 48 weight rows the stored rows are repacked so that
+// one 64-byte load holds 4 consecutive columns of 16 rows (a 16×16 dword
+// transpose per 64 columns); the panel (48 × k bytes) stays in L1/L2 while
+// every row tile of X passes over it. Microkernel: 8 rows × 48 outputs, 24
+// zmm accumulators, per 4 columns 3 loads + 8 broadcasts for 24 vpdpbusd.
+// Σ (q_w + 128)·x = Σ q_w·x + 128·Σ x: the caller's row sums of X remove the
+// offset exactly, so the int32 sums equal oneDNN's.
+
+// GCC 12 reports its own _mm*_undefined_* placeholders inside the intrinsic
+// headers as uninitialised once inlined (GCC bug 105593); not our code.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <immintrin.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "tensor/gemv_impl.h"
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")
+#endif
+
+namespace md::gemv_detail {
+namespace {
+
+constexpr int kTileM = 8;      // rows of X per microkernel call
+constexpr int kPanelVecs = 3;  // 16-row weight vectors per panel (48 outputs)
+
+// r[i] (16 dwords each) := the transpose: r[j] lane i = old r[i] lane j.
+inline void transpose16x16(__m512i r[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  // Per 128-bit lane L, u[4a + c] = rows 4a..4a+3 of column 4L + c.
+  __m512i u[16];
+  for (int i = 0; i < 16; i += 4) {
+    u[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    u[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    u[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    u[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  for (int c = 0; c < 4; ++c) {
+    const __m512i ab_lo = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x44);
+    const __m512i ab_hi = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xEE);
+    const __m512i cd_lo = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x44);
+    const __m512i cd_hi = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xEE);
+    r[c] = _mm512_shuffle_i32x4(ab_lo, cd_lo, 0x88);
+    r[4 + c] = _mm512_shuffle_i32x4(ab_lo, cd_lo, 0xDD);
+    r[8 + c] = _mm512_shuffle_i32x4(ab_hi, cd_hi, 0x88);
+    r[12 + c] = _mm512_shuffle_i32x4(ab_hi, cd_hi, 0xDD);
+  }
+}
+
+// panel[(g·vecs + v)·64 + 4·j + b] = w[(16v + j)·k + 4g + b]: for each group
+// of 4 columns, the vecs × 16 rows' 4 bytes side by side.
+void pack_panel(const uint8_t* w, int k, int vecs, uint8_t* panel) {
+  const int groups = k / 4;
+  for (int v = 0; v < vecs; ++v) {
+    const uint8_t* rows = w + size_t(16 * v) * size_t(k);
+    for (int g0 = 0; g0 < groups; g0 += 16) {
+      const int n = groups - g0 < 16 ? groups - g0 : 16;
+      const __mmask16 mask = __mmask16((1u << n) - 1u);
+      __m512i r[16];
+      for (int j = 0; j < 16; ++j) r[j] = _mm512_maskz_loadu_epi32(mask, rows + size_t(j) * size_t(k) + 4 * size_t(g0));
+      transpose16x16(r);
+      for (int g = 0; g < n; ++g) _mm512_store_si512(panel + (size_t(g0 + g) * vecs + v) * 64, r[g]);
+    }
+  }
+}
+
+// GELU as ops.cpp's gelu_body (tanh form, e^x by the same degree-6
+// polynomial), on 16 lanes: v / (1 + e^(−2u)), u = √(2/π)·(v + 0.044715·v³).
+inline __m512 gelu16(__m512 v) {
+  const __m512 v3 = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.044715f), v), v), v);
+  const __m512 u = _mm512_mul_ps(_mm512_set1_ps(0.7978845608028654f), _mm512_add_ps(v, v3));
+  __m512 x = _mm512_mul_ps(_mm512_set1_ps(-2.0f), u);
+  x = _mm512_min_ps(_mm512_set1_ps(88.0f), _mm512_max_ps(_mm512_set1_ps(-87.0f), x));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 r = _mm512_sub_ps(_mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(0.693145751953125f))),
+                                 _mm512_mul_ps(n, _mm512_set1_ps(1.428606765330187045e-06f)));
+  __m512 p = _mm512_set1_ps(1.0f / 720);
+  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f / 120));
+  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f / 24));
+  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f / 6));
+  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(0.5f));
+  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f));
+  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f));
+  const __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+  const __m512 e = _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
+  return _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+}
+
+struct Epilogue {
+  const float* xs;      // per row of X
+  const int32_t* xsum;  // per row of X: Σ x (removes the +128 of the weights)
+  const float* ws;      // per output, this panel
+  const float* bias;    // per output, this panel, or null
+  bool gelu;
+};
+
+// Rows [0, M) of X (row stride k) against one packed panel of V vectors;
+// y[i·ldy + j] for j < 16·V.
+// acc += Σ4 w_u8 · a_s8 per dword lane. As inline asm: GCC 12 compiles the
+// intrinsic's non-destructive form into a copy per product and keeps the
+// accumulators on the stack.
+__attribute__((always_inline)) inline void dpbusd(__m512i& acc, __m512i w, __m512i a) {
+  __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(w), "v"(a));
+}
+
+template <int M, int V>
+void tile(const int8_t* x, int k, const uint8_t* panel, const Epilogue& ep, float* y, size_t ldy) {
+  __m512i acc[M][V];
+#pragma GCC unroll 8
+  for (int i = 0; i < M; ++i)
+#pragma GCC unroll 3
+    for (int v = 0; v < V; ++v) acc[i][v] = _mm512_setzero_si512();
+  const int groups = k / 4;
+  for (int g = 0; g < groups; ++g) {
+    __m512i b[V];
+#pragma GCC unroll 3
+    for (int v = 0; v < V; ++v) b[v] = _mm512_load_si512(panel + (size_t(g) * V + v) * 64);
+#pragma GCC unroll 8
+    for (int i = 0; i < M; ++i) {
+      int32_t a4;
+      __builtin_memcpy(&a4, x + size_t(i) * size_t(k) + 4 * size_t(g), 4);
+      const __m512i a = _mm512_set1_epi32(a4);
+#pragma GCC unroll 3
+      for (int v = 0; v < V; ++v) dpbusd(acc[i][v], b[v], a);
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < M; ++i) {
+    const __m512i corr = _mm512_set1_epi32(128 * ep.xsum[i]);
+    const __m512 sx = _mm512_set1_ps(ep.xs[i]);
+    float* yi = y + size_t(i) * ldy;
+#pragma GCC unroll 3
+    for (int v = 0; v < V; ++v) {
+      // y = c · (ws · sx) + bias, as ops.cpp's dequant_row.
+      const __m512 c = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[i][v], corr));
+      __m512 out = _mm512_mul_ps(c, _mm512_mul_ps(_mm512_loadu_ps(ep.ws + 16 * v), sx));
+      if (ep.bias) out = _mm512_add_ps(out, _mm512_loadu_ps(ep.bias + 16 * v));
+      if (ep.gelu) out = gelu16(out);
+      _mm512_storeu_ps(yi + 16 * v, out);
+    }
+  }
+}
+
+template <int V>
+void row_tiles(const int8_t* x, int m, int k, const uint8_t* panel, Epilogue ep, float* y, size_t ldy) {
+  int i = 0;
+  for (; i + kTileM <= m; i += kTileM) {
+    tile<kTileM, V>(x + size_t(i) * size_t(k), k, panel, ep, y + size_t(i) * ldy, ldy);
+    ep.xs += kTileM;
+    ep.xsum += kTileM;
+  }
+  const int8_t* xt = x + size_t(i) * size_t(k);
+  float* yt = y + size_t(i) * ldy;
+  switch (m - i) {
+    case 7: tile<7, V>(xt, k, panel, ep, yt, ldy); break;
+    case 6: tile<6, V>(xt, k, panel, ep, yt, ldy); break;
+    case 5: tile<5, V>(xt, k, panel, ep, yt, ldy); break;
+    case 4: tile<4, V>(xt, k, panel, ep, yt, ldy); break;
+    case 3: tile<3, V>(xt, k, panel, ep, yt, ldy); break;
+    case 2: tile<2, V>(xt, k, panel, ep, yt, ldy); break;
+    case 1: tile<1, V>(xt, k, panel, ep, yt, ldy); break;
+    default: break;
+  }
+}
+
+}  // namespace
+
+void int8_gemm_avx512(const Int8GemmArgs& a, uint8_t* panel) {
+  for (int j0 = 0; j0 < a.n; j0 += 16 * kPanelVecs) {
+    const int vecs = (a.n - j0) / 16 < kPanelVecs ? (a.n - j0) / 16 : kPanelVecs;
+    pack_panel(a.w + size_t(j0) * size_t(a.k), a.k, vecs, panel);
+    const Epilogue ep{a.xs, a.xsum, a.ws + j0, a.bias ? a.bias + j0 : nullptr, a.gelu};
+    float* y = a.y + j0;
+    if (vecs == 3)
+      row_tiles<3>(a.x, a.m, a.k, panel, ep, y, a.ldy);
+    else if (vecs == 2)
+      row_tiles<2>(a.x, a.m, a.k, panel, ep, y, a.ldy);
+    else
+      row_tiles<1>(a.x, a.m, a.k, panel, ep, y, a.ldy);
+  }
+}
+
+}  // namespace md::gemv_detail
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
