@@ -291,15 +291,19 @@ TEST(Linear, Int8WithPerRowScalesMatchesTheDequantisedWeights) {
   // Shapes: 256→300 (two GEMM blocks, the second partial); 256→16 (one
   // block, which many rows split into row bands); 144→600, a width the GEMV
   // kernels do not take (9·16, like the vision MLP's 4304), so even one row
-  // runs a GEMM.
+  // runs a GEMM; for the fused AVX-512 kernel (more than 32 rows, outputs a
+  // multiple of 16) 1168→176 and 512→96: panels of 64 outputs and a last one
+  // of 48 / 32 (256→16: 16), 1168 = 292 groups of 4 columns, a partial block
+  // of 16 groups in the repacking; 35, 40, 100 rows end in partial row tiles.
   ASSERT_FALSE(quant_group_ok(144, 144));
   ASSERT_TRUE(quant_layout_ok(WeightFormat::Q8, 144, 144));
-  for (const auto& [in, out] : {std::pair{256, 300}, std::pair{256, 16}, std::pair{144, 600}, std::pair{1168, 128}}) {
+  for (const auto& [in, out] : {std::pair{256, 300}, std::pair{256, 16}, std::pair{144, 600}, std::pair{1168, 176},
+                                 std::pair{512, 96}}) {
     const auto W = random_vec(size_t(in) * out, 21), B = random_vec(out, 22);
     const QuantizedWeights q = quantize(W.data(), WeightFormat::F32, out, in, WeightFormat::Q8, in);
     std::vector<float> wd;
     const Linear l = q8_linear(q, B.data(), &wd);
-    for (int m : {1, 3, 7, 20, 40, 100}) {
+    for (int m : {1, 3, 7, 20, 35, 40, 100}) {
       const auto x = random_vec(size_t(m) * in, 23 + m);
       std::vector<float> y_onednn(size_t(m) * out), yg_onednn(size_t(m) * out);
       // Without a fused kernel (as on an AVX2 CPU): oneDNN's GEMM, then

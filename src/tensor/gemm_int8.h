@@ -26,7 +26,7 @@ struct Int8GemmArgs {
 };
 
 // Scratch the kernel repacks weights into: 64-byte aligned, this many bytes.
-inline size_t int8_gemm_panel_bytes(int k) { return size_t(48) * size_t(k); }
+inline size_t int8_gemm_panel_bytes(int k) { return size_t(64) * size_t(k); }
 
 // Single-threaded; the caller splits the outputs (n) between threads.
 using Int8GemmKernel = void (*)(const Int8GemmArgs& args, uint8_t* panel);

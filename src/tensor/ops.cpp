@@ -255,7 +255,7 @@ void linear_int8_transposed(const WeightMatrix& w, const float* x, int m, const 
 }
 
 // The fused kernel of gemm_int8.h: activations quantised per row with their
-// sums, the outputs split between the threads in whole 48-row panels (the
+// sums, the outputs split between the threads in whole 64-row panels (the
 // kernel's unit), or all of them on this thread inside a parallel region.
 void linear_int8_fused(Int8GemmKernel kernel, const WeightMatrix& w, const float* x, int m, const float* bias,
                        bool gelu, float* y) {
@@ -273,7 +273,7 @@ void linear_int8_fused(Int8GemmKernel kernel, const WeightMatrix& w, const float
   });
   convert_to_f32(DType::F16, w.aux, ws, size_t(out));
   const auto* wq = static_cast<const uint8_t*>(w.data);
-  constexpr int kPanel = 48;
+  constexpr int kPanel = 64;
   parallel_for(size_t((out + kPanel - 1) / kPanel), [&](size_t b, size_t e) {
     static thread_local std::vector<uint8_t> t_panel;
     // 64-byte aligned inside the buffer: the kernel's aligned loads.
