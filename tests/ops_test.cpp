@@ -563,6 +563,28 @@ TEST(Parallel, CoversEveryIndexOnceAndNests) {
       }
     });
     for (int h : hits) EXPECT_EQ(h, 1);
+    // parallel_for_each: every index once; `next` is the index the same
+    // thread runs after i (or n), so following it visits every index too.
+    std::vector<int> each(1001, 0);
+    std::vector<size_t> next_of(1001, 0);
+    parallel_for_each(each.size(), [&](size_t i, size_t next) {
+      each[i]++;
+      next_of[i] = next;
+      parallel_for_each(3, [](size_t, size_t) {});  // nested: serial
+    });
+    for (int h : each) EXPECT_EQ(h, 1);
+    std::vector<bool> is_next(1001, false);
+    for (size_t i = 0; i < next_of.size(); ++i) {
+      ASSERT_GT(next_of[i], i);
+      if (next_of[i] < next_of.size()) {
+        EXPECT_FALSE(is_next[next_of[i]]) << "two indices name the same next";
+        is_next[next_of[i]] = true;
+      }
+    }
+    // Exactly one chain start per thread that got work (indices nobody names).
+    const long starts = std::count(is_next.begin(), is_next.end(), false);
+    EXPECT_GE(starts, 1);
+    EXPECT_LE(starts, threads);
   }
   set_num_threads(0);
 }

@@ -23,6 +23,10 @@ struct Int8GemmArgs {
   bool gelu = false;
   float* y = nullptr;  // y[i·ldy + j]
   size_t ldy = 0;
+  // Bytes to bring into L2 while this call computes: the stored weight rows
+  // of this thread's next call, so that its repacking reads from cache.
+  const uint8_t* prefetch = nullptr;
+  size_t prefetch_bytes = 0;
 };
 
 // Scratch the kernel repacks weights into: 64-byte aligned, this many bytes.

@@ -255,8 +255,8 @@ void linear_int8_transposed(const WeightMatrix& w, const float* x, int m, const 
 }
 
 // The fused kernel of gemm_int8.h: activations quantised per row with their
-// sums, the outputs split between the threads in whole 64-row panels (the
-// kernel's unit), or all of them on this thread inside a parallel region.
+// sums; the threads take the 64-output panels (the kernel's unit) one at a
+// time, or this thread does all of them inside a parallel region.
 void linear_int8_fused(Int8GemmKernel kernel, const WeightMatrix& w, const float* x, int m, const float* bias,
                        bool gelu, float* y) {
   const int k = w.cols, out = w.rows;
@@ -274,12 +274,13 @@ void linear_int8_fused(Int8GemmKernel kernel, const WeightMatrix& w, const float
   convert_to_f32(DType::F16, w.aux, ws, size_t(out));
   const auto* wq = static_cast<const uint8_t*>(w.data);
   constexpr int kPanel = 64;
-  parallel_for(size_t((out + kPanel - 1) / kPanel), [&](size_t b, size_t e) {
+  const size_t panels = size_t((out + kPanel - 1) / kPanel);
+  parallel_for_each(panels, [&](size_t p, size_t next) {
     static thread_local std::vector<uint8_t> t_panel;
     // 64-byte aligned inside the buffer: the kernel's aligned loads.
     uint8_t* raw = scratch(t_panel, int8_gemm_panel_bytes(k) + 64);
     uint8_t* panel = raw + (64 - reinterpret_cast<uintptr_t>(raw) % 64) % 64;
-    const int j0 = int(b) * kPanel, j1 = std::min(out, int(e) * kPanel);
+    const int j0 = int(p) * kPanel, j1 = std::min(out, j0 + kPanel);
     Int8GemmArgs a;
     a.x = xq;
     a.xs = xs;
@@ -293,6 +294,11 @@ void linear_int8_fused(Int8GemmKernel kernel, const WeightMatrix& w, const float
     a.gelu = gelu;
     a.y = y + j0;
     a.ldy = size_t(out);
+    if (next < panels) {
+      const int n0 = int(next) * kPanel;
+      a.prefetch = wq + size_t(n0) * k;
+      a.prefetch_bytes = size_t(std::min(out, n0 + kPanel) - n0) * k;
+    }
     kernel(a, panel);
   });
 }
@@ -361,9 +367,19 @@ constexpr float kProbLoInv = 510.0f * 127.0f;
 
 MD_VECTOR_CLONES float softmax_row_fixed16(const int32_t* c, const float* sk, float sq, int visible, int n, float* v,
                                            uint8_t* hi, uint8_t* lo) {
-#pragma omp simd
-  for (int j = 0; j < visible; ++j) v[j] = float(c[j]) * (sk[j] * sq);
-  const float sum = exp_minus_max(v, visible);
+  float mx = -std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : mx)
+  for (int j = 0; j < visible; ++j) {
+    v[j] = float(c[j]) * (sk[j] * sq);
+    mx = v[j] > mx ? v[j] : mx;
+  }
+  float sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int j = 0; j < visible; ++j) {
+    const float e = fast_exp(v[j] - mx);
+    v[j] = e;
+    sum += e;
+  }
 #pragma omp simd
   for (int j = 0; j < visible; ++j) {
     const float h = round_nearest(v[j] * 255.0f);
@@ -582,10 +598,9 @@ void attention(const AttentionShape& s, const AttentionMask& mask, const float* 
   const int out_stride = s.n_heads * s.head_dim;
   // Heads in parallel, each with single-threaded GEMMs and its own scores.
   if (s.int8_scores && base.rows == 0) {
-    parallel_for(size_t(s.n_heads), [&](size_t hb, size_t he) {
-      for (size_t h = hb; h < he; ++h)
-        head_attention_int8(s, mask, scale, q + h * s.head_dim, own.k + h / size_t(group) * size_t(s.head_dim),
-                            own.v + h / size_t(group) * size_t(s.head_dim), out + h * s.head_dim, out_stride);
+    parallel_for_each(size_t(s.n_heads), [&](size_t h, size_t) {
+      head_attention_int8(s, mask, scale, q + h * s.head_dim, own.k + h / size_t(group) * size_t(s.head_dim),
+                          own.v + h / size_t(group) * size_t(s.head_dim), out + h * s.head_dim, out_stride);
     });
     return;
   }

@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 
 namespace md {
 namespace {
@@ -40,6 +41,25 @@ void parallel_for(size_t n, const std::function<void(size_t, size_t)>& fn) {
   {
     const size_t t = size_t(omp_get_thread_num()), p = size_t(omp_get_num_threads());
     fn(n * t / p, n * (t + 1) / p);
+  }
+}
+
+void parallel_for_each(size_t n, const std::function<void(size_t i, size_t next)>& fn) {
+  if (n == 0) return;
+  const size_t parts = std::min<size_t>(n, size_t(threads_now()));
+  if (parts <= 1 || in_parallel_region()) {
+    for (size_t i = 0; i < n; ++i) fn(i, i + 1);
+    return;
+  }
+  std::atomic<size_t> counter{0};
+#pragma omp parallel num_threads(int(parts))
+  {
+    size_t i = counter.fetch_add(1, std::memory_order_relaxed);
+    while (i < n) {
+      const size_t next = std::min(n, counter.fetch_add(1, std::memory_order_relaxed));
+      fn(i, next);
+      i = next;
+    }
   }
 }
 
