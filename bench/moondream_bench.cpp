@@ -80,7 +80,7 @@ std::string fmt(const char* f, double a, double b = 0, double c = 0) {
 // model, on the greedy caption of `reference` (or its own when null).
 struct Forced {
   std::vector<int> tokens, top1;
-  std::vector<float> embeddings;
+  md::PooledVector<float> embeddings;
 };
 Forced teacher_forced(const md::Moondream& m, const md::Crops& crops, const std::vector<int>* tokens, int n) {
   Forced f;
@@ -205,7 +205,7 @@ int main(int argc, char** argv) {
   const std::vector<uint8_t> jpeg378 = make_jpeg(378, 378), jpeg640 = make_jpeg(640, 480);
   const md::RgbImage img378 = md::decode_image(jpeg378);
   const md::Crops crops378 = md::make_crops(img378, model->crop_params());
-  std::vector<float> features;
+  md::PooledVector<float> features;
   {
     // Best of two: the first pass also pays for first touches of the mapped weights.
     double s = 1e9;
@@ -223,7 +223,7 @@ int main(int argc, char** argv) {
         quant == "none" ? "<= 2.6 s fp32" : "<= 0.9 s int8");
   }
   // Projection + 730-token prefix prefill.
-  const std::vector<float> emb = model->image_embeddings(features, crops378.tiling);
+  const md::PooledVector<float> emb = model->image_embeddings(features, crops378.tiling);
   {
     double s = 1e9;
     for (int rep = 0; rep < 2; ++rep) {

@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <set>
+#include <span>
 
 #include "model/image.h"
 #include "model/moondream.h"
@@ -35,7 +36,7 @@ constexpr int kShrinkMaxTol = 10, kEnlargeMaxTol = 100;         // worst channel
 struct Shared {
   std::unique_ptr<Moondream> model;
   std::map<std::string, Crops> crops;
-  std::map<std::string, std::vector<float>> features;
+  std::map<std::string, PooledVector<float>> features;
   std::map<std::string, EncodedImage> encoded;
 };
 
@@ -54,7 +55,7 @@ Shared& shared() {
   return s;
 }
 
-float max_abs_diff(const std::vector<float>& a, const float* b, size_t n) {
+float max_abs_diff(std::span<const float> a, const float* b, size_t n) {
   float m = 0;
   for (size_t i = 0; i < n; ++i) m = std::max(m, std::abs(a[i] - b[i]));
   return m;

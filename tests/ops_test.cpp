@@ -220,7 +220,7 @@ TEST(CropMerge, KeepsInteriorOfEachTileAndOuterMargins) {
     for (float v : full) ASSERT_NE(v, -1) << "pieces leave a hole";
     std::vector<float> pooled_expected(grid * grid);
     adaptive_avg_pool(full.data(), out_h, out_w, 1, grid, grid, pooled_expected.data());
-    const std::vector<float> pooled = merge_local_features(cfg, local.data(), t);
+    const PooledVector<float> pooled = merge_local_features(cfg, local.data(), t);
     ASSERT_EQ(pooled.size(), pooled_expected.size());
     for (size_t k = 0; k < pooled.size(); ++k) EXPECT_FLOAT_EQ(pooled[k], pooled_expected[k]);
     if (t.rows == 1 && t.cols == 1) {

@@ -30,7 +30,7 @@ constexpr double kMaxEmbeddingError = 0.05;
 
 struct ForcedRun {
   std::vector<int> top1;
-  std::vector<float> embeddings;
+  PooledVector<float> embeddings;
 };
 
 ForcedRun teacher_forced(const Moondream& m, const testdata::Case& c) {

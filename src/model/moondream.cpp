@@ -65,7 +65,7 @@ CropParams Moondream::crop_params() const {
   return p;
 }
 
-std::vector<float> Moondream::vision_features(const Crops& crops) const {
+PooledVector<float> Moondream::vision_features(const Crops& crops) const {
   const VisionConfig& v = cfg_.vision;
   const int S = crops.crop_size, grid = S / v.enc_patch_size;
   const size_t crop_px = size_t(S) * S * 3, per_crop = size_t(grid) * grid * v.enc_dim;
@@ -75,9 +75,9 @@ std::vector<float> Moondream::vision_features(const Crops& crops) const {
   const bool duplicate = crops.count == 2 &&
                          std::memcmp(crops.crop(0), crops.crop(1), crop_px) == 0;
   if (duplicate) n = 1;
-  std::vector<float> chw(size_t(n) * crop_px);
+  PooledVector<float> chw(size_t(n) * crop_px);
   for (int i = 0; i < n; ++i) normalize_crop(crops.crop(i), S, chw.data() + i * crop_px);
-  std::vector<float> features = run_vision_encoder(*weights_, v, chw.data(), n);
+  PooledVector<float> features = run_vision_encoder(*weights_, v, chw.data(), n);
   if (duplicate) {
     features.resize(2 * per_crop);
     std::copy(features.begin(), features.begin() + per_crop, features.begin() + per_crop);
@@ -85,14 +85,14 @@ std::vector<float> Moondream::vision_features(const Crops& crops) const {
   return features;
 }
 
-std::vector<float> Moondream::image_embeddings(const std::vector<float>& features, Tiling tiling) const {
+PooledVector<float> Moondream::image_embeddings(std::span<const float> features, Tiling tiling) const {
   return project_features(*weights_, cfg_.vision, features.data(), tiling);
 }
 
-KVCache Moondream::prefill_prefix(const std::vector<float>& embeddings) const {
+KVCache Moondream::prefill_prefix(std::span<const float> embeddings) const {
   const int D = cfg_.text.dim, n_img = int(embeddings.size() / D);
   const int prefix = 1 + n_img;
-  std::vector<float> x(size_t(prefix) * D);
+  PooledVector<float> x(size_t(prefix) * D);
   const int bos = cfg_.tokenizer.bos_id;
   text_->embed(&bos, 1, x.data());
   std::copy(embeddings.begin(), embeddings.end(), x.begin() + D);
@@ -106,8 +106,8 @@ EncodedImage Moondream::encode_crops(const Crops& crops) const {
   out.tiling = crops.tiling;
   out.crop_count = crops.count;
   auto t0 = std::chrono::steady_clock::now();
-  const std::vector<float> features = vision_features(crops);
-  const std::vector<float> emb = image_embeddings(features, crops.tiling);
+  const PooledVector<float> features = vision_features(crops);
+  const PooledVector<float> emb = image_embeddings(features, crops.tiling);
   out.timings.vision_s = seconds_since(t0);
   t0 = std::chrono::steady_clock::now();
   out.cache = prefill_prefix(emb);
@@ -174,7 +174,7 @@ TextResult Moondream::generate(const EncodedImage& img, const std::vector<int>& 
   auto t0 = std::chrono::steady_clock::now();
   std::vector<float> x(prompt.size() * D);
   text_->embed(prompt.data(), int(prompt.size()), x.data());
-  std::vector<float> hidden = text_->forward(x.data(), int(prompt.size()), cache);
+  PooledVector<float> hidden = text_->forward(x.data(), int(prompt.size()), cache);
   std::vector<float> logits = text_->logits(hidden.data() + (prompt.size() - 1) * D);
   Sampler sampler(opts.sampling);
   int next = sampler.next(logits.data(), V);
@@ -237,7 +237,7 @@ RegionResult Moondream::locate(const EncodedImage& img, const std::vector<int>& 
   auto t0 = std::chrono::steady_clock::now();
   std::vector<float> x(prompt.size() * D);
   text_->embed(prompt.data(), int(prompt.size()), x.data());
-  std::vector<float> hidden = text_->forward(x.data(), int(prompt.size()), cache);
+  PooledVector<float> hidden = text_->forward(x.data(), int(prompt.size()), cache);
   std::vector<float> h(hidden.end() - D, hidden.end());
   std::vector<float> logits = text_->logits(h.data());
   int next = argmax_token(logits.data(), V);
@@ -246,7 +246,8 @@ RegionResult Moondream::locate(const EncodedImage& img, const std::vector<int>& 
   t0 = std::chrono::steady_clock::now();
   int steps = 0;
   auto step = [&](const std::vector<float>& emb) {
-    h = text_->forward(emb.data(), 1, cache);
+    const PooledVector<float> out = text_->forward(emb.data(), 1, cache);
+    h.assign(out.begin(), out.end());
     ++steps;
   };
   const int count_limit = max_objects;

@@ -99,7 +99,7 @@ void TextModel::embed(const int* ids, int n, float* out) const {
   }
 }
 
-std::vector<float> TextModel::forward(const float* embeddings, int n, KVCache& cache) const {
+PooledVector<float> TextModel::forward(const float* embeddings, int n, KVCache& cache) const {
   const int D = cfg_.dim, hd = head_dim_;
   const int q_dim = cfg_.n_heads * hd, kv_dim = cfg_.n_kv_heads * hd;
   const int qkv_dim = q_dim + 2 * kv_dim;
@@ -108,7 +108,7 @@ std::vector<float> TextModel::forward(const float* embeddings, int n, KVCache& c
     throw Error("context full: " + std::to_string(pos0 + n) + " positions exceed the limit of " +
                 std::to_string(std::min(cache.capacity, cfg_.max_context)));
 
-  std::vector<float> x(embeddings, embeddings + size_t(n) * D);
+  PooledVector<float> x(embeddings, embeddings + size_t(n) * D);
   PooledVector<float> h(size_t(n) * D), qkv(size_t(n) * qkv_dim), att(size_t(n) * q_dim),
       ff(size_t(n) * cfg_.ff_dim), tmp(size_t(n) * D);
 

@@ -56,7 +56,7 @@ class TextModel {
   void embed(const int* ids, int n, float* out) const;
   // Runs n new positions (embeddings [n, dim]) starting at cache.length,
   // appending to the cache. Returns the hidden states [n, dim] before post-LN.
-  std::vector<float> forward(const float* embeddings, int n, KVCache& cache) const;
+  PooledVector<float> forward(const float* embeddings, int n, KVCache& cache) const;
   // lm_head(post_ln(hidden)) for one hidden row → logits [vocab].
   std::vector<float> logits(const float* hidden) const;
 

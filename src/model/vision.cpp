@@ -56,11 +56,11 @@ void encode_crop(const ModelWeights& w, const VisionConfig& cfg, const float* cr
 
 }  // namespace
 
-std::vector<float> run_vision_encoder(const ModelWeights& w, const VisionConfig& cfg,
+PooledVector<float> run_vision_encoder(const ModelWeights& w, const VisionConfig& cfg,
                                 const float* crops_chw, int n) {
   const int S = cfg.crop_size, grid = S / cfg.enc_patch_size;
   const size_t crop_floats = size_t(cfg.in_channels) * S * S, feature_floats = size_t(grid) * grid * cfg.enc_dim;
-  std::vector<float> out(size_t(n) * feature_floats);
+  PooledVector<float> out(size_t(n) * feature_floats);
   // Whole rounds of one crop per thread, then the rest one at a time on all
   // threads. A crop per thread has no barrier between its ops (each op's
   // slowest thread sets the pace otherwise): two crops in 1.43 s against
@@ -96,12 +96,12 @@ void adaptive_avg_pool(const float* in, int h, int w, int c, int oh, int ow, flo
   }
 }
 
-std::vector<float> merge_local_features(const VisionConfig& cfg, const float* local_features,
+PooledVector<float> merge_local_features(const VisionConfig& cfg, const float* local_features,
                                         Tiling tiling) {
   const int grid = cfg.crop_size / cfg.enc_patch_size, D = cfg.enc_dim;
   const int m = cfg.overlap_margin, win = grid - 2 * m;
   const int out_h = tiling.rows * win + 2 * m, out_w = tiling.cols * win + 2 * m;
-  std::vector<float> full(size_t(out_h) * out_w * D, 0.0f);
+  PooledVector<float> full(size_t(out_h) * out_w * D, 0.0f);
   for (int i = 0; i < tiling.rows; ++i)
     for (int j = 0; j < tiling.cols; ++j) {
       const float* tile = local_features + size_t(i * tiling.cols + j) * grid * grid * D;
@@ -111,23 +111,23 @@ std::vector<float> merge_local_features(const VisionConfig& cfg, const float* lo
         std::memcpy(full.data() + (size_t(i * win + r) * out_w + j * win + c0) * D,
                     tile + (size_t(r) * grid + c0) * D, sizeof(float) * (c1 - c0) * D);
     }
-  std::vector<float> pooled(size_t(grid) * grid * D);
+  PooledVector<float> pooled(size_t(grid) * grid * D);
   adaptive_avg_pool(full.data(), out_h, out_w, D, grid, grid, pooled.data());
   return pooled;
 }
 
-std::vector<float> project_features(const ModelWeights& w, const VisionConfig& cfg,
+PooledVector<float> project_features(const ModelWeights& w, const VisionConfig& cfg,
                                     const float* features, Tiling tiling) {
   const int grid = cfg.crop_size / cfg.enc_patch_size, T = grid * grid, D = cfg.enc_dim;
-  const std::vector<float> pooled = merge_local_features(cfg, features + size_t(T) * D, tiling);
-  std::vector<float> cat(size_t(T) * 2 * D);
+  const PooledVector<float> pooled = merge_local_features(cfg, features + size_t(T) * D, tiling);
+  PooledVector<float> cat(size_t(T) * 2 * D);
   for (int t = 0; t < T; ++t) {
     std::memcpy(cat.data() + size_t(t) * 2 * D, features + size_t(t) * D, sizeof(float) * D);
     std::memcpy(cat.data() + size_t(t) * 2 * D + D, pooled.data() + size_t(t) * D, sizeof(float) * D);
   }
-  std::vector<float> inner(size_t(T) * cfg.proj_inner_dim);
+  PooledVector<float> inner(size_t(T) * cfg.proj_inner_dim);
   linear_gelu(w.proj_fc1, cat.data(), T, inner.data());
-  std::vector<float> out(size_t(T) * cfg.proj_out_dim);
+  PooledVector<float> out(size_t(T) * cfg.proj_out_dim);
   linear(w.proj_fc2, inner.data(), T, out.data());
   return out;
 }

@@ -5,21 +5,22 @@
 #include "model/config.h"
 #include "model/image.h"
 #include "model/weights.h"
+#include "tensor/buffer_pool.h"
 
 namespace md {
 
 // crops_chw: [n, 3, crop, crop] normalised. Returns [n, grid², enc_dim] after post-LN.
-std::vector<float> run_vision_encoder(const ModelWeights& w, const VisionConfig& cfg,
+PooledVector<float> run_vision_encoder(const ModelWeights& w, const VisionConfig& cfg,
                                 const float* crops_chw, int n);
 
 // Rebuilds the local feature grid from the local crops' features (all crops
 // after the global one) and average-pools it to grid×grid. Returns
 // [grid², enc_dim].
-std::vector<float> merge_local_features(const VisionConfig& cfg, const float* local_features,
+PooledVector<float> merge_local_features(const VisionConfig& cfg, const float* local_features,
                                         Tiling tiling);
 
 // features: [1 + rows·cols, grid², enc_dim] → image embeddings [grid², proj_out_dim].
-std::vector<float> project_features(const ModelWeights& w, const VisionConfig& cfg,
+PooledVector<float> project_features(const ModelWeights& w, const VisionConfig& cfg,
                                     const float* features, Tiling tiling);
 
 // PyTorch adaptive_avg_pool2d on one channel-last grid: in [h, w, c] → out [oh, ow, c].
