@@ -26,25 +26,14 @@
 // Σ (q_w + 128)·x = Σ q_w·x + 128·Σ x: the caller's row sums of X remove the
 // offset exactly, so the int32 sums equal oneDNN's.
 
-// GCC 12 reports its own _mm*_undefined_* placeholders inside the intrinsic
-// headers as uninitialised once inlined (GCC bug 105593); not our code.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-#include <immintrin.h>
+#include "tensor/simd_intrinsics.h"
 
 #include <cstddef>
 #include <cstdint>
 
 #include "tensor/gemv_impl.h"
 
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")
-#endif
+#include "tensor/simd_target_avx512_begin.h"
 
 namespace md::gemv_detail {
 namespace {
@@ -237,8 +226,4 @@ void int8_gemm_avx512(const Int8GemmArgs& a, uint8_t* panel) {
 
 }  // namespace md::gemv_detail
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+#include "tensor/simd_target_end.h"

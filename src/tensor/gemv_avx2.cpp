@@ -11,13 +11,7 @@
 // Q4: maddubs(q, x) with the unsigned nibbles q ≤ 15 directly, plus the
 // zero-point correction -8·Σx precomputed per 4 columns.
 
-// GCC 12 reports its own _mm*_undefined_* placeholders inside the intrinsic
-// headers as uninitialised once inlined (GCC bug 105593); not our code.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-#include <immintrin.h>
+#include "tensor/simd_intrinsics.h"
 
 #include <cstddef>
 #include <cstdint>
@@ -26,13 +20,7 @@
 #include "tensor/dtype.h"
 #include "tensor/gemv_impl.h"
 
-#if defined(__clang__)
-// clang has no GCC target pragma: the same target on every function here.
-#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
-#endif
+#include "tensor/simd_target_avx2_begin.h"
 
 namespace md::gemv_detail {
 namespace {
@@ -286,8 +274,4 @@ const Kernels kAvx2 = {"avx2", fp_avx2, q8_avx2, q4_avx2, quant_row_scalar, prep
 
 }  // namespace md::gemv_detail
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+#include "tensor/simd_target_end.h"

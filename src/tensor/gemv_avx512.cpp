@@ -14,13 +14,7 @@
 // zero-point correction -Z·Σx, then fp32: acc += float(dot)·s_x·d_w, the
 // per-lane weight scales spread from the row's fp16 group scales by vpermps.
 
-// GCC 12 reports its own _mm*_undefined_* placeholders inside the intrinsic
-// headers as uninitialised once inlined (GCC bug 105593); not our code.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-#include <immintrin.h>
+#include "tensor/simd_intrinsics.h"
 
 #include <cstddef>
 #include <cstdint>
@@ -28,13 +22,7 @@
 #include "tensor/dtype.h"
 #include "tensor/gemv_impl.h"
 
-#if defined(__clang__)
-// clang has no GCC target pragma: the same target on every function here.
-#pragma clang attribute push(__attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")
-#endif
+#include "tensor/simd_target_avx512_begin.h"
 
 namespace md::gemv_detail {
 namespace {
@@ -437,8 +425,4 @@ const Kernels kAvx512 = {"avx512", fp_avx512, q8_avx512, q4_avx512, quant_row_av
 
 }  // namespace md::gemv_detail
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+#include "tensor/simd_target_end.h"

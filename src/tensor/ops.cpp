@@ -367,21 +367,11 @@ constexpr float kProbLoInv = 510.0f * 127.0f;
 
 MD_VECTOR_CLONES float softmax_row_fixed16(const int32_t* c, const float* sk, float sq, int visible, int n, float* v,
                                            uint8_t* hi, uint8_t* lo) {
-  float mx = -std::numeric_limits<float>::infinity();
-#pragma omp simd reduction(max : mx)
-  for (int j = 0; j < visible; ++j) {
-    v[j] = float(c[j]) * (sk[j] * sq);
-    mx = v[j] > mx ? v[j] : mx;
-  }
-  float sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (int j = 0; j < visible; ++j) {
-    const float e = fast_exp(v[j] - mx);
-    v[j] = e;
-    sum += e;
-  }
-  // (Not one loop with the one above: GCC then vectorises for the u8 stores
-  // and the loop ran 40 % slower.)
+#pragma omp simd
+  for (int j = 0; j < visible; ++j) v[j] = float(c[j]) * (sk[j] * sq);
+  const float sum = exp_minus_max(v, visible);
+  // (Not one loop with the exponentials: GCC then vectorises for the u8
+  // stores and the softmax ran 40 % slower.)
 #pragma omp simd
   for (int j = 0; j < visible; ++j) {
     const float h = round_nearest(v[j] * 255.0f);
