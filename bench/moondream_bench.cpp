@@ -19,6 +19,8 @@
 #include "model/image.h"
 #include "model/moondream.h"
 #include "tensor/buffer_pool.h"
+#include "tensor/gemm_int8.h"
+#include "tensor/gemv.h"
 #include "tensor/ops.h"
 #include "tensor/parallel.h"
 
@@ -180,25 +182,49 @@ int main(int argc, char** argv) {
   row("load to ready", load_s, fmt("weights %.2f GB", weight_gb), fmt("RSS after load %.2f GB", rss_after_load),
       "< 1 s, no full copy");
 
-  // GEMM of the vision MLP shape with the engine's linear().
+  // GEMM of the vision MLP shape with the engine's linear(); in int8 mode on
+  // an AVX-512 VNNI CPU also the same product without the engine's fused
+  // kernel (oneDNN's u8×s8 GEMM, then the epilogue: what an AVX2 CPU runs),
+  // as a matrix per thread too (the vision tower's crop per thread).
   {
     const int M = 729, K = cfg.vision.enc_dim, N = cfg.vision.enc_ff_dim;
     const md::Linear& fc1 = model->weights().vision_blocks[0].fc1;
-    std::vector<float> x(size_t(M) * K, 0.01f), y(size_t(M) * N);
-    md::linear(fc1, x.data(), M, y.data());
-    double best = 1e9;
-    for (int r = 0; r < 3; ++r) {
-      t0 = now();
-      md::linear(fc1, x.data(), M, y.data());
-      best = std::min(best, now() - t0);
-    }
-    const double gf = 2.0 * M * N * K / best / 1e9;
     const bool int8 = fc1.w.format == md::WeightFormat::Q8;
-    row(fmt("GEMM %.0fx%.0f", M, N).append("x").append(std::to_string(K)).c_str(), best,
-        fmt(int8 ? "%.0f GOP/s" : "%.0f GFLOP/s", gf),
-        int8 ? fmt("%.0f%% of int8 peak", 100 * gf / lim.int8_gops)
-             : fmt("%.0f%% of fp32 peak", 100 * gf / lim.fp32_gflops),
-        "");
+    const int threads = md::num_threads();
+    std::vector<float> x(size_t(M) * K, 0.01f), y(size_t(threads) * M * N);
+    auto time_gemm = [&](bool per_thread) {
+      auto once = [&] {
+        if (!per_thread) return md::linear_gelu(fc1, x.data(), M, y.data());
+        md::parallel_for(size_t(threads), [&](size_t b, size_t e) {
+          for (size_t t = b; t < e; ++t) md::linear_gelu(fc1, x.data(), M, y.data() + t * size_t(M) * N);
+        });
+      };
+      once();
+      double best = 1e9;
+      for (int r = 0; r < 5; ++r) {
+        t0 = now();
+        once();
+        best = std::min(best, now() - t0);
+      }
+      return (per_thread ? threads : 1) * 2.0 * M * N * K / best / 1e9;
+    };
+    auto gemm_row = [&](const std::string& what, double rate) {
+      row(what.c_str(), 2.0 * M * N * K / rate / 1e9, fmt(int8 ? "%.0f GOP/s" : "%.0f GFLOP/s", rate),
+          int8 ? fmt("%.0f%% of int8 peak", 100 * rate / lim.int8_gops)
+               : fmt("%.0f%% of fp32 peak", 100 * rate / lim.fp32_gflops),
+          "");
+    };
+    const std::string shape = fmt("%.0fx%.0f", M, N) + "x" + std::to_string(K);
+    gemm_row("GEMM+GELU " + shape, time_gemm(false));
+    if (int8 && md::int8_gemm_kernel()) {
+      gemm_row("  the same, one per thread", time_gemm(true));
+      md::detail::gemv_force_isa("avx2");
+      if (!md::int8_gemm_kernel()) {
+        gemm_row("  oneDNN u8s8s32 + epilogue", time_gemm(false));
+        gemm_row("  oneDNN, one per thread", time_gemm(true));
+      }
+      md::detail::gemv_force_isa(nullptr);
+    }
   }
 
   // Vision encoder, one 378 crop (a 1×1 tiling: global and local crop share one pass).

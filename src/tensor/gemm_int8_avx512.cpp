@@ -8,7 +8,7 @@
 // scales, bias, GELU) and it cannot take those scales itself (oneDNN 2.6's
 // matmul falls back to reference code with per-row scales). Doing the
 // epilogue on the accumulators while they are in registers removes that pass
-// (bench/gemv_bench --gemm compares the two).
+// (bench/moondream_bench prints both side by side).
 //
 // Layout: the weights are stored row-major as q + 128 (u8), which is
 // vpdpbusd's unsigned operand; the activations are signed, broadcast 4 bytes

@@ -307,8 +307,9 @@ void linear_int8(const WeightMatrix& w, const float* x, int m, const float* bias
   if (m <= kMaxTransposedInt8Rows) return linear_int8_transposed(w, x, m, bias, gelu, kGemmBlock, y);
   if (Int8GemmKernel kernel = int8_gemm_kernel(); kernel && w.cols % 4 == 0 && w.rows % 16 == 0)
     return linear_int8_fused(kernel, w, x, m, bias, gelu, y);
-  // A crop per thread (vision tower): two blocks, one after the other. Per
-  // thread that ran 5-8 % faster than the row-major blocks below (bench).
+  // Without the fused kernel (AVX2 CPUs), oneDNN: for a crop per thread
+  // (vision tower) two blocks, one after the other. Per thread that ran 5-8 %
+  // faster than the row-major blocks below (bench).
   if (in_parallel_region()) return linear_int8_transposed(w, x, m, bias, gelu, (w.rows / 2 + kTileCols - 1) / kTileCols * kTileCols, y);
   const int k = w.cols, out = w.rows;
   static thread_local std::vector<uint8_t> t_xq;
