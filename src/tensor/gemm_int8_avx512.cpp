@@ -116,8 +116,6 @@ struct Epilogue {
   bool gelu;
 };
 
-// Rows [0, M) of X (row stride k) against one packed panel of V vectors;
-// y[i·ldy + j] for j < 16·V.
 // acc += Σ4 w_u8 · a_s8 per dword lane. As inline asm: GCC 12 compiles the
 // intrinsic's non-destructive form into a copy per product and keeps the
 // accumulators on the stack.
@@ -125,6 +123,8 @@ __attribute__((always_inline)) inline void dpbusd(__m512i& acc, __m512i w, __m51
   __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(w), "v"(a));
 }
 
+// Rows [0, M) of X (row stride k) against one packed panel of V vectors;
+// y[i·ldy + j] for j < 16·V.
 template <int M, int V>
 void tile(const int8_t* x, int k, const uint8_t* panel, const Epilogue& ep, float* y, size_t ldy) {
   __m512i acc[M][V];
