@@ -92,7 +92,7 @@ class Moondream {
 
   // Stages, exposed for tests and benchmarks.
   // (Large buffers come from the pool of tensor/buffer_pool.h: fresh pages
-  // cost ~3 ms per MB on the VMs this runs on, 0.1 s and more per image.)
+  // cost ~3 ms per MB on the VMs measured; the pool reuses freed blocks.)
   PooledVector<float> vision_features(const Crops& crops) const;  // [n, grid², enc_dim]
   PooledVector<float> image_embeddings(std::span<const float> features, Tiling tiling) const;
   KVCache prefill_prefix(std::span<const float> embeddings) const;  // 730 positions

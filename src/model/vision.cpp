@@ -56,8 +56,8 @@ void encode_crop(const ModelWeights& w, const VisionConfig& cfg, const float* cr
 
 }  // namespace
 
-PooledVector<float> run_vision_encoder(const ModelWeights& w, const VisionConfig& cfg,
-                                const float* crops_chw, int n) {
+PooledVector<float> run_vision_encoder(const ModelWeights& w, const VisionConfig& cfg, const float* crops_chw,
+                                       int n) {
   const int S = cfg.crop_size, grid = S / cfg.enc_patch_size;
   const size_t crop_floats = size_t(cfg.in_channels) * S * S, feature_floats = size_t(grid) * grid * cfg.enc_dim;
   PooledVector<float> out(size_t(n) * feature_floats);
@@ -97,7 +97,7 @@ void adaptive_avg_pool(const float* in, int h, int w, int c, int oh, int ow, flo
 }
 
 PooledVector<float> merge_local_features(const VisionConfig& cfg, const float* local_features,
-                                        Tiling tiling) {
+                                         Tiling tiling) {
   const int grid = cfg.crop_size / cfg.enc_patch_size, D = cfg.enc_dim;
   const int m = cfg.overlap_margin, win = grid - 2 * m;
   const int out_h = tiling.rows * win + 2 * m, out_w = tiling.cols * win + 2 * m;
@@ -117,7 +117,7 @@ PooledVector<float> merge_local_features(const VisionConfig& cfg, const float* l
 }
 
 PooledVector<float> project_features(const ModelWeights& w, const VisionConfig& cfg,
-                                    const float* features, Tiling tiling) {
+                                     const float* features, Tiling tiling) {
   const int grid = cfg.crop_size / cfg.enc_patch_size, T = grid * grid, D = cfg.enc_dim;
   const PooledVector<float> pooled = merge_local_features(cfg, features + size_t(T) * D, tiling);
   PooledVector<float> cat(size_t(T) * 2 * D);
