@@ -29,8 +29,12 @@ struct Int8GemmArgs {
   size_t prefetch_bytes = 0;
 };
 
+// Outputs per repacked weight panel: the kernel's unit of work, and the
+// size callers split the outputs in between threads.
+inline constexpr int kInt8GemmPanel = 64;
+
 // Scratch the kernel repacks weights into: 64-byte aligned, this many bytes.
-inline size_t int8_gemm_panel_bytes(int k) { return size_t(64) * size_t(k); }
+inline size_t int8_gemm_panel_bytes(int k) { return size_t(kInt8GemmPanel) * size_t(k); }
 
 // Single-threaded; the caller splits the outputs (n) between threads.
 using Int8GemmKernel = void (*)(const Int8GemmArgs& args, uint8_t* panel);

@@ -31,6 +31,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "tensor/fast_math.h"
 #include "tensor/gemv_impl.h"
 
 #include "tensor/simd_target_avx512_begin.h"
@@ -39,7 +40,7 @@ namespace md::gemv_detail {
 namespace {
 
 constexpr int kTileM = 6;      // rows of X per microkernel call
-constexpr int kPanelVecs = 4;  // 16-row weight vectors per panel (64 outputs)
+constexpr int kPanelVecs = kInt8GemmPanel / 16;  // 16-row weight vectors per panel
 
 // r[i] (16 dwords each) := the transpose: r[j] lane i = old r[i] lane j.
 inline void transpose16x16(__m512i r[16]) {
@@ -85,24 +86,20 @@ void pack_panel(const uint8_t* w, int k, int vecs, uint8_t* panel) {
   }
 }
 
-// GELU as ops.cpp's gelu_body (tanh form, e^x by the same degree-6
-// polynomial), on 16 lanes: v / (1 + e^(−2u)), u = √(2/π)·(v + 0.044715·v³).
+// GELU as ops.cpp's gelu_body (the constants of fast_math.h, the same
+// operations in the same order), on 16 lanes.
 inline __m512 gelu16(__m512 v) {
-  const __m512 v3 = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.044715f), v), v), v);
-  const __m512 u = _mm512_mul_ps(_mm512_set1_ps(0.7978845608028654f), _mm512_add_ps(v, v3));
+  using namespace fast_math;
+  const __m512 v3 = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(kGeluCubic), v), v), v);
+  const __m512 u = _mm512_mul_ps(_mm512_set1_ps(kGeluScale), _mm512_add_ps(v, v3));
   __m512 x = _mm512_mul_ps(_mm512_set1_ps(-2.0f), u);
-  x = _mm512_min_ps(_mm512_set1_ps(88.0f), _mm512_max_ps(_mm512_set1_ps(-87.0f), x));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 r = _mm512_sub_ps(_mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(0.693145751953125f))),
-                                 _mm512_mul_ps(n, _mm512_set1_ps(1.428606765330187045e-06f)));
-  __m512 p = _mm512_set1_ps(1.0f / 720);
-  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f / 120));
-  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f / 24));
-  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f / 6));
-  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(0.5f));
-  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f));
-  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f));
+  x = _mm512_min_ps(_mm512_set1_ps(kExpMax), _mm512_max_ps(_mm512_set1_ps(kExpMin), x));
+  const __m512 n =
+      _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 r = _mm512_sub_ps(_mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(kLn2Hi))),
+                                 _mm512_mul_ps(n, _mm512_set1_ps(kLn2Lo)));
+  __m512 p = _mm512_set1_ps(kExpPoly[0]);
+  for (int i = 1; i < 7; ++i) p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(kExpPoly[i]));
   const __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
   const __m512 e = _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
   return _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0f), e));

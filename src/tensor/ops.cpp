@@ -10,6 +10,7 @@
 
 #include "tensor/dtype.h"
 #include "tensor/error.h"
+#include "tensor/fast_math.h"
 #include "tensor/gemm_int8.h"
 #include "tensor/parallel.h"
 #include "tensor/quant.h"
@@ -27,16 +28,12 @@ __attribute__((always_inline)) static inline float round_nearest(float x) {
 // (glibc's expf is a scalar call here): x = n·ln2 + r, e^r by a degree-6
 // polynomial, 2^n by building the float's exponent bits.
 __attribute__((always_inline)) static inline float fast_exp(float x) {
-  x = std::min(88.0f, std::max(-87.0f, x));
-  const float n = round_nearest(x * 1.44269504088896341f);
-  const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187045e-06f;
-  float p = 1.0f / 720;
-  p = p * r + 1.0f / 120;
-  p = p * r + 1.0f / 24;
-  p = p * r + 1.0f / 6;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
+  using namespace fast_math;
+  x = std::min(kExpMax, std::max(kExpMin, x));
+  const float n = round_nearest(x * kLog2e);
+  const float r = (x - n * kLn2Hi) - n * kLn2Lo;
+  float p = kExpPoly[0];
+  for (int i = 1; i < 7; ++i) p = p * r + kExpPoly[i];
   const int32_t bits = (int32_t(n) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, 4);
@@ -50,12 +47,12 @@ __attribute__((always_inline)) static inline float fast_exp(float x) {
 #define MD_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 
 __attribute__((always_inline)) inline void gelu_body(float* x, size_t n) {
-  constexpr float k = 0.7978845608028654f;  // sqrt(2/pi)
+  using fast_math::kGeluCubic, fast_math::kGeluScale;
   // 0.5·v·(1 + tanh(u)) = v / (1 + e^(−2u)).
 #pragma omp simd
   for (size_t i = 0; i < n; ++i) {
     const float v = x[i];
-    const float u = k * (v + 0.044715f * v * v * v);
+    const float u = kGeluScale * (v + kGeluCubic * v * v * v);
     x[i] = v / (1.0f + fast_exp(-2.0f * u));
   }
 }
@@ -273,7 +270,7 @@ void linear_int8_fused(Int8GemmKernel kernel, const WeightMatrix& w, const float
   });
   convert_to_f32(DType::F16, w.aux, ws, size_t(out));
   const auto* wq = static_cast<const uint8_t*>(w.data);
-  constexpr int kPanel = 64;
+  constexpr int kPanel = kInt8GemmPanel;
   const size_t panels = size_t((out + kPanel - 1) / kPanel);
   parallel_for_each(panels, [&](size_t p, size_t next) {
     static thread_local std::vector<uint8_t> t_panel;
