@@ -285,9 +285,10 @@ Linear q8_linear(const QuantizedWeights& q, const float* bias, std::vector<float
 
 TEST(Linear, Int8WithPerRowScalesMatchesTheDequantisedWeights) {
   // Q8 with one scale per row: up to 8 rows take the GEMV kernels, up to 32
-  // the transposed int8 GEMM, more the u8×s8 GEMM with activations quantised
-  // per row (in a parallel region, the transposed GEMM again). All must agree with the dequantised weights up to the int8
-  // rounding of the activations, and linear_gelu with GELU after linear.
+  // the transposed int8 GEMM, more the fused AVX-512 kernel or (without it)
+  // oneDNN's u8×s8 GEMM, activations quantised per row. All must agree with
+  // the dequantised weights up to the int8 rounding of the activations, and
+  // linear_gelu with GELU after linear.
   // Shapes: 256→300 (two GEMM blocks, the second partial); 256→16 (one
   // block, which many rows split into row bands); 144→600, a width the GEMV
   // kernels do not take (9·16, like the vision MLP's 4304), so even one row
@@ -329,9 +330,9 @@ TEST(Linear, Int8WithPerRowScalesMatchesTheDequantisedWeights) {
         }
       EXPECT_LT(worst, 0.02 * scale) << in << "x" << out << " m=" << m;  // Gaussian x: int8 steps of ~3σ/127
       EXPECT_GT(scale, 1.0);
-      // Inside a parallel region (a crop per thread) many rows take the
-      // transposed GEMM in two halves: the same int8 sums and scales, so the
-      // same floats.
+      // Inside a parallel region (a crop per thread) the GEMM runs on this
+      // thread alone (the fused kernel over all panels; oneDNN's transposed
+      // form in two halves): the same int8 sums and scales, so the same floats.
       std::vector<float> nested(size_t(m) * out);
       bool was_nested = false;
       parallel_for(2, [&](size_t b, size_t) {
