@@ -7,9 +7,12 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <strings.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -207,5 +210,94 @@ inline json post_json(httplib::Client& c, const std::string& path, const json& b
     return json(r->body);
   }
 }
+
+// One HTTP/1.1 exchange over a raw socket, so that a test decides when each
+// byte goes out (a body sent in parts, many connections opened at once).
+struct RawExchange {
+  int fd = -1;
+  explicit RawExchange(int port) {
+    fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(uint16_t(port));
+    if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+      connect_errno = errno;
+      close(fd);
+      fd = -1;
+    }
+  }
+  ~RawExchange() {
+    if (fd >= 0) close(fd);
+  }
+  RawExchange(const RawExchange&) = delete;
+  RawExchange& operator=(const RawExchange&) = delete;
+
+  // "POST path" request head for a JSON body of `body_size` bytes (Connection: close).
+  static std::string post_head(const std::string& path, size_t body_size) {
+    return "POST " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: " +
+           std::to_string(body_size) + "\r\nConnection: close\r\n\r\n";
+  }
+  bool send_all(const std::string& data) {
+    for (size_t off = 0; off < data.size();) {
+      const ssize_t n = ::send(fd, data.data() + off, data.size() - off, MSG_NOSIGNAL);
+      if (n <= 0) return false;
+      off += size_t(n);
+    }
+    return true;
+  }
+  // Reads until the server closes. `error` is set when the connection failed
+  // (reset, timeout) or the reply is not complete.
+  struct Reply {
+    int status = -1;
+    std::string head, body, error;
+    std::string header(const std::string& name) const {
+      std::istringstream in(head);
+      std::string line;
+      while (std::getline(in, line)) {
+        if (!line.empty() && line.back() == '\r') line.pop_back();
+        if (line.size() > name.size() && strncasecmp(line.c_str(), name.c_str(), name.size()) == 0 &&
+            line[name.size()] == ':')
+          return line.substr(line.find_first_not_of(' ', name.size() + 1));
+      }
+      return "";
+    }
+  };
+  Reply read_reply(double timeout_s = 60) {
+    Reply r;
+    if (fd < 0) {
+      r.error = "connect failed: " + std::string(strerror(connect_errno));
+      return r;
+    }
+    timeval tv{long(timeout_s), 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    std::string all;
+    char buf[16384];
+    for (;;) {
+      const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+      if (n == 0) break;
+      if (n < 0) {
+        r.error = std::string(errno == EAGAIN ? "timeout" : strerror(errno)) + " after " + std::to_string(all.size()) +
+                  " bytes";
+        return r;
+      }
+      all.append(buf, size_t(n));
+    }
+    const size_t end = all.find("\r\n\r\n");
+    if (end == std::string::npos || all.compare(0, 9, "HTTP/1.1 ") != 0) {
+      r.error = all.empty() ? "closed with no reply" : "incomplete reply head";
+      return r;
+    }
+    r.status = std::atoi(all.c_str() + 9);
+    r.head = all.substr(0, end);
+    r.body = all.substr(end + 4);
+    if (const std::string cl = r.header("Content-Length"); !cl.empty() && r.body.size() != size_t(std::stoul(cl)))
+      r.error = "body of " + std::to_string(r.body.size()) + " bytes, Content-Length " + cl;
+    if (r.header("Transfer-Encoding") == "chunked" && r.body.find("0\r\n\r\n") == std::string::npos)
+      r.error = "chunked body without its last chunk";
+    return r;
+  }
+  int connect_errno = 0;
+};
 
 }  // namespace md::srvtest

@@ -16,6 +16,7 @@
 #include <spdlog/spdlog.h>
 
 #include "server/api_error.h"
+#include "server/http_server.h"
 #include "server/image_input.h"
 #include "server/process.h"
 #include "server/web_ui.h"
@@ -186,8 +187,13 @@ Server::Server(ServerOptions opts, ServerConfig cfg, std::string profile_name)
   active_ = p;
   queue_ = std::make_unique<InferenceQueue>(&caches_, size_t(p->cfg.server.queue_size));
   apply_runtime_settings(*p);
-  api_ = std::make_unique<httplib::Server>();
-  if (startup_cfg_.server.backend_port > 0) backend_ = std::make_unique<httplib::Server>();
+  HttpServerOptions ho;
+  ho.threads = startup_cfg_.server.http_threads;
+  ho.idle_timeout_s = startup_cfg_.limits.idle_timeout_s;
+  ho.read_timeout_s = startup_cfg_.limits.request_timeout_s;
+  ho.write_timeout_s = 30;
+  api_ = std::make_unique<HttpServer>(ho);
+  if (startup_cfg_.server.backend_port > 0) backend_ = std::make_unique<HttpServer>(ho);
   routes();
 }
 
@@ -214,9 +220,9 @@ void Server::apply_runtime_settings(const Profile& p) {
 
 void Server::bind() {
   const std::string& host = startup_cfg_.server.host;
-  if (!api_->bind_to_port(host, startup_cfg_.server.port))
+  if (!api_->bind_deep(host, startup_cfg_.server.port))
     throw Error("cannot listen on " + host + ":" + std::to_string(startup_cfg_.server.port));
-  if (backend_ && !backend_->bind_to_port(host, startup_cfg_.server.backend_port))
+  if (backend_ && !backend_->bind_deep(host, startup_cfg_.server.backend_port))
     throw Error("cannot listen on " + host + ":" + std::to_string(startup_cfg_.server.backend_port));
 }
 
@@ -257,8 +263,10 @@ void Server::load_startup_model() {
 
 void Server::stop() {
   if (stopping_.exchange(true)) return;
-  if (api_) api_->stop();
-  if (backend_) backend_->stop();
+  // Every connection the kernel accepted gets its answer (503 shutting_down
+  // for requests that arrive now); new ones are refused.
+  if (api_) api_->drain();
+  if (backend_) backend_->drain();
   if (api_thread_.joinable()) api_thread_.join();
   if (backend_thread_.joinable()) backend_thread_.join();
   if (queue_) queue_->stop();
@@ -267,11 +275,6 @@ void Server::stop() {
 // ---- plumbing shared by both ports -----------------------------------------
 
 void Server::common_handlers(httplib::Server& s, bool backend) {
-  const int threads = startup_cfg_.server.http_threads;
-  s.new_task_queue = [threads] { return new httplib::ThreadPool(size_t(threads)); };
-  s.set_keep_alive_timeout(startup_cfg_.limits.idle_timeout_s);
-  s.set_read_timeout(startup_cfg_.limits.request_timeout_s, 0);
-  s.set_write_timeout(30, 0);
   // Bodies are read by read_body(), which applies the active profile's limit.
   s.set_payload_max_length(std::numeric_limits<size_t>::max());
 

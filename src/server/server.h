@@ -27,6 +27,8 @@ struct Response;
 
 namespace md::server {
 
+class HttpServer;
+
 extern const char* const kServerVersion;
 
 struct ServerOptions {
@@ -103,7 +105,7 @@ class Server {
 
   ServerOptions opts_;
   ServerConfig startup_cfg_;
-  std::unique_ptr<httplib::Server> api_, backend_;
+  std::unique_ptr<HttpServer> api_, backend_;
   std::thread api_thread_, backend_thread_;
 
   mutable std::mutex active_m_;

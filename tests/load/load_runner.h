@@ -148,22 +148,25 @@ inline LoadReport run_load(const LoadOptions& o) {
         } else {
           err = detail::check_answer(kind, r->body);
         }
-        std::lock_guard<std::mutex> l(m);
-        if (!err.empty()) {
-          ++rep.errors;
-          rep.hung += hung;
-          if (rep.error_samples.size() < 5) rep.error_samples.push_back(std::string(kind.path) + ": " + err);
-        } else if (refused) {
-          ++rep.refused;
-          std::this_thread::sleep_for(std::chrono::milliseconds(100));
-        } else if (rejected) {
-          ++rep.rejected_503;
-          // Back off as told (bounded, to keep the test short).
-          std::this_thread::sleep_for(std::chrono::milliseconds(200));
-        } else {
-          ++rep.completed;
-          latencies.push_back(s);
+        {
+          std::lock_guard<std::mutex> l(m);
+          if (!err.empty()) {
+            ++rep.errors;
+            rep.hung += hung;
+            if (rep.error_samples.size() < 5) rep.error_samples.push_back(std::string(kind.path) + ": " + err);
+          } else if (refused) {
+            ++rep.refused;
+          } else if (rejected) {
+            ++rep.rejected_503;
+          } else {
+            ++rep.completed;
+            latencies.push_back(s);
+          }
         }
+        // Back off (outside the lock: the other clients keep going): after a
+        // refusal, and after a 503 as told (bounded, to keep the test short).
+        if (err.empty() && (refused || rejected))
+          std::this_thread::sleep_for(std::chrono::milliseconds(refused ? 100 : 200));
       }
     });
   }
