@@ -211,22 +211,37 @@ inline json post_json(httplib::Client& c, const std::string& path, const json& b
   }
 }
 
+// A raw TCP connection to 127.0.0.1:port; -1 (and *err = errno) when refused.
+inline int connect_to(int port, int* err = nullptr) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(uint16_t(port));
+  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    if (err) *err = errno;
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// Sends all of `data`; false when the connection fails first.
+inline bool send_all(int fd, const std::string& data) {
+  for (size_t off = 0; off < data.size();) {
+    const ssize_t n = ::send(fd, data.data() + off, data.size() - off, MSG_NOSIGNAL);
+    if (n <= 0) return false;
+    off += size_t(n);
+  }
+  return true;
+}
+
 // One HTTP/1.1 exchange over a raw socket, so that a test decides when each
 // byte goes out (a body sent in parts, many connections opened at once).
 struct RawExchange {
+  int connect_errno = 0;
   int fd = -1;
-  explicit RawExchange(int port) {
-    fd = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    a.sin_port = htons(uint16_t(port));
-    if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-      connect_errno = errno;
-      close(fd);
-      fd = -1;
-    }
-  }
+  explicit RawExchange(int port) : fd(connect_to(port, &connect_errno)) {}
   ~RawExchange() {
     if (fd >= 0) close(fd);
   }
@@ -238,14 +253,7 @@ struct RawExchange {
     return "POST " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: " +
            std::to_string(body_size) + "\r\nConnection: close\r\n\r\n";
   }
-  bool send_all(const std::string& data) {
-    for (size_t off = 0; off < data.size();) {
-      const ssize_t n = ::send(fd, data.data() + off, data.size() - off, MSG_NOSIGNAL);
-      if (n <= 0) return false;
-      off += size_t(n);
-    }
-    return true;
-  }
+  bool send_all(const std::string& data) { return srvtest::send_all(fd, data); }
   // Reads until the server closes. `error` is set when the connection failed
   // (reset, timeout) or the reply is not complete.
   struct Reply {
@@ -297,7 +305,6 @@ struct RawExchange {
       r.error = "chunked body without its last chunk";
     return r;
   }
-  int connect_errno = 0;
 };
 
 }  // namespace md::srvtest

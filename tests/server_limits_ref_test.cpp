@@ -121,28 +121,6 @@ std::string bomb_png(uint32_t w, uint32_t h) {
 
 // ---- raw sockets for the timeouts -------------------------------------------
 
-int connect_to(int port) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(uint16_t(port));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-    close(fd);
-    return -1;
-  }
-  return fd;
-}
-
-void send_all(int fd, const std::string& s) {
-  size_t off = 0;
-  while (off < s.size()) {
-    const ssize_t n = send(fd, s.data() + off, s.size() - off, MSG_NOSIGNAL);
-    if (n <= 0) return;
-    off += size_t(n);
-  }
-}
-
 // Reads until the peer closes or `timeout_s` passes; returns what arrived
 // and sets *closed when the peer closed the connection.
 std::string read_until_closed(int fd, double timeout_s, bool* closed) {

@@ -58,7 +58,8 @@ bool ip_and_port(const sockaddr_storage& addr, socklen_t len, std::string& ip, i
 }
 
 // A connection as httplib's request parser reads it: buffered reads (its line
-// reader asks for one byte at a time), each read and write bounded by a timeout.
+// reader asks for one byte at a time), each read and write bounded by a
+// timeout.
 class ConnectionStream final : public httplib::Stream {
  public:
   ConnectionStream(int fd, int read_timeout_s, int write_timeout_s)
@@ -139,13 +140,12 @@ void lingering_close(int fd) {
 // MOONDREAM_SERVER_TEST_ACCEPT_DELAY_MS slows the accept loop down (each
 // accepted connection holds it that long), as a loaded machine does, so that
 // tests can fill the kernel's accept queue on purpose.
-class CountingPool final : public httplib::TaskQueue {
+class SlowablePool final : public httplib::TaskQueue {
  public:
-  CountingPool(size_t threads, std::atomic<long>* accepted) : pool_(threads), accepted_(accepted) {
+  explicit SlowablePool(size_t threads) : pool_(threads) {
     if (const char* v = std::getenv("MOONDREAM_SERVER_TEST_ACCEPT_DELAY_MS")) delay_ms_ = std::atoi(v);
   }
   void enqueue(std::function<void()> fn) override {
-    ++*accepted_;
     pool_.enqueue(std::move(fn));
     if (delay_ms_ > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms_));
   }
@@ -153,7 +153,6 @@ class CountingPool final : public httplib::TaskQueue {
 
  private:
   httplib::ThreadPool pool_;
-  std::atomic<long>* accepted_;
   int delay_ms_ = 0;
 };
 
@@ -183,7 +182,7 @@ bool refuse_new_handshakes(int fd) {
 
 HttpServer::HttpServer(const HttpServerOptions& o) : opts_(o) {
   const size_t threads = size_t(std::max(1, o.threads));
-  new_task_queue = [threads, this] { return new CountingPool(threads, &accepted_); };
+  new_task_queue = [threads] { return new SlowablePool(threads); };
   set_keep_alive_timeout(o.idle_timeout_s);
   set_read_timeout(o.read_timeout_s, 0);
   set_write_timeout(o.write_timeout_s, 0);
@@ -211,7 +210,8 @@ void HttpServer::drain() {
   const int fd = listen_fd_;
   if (!refuse_new_handshakes(fd))
     spdlog::warn("cannot filter new connections while stopping: {}", std::strerror(errno));
-  // The accept loop takes what the kernel completed; bounded, in case it is stuck.
+  // The accept loop takes what the kernel completed; bounded, in case it is
+  // stuck.
   const auto deadline = Clock::now() + std::chrono::seconds(2);
   while (is_running() && accept_queue_length(fd) > 0 && Clock::now() < deadline)
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
@@ -235,7 +235,6 @@ bool HttpServer::await_request(socket_t sock, bool first) const {
 }
 
 bool HttpServer::process_and_close_socket(socket_t sock) {
-  ++open_;
   ConnectionStream strm(sock, opts_.read_timeout_s, opts_.write_timeout_s);
   bool ret = false;
   // Unlike httplib's loop, this one never checks whether the server is still
@@ -248,7 +247,6 @@ bool HttpServer::process_and_close_socket(socket_t sock) {
     if (!ret || closed_by_client || last) break;
   }
   lingering_close(sock);
-  --open_;
   return ret;
 }
 

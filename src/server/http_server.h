@@ -35,7 +35,8 @@ class HttpServer : public httplib::Server {
 
   explicit HttpServer(const HttpServerOptions& o);
 
-  // Binds and listens with kListenBacklog; false when the address cannot be bound.
+  // Binds and listens with kListenBacklog; false when the address cannot be
+  // bound.
   bool bind_deep(const std::string& host, int port);
   // Graceful stop: new connection attempts get no answer (their SYNs are
   // dropped; once the listener closes, their retries are refused), every
@@ -44,11 +45,6 @@ class HttpServer : public httplib::Server {
   // been answered and closed. Requests that arrive now are answered by the
   // handlers (which see the server stopping) with "Connection: close".
   void drain();
-  bool draining() const { return draining_; }
-
-  // Connections accepted and not yet closed, and all accepted so far (tests).
-  long open_connections() const { return open_; }
-  long accepted_connections() const { return accepted_; }
 
  private:
   bool process_and_close_socket(socket_t sock) override;
@@ -61,7 +57,6 @@ class HttpServer : public httplib::Server {
   int listen_fd_ = -1;
   std::atomic<bool> draining_{false};
   std::atomic<int64_t> drain_started_ns_{0};  // steady_clock ticks
-  std::atomic<long> open_{0}, accepted_{0};
 };
 
 }  // namespace md::server
