@@ -15,7 +15,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     (void)t.decode(ids);
     (void)t.vocab_size();
     (void)t.token_id("<|endoftext|>");
-    (void)t.token_bytes(0);
+    (void)t.id_to_token(0);
   } catch (const md::Error&) {
   }
   return 0;

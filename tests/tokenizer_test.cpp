@@ -14,6 +14,8 @@
 
 #include "gpt2_tokenizer_json.h"
 #include "model/tokenizer.h"
+#include "model/tokenizer_pipeline.h"
+#include "model/unicode_text.h"
 #include "tensor/error.h"
 
 namespace fs = std::filesystem;
@@ -325,7 +327,7 @@ TEST(Tokenizer, MatchesGpt3EncoderOnCorpus) {
   size_t checked = 0, mismatches = 0, bad_roundtrips = 0, bad_splits = 0, tokens = 0;
   for (const Sample& s : samples) {
     std::vector<std::string> pieces;
-    for (std::string_view p : md::detail::gpt2_pre_tokenize(s.text)) pieces.emplace_back(p);
+    for (std::string_view p : md::tok::gpt2_split(s.text)) pieces.emplace_back(p);
     if (pieces != s.pieces && ++bad_splits <= 10)
       ADD_FAILURE() << "pre-tokenize(" << show(s.text) << ") = " << json(pieces).dump() << ", V8 regex gives "
                     << json(s.pieces).dump();
@@ -367,23 +369,32 @@ TEST(Tokenizer, BasicsAndLookups) {
   EXPECT_EQ(tok.encode("Hello\nworld"), (Ids{15496, 198, 6894}));
   EXPECT_EQ(tok.encode(""), Ids{});
   EXPECT_EQ(tok.token_id("<|endoftext|>"), 50256);
-  EXPECT_EQ(tok.token_id(" the"), 262);
-  EXPECT_EQ(tok.token_id("\n"), 198);
+  // token_id / id_to_token speak vocabulary strings, as tokenizers does.
+  EXPECT_EQ(tok.token_id("\xC4\xA0the"), 262);  // "Ġthe"
+  EXPECT_EQ(tok.token_id("\xC4\x8A"), 198);     // "Ċ"
+  EXPECT_EQ(tok.token_id(" the"), std::nullopt);
   EXPECT_EQ(tok.token_id("no such token here"), std::nullopt);
-  EXPECT_EQ(tok.token_bytes(262), " the");
-  EXPECT_EQ(tok.token_bytes(198), "\n");
-  EXPECT_EQ(tok.token_bytes(-1), "");
-  EXPECT_EQ(tok.token_bytes(50257), "");
-  // Tokens can hold partial UTF-8: "你" is two tokens.
+  EXPECT_EQ(tok.id_to_token(262), "\xC4\xA0the");
+  EXPECT_EQ(tok.id_to_token(50256), "<|endoftext|>");
+  EXPECT_EQ(tok.id_to_token(-1), std::nullopt);
+  EXPECT_EQ(tok.id_to_token(50257), std::nullopt);
+  EXPECT_TRUE(tok.is_special(50256));
+  EXPECT_FALSE(tok.is_special(262));
+  // Tokens can hold partial UTF-8: "你" is two tokens; alone, the first decodes
+  // to U+FFFD (from_utf8_lossy), together to the character.
   const Ids ni = tok.encode("\xE4\xBD\xA0");
   ASSERT_EQ(ni.size(), 2u);
-  EXPECT_FALSE(valid_utf8(tok.token_bytes(ni[0])));
+  EXPECT_EQ(tok.decode(Ids{ni[0]}), "\xEF\xBF\xBD");
   EXPECT_EQ(tok.decode(ni), "\xE4\xBD\xA0");
   // Unknown ids are skipped by decode.
   EXPECT_EQ(tok.decode(Ids{15496, 123456, -5, 995}), "Hello world");
-  // Invalid UTF-8 input still round-trips byte for byte.
+  // Invalid UTF-8 input is read as U+FFFD per maximal subpart, as a
+  // TextDecoder would hand it to tokenizers.
   const std::string bad = "\xFF\xFE abc \xC3 \xE4\xBD";
-  EXPECT_EQ(tok.decode(tok.encode(bad)), bad);
+  const std::string fffd = "\xEF\xBF\xBD";
+  EXPECT_EQ(md::text::lossy_utf8(bad), fffd + fffd + " abc " + fffd + " " + fffd);
+  EXPECT_EQ(tok.encode(bad), tok.encode(md::text::lossy_utf8(bad)));
+  EXPECT_EQ(tok.decode(tok.encode(bad)), md::text::lossy_utf8(bad));
   // Regex corners: contractions only in lower case, whitespace run before a word.
   EXPECT_EQ(tok.encode("it's"), concat({tok.encode("it"), {tok.token_id("'s").value()}}));
   EXPECT_EQ(tok.encode("IT'S"), concat({tok.encode("IT"), tok.encode("'"), tok.encode("S")}));
@@ -400,17 +411,17 @@ TEST(Tokenizer, WhiteSpaceIsTheUnicodePropertyLikeTokenizers) {
   REQUIRE_GPT2();
   using Pieces = std::vector<std::string_view>;
   const std::string nel = "\xC2\x85", bom = "\xEF\xBB\xBF";
-  EXPECT_EQ(md::detail::gpt2_pre_tokenize("x" + nel + nel + "y"), (Pieces{"x", nel, nel, "y"}));
-  EXPECT_EQ(md::detail::gpt2_pre_tokenize("x " + bom + bom + "y"), (Pieces{"x", " " + bom + bom, "y"}));
-  EXPECT_EQ(md::detail::gpt2_pre_tokenize("a\u00a0\u00a0b  \u3000"), (Pieces{"a", "\u00a0", "\u00a0", "b", "  \u3000"}));
+  EXPECT_EQ(md::tok::gpt2_split("x" + nel + nel + "y"), (Pieces{"x", nel, nel, "y"}));
+  EXPECT_EQ(md::tok::gpt2_split("x " + bom + bom + "y"), (Pieces{"x", " " + bom + bom, "y"}));
+  EXPECT_EQ(md::tok::gpt2_split("a\u00a0\u00a0b  \u3000"), (Pieces{"a", "\u00a0", "\u00a0", "b", "  \u3000"}));
   const Ids x = tok.encode("x"), y = tok.encode("y");
   EXPECT_EQ(tok.encode("x" + nel + nel + "y"), concat({x, tok.encode(nel), tok.encode(nel), y}));
   EXPECT_EQ(tok.encode("x " + bom + bom + "y"), concat({x, tok.encode(" " + bom + bom), y}));
   // Other corners of the regex.
-  EXPECT_EQ(md::detail::gpt2_pre_tokenize("I'm  don't\t\tIT'S!!'s 12ab  \n\n"),
+  EXPECT_EQ(md::tok::gpt2_split("I'm  don't\t\tIT'S!!'s 12ab  \n\n"),
             (Pieces{"I", "'m", " ", " don", "'t", "\t", "\t", "IT", "'", "S", "!!'", "s", " 12", "ab", "  \n\n"}));
-  EXPECT_EQ(md::detail::gpt2_pre_tokenize(""), Pieces{});
-  EXPECT_EQ(md::detail::gpt2_pre_tokenize("\xFF\xFE" "a"), (Pieces{"\xFF\xFE", "a"}));  // invalid bytes: "other"
+  EXPECT_EQ(md::tok::gpt2_split(""), Pieces{});
+  EXPECT_EQ(md::tok::gpt2_split("\xFF\xFE" "a"), (Pieces{"\xFF\xFE", "a"}));  // invalid bytes: "other"
 }
 
 TEST(Tokenizer, SpecialToken) {
@@ -428,8 +439,9 @@ TEST(Tokenizer, SpecialToken) {
     EXPECT_EQ(std::count(ids.begin(), ids.end(), eot), 0) << s;
     EXPECT_EQ(tok.decode(ids), s);
   }
-  EXPECT_EQ(tok.decode(Ids{eot}), "<|endoftext|>");
-  EXPECT_EQ(tok.decode(Ids{15496, eot, 995}), "Hello<|endoftext|> world");
+  // decode skips special tokens (tokenizers' skip_special_tokens=true).
+  EXPECT_EQ(tok.decode(Ids{eot}), "");
+  EXPECT_EQ(tok.decode(Ids{15496, eot, 995}), "Hello world");
 }
 
 TEST(Tokenizer, AddedTokensLikeMoondream) {
@@ -460,7 +472,7 @@ TEST(Tokenizer, AddedTokensLikeMoondream) {
   EXPECT_EQ(t.encode("a     b"), (Ids{64, 50257, 275}));         // 4 + " b"
   EXPECT_EQ(t.encode("\t\t\tx"), concat({{50259}, tok.encode("\tx")}));
   EXPECT_EQ(t.decode(Ids{64, 50257, 50259, 65}), "a    \t\tb");
-  EXPECT_EQ(t.token_bytes(50258), "  ");
+  EXPECT_EQ(t.id_to_token(50258), "  ");
   EXPECT_EQ(t.token_id("    "), 50257);
   // lstrip + rstrip swallow the surrounding whitespace.
   EXPECT_EQ(t.encode("x \n <image>  y"), (Ids{87, 50260, 88}));
@@ -589,17 +601,19 @@ TEST(TextStreamer, FlushesAtSpacesNewlinesAndCjk) {
     EXPECT_EQ(s.tail, "세계");
   }
   {
-    // Special tokens stream as their text.
+    // Special tokens are skipped, as decode skips them.
     const Streamed s = stream(tok, Ids{15496, 50256, 995});
-    EXPECT_EQ(s.all(), "Hello<|endoftext|> world");
+    EXPECT_EQ(s.all(), "Hello world");
   }
   {
-    // A text that ends in the middle of a character: all bytes come out at finish().
+    // A text that ends in the middle of a character: the incomplete character
+    // is held back (it may still complete) and comes out at finish() as
+    // decode gives it, U+FFFD.
     const Ids ids = tok.encode("ab 你");
     const Ids cut(ids.begin(), ids.end() - 1);
     const Streamed s = stream(tok, cut);
     EXPECT_EQ(s.all(), tok.decode(cut));
-    EXPECT_FALSE(valid_utf8(s.tail));
+    EXPECT_EQ(s.tail, "\xEF\xBF\xBD");
   }
 }
 
@@ -650,13 +664,27 @@ TEST(TokenizerErrors, MessagesNameFileAndProblem) {
       {"bad_merge.json", R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": ["ab"]}})", "model.merges[0]"},
       {"wordpiece.json", R"({"model": {"type": "WordPiece", "vocab": {"a": 0}}})", "\"WordPiece\" is not supported"},
       {"dup_ids.json", R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 0}, "merges": []}})", "duplicate id 0"},
-      {"dup_added.json",
-       R"({"added_tokens": [{"id": 5, "content": "<x>"}, {"id": 5, "content": "<y>"}], )" + ok_model + "}",
-       "duplicate id 5"},
+      {"added_flags.json", R"({"added_tokens": [{"id": 5, "content": "<x>"}], )" + ok_model + "}",
+       "needs a boolean \"single_word\""},
       {"bad_added.json", R"({"added_tokens": [{"content": "<x>"}], )" + ok_model + "}", "added_tokens"},
       {"bad_id.json", R"({"model": {"type": "BPE", "vocab": {"a": "zero"}, "merges": []}})", "not an integer"},
-      {"normalizer.json", R"({"normalizer": {"type": "NFC"}, )" + ok_model + "}", "normalizer"},
-      {"pretok.json", R"({"pre_tokenizer": {"type": "Whitespace"}, )" + ok_model + "}", "pre_tokenizer"},
+      // An unsupported component: one error naming its section and type, also inside a Sequence.
+      {"normalizer.json", R"({"normalizer": {"type": "BertNormalizer"}, )" + ok_model + "}",
+       "normalizer \"BertNormalizer\" is not supported"},
+      {"pretok.json",
+       R"({"pre_tokenizer": {"type": "Sequence", "pretokenizers": [{"type": "Whitespace"}, {"type": "UnicodeScripts"}]}, )" +
+           ok_model + "}",
+       "pre_tokenizer \"UnicodeScripts\" is not supported"},
+      {"post.json", R"({"post_processor": {"type": "Pipeline"}, )" + ok_model + "}",
+       "post_processor \"Pipeline\" is not supported"},
+      {"decoder.json", R"({"decoder": {"type": "WordPiece", "prefix": "##"}, )" + ok_model + "}",
+       "decoder \"WordPiece\" is not supported"},
+      {"no_type.json", R"({"decoder": {"prefix": "##"}, )" + ok_model + "}", "decoder has no \"type\""},
+      {"bad_regex.json",
+       R"({"pre_tokenizer": {"type": "Split", "pattern": {"Regex": "(a"}, "behavior": "Isolated", "invert": false}, )" +
+           ok_model + "}",
+       "invalid regex (a"},
+      {"truncation.json", R"({"truncation": {"max_length": 8}, )" + ok_model + "}", "truncation"},
   };
   for (const Case& c : cases) {
     const std::string msg = load_error(c.name, c.text, &path);
@@ -667,5 +695,5 @@ TEST(TokenizerErrors, MessagesNameFileAndProblem) {
   // And the minimal valid file loads.
   const md::Tokenizer t = md::Tokenizer::from_json("{" + ok_model + "}", "ok");
   EXPECT_EQ(t.encode("abba"), (Ids{2, 1, 0}));
-  EXPECT_EQ(t.decode(Ids{2, 1, 0}), "abba");
+  EXPECT_EQ(t.decode(Ids{2, 1, 0}), "ab b a");  // no decoder: tokens joined by spaces, as tokenizers does
 }

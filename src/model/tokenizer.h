@@ -1,34 +1,40 @@
 #pragma once
-// GPT-2 byte-level BPE from a Hugging Face tokenizer.json, encoding and
-// decoding exactly as the `tokenizers` library does for GPT-2.
+// A Hugging Face tokenizer.json (BPE model) loaded and run as the `tokenizers`
+// library does: added tokens, normalizer, pre-tokenizer, BPE, post-processor
+// on the way in; the decoder on the way out. GPT-2 byte-level BPE and the
+// superword / sentencepiece-style tokenizers are all configurations of it
+// (docs/TOKENIZER.md).
 #include <cstdint>
 #include <memory>
 #include <optional>
 #include <span>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 #include <vector>
 
 namespace md {
 
 class Tokenizer {
  public:
-  // Throws md::Error naming the file and the problem.
+  // Throws md::Error naming the file and the problem (an unsupported
+  // component: its section and type).
   static Tokenizer load(const std::string& path);
   static Tokenizer from_json(std::string_view json_text, const std::string& source);
 
-  // Added/special tokens listed in added_tokens are matched first (as HF does);
-  // the rest goes through the GPT-2 pre-tokenizer regex and BPE.
+  // tokenizers' Tokenizer.encode(text) with its defaults: added tokens
+  // matched, post-processor applied. Invalid UTF-8 in `text` is read as
+  // U+FFFD per maximal ill-formed subpart (as a TextDecoder would).
   std::vector<int32_t> encode(std::string_view text) const;
-  // Concatenated bytes of the tokens (may end in an incomplete UTF-8 sequence).
+  // tokenizers' decode(ids, skip_special_tokens = true); unknown ids skipped.
   std::string decode(std::span<const int32_t> ids) const;
-  // Raw bytes of one token; empty for an unknown id.
-  std::string token_bytes(int32_t id) const;
-  // Id of the token whose decoded text is exactly `token` (an added token's
-  // content, or a vocabulary entry given as raw text, e.g. " the").
+  // The vocabulary string of an id (an added token's content), if any.
+  std::optional<std::string> id_to_token(int32_t id) const;
+  // tokenizers' token_to_id: the id of a vocabulary string or added token
+  // ("Ġthe" in GPT-2's byte-level vocabulary, "<|endoftext|>").
   std::optional<int32_t> token_id(std::string_view token) const;
+  bool is_special(int32_t id) const;
   int vocab_size() const;  // highest id + 1
+  const std::string& source() const;
 
   struct Impl;
   std::shared_ptr<const Impl> impl_;
@@ -37,7 +43,7 @@ class Tokenizer {
 // Turns a growing token sequence into text chunks for streaming (contract
 // section 8): flush up to and including the last space, everything after a
 // newline or a CJK character, the rest at finish(); never splits a UTF-8
-// character or a word.
+// character or a word. The chunks concatenate to decode(all tokens).
 class TextStreamer {
  public:
   explicit TextStreamer(const Tokenizer& tok) : tok_(&tok) {}
@@ -49,13 +55,7 @@ class TextStreamer {
  private:
   const Tokenizer* tok_;
   std::vector<int32_t> tokens_;
-  std::string text_;  // decode(tokens_), grown one token at a time
   size_t emitted_bytes_ = 0;
 };
-
-namespace detail {
-// The GPT-2 pre-tokenizer regex split (exposed for tests).
-std::vector<std::string_view> gpt2_pre_tokenize(std::string_view text);
-}  // namespace detail
 
 }  // namespace md
