@@ -30,12 +30,12 @@ std::string error_of(F&& f) {
   return "";
 }
 
-#define EXPECT_ERROR_HAS(expr, ...)                                                        \
-  do {                                                                                     \
-    const std::string msg_ = error_of([&] { (void)(expr); });                              \
-    for (const std::string& sub_ : std::vector<std::string>{__VA_ARGS__})                  \
+#define EXPECT_ERROR_HAS(expr, ...)                                                         \
+  do {                                                                                      \
+    const std::string msg_ = error_of([&] { (void)(expr); });                               \
+    for (const std::string& sub_ : std::vector<std::string>{__VA_ARGS__})                   \
       EXPECT_NE(msg_.find(sub_), std::string::npos) << "'" << sub_ << "' not in: " << msg_; \
-    EXPECT_EQ(msg_.find('\n'), std::string::npos) << "multi-line message: " << msg_;       \
+    EXPECT_EQ(msg_.find('\n'), std::string::npos) << "multi-line message: " << msg_;        \
   } while (0)
 
 md::ModelConfig parse(const json& j) { return md::parse_model_config(j.dump(), "config.json"); }
@@ -88,15 +88,33 @@ void expect_defaults(const md::ModelConfig& c) {
 // The tiny test model's config (tools/make_model.cpp), in both layouts.
 json tiny_inner() {
   return {{"text",
-           {{"dim", 128}, {"ff_dim", 256}, {"n_layers", 2}, {"vocab_size", 51200}, {"max_context", 2048},
-            {"n_heads", 2}, {"n_kv_heads", 1}, {"prefix_attn", 730}}},
+           {{"dim", 128},
+            {"ff_dim", 256},
+            {"n_layers", 2},
+            {"vocab_size", 51200},
+            {"max_context", 2048},
+            {"n_heads", 2},
+            {"n_kv_heads", 1},
+            {"prefix_attn", 730}}},
           {"vision",
-           {{"enc_dim", 64}, {"enc_patch_size", 14}, {"enc_n_layers", 2}, {"enc_ff_dim", 128},
-            {"enc_n_heads", 4}, {"proj_out_dim", 128}, {"crop_size", 378}, {"in_channels", 3},
-            {"max_crops", 6}, {"overlap_margin", 4}, {"proj_inner_dim", 256}}},
+           {{"enc_dim", 64},
+            {"enc_patch_size", 14},
+            {"enc_n_layers", 2},
+            {"enc_ff_dim", 128},
+            {"enc_n_heads", 4},
+            {"proj_out_dim", 128},
+            {"crop_size", 378},
+            {"in_channels", 3},
+            {"max_crops", 6},
+            {"overlap_margin", 4},
+            {"proj_inner_dim", 256}}},
           {"region",
-           {{"dim", 128}, {"coord_feat_dim", 64}, {"coord_out_dim", 1024}, {"size_feat_dim", 32},
-            {"size_out_dim", 2048}, {"inner_dim", 256}}},
+           {{"dim", 128},
+            {"coord_feat_dim", 64},
+            {"coord_out_dim", 1024},
+            {"size_feat_dim", 32},
+            {"size_out_dim", 2048},
+            {"inner_dim", 256}}},
           {"tokenizer", {{"bos_id", 1}, {"eos_id", 2}}}};
 }
 
@@ -125,16 +143,13 @@ void expect_tiny(const md::ModelConfig& c) {
 class TempDir : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("md_cfg_" + std::to_string(getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    dir_ = fs::temp_directory_path() / ("md_cfg_" + std::to_string(getpid()) + "_" +
+                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::remove_all(dir_);
     fs::create_directories(dir_);
   }
   void TearDown() override { fs::remove_all(dir_); }
-  void write(const std::string& text) {
-    std::ofstream(dir_ / "config.json", std::ios::binary) << text;
-  }
+  void write(const std::string& text) { std::ofstream(dir_ / "config.json", std::ios::binary) << text; }
   fs::path dir_;
 };
 
@@ -153,9 +168,11 @@ TEST(Config, Defaults) {
     "model_type": "moondream1",
     "torch_dtype": "bfloat16",
     "transformers_version": "4.44.0"
-  })", "config.json"));
+  })",
+                                         "config.json"));
   // Empty / null sections keep defaults too.
-  expect_defaults(parse({{"config", {{"text", json::object()}, {"vision", nullptr}, {"tokenizer", {{"templates", nullptr}}}}}}));
+  expect_defaults(
+      parse({{"config", {{"text", json::object()}, {"vision", nullptr}, {"tokenizer", {{"templates", nullptr}}}}}}));
 }
 
 TEST(Config, OverridesInBothLayouts) {
@@ -189,9 +206,11 @@ TEST(Config, TypeErrorsNameTheKey) {
   EXPECT_ERROR_HAS(parse(with("text", "dim", 0)), "config.text.dim must be a positive integer");
   EXPECT_ERROR_HAS(parse(with("text", "n_heads", -32)), "config.text.n_heads must be a positive integer");
   EXPECT_ERROR_HAS(parse(with("text", "vocab_size", 1LL << 40)), "config.text.vocab_size must be a positive integer");
-  EXPECT_ERROR_HAS(parse(with("text", "vocab_size", -(1LL << 40))), "config.text.vocab_size must be a positive integer");
+  EXPECT_ERROR_HAS(parse(with("text", "vocab_size", -(1LL << 40))),
+                   "config.text.vocab_size must be a positive integer");
   EXPECT_ERROR_HAS(parse(with("vision", "crop_size", json::array({378}))), "config.vision.crop_size");
-  EXPECT_ERROR_HAS(parse(with("vision", "overlap_margin", -1)), "config.vision.overlap_margin must be a non-negative integer");
+  EXPECT_ERROR_HAS(parse(with("vision", "overlap_margin", -1)),
+                   "config.vision.overlap_margin must be a non-negative integer");
   EXPECT_ERROR_HAS(parse(with("region", "inner_dim", "big")), "config.region.inner_dim must be a positive integer");
   EXPECT_ERROR_HAS(parse(with("tokenizer", "eos_id", -1)), "config.tokenizer.eos_id must be a non-negative integer");
   EXPECT_ERROR_HAS(parse(with("tokenizer", "bos_id", "50256")), "config.tokenizer.bos_id");
@@ -200,7 +219,8 @@ TEST(Config, TypeErrorsNameTheKey) {
   // Sections must be objects.
   EXPECT_ERROR_HAS(parse({{"config", 5}}), "config.json: config must be an object");
   EXPECT_ERROR_HAS(parse({{"config", {{"text", {1, 2}}}}}), "config.json: config.text must be an object");
-  EXPECT_ERROR_HAS(parse({{"config", {{"tokenizer", {{"templates", "x"}}}}}}), "config.tokenizer.templates must be an object");
+  EXPECT_ERROR_HAS(parse({{"config", {{"tokenizer", {{"templates", "x"}}}}}}),
+                   "config.tokenizer.templates must be an object");
   EXPECT_ERROR_HAS(md::parse_model_config("[1,2]", "my/config.json"), "my/config.json", "not a JSON object");
 }
 
@@ -257,11 +277,59 @@ TEST(Config, ValidationErrors) {
   {
     json j = t;
     j["text"]["vocab_size"] = 1000;
-    j["tokenizer"] = {{"bos_id", 0}, {"eos_id", 0}};
+    j["tokenizer"] = {{"bos_id", 1}, {"eos_id", 1}};
     bad(j, {"config.tokenizer.templates.caption.short", "16438", "vocab_size (1000)"});
+    // bos_id 0 makes it a 2025-06-21 config: its templates are checked.
+    j["tokenizer"] = {{"bos_id", 0}, {"eos_id", 0}};
+    bad(j, {"config.tokenizer.templates.caption.short", "32708", "vocab_size (1000)"});
   }
   // Only the changed default section: default text dims with a too small region.
   bad({{"region", {{"dim", 1024}}}}, {"config.region.dim (1024)", "config.text.dim (2048)"});
+}
+
+TEST(Config, RevisionProfiles) {
+  // GPT-2 era by default.
+  md::ModelConfig c = parse(tiny_inner());
+  EXPECT_EQ(c.revision.family, md::TokenizerFamily::kGpt2);
+  EXPECT_EQ(c.revision.name, "2025-01-09");
+  EXPECT_TRUE(c.revision.tokenizer_repo.empty());
+  EXPECT_TRUE(c.revision.question_leading_space);
+  EXPECT_FALSE(c.revision.reasoning);
+  EXPECT_EQ(c.tokenizer.answer_id, -1);
+  // bos_id 0 in the tokenizer section: starmie era, its ids and templates
+  // (contract 2025-06-21 sections 1-2), overridable as before.
+  json j = tiny_inner();
+  j["tokenizer"] = {{"bos_id", 0}, {"templates", {{"point", {{"prefix", {1, 2, 3}}}}}}};
+  c = parse(j);
+  EXPECT_EQ(c.revision.family, md::TokenizerFamily::kStarmie);
+  EXPECT_EQ(c.revision.name, "2025-06-21");
+  EXPECT_EQ(c.revision.tokenizer_repo, "moondream/starmie-v1");
+  EXPECT_NE(c.revision.detected_by.find("bos_id"), std::string::npos);
+  EXPECT_FALSE(c.revision.question_leading_space);
+  EXPECT_TRUE(c.revision.reasoning && c.revision.spatial_refs && c.revision.text_only);
+  EXPECT_EQ(c.tokenizer.eos_id, 0);
+  EXPECT_EQ(c.tokenizer.answer_id, 3);
+  EXPECT_EQ(c.tokenizer.thinking_id, 4);
+  EXPECT_EQ(c.tokenizer.coord_id, 5);
+  EXPECT_EQ(c.tokenizer.size_id, 6);
+  EXPECT_EQ(c.tokenizer.start_ground_points_id, 7);
+  EXPECT_EQ(c.tokenizer.end_ground_id, 9);
+  EXPECT_EQ(c.tokenizer.caption_normal, (std::vector<int>{1, 32708, 2, 6382, 3}));
+  EXPECT_EQ(c.tokenizer.query_prefix, (std::vector<int>{1, 15381, 2}));
+  EXPECT_EQ(c.tokenizer.detect_prefix, (std::vector<int>{1, 7235, 476, 2}));
+  EXPECT_EQ(c.tokenizer.point_prefix, (std::vector<int>{1, 2, 3}));
+  EXPECT_EQ(c.tokenizer.point_suffix, (std::vector<int>{3}));
+  // The user's choice wins either way.
+  c = md::parse_model_config(json{{"config", j}}.dump(), "config.json", md::RevisionChoice::kGpt2);
+  EXPECT_EQ(c.revision.family, md::TokenizerFamily::kGpt2);
+  EXPECT_NE(c.revision.detected_by.find("user"), std::string::npos);
+  c = md::parse_model_config(json{{"config", tiny_inner()}}.dump(), "config.json", md::RevisionChoice::kStarmie);
+  EXPECT_EQ(c.revision.family, md::TokenizerFamily::kStarmie);
+  md::RevisionChoice rc;
+  EXPECT_TRUE(md::parse_revision_choice("2025-06-21", &rc));
+  EXPECT_EQ(rc, md::RevisionChoice::kStarmie);
+  EXPECT_TRUE(md::parse_revision_choice("auto", &rc));
+  EXPECT_FALSE(md::parse_revision_choice("2025-06", &rc));
 }
 
 TEST(Config, Templates) {
@@ -282,8 +350,9 @@ TEST(Config, Templates) {
 
   // Null templates (official format for tasks a model lacks) and missing
   // members keep the defaults.
-  c = parse(with("tokenizer", "templates",
-                 {{"caption", nullptr}, {"query", {{"prefix", {4}}}}, {"detect", nullptr}, {"point", {{"suffix", nullptr}}}}));
+  c = parse(with(
+      "tokenizer", "templates",
+      {{"caption", nullptr}, {"query", {{"prefix", {4}}}}, {"detect", nullptr}, {"point", {{"suffix", nullptr}}}}));
   const md::TokenizerConfig d;
   EXPECT_EQ(c.tokenizer.caption_short, d.caption_short);
   EXPECT_EQ(c.tokenizer.caption_long, d.caption_long);
@@ -312,6 +381,20 @@ TEST(Config, Templates) {
 using ConfigFile = TempDir;
 
 TEST_F(ConfigFile, MissingMeansDefaults) { expect_defaults(md::load_model_config(dir_.string())); }
+
+TEST_F(ConfigFile, RemoteCodeNamingStarmieMeansRevision20250621) {
+  // The 2025-06-21 snapshot: an empty inner config; only moondream.py tells.
+  write("{\"config\": {}}");
+  EXPECT_EQ(md::load_model_config(dir_.string()).revision.family, md::TokenizerFamily::kGpt2);
+  std::ofstream(dir_ / "moondream.py") << "tokenizer = Tokenizer.from_pretrained(\"moondream/starmie-v1\")\n";
+  const md::ModelConfig c = md::load_model_config(dir_.string());
+  EXPECT_EQ(c.revision.family, md::TokenizerFamily::kStarmie);
+  EXPECT_NE(c.revision.detected_by.find("moondream.py"), std::string::npos) << c.revision.detected_by;
+  EXPECT_EQ(c.tokenizer.bos_id, 0);
+  // Remote code of an older revision does not name it.
+  std::ofstream(dir_ / "moondream.py") << "tokenizer = Tokenizer.from_pretrained(\"vikhyatk/moondream2\")\n";
+  EXPECT_EQ(md::load_model_config(dir_.string()).revision.family, md::TokenizerFamily::kGpt2);
+}
 
 TEST_F(ConfigFile, ReadsFile) {
   write(json{{"config", tiny_inner()}}.dump(2));

@@ -391,8 +391,11 @@ TEST_F(HubTest, ReusesACacheWrittenByThePythonTools) {
   // The layout huggingface_hub leaves behind, built by hand.
   const fs::path st = storage("models--vikhyatk--moondream2");
   const std::string commit = "aaaaaaaaaabbbbbbbbbbccccccccccdddddddddd";
-  const std::map<std::string, std::string> files = {
-      {"config.json", config_}, {"model.safetensors", weights_}, {"tokenizer.json", tokenizer_}};
+  // (moondream.py: the remote code, which transformers stores next to the weights.)
+  const std::map<std::string, std::string> files = {{"config.json", config_},
+                                                    {"model.safetensors", weights_},
+                                                    {"tokenizer.json", tokenizer_},
+                                                    {"moondream.py", "# remote code\n"}};
   for (const auto& [name, content] : files) {
     const std::string etag = sha256_hex(content);
     write_file(st / "blobs" / etag, content);

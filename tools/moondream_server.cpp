@@ -106,7 +106,7 @@ int main(int argc, char** argv) {
 
   CLI::App app{"moondream-server: Moondream2 on the CPU behind OpenAI- and Moondream-compatible HTTP APIs"};
   std::string config_path, configs_dir, pid_file;
-  std::string model, revision, host, api_key;
+  std::string model, revision, host, api_key, tokenizer, revision_profile;
   int port = 0, backend_port = -1, threads = -1;
   bool replace = false, version = false, no_web_ui = false;
   double replace_wait = 120;
@@ -115,6 +115,10 @@ int main(int argc, char** argv) {
                  "Folder of profiles for PATCH /api/v1/config (default: the --config file's folder, else configs/)");
   app.add_option("--model", model, "Model directory or Hugging Face repo id (overrides model_path)");
   app.add_option("--revision", revision, "Hub revision: branch, tag or commit (overrides revision)");
+  app.add_option("--tokenizer", tokenizer,
+                 "tokenizer.json file, its directory or hub repo id (overrides tokenizer; default: what the revision needs)");
+  app.add_option("--revision-profile", revision_profile,
+                 "auto (default), 2025-01-09 or 2025-06-21: how prompts and tokens are built (overrides revision_profile)");
   app.add_option("--host", host, "Address to listen on (overrides server.host)");
   app.add_option("--port", port, "API port (overrides server.port, default 8080)")->check(CLI::Range(1, 65535));
   app.add_option("--backend-port", backend_port, "Backend API port, 0 = off (overrides server.backend_port, default 8000)")
@@ -144,6 +148,8 @@ int main(int argc, char** argv) {
   ConfigOverrides ov;
   if (!model.empty()) ov.model_path = model;
   if (app.count("--revision")) ov.revision = revision;
+  if (app.count("--tokenizer")) ov.tokenizer = tokenizer;
+  if (app.count("--revision-profile")) ov.revision_profile = revision_profile;
   if (!host.empty()) ov.host = host;
   if (api_key.empty()) {
     if (const char* k = std::getenv("MOONDREAM_API_KEY"); k && *k) api_key = k;

@@ -148,7 +148,7 @@ std::vector<std::string> byte_chars() {
   return out;
 }
 
-std::string superword(int n) {
+std::string superword(int n, int vocab_size) {
   const std::string split = "\\p{N}{1,3}|[.,!?;:]+|\\n+";
   const text::Regex re(split, "superword split");
   Trainer t;
@@ -170,6 +170,7 @@ std::string superword(int n) {
   }
   for (const auto& c : byte_chars()) v.add(c);
   for (const auto& m : t.merged_tokens) v.add(m);
+  for (int k = 0; static_cast<int>(v.tokens.size()) < vocab_size; ++k) v.add("\xC4\xA0tok" + std::to_string(k));
   json pre = {{"type", "Sequence"},
               {"pretokenizers",
                {{{"type", "Split"}, {"pattern", {{"Regex", split}}}, {"behavior", "Isolated"}, {"invert", false}},
@@ -336,8 +337,8 @@ const std::vector<std::string>& flavours() {
   return f;
 }
 
-std::string tokenizer_json(const std::string& flavour, int merges) {
-  if (flavour == "superword") return superword(merges);
+std::string tokenizer_json(const std::string& flavour, int merges, int vocab_size) {
+  if (flavour == "superword") return superword(merges, vocab_size);
   if (flavour == "sentencepiece") return sentencepiece(merges, false);
   if (flavour == "metaspace") return sentencepiece(merges, true);
   if (flavour == "added_tokens") return added_tokens_flavour(merges);

@@ -22,8 +22,10 @@ namespace md::synth {
 const std::vector<std::string>& flavours();
 
 // The tokenizer.json text of a flavour with about `merges` merges learnt from
-// the built-in texts. Deterministic. Throws md::Error for an unknown flavour.
-std::string tokenizer_json(const std::string& flavour, int merges = 1500);
+// the built-in texts. `vocab_size` > 0 pads the vocabulary with plain tokens
+// ("Ġtok<n>", reachable only by id) to that many entries, as a real 51,200
+// entry file has. Deterministic. Throws md::Error for an unknown flavour.
+std::string tokenizer_json(const std::string& flavour, int merges = 1500, int vocab_size = 0);
 
 // The texts the merges are learnt from (also useful test input).
 const std::vector<std::string>& training_texts();

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 
 #include "tensor/error.h"
@@ -50,14 +51,16 @@ class Reader {
       if (int64_t(std::min<uint64_t>(u, uint64_t(kMaxValue))) < min)
         fail(p + " must be " + std::string(what) + ", got " + json_text::brief(*it));
       if (u > uint64_t(kMaxValue))
-        fail(p + " must be " + std::string(what) + " at most " + std::to_string(kMaxValue) + ", got " + json_text::brief(*it));
+        fail(p + " must be " + std::string(what) + " at most " + std::to_string(kMaxValue) + ", got " +
+             json_text::brief(*it));
       *out = int(u);
       return;
     }
     int64_t v = it->get<int64_t>();
     if (v < min) fail(p + " must be " + std::string(what) + ", got " + json_text::brief(*it));
     if (v > kMaxValue)
-      fail(p + " must be " + std::string(what) + " at most " + std::to_string(kMaxValue) + ", got " + json_text::brief(*it));
+      fail(p + " must be " + std::string(what) + " at most " + std::to_string(kMaxValue) + ", got " +
+           json_text::brief(*it));
     *out = int(v);
   }
 
@@ -72,8 +75,7 @@ class Reader {
       const bool ok = v.is_number_unsigned()  ? v.get<uint64_t>() <= uint64_t(INT_MAX)
                       : v.is_number_integer() ? v.get<int64_t>() >= 0 && v.get<int64_t>() <= INT_MAX
                                               : false;
-      if (!ok)
-        fail(p + " must be an array of non-negative integer token ids, got " + json_text::brief(v));
+      if (!ok) fail(p + " must be an array of non-negative integer token ids, got " + json_text::brief(v));
       ids.push_back(int(v.get<int64_t>()));
     }
     *out = std::move(ids);
@@ -95,9 +97,9 @@ void validate(const ModelConfig& c, const Reader& R, const std::string& pre) {
 
   need(t.dim % t.n_heads == 0, n("text.dim", t.dim) + " must be divisible by " + n("text.n_heads", t.n_heads));
   const int head_dim = t.dim / t.n_heads;
-  need(head_dim % 2 == 0 && head_dim >= 32,
-       "text head dimension " + n("text.dim", t.dim) + " / " + n("text.n_heads", t.n_heads) + " = " +
-           std::to_string(head_dim) + " must be even and at least 32 (rotary embedding uses 32 dims)");
+  need(head_dim % 2 == 0 && head_dim >= 32, "text head dimension " + n("text.dim", t.dim) + " / " +
+                                                n("text.n_heads", t.n_heads) + " = " + std::to_string(head_dim) +
+                                                " must be even and at least 32 (rotary embedding uses 32 dims)");
   need(t.n_heads % t.n_kv_heads == 0,
        n("text.n_heads", t.n_heads) + " must be a multiple of " + n("text.n_kv_heads", t.n_kv_heads));
 
@@ -106,12 +108,12 @@ void validate(const ModelConfig& c, const Reader& R, const std::string& pre) {
   need(v.crop_size % v.enc_patch_size == 0,
        n("vision.crop_size", v.crop_size) + " must be divisible by " + n("vision.enc_patch_size", v.enc_patch_size));
   const int64_t grid = v.crop_size / v.enc_patch_size;
-  need(grid > 2 * int64_t(v.overlap_margin),
-       "patch grid " + std::to_string(grid) + " (" + pre + "vision.crop_size / " + pre +
-           "vision.enc_patch_size) must exceed twice " + n("vision.overlap_margin", v.overlap_margin));
+  need(grid > 2 * int64_t(v.overlap_margin), "patch grid " + std::to_string(grid) + " (" + pre + "vision.crop_size / " +
+                                                 pre + "vision.enc_patch_size) must exceed twice " +
+                                                 n("vision.overlap_margin", v.overlap_margin));
   need(int64_t(t.prefix_attn) == 1 + grid * grid,
-       n("text.prefix_attn", t.prefix_attn) + " must be 1 + (crop_size / enc_patch_size)^2 = " +
-           std::to_string(1 + grid * grid));
+       n("text.prefix_attn", t.prefix_attn) +
+           " must be 1 + (crop_size / enc_patch_size)^2 = " + std::to_string(1 + grid * grid));
   need(t.max_context > t.prefix_attn,
        n("text.max_context", t.max_context) + " must exceed " + n("text.prefix_attn", t.prefix_attn));
   need(v.proj_out_dim == t.dim, n("vision.proj_out_dim", v.proj_out_dim) + " must equal " + n("text.dim", t.dim));
@@ -123,12 +125,17 @@ void validate(const ModelConfig& c, const Reader& R, const std::string& pre) {
        n("tokenizer.bos_id", k.bos_id) + " must be below " + n("text.vocab_size", t.vocab_size));
   need(k.eos_id < t.vocab_size,
        n("tokenizer.eos_id", k.eos_id) + " must be below " + n("text.vocab_size", t.vocab_size));
+  for (const auto& [name, id] : {std::pair<const char*, int>{"tokenizer.answer_id", k.answer_id},
+                                 {"tokenizer.thinking_id", k.thinking_id},
+                                 {"tokenizer.coord_id", k.coord_id},
+                                 {"tokenizer.size_id", k.size_id},
+                                 {"tokenizer.start_ground_points_id", k.start_ground_points_id},
+                                 {"tokenizer.end_ground_id", k.end_ground_id}})
+    need(id < t.vocab_size, n(name, id) + " must be below " + n("text.vocab_size", t.vocab_size));
   const std::pair<const char*, const std::vector<int>*> templates[] = {
-      {"caption.short", &k.caption_short}, {"caption.normal", &k.caption_normal},
-      {"caption.long", &k.caption_long},   {"query.prefix", &k.query_prefix},
-      {"query.suffix", &k.query_suffix},   {"detect.prefix", &k.detect_prefix},
-      {"detect.suffix", &k.detect_suffix}, {"point.prefix", &k.point_prefix},
-      {"point.suffix", &k.point_suffix},
+      {"caption.short", &k.caption_short}, {"caption.normal", &k.caption_normal}, {"caption.long", &k.caption_long},
+      {"query.prefix", &k.query_prefix},   {"query.suffix", &k.query_suffix},     {"detect.prefix", &k.detect_prefix},
+      {"detect.suffix", &k.detect_suffix}, {"point.prefix", &k.point_prefix},     {"point.suffix", &k.point_suffix},
   };
   for (const auto& [name, ids] : templates)
     for (int id : *ids)
@@ -138,7 +145,8 @@ void validate(const ModelConfig& c, const Reader& R, const std::string& pre) {
 
 }  // namespace
 
-ModelConfig parse_model_config(const std::string& json_text, const std::string& source) {
+ModelConfig parse_model_config(const std::string& json_text, const std::string& source, RevisionChoice choice,
+                               const std::string& model_dir) {
   json root;
   try {
     root = json::parse(json_text);
@@ -152,12 +160,25 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
   const json* cfg = &root;
   std::string pre;
   auto inner = root.find("config");
+  bool null_inner = false;
   if (inner != root.end()) {
-    if (inner->is_null()) return c;
-    if (!inner->is_object()) R.fail("config must be an object, got " + json_text::brief(*inner));
+    if (!inner->is_null() && !inner->is_object()) R.fail("config must be an object, got " + json_text::brief(*inner));
+    null_inner = inner->is_null();
     cfg = &*inner;
     pre = "config.";
   }
+  // The revision first: it decides the tokenizer defaults the config overrides.
+  std::optional<int> bos;
+  if (!null_inner) {
+    auto k = cfg->find("tokenizer");
+    if (k != cfg->end() && k->is_object()) {
+      auto b = k->find("bos_id");
+      if (b != k->end() && b->is_number_integer()) bos = b->get<int64_t>() == 0 ? 0 : 1;
+    }
+  }
+  c.revision = detect_revision(model_dir, bos, choice);
+  c.tokenizer = RevisionProfile::default_tokens(c.revision.family);
+  if (null_inner) return c;
 
   if (const json* t = R.section(*cfg, "text", pre + "text")) {
     const std::string p = pre + "text";
@@ -197,6 +218,12 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
     const std::string p = pre + "tokenizer";
     R.get_int(*k, "bos_id", p, &c.tokenizer.bos_id, 0);
     R.get_int(*k, "eos_id", p, &c.tokenizer.eos_id, 0);
+    R.get_int(*k, "answer_id", p, &c.tokenizer.answer_id, 0);
+    R.get_int(*k, "thinking_id", p, &c.tokenizer.thinking_id, 0);
+    R.get_int(*k, "coord_id", p, &c.tokenizer.coord_id, 0);
+    R.get_int(*k, "size_id", p, &c.tokenizer.size_id, 0);
+    R.get_int(*k, "start_ground_points_id", p, &c.tokenizer.start_ground_points_id, 0);
+    R.get_int(*k, "end_ground_id", p, &c.tokenizer.end_ground_id, 0);
     if (const json* tm = R.section(*k, "templates", p + ".templates")) {
       const std::string tp = p + ".templates";
       if (const json* s = R.section(*tm, "caption", tp + ".caption")) {
@@ -223,12 +250,12 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
   return c;
 }
 
-ModelConfig load_model_config(const std::string& model_dir) {
+ModelConfig load_model_config(const std::string& model_dir, RevisionChoice choice) {
   const std::string path = (std::filesystem::path(model_dir) / "config.json").string();
   std::error_code ec;
   if (!std::filesystem::exists(path, ec)) {
     if (ec) throw Error(path + ": cannot access: " + ec.message());
-    return ModelConfig{};
+    return parse_model_config("{}", path, choice, model_dir);
   }
   if (!std::filesystem::is_regular_file(path, ec)) throw Error(path + ": not a regular file");
   std::ifstream in(path, std::ios::binary);
@@ -236,7 +263,7 @@ ModelConfig load_model_config(const std::string& model_dir) {
   std::ostringstream ss;
   ss << in.rdbuf();
   if (in.bad()) throw Error(path + ": read error");
-  return parse_model_config(ss.str(), path);
+  return parse_model_config(ss.str(), path, choice, model_dir);
 }
 
 }  // namespace md

@@ -4,6 +4,8 @@
 #include <string>
 #include <vector>
 
+#include "model/revision.h"
+
 namespace md {
 
 struct TextConfig {
@@ -40,33 +42,23 @@ struct RegionConfig {
   int inner_dim = 8192;
 };
 
-struct TokenizerConfig {
-  int bos_id = 50256;
-  int eos_id = 50256;
-  std::vector<int> caption_short{198, 198, 16438, 8305, 25};
-  std::vector<int> caption_normal{198, 198, 24334, 1159, 25};
-  std::vector<int> caption_long{198, 198, 14617, 8305, 25};
-  std::vector<int> query_prefix{198, 198, 24361, 25};
-  std::vector<int> query_suffix{198, 198, 33706, 25};
-  std::vector<int> detect_prefix{198, 198, 47504, 25};
-  std::vector<int> detect_suffix{628};
-  std::vector<int> point_prefix{198, 198, 12727, 25};
-  std::vector<int> point_suffix{628};
-};
-
 struct ModelConfig {
   TextConfig text;
   VisionConfig vision;
   RegionConfig region;
-  TokenizerConfig tokenizer;
+  TokenizerConfig tokenizer;  // the revision's defaults, then config.json's overrides
+  RevisionProfile revision;
 };
 
 // Parses config.json text. `source` names the file in error messages.
 // Accepts {"config": {...}} (HF layout) or a bare {"text":…, "vision":…} dict.
 // Throws md::Error on bad JSON, wrong types, non-positive or inconsistent values
 // (e.g. dim not divisible by n_heads, n_heads not a multiple of n_kv_heads).
-ModelConfig parse_model_config(const std::string& json_text, const std::string& source);
+// The revision is detected as revision.h says (`model_dir`, if given, is
+// searched for the remote code that names the starmie tokenizer).
+ModelConfig parse_model_config(const std::string& json_text, const std::string& source,
+                               RevisionChoice choice = RevisionChoice::kAuto, const std::string& model_dir = "");
 // Reads <dir>/config.json; a missing file means all defaults.
-ModelConfig load_model_config(const std::string& model_dir);
+ModelConfig load_model_config(const std::string& model_dir, RevisionChoice choice = RevisionChoice::kAuto);
 
 }  // namespace md

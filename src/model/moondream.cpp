@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 
 #include "model/vision.h"
 #include "tensor/buffer_pool.h"
@@ -26,20 +27,32 @@ std::vector<int> concat(std::initializer_list<const std::vector<int>*> parts) {
 }  // namespace
 
 bool parse_caption_length(const std::string& s, CaptionLength* out) {
-  if (s == "short") *out = CaptionLength::Short;
-  else if (s == "normal") *out = CaptionLength::Normal;
-  else if (s == "long") *out = CaptionLength::Long;
-  else return false;
+  if (s == "short")
+    *out = CaptionLength::Short;
+  else if (s == "normal")
+    *out = CaptionLength::Normal;
+  else if (s == "long")
+    *out = CaptionLength::Long;
+  else
+    return false;
   return true;
 }
 
 std::unique_ptr<Moondream> Moondream::load(const std::string& model_dir, const LoadOptions& opts) {
-  if (!std::filesystem::is_directory(model_dir))
-    throw Error("model: '" + model_dir + "' is not a directory");
+  if (!std::filesystem::is_directory(model_dir)) throw Error("model: '" + model_dir + "' is not a directory");
   set_num_threads(opts.threads);
   std::unique_ptr<Moondream> m(new Moondream());
-  m->cfg_ = load_model_config(model_dir);
-  m->tokenizer_ = Tokenizer::load((std::filesystem::path(model_dir) / "tokenizer.json").string());
+  m->cfg_ = load_model_config(model_dir, opts.revision);
+  const RevisionProfile& rev = m->cfg_.revision;
+  if (!opts.tokenizer_path.empty()) {
+    m->tokenizer_path_ = opts.tokenizer_path;
+  } else if (!rev.tokenizer_repo.empty()) {
+    throw Error("model: " + model_dir + " is revision " + rev.name + " (" + rev.detected_by + "): it needs the " +
+                rev.tokenizer_repo + " tokenizer, not its bundled tokenizer.json (a stale GPT-2 one); give its path");
+  } else {
+    m->tokenizer_path_ = (std::filesystem::path(model_dir) / "tokenizer.json").string();
+  }
+  m->tokenizer_ = Tokenizer::load(m->tokenizer_path_);
   m->weights_ = load_weights(model_dir, m->cfg_, opts.quantization);
   m->text_ = std::make_unique<TextModel>(*m->weights_, m->cfg_.text);
   m->region_ = std::make_unique<RegionModel>(*m->weights_, m->cfg_.region);
@@ -72,8 +85,7 @@ PooledVector<float> Moondream::vision_features(const Crops& crops) const {
   // With a 1×1 tiling the local crop is the global crop resized to the same
   // size: pixel-identical, so one encoder pass serves both.
   int n = crops.count;
-  const bool duplicate = crops.count == 2 &&
-                         std::memcmp(crops.crop(0), crops.crop(1), crop_px) == 0;
+  const bool duplicate = crops.count == 2 && std::memcmp(crops.crop(0), crops.crop(1), crop_px) == 0;
   if (duplicate) n = 1;
   PooledVector<float> chw(size_t(n) * crop_px);
   for (int i = 0; i < n; ++i) normalize_crop(crops.crop(i), S, chw.data() + i * crop_px);
@@ -133,9 +145,14 @@ std::vector<int> Moondream::caption_prompt(CaptionLength length) const {
 }
 
 std::vector<int> Moondream::query_prompt(const std::string& question) const {
-  const std::vector<int32_t> q = tokenizer_.encode(" " + question);
+  const RevisionProfile& rev = cfg_.revision;
+  const std::vector<int32_t> q = tokenizer_.encode(rev.question_leading_space ? " " + question : question);
   const std::vector<int> qi(q.begin(), q.end());
-  return concat({&cfg_.tokenizer.query_prefix, &qi, &cfg_.tokenizer.query_suffix});
+  std::vector<int> p = concat({&cfg_.tokenizer.query_prefix, &qi, &cfg_.tokenizer.query_suffix});
+  // Starmie era: the answer marker follows the suffix (which is itself the
+  // answer marker: it really is there twice, contract 2025-06-21 section 2).
+  if (rev.family == TokenizerFamily::kStarmie) p.push_back(cfg_.tokenizer.answer_id);
+  return p;
 }
 
 std::vector<int> Moondream::detect_prompt(const std::string& object) const {
@@ -158,8 +175,7 @@ TextResult Moondream::query(const EncodedImage& img, const std::string& question
   return generate(img, query_prompt(question), opts);
 }
 
-TextResult Moondream::generate(const EncodedImage& img, const std::vector<int>& prompt,
-                               const TextOptions& opts) const {
+TextResult Moondream::generate(const EncodedImage& img, const std::vector<int>& prompt, const TextOptions& opts) const {
   if (prompt.empty()) throw Error("empty prompt");
   if (opts.max_tokens < 0) throw Error("max_tokens must not be negative");
   const int D = cfg_.text.dim, V = cfg_.text.vocab_size;
@@ -203,6 +219,9 @@ TextResult Moondream::generate(const EncodedImage& img, const std::vector<int>& 
     text_->embed(&next, 1, x.data());
     hidden = text_->forward(x.data(), 1, cache);
     logits = text_->logits(hidden.data());
+    // Starmie era: after the first token the answer marker is banned.
+    if (cfg_.revision.ban_answer_after_first && cfg_.tokenizer.answer_id >= 0 && cfg_.tokenizer.answer_id < V)
+      logits[size_t(cfg_.tokenizer.answer_id)] = -std::numeric_limits<float>::infinity();
     next = sampler.next(logits.data(), V);
   }
   const std::string rest = streamer.finish();
@@ -226,8 +245,8 @@ RegionResult Moondream::locate(const EncodedImage& img, const std::vector<int>& 
   if (max_objects < 0) throw Error("max_objects must not be negative");
   const int D = cfg_.text.dim, V = cfg_.text.vocab_size;
   const int steps_per_object = with_size ? 3 : 2;
-  const int capacity = std::min(cfg_.text.max_context,
-                                img.cache.length + int(prompt.size()) + steps_per_object * max_objects);
+  const int capacity =
+      std::min(cfg_.text.max_context, img.cache.length + int(prompt.size()) + steps_per_object * max_objects);
   if (img.cache.length + int(prompt.size()) > cfg_.text.max_context)
     throw Error("object name too long for the context");
   KVCache cache = KVCache::extending(img.cache, capacity);

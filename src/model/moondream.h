@@ -74,6 +74,11 @@ struct LoadOptions {
   Quantization quantization = Quantization::None;
   // Image prefixes whose KV memory is touched at load (see Moondream::load).
   int reserve_kv_images = 2;
+  RevisionChoice revision = RevisionChoice::kAuto;
+  // tokenizer.json to use instead of the model directory's; required for a
+  // starmie-era revision (its bundled file is a stale GPT-2 one). The front
+  // ends resolve it (server/hub.h: tokenizer_for_model).
+  std::string tokenizer_path;
 };
 
 class Moondream {
@@ -82,6 +87,8 @@ class Moondream {
   static std::unique_ptr<Moondream> load(const std::string& model_dir, const LoadOptions& opts = {});
 
   const ModelConfig& config() const { return cfg_; }
+  const RevisionProfile& revision() const { return cfg_.revision; }
+  const std::string& tokenizer_path() const { return tokenizer_path_; }
   const Tokenizer& tokenizer() const { return tokenizer_; }
   const TextModel& text() const { return *text_; }
   const ModelWeights& weights() const { return *weights_; }
@@ -110,9 +117,9 @@ class Moondream {
 
  private:
   Moondream() = default;
-  RegionResult locate(const EncodedImage& img, const std::vector<int>& prompt, bool with_size,
-                      int max_objects) const;
+  RegionResult locate(const EncodedImage& img, const std::vector<int>& prompt, bool with_size, int max_objects) const;
   ModelConfig cfg_;
+  std::string tokenizer_path_;
   Tokenizer tokenizer_;
   std::unique_ptr<ModelWeights> weights_;
   std::unique_ptr<TextModel> text_;

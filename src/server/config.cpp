@@ -1,5 +1,7 @@
 #include "server/config.h"
 
+#include "model/revision.h"
+
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
@@ -131,6 +133,8 @@ ServerConfig parse_server_config(const std::string& json_text, const std::string
   top.read("model_path", &c.model_path);
   top.read("revision", &c.revision, true);
   if (c.revision.empty()) c.revision = "main";
+  top.read("tokenizer", &c.tokenizer, true);
+  top.read("revision_profile", &c.revision_profile);
   top.read("device", &c.device);
   {
     std::string d = c.device;
@@ -256,6 +260,8 @@ ServerConfig load_server_config(const std::string& path, std::vector<std::string
 void apply_overrides(ServerConfig* cfg, const ConfigOverrides& o) {
   if (o.model_path) cfg->model_path = *o.model_path;
   if (o.revision) cfg->revision = o.revision->empty() ? "main" : *o.revision;
+  if (o.tokenizer) cfg->tokenizer = *o.tokenizer;
+  if (o.revision_profile) cfg->revision_profile = *o.revision_profile;
   if (o.host) cfg->server.host = *o.host;
   if (o.api_key) cfg->server.api_key = *o.api_key;
   if (o.port) cfg->server.port = *o.port;
@@ -267,6 +273,9 @@ void apply_overrides(ServerConfig* cfg, const ConfigOverrides& o) {
 void validate(const ServerConfig& c, const std::string& source) {
   auto fail = [&](const std::string& msg) { throw Error("config " + source + ": " + msg); };
   if (c.model_path.empty()) fail("model_path must not be empty");
+  RevisionChoice choice;
+  if (!parse_revision_choice(c.revision_profile, &choice))
+    fail("revision_profile must be auto, 2025-01-09 or 2025-06-21, got '" + c.revision_profile + "'");
   if (c.server.host.empty()) fail("server.host must not be empty");
   if (c.server.port < 1 || c.server.port > 65535) fail("server.port must be between 1 and 65535");
   if (c.server.backend_port < 0 || c.server.backend_port > 65535)
@@ -281,6 +290,8 @@ std::string config_to_json(const ServerConfig& c) {
       {"model_name", c.model_name},
       {"model_path", c.model_path},
       {"revision", c.revision},
+      {"tokenizer", c.tokenizer},
+      {"revision_profile", c.revision_profile},
       {"device", c.device},
       {"max_tokens", c.max_tokens},
       {"threads", c.threads},

@@ -61,6 +61,10 @@ struct ServerConfig {
   std::string model_name = "moondream2";
   std::string model_path = "vikhyatk/moondream2";
   std::string revision = "main";
+  // tokenizer.json path, directory or hub repo; empty: what the revision needs
+  // (the model's own file, or moondream/starmie-v1 for 2025-06-21).
+  std::string tokenizer;
+  std::string revision_profile = "auto";  // auto, 2025-01-09 or 2025-06-21
   std::string device = "cpu";
   int max_tokens = 2048;  // ceiling of any request's max_tokens
   int threads = 0;        // inference threads, 0 = all cores
@@ -79,7 +83,7 @@ ServerConfig load_server_config(const std::string& path, std::vector<std::string
 
 // Command-line values that override every profile's file.
 struct ConfigOverrides {
-  std::optional<std::string> model_path, revision, host, api_key;
+  std::optional<std::string> model_path, revision, host, api_key, tokenizer, revision_profile;
   std::optional<int> port, backend_port, threads;
   std::optional<bool> web_ui;  // --no-web-ui
 };

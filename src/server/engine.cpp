@@ -51,7 +51,8 @@ const char* task_name(Task t) {
 }
 
 std::shared_ptr<LoadedModel> load_model(const std::string& source, const std::string& revision, int threads,
-                                        const std::string& quantization) {
+                                        const std::string& quantization, const std::string& tokenizer,
+                                        const std::string& revision_profile) {
   static std::atomic<uint64_t> next_id{1};
   const auto t0 = std::chrono::steady_clock::now();
   auto lm = std::make_shared<LoadedModel>();
@@ -72,7 +73,12 @@ std::shared_ptr<LoadedModel> load_model(const std::string& source, const std::st
   lo.threads = threads;
   if (!parse_quantization(quantization, &lo.quantization))
     throw Error("performance.quantization must be none, int8 or q4, got '" + quantization + "'");
+  if (!parse_revision_choice(revision_profile, &lo.revision))
+    throw Error("revision_profile must be auto, 2025-01-09 or 2025-06-21, got '" + revision_profile + "'");
+  lo.tokenizer_path = tokenizer_for_model(lm->dir, tokenizer, revision_profile);
   lm->model = Moondream::load(lm->dir, lo);
+  const RevisionProfile& rev = lm->model->revision();
+  spdlog::info("revision profile {} ({}); tokenizer {}", rev.name, rev.detected_by, lm->model->tokenizer_path());
   const ModelWeights& w = lm->model->weights();
   if (!w.quant_cache_path.empty() && !w.quant_cache_hit) {
     if (w.quant_cache_error.empty())
@@ -218,9 +224,7 @@ void InferenceQueue::set_capacity(size_t n) {
   capacity_ = std::max<size_t>(1, n);
 }
 
-double InferenceQueue::estimated_wait_s() const {
-  return avg_job_s_.load() * double(depth() + (busy() ? 1 : 0));
-}
+double InferenceQueue::estimated_wait_s() const { return avg_job_s_.load() * double(depth() + (busy() ? 1 : 0)); }
 
 void InferenceQueue::stop() {
   {
@@ -301,8 +305,8 @@ void InferenceQueue::execute(Job& job) {
 
   try {
     if (p.task == Task::Detect || p.task == Task::Point) {
-      const RegionResult r = p.task == Task::Detect ? m.detect(*enc, p.text, p.max_objects)
-                                                    : m.point(*enc, p.text, p.max_objects);
+      const RegionResult r =
+          p.task == Task::Detect ? m.detect(*enc, p.text, p.max_objects) : m.point(*enc, p.text, p.max_objects);
       out->objects = r.objects;
       out->points = r.points;
       out->prompt_tokens = r.prompt_tokens;

@@ -22,12 +22,12 @@ namespace md::server {
 
 struct LoadedModel {
   std::unique_ptr<Moondream> model;
-  std::string source;    // model_path as configured (directory or hub repo id)
-  std::string dir;       // the local directory it was loaded from
+  std::string source;  // model_path as configured (directory or hub repo id)
+  std::string dir;     // the local directory it was loaded from
   std::string revision;
   std::string quantization = "none";  // "none", "int8" or "q4"
   int threads = 0;
-  uint64_t id = 0;       // unique per load: cache keys never mix models
+  uint64_t id = 0;  // unique per load: cache keys never mix models
   double load_seconds = 0;
   std::string fallback_from;  // the source that failed when this is the fallback model
   std::string fallback_reason;
@@ -36,8 +36,10 @@ struct LoadedModel {
 // Resolves `source` (a directory, or a hub repo id downloaded into the hub
 // cache) and loads it. Throws md::Error.
 // `quantization` is the config's performance.quantization, normalised.
+// `tokenizer` and `revision_profile`: the config keys of the same names.
 std::shared_ptr<LoadedModel> load_model(const std::string& source, const std::string& revision, int threads,
-                                        const std::string& quantization = "none");
+                                        const std::string& quantization = "none", const std::string& tokenizer = "",
+                                        const std::string& revision_profile = "auto");
 
 enum class Task { Caption, Query, Chat, Detect, Point };
 const char* task_name(Task t);
@@ -54,7 +56,7 @@ struct ImageInput {
 struct JobParams {
   Task task = Task::Caption;
   CaptionLength length = CaptionLength::Normal;
-  std::string text;  // question (query/chat) or object (detect/point)
+  std::string text;                                          // question (query/chat) or object (detect/point)
   std::vector<std::pair<std::string, std::string>> history;  // chat: earlier (question, answer) turns
   int max_tokens = 512;
   int max_objects = 50;

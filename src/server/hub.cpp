@@ -1,6 +1,8 @@
 // Hugging Face hub download into the hub's cache layout (see hub.h).
 #include "server/hub.h"
 
+#include "model/config.h"
+
 #include <curl/curl.h>
 #include <fcntl.h>
 #include <openssl/evp.h>
@@ -96,6 +98,7 @@ struct Resolved {
   bool progress = false;  // progress bar (stderr is a TTY)
   bool announce = false;  // one line per downloaded file (stderr is not a TTY)
   std::vector<std::string> files;
+  std::vector<std::string> optional_files;
   long timeout_s = 30;
 };
 
@@ -113,6 +116,7 @@ Resolved resolve_options(const HubOptions& o) {
   r.progress = want && isatty(STDERR_FILENO);
   r.announce = want && !r.progress;
   r.files = o.files;
+  r.optional_files = o.optional_files;
   r.timeout_s = o.timeout_s > 0 ? o.timeout_s : 30;
   return r;
 }
@@ -120,9 +124,8 @@ Resolved resolve_options(const HubOptions& o) {
 // -------------------------------------------------------------------- strings
 
 bool is_hex(const std::string& s, size_t n) {
-  return s.size() == n && std::all_of(s.begin(), s.end(), [](char c) {
-           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
-         });
+  return s.size() == n &&
+         std::all_of(s.begin(), s.end(), [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
 }
 bool is_commit(const std::string& s) { return is_hex(s, 40); }
 
@@ -152,8 +155,8 @@ bool safe_blob_name(const std::string& e) {
 
 // A path inside the repo: relative, no empty, "." or ".." components.
 void check_repo_path(const std::string& name, const std::string& what) {
-  bool ok = !name.empty() && name[0] != '/' && name.find('\\') == std::string::npos &&
-            name.find('\0') == std::string::npos;
+  bool ok =
+      !name.empty() && name[0] != '/' && name.find('\\') == std::string::npos && name.find('\0') == std::string::npos;
   size_t b = 0;
   while (ok && b <= name.size()) {
     size_t e = name.find('/', b);
@@ -314,10 +317,8 @@ bool transient(CURLcode rc) {
     case CURLE_COULDNT_CONNECT:
     case CURLE_SSL_CONNECT_ERROR:
     case CURLE_HTTP2:
-    case CURLE_HTTP2_STREAM:
-      return true;
-    default:
-      return false;
+    case CURLE_HTTP2_STREAM: return true;
+    default: return false;
   }
 }
 
@@ -340,7 +341,11 @@ void sleep_backoff(int failures) {
 class Progress {
  public:
   Progress(bool tty, std::string label, long long total, long long start)
-      : tty_(tty), label_(std::move(label)), total_(total), start_(start), done_(start),
+      : tty_(tty),
+        label_(std::move(label)),
+        total_(total),
+        start_(start),
+        done_(start),
         t0_(std::chrono::steady_clock::now()) {
     if (label_.size() > 40) label_ = "…" + label_.substr(label_.size() - 39);
   }
@@ -481,8 +486,8 @@ std::vector<std::string> missing_files(const fs::path& snap, const std::vector<s
 struct FileMeta {
   long status = 0;
   std::string requested_url;  // the resolve URL asked first
-  std::string url;       // the hub URL that answered (after relative redirects)
-  std::string location;  // absolute redirect target (CDN), if any
+  std::string url;            // the hub URL that answered (after relative redirects)
+  std::string location;       // absolute redirect target (CDN), if any
   std::string commit, etag, linked_etag, error_code, error_message;
   long long linked_size = -1, content_length = -1;
 };
@@ -490,7 +495,10 @@ struct FileMeta {
 class Hub {
  public:
   Hub(const Resolved& r, std::string repo, std::string revision, fs::path storage)
-      : r_(r), repo_(std::move(repo)), revision_(std::move(revision)), storage_(std::move(storage)),
+      : r_(r),
+        repo_(std::move(repo)),
+        revision_(std::move(revision)),
+        storage_(std::move(storage)),
         endpoint_origin_(origin_of(r.endpoint)) {
     if (is_commit(revision_)) commit_ = revision_;
     url_revision_ = revision_;
@@ -522,6 +530,19 @@ class Hub {
         fetch(f, std::nullopt);
       }
     }
+    for (const std::string& f : r_.optional_files) {
+      check_repo_path(f, "file name");
+      std::error_code ec;
+      if (!commit_.empty() && (fs::exists(storage_ / "snapshots" / commit_ / f, ec) ||
+                               fs::exists(storage_ / ".no_exist" / commit_ / f, ec)))
+        continue;
+      FileMeta m = head(f);
+      if (m.status == 404 && m.error_code != "RepoNotFound" && m.error_code != "RevisionNotFound") {
+        mark_missing(f, m);
+        continue;
+      }
+      fetch(f, m);
+    }
     if (commit_.empty()) throw Error("hub: no files requested for " + repo_);
     if (revision_ != commit_) {
       const fs::path ref = storage_ / "refs" / revision_;
@@ -532,8 +553,7 @@ class Hub {
 
  private:
   std::string resolve_url(const std::string& file) const {
-    return r_.endpoint + "/" + repo_ + "/resolve/" + url_quote(url_revision_, false) + "/" +
-           url_quote(file, true);
+    return r_.endpoint + "/" + repo_ + "/resolve/" + url_quote(url_revision_, false) + "/" + url_quote(file, true);
   }
 
   void setup(Easy& e, const std::string& url) const {
@@ -596,9 +616,11 @@ class Hub {
         return it == h.end() ? std::string() : it->second;
       };
       // Later responses of the redirect chain override earlier ones.
-      const std::pair<const char*, std::string*> fields[] = {
-          {"x-repo-commit", &m.commit}, {"etag", &m.etag}, {"x-linked-etag", &m.linked_etag},
-          {"x-error-code", &m.error_code}, {"x-error-message", &m.error_message}};
+      const std::pair<const char*, std::string*> fields[] = {{"x-repo-commit", &m.commit},
+                                                             {"etag", &m.etag},
+                                                             {"x-linked-etag", &m.linked_etag},
+                                                             {"x-error-code", &m.error_code},
+                                                             {"x-error-message", &m.error_message}};
       for (const auto& [key, dst] : fields) {
         if (std::string v = get(key); !v.empty()) *dst = v;
       }
@@ -628,15 +650,13 @@ class Hub {
     const std::string repo_rev = repo_ + "@" + revision_;
     const std::string server = m.error_message.empty() ? "" : " (" + m.error_message + ")";
     if (s == 401 || s == 403) {
-      const std::string token_hint =
-          r_.token.empty() ? "it is private or gated: set HF_TOKEN to an access token"
-                           : "the token (HF_TOKEN) is invalid or has no access to it";
+      const std::string token_hint = r_.token.empty() ? "it is private or gated: set HF_TOKEN to an access token"
+                                                      : "the token (HF_TOKEN) is invalid or has no access to it";
       if (m.error_code == "RepoNotFound") {
-        throw Error("hub: repository " + repo_ + " not found on " + r_.endpoint + ", or " + token_hint +
-                    " (HTTP " + std::to_string(s) + ")");
+        throw Error("hub: repository " + repo_ + " not found on " + r_.endpoint + ", or " + token_hint + " (HTTP " +
+                    std::to_string(s) + ")");
       }
-      throw Error("hub: access to " + repo_ + " denied (HTTP " + std::to_string(s) + "): " + token_hint +
-                  server);
+      throw Error("hub: access to " + repo_ + " denied (HTTP " + std::to_string(s) + "): " + token_hint + server);
     }
     if (s == 404) {
       if (m.error_code == "RepoNotFound") {
@@ -666,8 +686,8 @@ class Hub {
       commit_ = m.commit;
       url_revision_ = commit_;
     } else if (m.commit != commit_) {
-      throw Error("hub: " + repo_ + " changed while downloading (commit " + m.commit + " for " + file +
-                  ", " + commit_ + " before); run again");
+      throw Error("hub: " + repo_ + " changed while downloading (commit " + m.commit + " for " + file + ", " + commit_ +
+                  " before); run again");
     }
   }
 
@@ -763,8 +783,8 @@ class Hub {
     int fd = -1;
     Sha256* sha = nullptr;
     long long* hashed = nullptr;
-    long long off = 0;     // bytes in the .incomplete file
-    long long asked = 0;   // Range start of this attempt (0: none)
+    long long off = 0;    // bytes in the .incomplete file
+    long long asked = 0;  // Range start of this attempt (0: none)
     bool started = false, http_error = false, bad_range = false;
     long status = 0;
     int write_errno = 0;
@@ -841,8 +861,8 @@ class Hub {
     }
   }
 
-  void download_blob(const std::string& url, const std::string& file, const std::string& etag,
-                     long long size, const fs::path& blob) {
+  void download_blob(const std::string& url, const std::string& file, const std::string& etag, long long size,
+                     const fs::path& blob) {
     const fs::path part = blob.string() + ".incomplete";
     const int fd = ::open(part.c_str(), O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0666);
     if (fd < 0) throw Error("hub: cannot write " + part.string() + ": " + errno_text(errno));
@@ -1007,17 +1027,18 @@ std::string hub_cache_dir(const HubOptions& o) {
   return hf_home() + "/hub";
 }
 
-std::string resolve_model(const std::string& model_path_or_repo, const std::string& revision,
-                          const HubOptions& opts) {
+std::string resolve_model(const std::string& model_path_or_repo, const std::string& revision, const HubOptions& opts) {
   if (model_path_or_repo.empty()) throw Error("model: no model directory or hub repo id given");
   const std::string path = expand_user(model_path_or_repo);
   std::error_code ec;
   if (fs::is_directory(path, ec)) return path;
   if (fs::exists(path, ec)) {
-    throw Error("model: " + path + " is not a directory (give a model directory or a hub repo id such as vikhyatk/moondream2)");
+    throw Error("model: " + path +
+                " is not a directory (give a model directory or a hub repo id such as vikhyatk/moondream2)");
   }
   if (!is_hub_repo_id(model_path_or_repo)) {
-    throw Error("model: directory " + path + " does not exist (and it is not a hub repo id such as vikhyatk/moondream2)");
+    throw Error("model: directory " + path +
+                " does not exist (and it is not a hub repo id such as vikhyatk/moondream2)");
   }
   const std::string& repo = model_path_or_repo;
   const std::string rev = revision.empty() ? "main" : revision;
@@ -1037,7 +1058,14 @@ std::string resolve_model(const std::string& model_path_or_repo, const std::stri
   if (is_commit(commit)) {
     const fs::path snap = storage / "snapshots" / commit;
     missing = missing_files(snap, r.files);
-    if (missing.empty()) return snap.string();
+    // Complete when every optional file is there or known not to exist
+    // (offline, what is there is enough).
+    bool optional_known = true;
+    std::error_code ec;
+    for (const std::string& f : r.optional_files)
+      optional_known =
+          optional_known && (fs::exists(snap / f, ec) || fs::exists(storage / ".no_exist" / commit / f, ec));
+    if (missing.empty() && (optional_known || r.offline)) return snap.string();
   }
   if (r.offline) {
     std::string what;
@@ -1047,14 +1075,52 @@ std::string resolve_model(const std::string& model_path_or_repo, const std::stri
       what = "snapshot " + commit + " lacks";
       for (const auto& m : missing) what += " " + m;
     }
-    throw Error("hub: offline mode (HF_HUB_OFFLINE): " + repo + "@" + rev + " is not in the cache " +
-                storage.string() + " (" + what + "); run once with network access");
+    throw Error("hub: offline mode (HF_HUB_OFFLINE): " + repo + "@" + rev + " is not in the cache " + storage.string() +
+                " (" + what + "); run once with network access");
   }
   Hub hub(r, repo, rev, storage);
   const std::string snap = hub.download();
   missing = missing_files(snap, r.files);
   if (!missing.empty()) throw Error("hub: " + snap + " lacks " + missing.front() + " after the download");
   return snap;
+}
+
+std::string resolve_tokenizer(const std::string& path_or_repo, const HubOptions& opts) {
+  if (path_or_repo.empty()) throw Error("tokenizer: no tokenizer.json path or hub repo id given");
+  const std::string path = expand_user(path_or_repo);
+  std::error_code ec;
+  if (fs::is_regular_file(path, ec)) return path;
+  if (fs::is_directory(path, ec)) {
+    const fs::path f = fs::path(path) / "tokenizer.json";
+    if (fs::is_regular_file(f, ec)) return f.string();
+    throw Error("tokenizer: " + path + " holds no tokenizer.json");
+  }
+  if (!is_hub_repo_id(path_or_repo))
+    throw Error("tokenizer: " + path + " does not exist (and it is not a hub repo id such as moondream/starmie-v1)");
+  HubOptions o = opts;
+  o.files = {"tokenizer.json"};
+  o.optional_files.clear();
+  try {
+    return (fs::path(resolve_model(path_or_repo, "main", o)) / "tokenizer.json").string();
+  } catch (const Error& e) {
+    throw Error("tokenizer: " + path_or_repo + " is not a local file or directory, and from the hub: " + e.what());
+  }
+}
+
+std::string tokenizer_for_model(const std::string& model_dir, const std::string& spec,
+                                const std::string& revision_profile, const HubOptions& opts) {
+  if (!spec.empty()) return resolve_tokenizer(spec, opts);
+  RevisionChoice choice;
+  if (!parse_revision_choice(revision_profile, &choice))
+    throw Error("revision_profile must be auto, 2025-01-09 or 2025-06-21, got '" + revision_profile + "'");
+  const RevisionProfile rev = load_model_config(model_dir, choice).revision;
+  if (rev.tokenizer_repo.empty()) return "";
+  try {
+    return resolve_tokenizer(rev.tokenizer_repo, opts);
+  } catch (const Error& e) {
+    throw Error("model " + model_dir + " is revision " + rev.name + " (" + rev.detected_by + ") and needs the " +
+                rev.tokenizer_repo + " tokenizer (give --tokenizer PATH|REPO, config key \"tokenizer\"): " + e.what());
+  }
 }
 
 namespace hub_detail {

@@ -33,7 +33,11 @@ struct HubOptions {
   // "<file>.index.json" exists in the repo, it and every shard of its
   // weight_map are fetched instead.
   std::vector<std::string> files = {"config.json", "model.safetensors", "tokenizer.json"};
-  long timeout_s = 30;    // connect timeout and idle (no bytes received) timeout
+  // Fetched when the repo has them; a 404 is remembered in .no_exist/ (as
+  // huggingface_hub does) and not asked again. moondream.py is the remote
+  // code that tells a 2025-06-21 snapshot from the older ones.
+  std::vector<std::string> optional_files = {"moondream.py"};
+  long timeout_s = 30;  // connect timeout and idle (no bytes received) timeout
 };
 
 // Returns a local directory holding the model files.
@@ -48,6 +52,19 @@ struct HubOptions {
 // `revision` empty means "main".
 std::string resolve_model(const std::string& model_path_or_repo, const std::string& revision,
                           const HubOptions& opts = {});
+
+// Returns the path of a tokenizer.json: `path_or_repo` is a tokenizer.json
+// file, a directory holding one, or a hub repo id whose tokenizer.json is
+// found in (or downloaded to) the cache like a model's files. The error names
+// every place it looked.
+std::string resolve_tokenizer(const std::string& path_or_repo, const HubOptions& opts = {});
+
+// The tokenizer.json a model directory needs (contract 2025-06-21 section 1):
+// `spec` (a path or repo the user gave) if set; else, for a revision whose
+// tokenizer lives in its own hub repo (starmie), that repo through the cache;
+// else "" (the directory's own tokenizer.json).
+std::string tokenizer_for_model(const std::string& model_dir, const std::string& spec,
+                                const std::string& revision_profile, const HubOptions& opts = {});
 
 // True when `s` has the shape of a hub repo id: "name" or "org/name" made of
 // letters, digits, '-', '_' and '.', not starting with '.' or '-'.

@@ -240,7 +240,8 @@ void Server::load_startup_model() {
   spdlog::info("loading model {} (revision {})", c.model_path, c.revision);
   std::shared_ptr<LoadedModel> lm;
   try {
-    lm = load_model(c.model_path, c.revision, startup_cfg_.threads, c.performance.quantization);
+    lm = load_model(c.model_path, c.revision, startup_cfg_.threads, c.performance.quantization, c.tokenizer,
+                    c.revision_profile);
   } catch (const Error& e) {
     std::error_code ec;
     if (opts_.fallback_model.empty() || std::filesystem::is_directory(c.model_path, ec)) throw;
@@ -558,6 +559,9 @@ std::string Server::health_json() const {
       {"model_path", p->model ? p->model->dir : c.model_path},
       {"model_source", c.model_path},
       {"revision", c.revision},
+      {"revision_profile", p->model ? p->model->model->revision().name : ""},
+      {"revision_detected_by", p->model ? p->model->model->revision().detected_by : ""},
+      {"tokenizer", p->model ? p->model->model->tokenizer_path() : ""},
       {"load_seconds", p->model ? p->model->load_seconds : 0.0},
       {"uptime_seconds", seconds_since(started_)},
       {"rss_bytes", rss_bytes()},
@@ -698,7 +702,8 @@ void Server::patch_config(const httplib::Request& req, const std::string& raw_bo
     } else {
       spdlog::info("profile {}: loading model {} (revision {})", name, cfg.model_path, cfg.revision);
       try {
-        next->model = load_model(cfg.model_path, cfg.revision, startup_cfg_.threads, cfg.performance.quantization);
+        next->model = load_model(cfg.model_path, cfg.revision, startup_cfg_.threads, cfg.performance.quantization,
+                                 cfg.tokenizer, cfg.revision_profile);
       } catch (const Error& e) {
         throw ApiError(500, "model_load_failed", std::string(e.what()) + "; profile '" + cur->name + "' stays active",
                        "server_error");

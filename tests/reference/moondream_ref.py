@@ -12,6 +12,8 @@ Main entry points:
         .encode_crops(crops_u8, (th, tw)) -> (features [n,729,E], embeddings [729,D])
         .prefix_cache(embeddings) -> KV cache at position 730
         .caption / .query / .detect / .point
+        revision 2025-06-21 ("starmie", docs/REVISIONS.md): .reasoning_query,
+        spatial references, .text_cache (no image), .gaze
 """
 import json
 import math
@@ -46,23 +48,41 @@ DEFAULT_TEMPLATES = {
 }
 
 
+# Revision 2025-06-21 (starmie tokenizer): control ids and templates.
+STARMIE_IDS = {"bos_id": 0, "eos_id": 0, "answer_id": 3, "thinking_id": 4, "coord_id": 5,
+               "size_id": 6, "start_ground_points_id": 7, "end_ground_id": 9}
+STARMIE_TEMPLATES = {
+    "caption": {"short": [1, 32708, 2, 12492, 3], "normal": [1, 32708, 2, 6382, 3],
+                "long": [1, 32708, 2, 4059, 3]},
+    "query": {"prefix": [1, 15381, 2], "suffix": [3]},
+    "detect": {"prefix": [1, 7235, 476, 2], "suffix": [3]},
+    "point": {"prefix": [1, 2581, 2], "suffix": [3]},
+}
+
+
 class Section:
     def __init__(self, d):
         self.__dict__.update(d)
 
+    def get(self, key, default=None):
+        return self.__dict__.get(key, default)
+
 
 class Config:
-    def __init__(self, inner=None):
+    def __init__(self, inner=None, starmie=False):
         inner = inner or {}
+        self.starmie = starmie
         for sec, defaults in DEFAULTS.items():
             d = dict(defaults)
+            if sec == "tokenizer" and starmie:
+                d = dict(STARMIE_IDS)
             given = inner.get(sec) or {}
             for k, v in given.items():
                 if k in d:
                     d[k] = v
             setattr(self, sec, Section(d))
         # templates: tokenizer.templates.{caption:{short,normal,long}, query:{prefix,suffix}, ...}
-        t = json.loads(json.dumps(DEFAULT_TEMPLATES))
+        t = json.loads(json.dumps(STARMIE_TEMPLATES if starmie else DEFAULT_TEMPLATES))
         given = (inner.get("tokenizer") or {}).get("templates") or {}
         for task, parts in given.items():
             if task in t and isinstance(parts, dict):
@@ -72,19 +92,30 @@ class Config:
         self.templates = t
 
 
+def is_starmie(model_dir, inner):
+    """Revision 2025-06-21: the remote code names the starmie tokenizer repo,
+    or the config's tokenizer section says bos_id 0."""
+    code = os.path.join(model_dir, "moondream.py")
+    if os.path.exists(code):
+        with open(code, "r", encoding="utf-8", errors="replace") as f:
+            if "moondream/starmie-v1" in f.read():
+                return True
+    return (inner.get("tokenizer") or {}).get("bos_id") == 0
+
+
 def load_config(model_dir):
     path = os.path.join(model_dir, "config.json")
-    if not os.path.exists(path):
-        return Config({})
-    with open(path, "r", encoding="utf-8") as f:
-        j = json.load(f)
+    j = {}
+    if os.path.exists(path):
+        with open(path, "r", encoding="utf-8") as f:
+            j = json.load(f)
     if "config" in j and isinstance(j["config"], dict):
         inner = j["config"]
     elif any(k in j for k in ("text", "vision", "region", "tokenizer")):
         inner = j
     else:
         inner = {}
-    return Config(inner)
+    return Config(inner, is_starmie(model_dir, inner))
 
 
 # ---------------------------------------------------------------- safetensors
@@ -424,12 +455,14 @@ class KVCache:
         self.k = [torch.zeros(n_kv, max_context, head_dim) for _ in range(n_layers)]
         self.v = [torch.zeros(n_kv, max_context, head_dim) for _ in range(n_layers)]
         self.length = 0
+        self.prefix = None  # bidirectional prefix length; None = the config's (an image), 0 = none
 
     def clone(self):
         c = KVCache.__new__(KVCache)
         c.k = [t.clone() for t in self.k]
         c.v = [t.clone() for t in self.v]
         c.length = self.length
+        c.prefix = self.prefix
         return c
 
 
@@ -530,7 +563,7 @@ class Moondream:
             raise ValueError(f"context overflow: {p0 + T} > {t.max_context}")
         pos = list(range(p0, p0 + T))
         cos, sin = rotary_tables(self.rot_dim, pos)
-        mask = attention_mask(pos, p0 + T, t.prefix_attn)
+        mask = attention_mask(pos, p0 + T, t.prefix_attn if cache.prefix is None else cache.prefix)
         hd, H, KV = self.head_dim, t.n_heads, t.n_kv_heads
         for i in range(t.n_layers):
             b = f"text.blocks.{i}"
@@ -566,32 +599,119 @@ class Moondream:
         return cache
 
     # ---- tasks
-    @torch.no_grad()
-    def generate(self, cache, prompt, max_tokens=768, temperature=0.0, top_p=0.3, seed=None):
-        cache = cache.clone()
-        gen = None
-        if temperature != 0:
-            gen = torch.Generator()
-            gen.manual_seed(0 if seed is None else seed)
-        eos = self.cfg.tokenizer.eos_id
-        h = self.forward(self.embed(prompt), cache)
+    def text_cache(self):
+        """An empty cache for a question without an image: positions from 0,
+        purely causal."""
+        t = self.cfg.text
+        c = KVCache(t.n_layers, t.n_kv_heads, t.max_context, self.head_dim)
+        c.prefix = 0
+        return c
+
+    def prompt_embeddings(self, ids, refs=()):
+        """wte of each id, except the spatial-reference placeholders: the k-th
+        coord id gets coord_encoder(fourier(v_k)) (v: a point's x, y, a box's
+        centre), the j-th size id size_encoder(fourier([w_j, h_j]))."""
+        tk = self.cfg.tokenizer
+        coords, sizes = [], []
+        for r in refs:
+            if len(r) == 2:
+                coords += [r[0], r[1]]
+            else:
+                coords += [(r[0] + r[2]) / 2, (r[1] + r[3]) / 2]
+                sizes.append([r[2] - r[0], r[3] - r[1]])
+        rows, ci, si = [], 0, 0
+        for i in ids:
+            if refs and i == tk.coord_id and ci < len(coords):
+                rows.append(self.encode_coord(coords[ci])); ci += 1
+            elif refs and i == tk.size_id and si < len(sizes):
+                rows.append(self.encode_size(sizes[si])); si += 1
+            else:
+                rows.append(self.embed([i])[0])
+        return torch.stack(rows)
+
+    @staticmethod
+    def spatial_ids(refs, coord_id, size_id):
         out = []
+        for r in refs:
+            out += [coord_id, coord_id] if len(r) == 2 else [coord_id, coord_id, size_id]
+        return out
+
+    @torch.no_grad()
+    def _answer(self, cache, h_last, max_tokens, temperature, top_p, gen):
+        """The answer loop from the prompt's last hidden state: stop at eos;
+        starmie era: the answer id is banned after the first token."""
+        eos, ans = self.cfg.tokenizer.eos_id, self.cfg.tokenizer.get("answer_id")
+        out = []
+        h = h_last
         while len(out) < max_tokens:
-            tok = pick_token(self.logits(h[-1]), temperature, top_p, gen)
+            lg = self.logits(h)
+            if self.cfg.starmie and out:
+                lg = lg.clone()
+                lg[ans] = float("-inf")
+            tok = pick_token(lg, temperature, top_p, gen)
             if tok == eos:
                 break
             out.append(tok)
             if len(out) >= max_tokens:
                 break
-            h = self.forward(self.embed([tok]), cache)
+            h = self.forward(self.embed([tok]), cache)[-1]
         return out
+
+    @torch.no_grad()
+    def generate(self, cache, prompt, max_tokens=768, temperature=0.0, top_p=0.3, seed=None, refs=()):
+        cache = cache.clone()
+        gen = None
+        if temperature != 0:
+            gen = torch.Generator()
+            gen.manual_seed(0 if seed is None else seed)
+        h = self.forward(self.prompt_embeddings(prompt, refs), cache)
+        return self._answer(cache, h[-1], max_tokens, temperature, top_p, gen)
 
     def caption(self, cache, length="normal", **kw):
         return self.generate(cache, self.cfg.templates["caption"][length], **kw)
 
-    def query(self, cache, question_ids, **kw):
-        t = self.cfg.templates["query"]
-        return self.generate(cache, t["prefix"] + list(question_ids) + t["suffix"], **kw)
+    def query_prompt(self, question_ids, refs=(), reasoning=False, text_only=False):
+        t, tk = self.cfg.templates["query"], self.cfg.tokenizer
+        if not self.cfg.starmie:
+            return t["prefix"] + list(question_ids) + t["suffix"]
+        p = t["prefix"] + self.spatial_ids(refs, tk.coord_id, tk.size_id) + list(question_ids) + t["suffix"]
+        p += [tk.thinking_id if reasoning else tk.answer_id]
+        return ([tk.bos_id] if text_only else []) + p
+
+    def query(self, cache, question_ids, refs=(), text_only=False, **kw):
+        return self.generate(cache, self.query_prompt(question_ids, refs, False, text_only), refs=refs, **kw)
+
+    @torch.no_grad()
+    def reasoning_query(self, cache, question_ids, refs=(), text_only=False, max_tokens=768,
+                        answer_max_tokens=768):
+        """Grounded reasoning, greedy: returns (chunks [{ids, coords}], reasoning
+        token ids, answer ids)."""
+        tk = self.cfg.tokenizer
+        cache = cache.clone()
+        prompt = self.query_prompt(question_ids, refs, True, text_only)
+        h = self.forward(self.prompt_embeddings(prompt, refs), cache)[-1]
+        tok = int(torch.argmax(self.logits(h)).item())
+        chunks = [{"ids": [], "coords": []}]
+        ids = []
+        while tok != tk.answer_id and len(ids) < max_tokens:
+            if tok in (tk.start_ground_points_id, tk.end_ground_id):
+                chunks.append({"ids": [], "coords": []})
+            chunks[-1]["ids"].append(tok)
+            ids.append(tok)
+            if tok == tk.coord_id:
+                c = self.decode_coord(h)
+                chunks[-1]["coords"].append(c)
+                emb = self.encode_coord(c)
+            else:
+                emb = self.embed([tok])[0]
+            h = self.forward(emb[None, :], cache)[-1]
+            lg = self.logits(h).clone()
+            lg[tk.eos_id] = float("-inf")
+            lg[tk.size_id] = float("-inf")
+            tok = int(torch.argmax(lg).item())
+        h = self.forward(self.embed([tk.answer_id]), cache)[-1]
+        answer = self._answer(cache, h, answer_max_tokens, 0.0, 0.3, None)
+        return chunks, ids, answer
 
     # region helpers
     def fourier(self, v, feats):
@@ -618,10 +738,11 @@ class Moondream:
                       "region.size_encoder")
 
     @torch.no_grad()
-    def _regions(self, cache, prompt, with_size, max_objects=50):
+    def _regions(self, cache, prompt, with_size, max_objects=50, refs=(), prompt_emb=None):
         cache = cache.clone()
         eos = self.cfg.tokenizer.eos_id
-        h = self.forward(self.embed(prompt), cache)[-1]
+        x0 = prompt_emb if prompt_emb is not None else self.prompt_embeddings(prompt, refs)
+        h = self.forward(x0, cache)[-1]
         tok = int(torch.argmax(self.logits(h)).item())
         objs = []
         while tok != eos and len(objs) < max_objects:
@@ -643,10 +764,24 @@ class Moondream:
         t = self.cfg.templates["detect"]
         return self._regions(cache, t["prefix"] + list(object_ids) + t["suffix"], True, max_objects)
 
-    def point(self, cache, object_ids, max_objects=50):
-        t = self.cfg.templates["point"]
-        return self._regions(cache, t["prefix"] + list(object_ids) + t["suffix"], False,
-                             max_objects)
+    def point(self, cache, object_ids, max_objects=50, refs=()):
+        t, tk = self.cfg.templates["point"], self.cfg.tokenizer
+        sp = self.spatial_ids(refs, tk.coord_id, tk.size_id) if refs else []
+        return self._regions(cache, t["prefix"] + sp + list(object_ids) + t["suffix"], False,
+                             max_objects, refs)
+
+    def gaze(self, cache, eye, gaze_ids, before_ids=(), after_ids=()):
+        """Where the person at `eye` looks: one point or None. Starmie era:
+        point "gaze" with the eye as a spatial reference, first result.
+        Older: the official detect_gaze prompt (before text, the eye's x and y
+        coordinate embeddings, after text), then at most one point."""
+        if self.cfg.starmie:
+            pts = self.point(cache, gaze_ids, 1, refs=[list(eye)])
+            return pts[0] if pts else None
+        emb = torch.cat([self.embed(list(before_ids)), self.encode_coord(eye[0])[None, :],
+                         self.encode_coord(eye[1])[None, :], self.embed(list(after_ids))])
+        pts = self._regions(cache, None, False, 1, prompt_emb=emb)
+        return pts[0] if pts else None
 
     @torch.no_grad()
     def teacher_forced_logits(self, cache, prompt, steps):
