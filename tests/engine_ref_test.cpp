@@ -13,6 +13,7 @@
 
 #include "model/image.h"
 #include "model/moondream.h"
+#include "model/tasks.h"
 #include "testdata.h"
 
 namespace md {
@@ -212,7 +213,10 @@ TEST(EngineVsReference, DetectAndPoint) {
 TEST(EngineVsReference, QueryPromptUsesTheTokenizer) {
   const Moondream& m = *shared().model;
   const auto meta = testdata::read_json(testdata::cases().front().expected / "meta.json");
-  const auto prompt = m.query_prompt(meta["query_question"].get<std::string>());
+  md::TaskRequest rq;
+  rq.kind = md::TaskKind::kQuery;
+  rq.text = meta["query_question"].get<std::string>();
+  const auto prompt = md::prepare_task(m, rq, true);
   const auto& t = m.config().tokenizer;
   ASSERT_GT(prompt.size(), t.query_prefix.size() + t.query_suffix.size());
   EXPECT_TRUE(std::equal(t.query_prefix.begin(), t.query_prefix.end(), prompt.begin()));

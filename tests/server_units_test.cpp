@@ -260,7 +260,23 @@ TEST(ServerRequests, MoondreamBodies) {
   // json::out_of_range, not parse_error, and became a 500.
   EXPECT_EQ(err(R"({"image_url": "x", "seed": 1e400})", Task::Caption), "invalid_json");
   EXPECT_EQ(request_error([&] { parse_chat_request(R"({"messages": [], "n": -1e999})", c); }), "invalid_json");
-  EXPECT_EQ(err(R"({"question": "q"})", Task::Query), "missing_field");
+  // A question without image_url parses (a text-only question; the server
+  // checks the loaded revision allows it); the other tasks need the image.
+  EXPECT_EQ(err(R"({"question": "q"})", Task::Query), "ok");
+  EXPECT_FALSE(parse_moondream_request(R"({"question": "q"})", Task::Query, c).params.has_image);
+  EXPECT_EQ(err(R"({"object": "q"})", Task::Point), "missing_field");
+  EXPECT_EQ(err(R"({"image_url": "x", "question": "q", "variant": "m"})", Task::Query), "unsupported");
+  EXPECT_EQ(err(R"({"image_url": "x", "question": "q", "reasoning": "yes"})", Task::Query), "invalid_field");
+  EXPECT_EQ(err(R"({"image_url": "x", "reasoning": true})", Task::Caption), "invalid_field");
+  EXPECT_EQ(err(R"({"image_url": "x", "question": "q", "spatial_refs": [[0.5, 1.5]]})", Task::Query), "invalid_field");
+  EXPECT_EQ(err(R"({"image_url": "x", "question": "q", "spatial_refs": [[0.6, 0.1, 0.5, 0.9]]})", Task::Query),
+            "invalid_field");
+  EXPECT_EQ(err(R"({"image_url": "x", "question": "q", "spatial_refs": [[0.5]]})", Task::Query), "invalid_field");
+  EXPECT_EQ(err(R"({"image_url": "x", "object": "o", "spatial_refs": [[0.1, 0.2, 0.3, 0.4]]})", Task::Point), "ok");
+  EXPECT_EQ(err(R"({"image_url": "x", "object": "o", "spatial_refs": [[0.1, 0.2]]})", Task::Detect), "invalid_field");
+  EXPECT_EQ(err(R"({"image_url": "x", "eye": {"x": 0.5, "y": 0.5}})", Task::Gaze), "ok");
+  EXPECT_EQ(err(R"({"image_url": "x"})", Task::Gaze), "missing_field");
+  EXPECT_EQ(err(R"({"image_url": "x", "eye": {"x": 2, "y": 0.5}})", Task::Gaze), "invalid_field");
   EXPECT_EQ(err(R"({"image_url": "x", "length": "huge"})", Task::Caption), "invalid_field");
   EXPECT_EQ(err(R"({"image_url": "x", "settings": {"max_tokens": 101}})", Task::Caption), "max_tokens_too_large");
   EXPECT_EQ(err(R"({"image_url": "x", "max_tokens": 1e300})", Task::Caption), "invalid_field");
@@ -286,7 +302,9 @@ TEST(ServerRequests, ChatBodiesAndTheImageLimit) {
   EXPECT_TRUE(r.include_usage);
   EXPECT_EQ(r.params.stop, std::vector<std::string>{"x"});
   EXPECT_EQ(request_error([&] { parse_chat_request(chat(3), c); }), "too_many_images");
-  EXPECT_EQ(request_error([&] { parse_chat_request(chat(0), c); }), "image_required");
+  // No image at all: a text-only conversation (the server checks the revision).
+  EXPECT_EQ(request_error([&] { parse_chat_request(chat(0), c); }), "ok");
+  EXPECT_FALSE(parse_chat_request(chat(0), c).params.has_image);
   EXPECT_EQ(request_error([&] { parse_chat_request(R"({"messages": []})", c); }), "invalid_field");
   EXPECT_EQ(request_error([&] { parse_chat_request(chat(1, R"(, "max_tokens": 1000000)"), c); }),
             "max_tokens_too_large");

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <limits>
 
+#include "model/tasks.h"
 #include "model/vision.h"
 #include "tensor/buffer_pool.h"
 #include "tensor/error.h"
@@ -18,11 +19,6 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-std::vector<int> concat(std::initializer_list<const std::vector<int>*> parts) {
-  std::vector<int> out;
-  for (const auto* p : parts) out.insert(out.end(), p->begin(), p->end());
-  return out;
-}
 
 }  // namespace
 
@@ -135,6 +131,39 @@ EncodedImage Moondream::encode_image(const RgbImage& image) const {
   return out;
 }
 
+// The prompts and loops live in tasks.cpp; these are the typed shortcuts.
+namespace {
+
+TextResult text_result(TaskResult&& r) {
+  TextResult t;
+  t.text = std::move(r.text);
+  t.tokens = std::move(r.tokens);
+  t.prompt_tokens = r.prompt_tokens();
+  t.finish_reason = std::move(r.finish_reason);
+  t.timings = r.timings;
+  return t;
+}
+
+RegionResult region_result(TaskResult&& r) {
+  RegionResult g;
+  g.objects = std::move(r.objects);
+  g.points = std::move(r.points);
+  g.prompt_tokens = r.prompt_tokens();
+  g.timings = r.timings;
+  return g;
+}
+
+TaskRequest text_request(TaskKind kind, const EncodedImage& img, const TextOptions& opts) {
+  TaskRequest rq;
+  rq.kind = kind;
+  rq.image = &img;
+  rq.max_tokens = opts.max_tokens;
+  rq.sampling = opts.sampling;
+  return rq;
+}
+
+}  // namespace
+
 std::vector<int> Moondream::caption_prompt(CaptionLength length) const {
   const TokenizerConfig& t = cfg_.tokenizer;
   switch (length) {
@@ -144,154 +173,40 @@ std::vector<int> Moondream::caption_prompt(CaptionLength length) const {
   }
 }
 
-std::vector<int> Moondream::query_prompt(const std::string& question) const {
-  const RevisionProfile& rev = cfg_.revision;
-  const std::vector<int32_t> q = tokenizer_.encode(rev.question_leading_space ? " " + question : question);
-  const std::vector<int> qi(q.begin(), q.end());
-  std::vector<int> p = concat({&cfg_.tokenizer.query_prefix, &qi, &cfg_.tokenizer.query_suffix});
-  // Starmie era: the answer marker follows the suffix (which is itself the
-  // answer marker: it really is there twice, contract 2025-06-21 section 2).
-  if (rev.family == TokenizerFamily::kStarmie) p.push_back(cfg_.tokenizer.answer_id);
-  return p;
-}
-
-std::vector<int> Moondream::detect_prompt(const std::string& object) const {
-  const std::vector<int32_t> o = tokenizer_.encode(" " + object);
-  const std::vector<int> oi(o.begin(), o.end());
-  return concat({&cfg_.tokenizer.detect_prefix, &oi, &cfg_.tokenizer.detect_suffix});
-}
-
-std::vector<int> Moondream::point_prompt(const std::string& object) const {
-  const std::vector<int32_t> o = tokenizer_.encode(" " + object);
-  const std::vector<int> oi(o.begin(), o.end());
-  return concat({&cfg_.tokenizer.point_prefix, &oi, &cfg_.tokenizer.point_suffix});
-}
-
 TextResult Moondream::caption(const EncodedImage& img, CaptionLength length, const TextOptions& opts) const {
-  return generate(img, caption_prompt(length), opts);
+  TaskRequest rq = text_request(TaskKind::kCaption, img, opts);
+  rq.length = length;
+  return text_result(run_task(*this, rq, {opts.on_chunk, nullptr}));
 }
 
 TextResult Moondream::query(const EncodedImage& img, const std::string& question, const TextOptions& opts) const {
-  return generate(img, query_prompt(question), opts);
+  TaskRequest rq = text_request(TaskKind::kQuery, img, opts);
+  rq.text = question;
+  return text_result(run_task(*this, rq, {opts.on_chunk, nullptr}));
 }
 
-TextResult Moondream::generate(const EncodedImage& img, const std::vector<int>& prompt, const TextOptions& opts) const {
-  if (prompt.empty()) throw Error("empty prompt");
-  if (opts.max_tokens < 0) throw Error("max_tokens must not be negative");
-  const int D = cfg_.text.dim, V = cfg_.text.vocab_size;
-  const int capacity = std::min(cfg_.text.max_context, img.cache.length + int(prompt.size()) + opts.max_tokens);
-  if (img.cache.length + int(prompt.size()) > cfg_.text.max_context)
-    throw Error("prompt too long: " + std::to_string(prompt.size()) + " tokens do not fit the context of " +
-                std::to_string(cfg_.text.max_context));
-  KVCache cache = KVCache::extending(img.cache, capacity);
-
-  TextResult res;
-  res.prompt_tokens = int(prompt.size());
-  auto t0 = std::chrono::steady_clock::now();
-  std::vector<float> x(prompt.size() * D);
-  text_->embed(prompt.data(), int(prompt.size()), x.data());
-  PooledVector<float> hidden = text_->forward(x.data(), int(prompt.size()), cache);
-  std::vector<float> logits = text_->logits(hidden.data() + (prompt.size() - 1) * D);
-  Sampler sampler(opts.sampling);
-  int next = sampler.next(logits.data(), V);
-  res.timings.prefill_s = seconds_since(t0);
-
-  t0 = std::chrono::steady_clock::now();
-  TextStreamer streamer(tokenizer_);
-  res.finish_reason = "stop";
-  for (;;) {
-    if (next == cfg_.tokenizer.eos_id) break;
-    if (int(res.tokens.size()) >= opts.max_tokens) {
-      res.finish_reason = "length";
-      break;
-    }
-    res.tokens.push_back(next);
-    const std::string chunk = streamer.push(next);
-    if (!chunk.empty() && opts.on_chunk && !opts.on_chunk(chunk)) {
-      res.finish_reason = "cancelled";
-      break;
-    }
-    // The last allowed token needs no forward pass: its successor is never used.
-    if (int(res.tokens.size()) >= opts.max_tokens || cache.length >= cache.capacity) {
-      res.finish_reason = "length";
-      break;
-    }
-    text_->embed(&next, 1, x.data());
-    hidden = text_->forward(x.data(), 1, cache);
-    logits = text_->logits(hidden.data());
-    // Starmie era: after the first token the answer marker is banned.
-    if (cfg_.revision.ban_answer_after_first && cfg_.tokenizer.answer_id >= 0 && cfg_.tokenizer.answer_id < V)
-      logits[size_t(cfg_.tokenizer.answer_id)] = -std::numeric_limits<float>::infinity();
-    next = sampler.next(logits.data(), V);
-  }
-  const std::string rest = streamer.finish();
-  if (!rest.empty() && opts.on_chunk && res.finish_reason != "cancelled") opts.on_chunk(rest);
-  res.text = tokenizer_.decode(std::vector<int32_t>(res.tokens.begin(), res.tokens.end()));
-  res.timings.decode_s = seconds_since(t0);
-  res.timings.decode_tokens = int(res.tokens.size());
-  return res;
+TextResult Moondream::generate(const EncodedImage& img, const std::vector<int>& prompt,
+                               const TextOptions& opts) const {
+  return text_result(generate_from_prompt(*this, &img, prompt, text_request(TaskKind::kQuery, img, opts),
+                                          {opts.on_chunk, nullptr}));
 }
 
 RegionResult Moondream::detect(const EncodedImage& img, const std::string& object, int max_objects) const {
-  return locate(img, detect_prompt(object), true, max_objects);
+  TaskRequest rq;
+  rq.kind = TaskKind::kDetect;
+  rq.image = &img;
+  rq.text = object;
+  rq.max_objects = max_objects;
+  return region_result(run_task(*this, rq));
 }
 
 RegionResult Moondream::point(const EncodedImage& img, const std::string& object, int max_objects) const {
-  return locate(img, point_prompt(object), false, max_objects);
-}
-
-RegionResult Moondream::locate(const EncodedImage& img, const std::vector<int>& prompt, bool with_size,
-                               int max_objects) const {
-  if (max_objects < 0) throw Error("max_objects must not be negative");
-  const int D = cfg_.text.dim, V = cfg_.text.vocab_size;
-  const int steps_per_object = with_size ? 3 : 2;
-  const int capacity =
-      std::min(cfg_.text.max_context, img.cache.length + int(prompt.size()) + steps_per_object * max_objects);
-  if (img.cache.length + int(prompt.size()) > cfg_.text.max_context)
-    throw Error("object name too long for the context");
-  KVCache cache = KVCache::extending(img.cache, capacity);
-
-  RegionResult res;
-  res.prompt_tokens = int(prompt.size());
-  auto t0 = std::chrono::steady_clock::now();
-  std::vector<float> x(prompt.size() * D);
-  text_->embed(prompt.data(), int(prompt.size()), x.data());
-  PooledVector<float> hidden = text_->forward(x.data(), int(prompt.size()), cache);
-  std::vector<float> h(hidden.end() - D, hidden.end());
-  std::vector<float> logits = text_->logits(h.data());
-  int next = argmax_token(logits.data(), V);
-  res.timings.prefill_s = seconds_since(t0);
-
-  t0 = std::chrono::steady_clock::now();
-  int steps = 0;
-  auto step = [&](const std::vector<float>& emb) {
-    const PooledVector<float> out = text_->forward(emb.data(), 1, cache);
-    h.assign(out.begin(), out.end());
-    ++steps;
-  };
-  const int count_limit = max_objects;
-  while (next != cfg_.tokenizer.eos_id && int(res.objects.size() + res.points.size()) < count_limit &&
-         cache.length + steps_per_object <= cache.capacity) {
-    const float cx = region_->decode_coordinate(h.data());
-    step(region_->encode_coordinate(cx));
-    const float cy = region_->decode_coordinate(h.data());
-    if (with_size) {
-      step(region_->encode_coordinate(cy));
-      float w = 0, hh = 0;
-      region_->decode_size(h.data(), &w, &hh);
-      const double dx = cx, dy = cy, hw = double(w) / 2, hh2 = double(hh) / 2;
-      res.objects.push_back({dx - hw, dy - hh2, dx + hw, dy + hh2});
-      step(region_->encode_size(w, hh));
-    } else {
-      res.points.push_back({cx, cy});
-      step(region_->encode_coordinate(cy));
-    }
-    logits = text_->logits(h.data());
-    next = argmax_token(logits.data(), V);
-  }
-  res.timings.decode_s = seconds_since(t0);
-  res.timings.decode_tokens = steps;
-  return res;
+  TaskRequest rq;
+  rq.kind = TaskKind::kPoint;
+  rq.image = &img;
+  rq.text = object;
+  rq.max_objects = max_objects;
+  return region_result(run_task(*this, rq));
 }
 
 }  // namespace md

@@ -91,6 +91,7 @@ class Moondream {
   const std::string& tokenizer_path() const { return tokenizer_path_; }
   const Tokenizer& tokenizer() const { return tokenizer_; }
   const TextModel& text() const { return *text_; }
+  const RegionModel& region() const { return *region_; }
   const ModelWeights& weights() const { return *weights_; }
   CropParams crop_params() const;
 
@@ -104,6 +105,7 @@ class Moondream {
   PooledVector<float> image_embeddings(std::span<const float> features, Tiling tiling) const;
   KVCache prefill_prefix(std::span<const float> embeddings) const;  // 730 positions
 
+  // Shortcuts to run_task (model/tasks.h), the one entry of every task.
   TextResult caption(const EncodedImage& img, CaptionLength length, const TextOptions& opts) const;
   TextResult query(const EncodedImage& img, const std::string& question, const TextOptions& opts) const;
   TextResult generate(const EncodedImage& img, const std::vector<int>& prompt, const TextOptions& opts) const;

@@ -32,6 +32,7 @@ KVCache KVCache::extending(const KVCache& b, int cap) {
   out.length = b.length;
   out.base = &b;
   out.base_length = b.length;
+  out.prefix = b.prefix;
   out.k.resize(size_t(b.n_layers));
   out.v.resize(size_t(b.n_layers));
   for (int l = 0; l < b.n_layers; ++l) {
@@ -48,6 +49,7 @@ KVCache KVCache::copy_with_capacity(int cap) const {
   out.kv_dim = kv_dim;
   out.capacity = cap;
   out.length = length;
+  out.prefix = prefix;
   out.k.resize(size_t(n_layers));
   out.v.resize(size_t(n_layers));
   const size_t used = size_t(length) * kv_dim;
@@ -127,7 +129,7 @@ PooledVector<float> TextModel::forward(const float* embeddings, int n, KVCache& 
   AttentionMask mask;
   mask.full = false;
   mask.q_pos0 = pos0;
-  mask.prefix = cfg_.prefix_attn;
+  mask.prefix = cache.prefix >= 0 ? cache.prefix : cfg_.prefix_attn;
 
   for (int l = 0; l < cfg_.n_layers; ++l) {
     const TextBlock& blk = w_.text_blocks[l];

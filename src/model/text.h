@@ -16,6 +16,9 @@ struct KVCache {
   int kv_dim = 0;    // n_kv_heads · head_dim
   int capacity = 0;  // positions it can hold, base included
   int length = 0;    // positions filled, base included
+  // Positions below this attend bidirectionally among themselves (the image
+  // prefix); -1: the config's prefix_attn, 0: none (a text-only prompt).
+  int prefix = -1;
   // Positions [0, base_length) live in `base` (read-only, owned elsewhere and
   // outliving this cache); k/v hold positions [base_length, capacity).
   const KVCache* base = nullptr;

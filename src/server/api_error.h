@@ -4,6 +4,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "model/tasks.h"
+
 namespace md::server {
 
 struct ApiError : std::runtime_error {
@@ -29,6 +31,18 @@ struct ApiError : std::runtime_error {
 
 inline ApiError bad_request(const std::string& code, const std::string& message) {
   return ApiError(400, code, message);
+}
+
+// The one table from the model's error kinds to HTTP (every kind is the
+// client's doing: 400, with the kind's code).
+inline ApiError task_error(const TaskError& e) {
+  switch (e.kind()) {
+    case TaskErrorKind::kInvalidRequest: return ApiError(400, "invalid_request", e.what());
+    case TaskErrorKind::kUnsupported: return ApiError(400, "unsupported", e.what());
+    case TaskErrorKind::kContextOverflow: return ApiError(400, "context_length_exceeded", e.what());
+    case TaskErrorKind::kInvalidImage: return ApiError(400, "invalid_image", e.what());
+  }
+  return ApiError(400, task_error_code(e.kind()), e.what());
 }
 
 }  // namespace md::server

@@ -24,19 +24,6 @@ int env_int(const char* name) {
   return v ? std::atoi(v) : 0;
 }
 
-std::vector<int> chat_prompt(const Moondream& m, const JobParams& p) {
-  std::vector<int> out;
-  for (const auto& [q, a] : p.history) {
-    const std::vector<int> qp = m.query_prompt(q);
-    out.insert(out.end(), qp.begin(), qp.end());
-    const std::vector<int32_t> at = m.tokenizer().encode(" " + a);
-    out.insert(out.end(), at.begin(), at.end());
-  }
-  const std::vector<int> qp = m.query_prompt(p.text);
-  out.insert(out.end(), qp.begin(), qp.end());
-  return out;
-}
-
 }  // namespace
 
 const char* task_name(Task t) {
@@ -46,8 +33,45 @@ const char* task_name(Task t) {
     case Task::Chat: return "chat";
     case Task::Detect: return "detect";
     case Task::Point: return "point";
+    case Task::Gaze: return "gaze";
   }
   return "?";
+}
+
+TaskRequest task_request(const JobParams& p, const EncodedImage* image) {
+  TaskRequest rq;
+  switch (p.task) {
+    case Task::Caption: rq.kind = TaskKind::kCaption; break;
+    case Task::Query: rq.kind = TaskKind::kQuery; break;
+    case Task::Chat: rq.kind = TaskKind::kChat; break;
+    case Task::Detect: rq.kind = TaskKind::kDetect; break;
+    case Task::Point: rq.kind = TaskKind::kPoint; break;
+    case Task::Gaze: rq.kind = TaskKind::kGaze; break;
+  }
+  rq.image = image;
+  rq.length = p.length;
+  rq.text = p.text;
+  rq.history = p.history;
+  rq.reasoning = p.reasoning;
+  rq.spatial_refs = p.spatial_refs;
+  rq.eye_x = p.eye_x;
+  rq.eye_y = p.eye_y;
+  rq.max_tokens = p.max_tokens;
+  rq.max_objects = p.max_objects;
+  rq.sampling.temperature = p.temperature;
+  rq.sampling.top_p = p.top_p;
+  rq.sampling.seed = p.seed;
+  return rq;
+}
+
+nlohmann::json reasoning_json(const Reasoning& r) {
+  nlohmann::json g = nlohmann::json::array();
+  for (const GroundingSpan& s : r.grounding) {
+    nlohmann::json pts = nlohmann::json::array();
+    for (const DetectedPoint& p : s.points) pts.push_back({p.x, p.y});
+    g.push_back({{"start_idx", s.start_idx}, {"end_idx", s.end_idx}, {"points", pts}});
+  }
+  return {{"text", r.text}, {"grounding", g}};
 }
 
 std::shared_ptr<LoadedModel> load_model(const std::string& source, const std::string& revision, int threads,
@@ -96,7 +120,15 @@ std::shared_ptr<LoadedModel> load_model(const std::string& source, const std::st
 void StreamChannel::push(std::string chunk) {
   {
     std::lock_guard<std::mutex> lock(m_);
-    chunks_.push_back(std::move(chunk));
+    chunks_.emplace_back(std::move(chunk), false);
+  }
+  cv_.notify_all();
+}
+
+void StreamChannel::push_reasoning(std::string json_text) {
+  {
+    std::lock_guard<std::mutex> lock(m_);
+    chunks_.emplace_back(std::move(json_text), true);
   }
   cv_.notify_all();
 }
@@ -119,11 +151,12 @@ void StreamChannel::fail(std::exception_ptr e) {
   cv_.notify_all();
 }
 
-bool StreamChannel::next(std::string* chunk) {
+bool StreamChannel::next(std::string* chunk, bool* is_reasoning) {
   std::unique_lock<std::mutex> lock(m_);
   cv_.wait(lock, [&] { return !chunks_.empty() || done_; });
   if (!chunks_.empty()) {
-    *chunk = std::move(chunks_.front());
+    *chunk = std::move(chunks_.front().first);
+    if (is_reasoning) *is_reasoning = chunks_.front().second;
     chunks_.pop_front();
     return true;
   }
@@ -183,6 +216,10 @@ Key128 response_key(uint64_t model_id, const Key128& image_key, const JobParams&
   h.add_int(int64_t(p.history.size()));
   for (const auto& [q, a] : p.history) h.add(q).add(a);
   h.add_int(p.task == Task::Detect || p.task == Task::Point ? p.max_objects : p.max_tokens);
+  h.add_int(p.has_image).add_int(p.reasoning).add_int(int64_t(p.spatial_refs.size()));
+  for (const auto& r : p.spatial_refs)
+    for (double v : r) h.add(&v, sizeof v);
+  h.add(&p.eye_x, sizeof p.eye_x).add(&p.eye_y, sizeof p.eye_y);
   h.add_int(int64_t(p.stop.size()));
   for (const auto& s : p.stop) h.add(s);
   return h.finish();
@@ -278,9 +315,9 @@ void InferenceQueue::execute(Job& job) {
 
   // The encoded image: pinned by the HTTP thread, cached, or encoded now.
   std::shared_ptr<const EncodedImage> enc = job.image.encoded;
-  if (!enc && job.image_caching) enc = caches_->images.get(job.image.key, false);
+  if (p.has_image && !enc && job.image_caching) enc = caches_->images.get(job.image.key, false);
   bool hit = enc != nullptr;
-  if (!enc) {
+  if (p.has_image && !enc) {
     try {
       auto e = std::make_shared<EncodedImage>(m.encode_image(job.image.pixels));
       enc = e;
@@ -289,77 +326,63 @@ void InferenceQueue::execute(Job& job) {
     }
     if (job.image_caching) caches_->images.put(job.image.key, enc, enc->cache.bytes());
   }
-  if (job.image_caching) {
+  if (job.image_caching && p.has_image) {
     hit ? caches_->images.count_hit() : caches_->images.count_miss();
     out->image_cache = hit ? "hit" : "miss";
   }
   job.image.pixels = RgbImage{};  // not needed any more
   job.image.encoded.reset();
-  out->image_tokens = enc->cache.length;
+  out->image_tokens = enc ? enc->cache.length : 0;
   Timings t;
   t.decode_image_s = job.image.decode_image_s;
-  if (!hit) {
+  if (enc && !hit) {
     t.vision_s = enc->timings.vision_s;
     t.prefill_s = enc->timings.prefill_s;
   }
 
-  try {
-    if (p.task == Task::Detect || p.task == Task::Point) {
-      const RegionResult r =
-          p.task == Task::Detect ? m.detect(*enc, p.text, p.max_objects) : m.point(*enc, p.text, p.max_objects);
-      out->objects = r.objects;
-      out->points = r.points;
-      out->prompt_tokens = r.prompt_tokens;
-      out->finish_reason = "stop";
-      t.prefill_s += r.timings.prefill_s;
-      t.decode_s = r.timings.decode_s;
-      t.decode_tokens = r.timings.decode_tokens;
-    } else {
-      StopFilter filter(p.stop);
-      std::string collected;
-      bool stopped = false;
-      TextOptions opts;
-      opts.max_tokens = p.max_tokens;
-      opts.sampling.temperature = p.temperature;
-      opts.sampling.top_p = p.top_p;
-      opts.sampling.seed = p.seed;
-      auto emit = [&](const std::string& s) {
-        if (s.empty()) return;
-        collected += s;
-        if (job.stream) ch.push(s);
-      };
-      opts.on_chunk = [&](const std::string& chunk) {
-        if (chunk_delay_ms_ > 0) std::this_thread::sleep_for(std::chrono::milliseconds(chunk_delay_ms_));
-        bool stop_hit = false;
-        emit(filter.push(chunk, &stop_hit));
-        if (stop_hit) {
-          stopped = true;
-          return false;
-        }
-        return !ch.cancelled.load();
-      };
-      TextResult r;
-      if (p.task == Task::Caption) {
-        r = m.caption(*enc, p.length, opts);
-      } else if (p.task == Task::Query) {
-        r = m.query(*enc, p.text, opts);
-      } else {
-        r = m.generate(*enc, chat_prompt(m, p), opts);
+  {
+    StopFilter filter(p.stop);
+    std::string collected;
+    bool stopped = false;
+    auto emit = [&](const std::string& piece) {
+      if (piece.empty()) return;
+      collected += piece;
+      if (job.stream) ch.push(piece);
+    };
+    TaskCallbacks cb;
+    cb.on_chunk = [&](const std::string& chunk) {
+      if (chunk_delay_ms_ > 0) std::this_thread::sleep_for(std::chrono::milliseconds(chunk_delay_ms_));
+      bool stop_hit = false;
+      emit(filter.push(chunk, &stop_hit));
+      if (stop_hit) {
+        stopped = true;
+        return false;
       }
-      if (!stopped && r.finish_reason != "cancelled") emit(filter.finish());
-      out->text = (stopped || !p.stop.empty()) ? collected : r.text;
-      out->tokens = r.tokens;
-      out->prompt_tokens = r.prompt_tokens;
-      out->finish_reason = stopped ? "stop" : r.finish_reason;
-      t.prefill_s += r.timings.prefill_s;
-      t.decode_s = r.timings.decode_s;
-      t.decode_tokens = r.timings.decode_tokens;
+      return !ch.cancelled.load();
+    };
+    cb.on_reasoning = [&](const Reasoning& r) {
+      if (job.stream)
+        ch.push_reasoning(reasoning_json(r).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+    };
+    TaskResult r;
+    try {
+      r = run_task(m, task_request(p, enc.get()), cb);
+    } catch (const TaskError& e) {
+      throw task_error(e);
     }
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    if (msg.find("too long") != std::string::npos || msg.find("context") != std::string::npos)
-      throw bad_request("context_length_exceeded", msg);
-    throw bad_request("invalid_request", msg);
+    const bool text_task = p.task == Task::Caption || p.task == Task::Query || p.task == Task::Chat;
+    if (text_task && !stopped && r.finish_reason != "cancelled") emit(filter.finish());
+    out->text = text_task && (stopped || !p.stop.empty()) ? collected : r.text;
+    out->tokens = r.tokens;
+    out->objects = r.objects;
+    out->points = r.points;
+    out->gaze = r.gaze;
+    out->reasoning = r.reasoning;
+    out->prompt_tokens = r.prompt_tokens();
+    out->finish_reason = stopped ? "stop" : text_task ? r.finish_reason : "stop";
+    t.prefill_s += r.timings.prefill_s;
+    t.decode_s = r.timings.decode_s;
+    t.decode_tokens = r.timings.decode_tokens;
   }
   out->timings = t;
   if (out->finish_reason == "cancelled") {

@@ -9,6 +9,8 @@
 #include <exception>
 #include <functional>
 #include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -16,6 +18,7 @@
 #include <vector>
 
 #include "model/moondream.h"
+#include "model/tasks.h"
 #include "server/cache.h"
 
 namespace md::server {
@@ -41,7 +44,7 @@ std::shared_ptr<LoadedModel> load_model(const std::string& source, const std::st
                                         const std::string& quantization = "none", const std::string& tokenizer = "",
                                         const std::string& revision_profile = "auto");
 
-enum class Task { Caption, Query, Chat, Detect, Point };
+enum class Task { Caption, Query, Chat, Detect, Point, Gaze };
 const char* task_name(Task t);
 
 // A request's image, prepared on the HTTP thread: either already encoded (an
@@ -64,8 +67,19 @@ struct JobParams {
   float top_p = 0.3f;
   uint64_t seed = 0;
   std::vector<std::string> stop;
-  bool deterministic() const { return task == Task::Detect || task == Task::Point || temperature == 0.0f; }
+  bool has_image = true;                          // false: a text-only question
+  bool reasoning = false;                         // query: grounded reasoning
+  std::vector<std::vector<double>> spatial_refs;  // query, point
+  double eye_x = 0, eye_y = 0;                    // gaze
+  bool deterministic() const {
+    return task == Task::Detect || task == Task::Point || task == Task::Gaze || temperature == 0.0f;
+  }
 };
+
+// The model-level request of a job (image: the encoded one, or null).
+TaskRequest task_request(const JobParams& p, const EncodedImage* image);
+// The reasoning as the Moondream API sends it (contract 2025-06-21 section 4).
+nlohmann::json reasoning_json(const Reasoning& r);
 
 struct JobOutcome {
   std::string text;
@@ -73,6 +87,8 @@ struct JobOutcome {
   std::string finish_reason;  // stop, length, cancelled
   std::vector<DetectedObject> objects;
   std::vector<DetectedPoint> points;
+  std::optional<DetectedPoint> gaze;
+  std::optional<Reasoning> reasoning;
   int prompt_tokens = 0;  // text prompt tokens
   int image_tokens = 0;   // positions of the encoded image prefix
   Timings timings;
@@ -87,11 +103,13 @@ struct JobOutcome {
 class StreamChannel {
  public:
   void push(std::string chunk);
+  // The reasoning (as its JSON text), sent before the first answer chunk.
+  void push_reasoning(std::string json_text);
   void finish(std::shared_ptr<JobOutcome> outcome);
   void fail(std::exception_ptr e);
   // Waits for the next chunk (true) or the end (false); on the end, outcome()
   // or error() is set. `timeout` bounds each wait.
-  bool next(std::string* chunk);
+  bool next(std::string* chunk, bool* is_reasoning = nullptr);
   std::shared_ptr<JobOutcome> wait();  // rethrows the job's error
   std::shared_ptr<JobOutcome> outcome() const { return outcome_; }
   std::exception_ptr error() const { return error_; }
@@ -100,7 +118,7 @@ class StreamChannel {
  private:
   std::mutex m_;
   std::condition_variable cv_;
-  std::deque<std::string> chunks_;
+  std::deque<std::pair<std::string, bool>> chunks_;  // (text, is the reasoning)
   bool done_ = false;
   std::shared_ptr<JobOutcome> outcome_;
   std::exception_ptr error_;

@@ -64,9 +64,9 @@ std::optional<long long> optional_int(const json& obj, const std::string& key, l
                                       const std::string& prefix = "") {
   const json* v = field(obj, key);
   if (!v) return std::nullopt;
-  const bool integral = v->is_number_integer() ||
-                        (v->is_number_float() && std::floor(v->get<double>()) == v->get<double>() &&
-                         std::fabs(v->get<double>()) < 9e18);
+  const bool integral =
+      v->is_number_integer() ||
+      (v->is_number_float() && std::floor(v->get<double>()) == v->get<double>() && std::fabs(v->get<double>()) < 9e18);
   const std::string range = "between " + std::to_string(lo) + " and " + std::to_string(hi);
   if (!integral) throw bad_request("invalid_field", prefix + key + " must be an integer " + range);
   const long long x = v->is_number_integer() ? v->get<long long>() : (long long)v->get<double>();
@@ -109,8 +109,10 @@ void default_sampling(JobParams& p, const ServerConfig& c) {
 void read_sampling(JobParams& p, const json& obj, const ServerConfig& c, const std::string& prefix) {
   if (auto v = optional_number(obj, "temperature", 0.0, 2.0, prefix)) p.temperature = float(*v);
   if (auto v = optional_number(obj, "top_p", 0.0, 1.0, prefix)) {
-    if (*v == 0.0) p.temperature = 0.0f;  // no mass kept but the top token: greedy
-    else p.top_p = float(*v);
+    if (*v == 0.0)
+      p.temperature = 0.0f;  // no mass kept but the top token: greedy
+    else
+      p.top_p = float(*v);
   }
   if (auto v = optional_int(obj, "max_tokens", 1, c.max_tokens, prefix)) p.max_tokens = int(*v);
   if (auto v = optional_int(obj, "max_completion_tokens", 1, c.max_tokens, prefix)) p.max_tokens = int(*v);
@@ -127,14 +129,60 @@ ParsedRequest parse_moondream_request(const std::string& raw_body, Task task, co
   JobParams& p = r.params;
   p.task = task;
   default_sampling(p, c);
-  r.image_url = required_string(body, "image_url");
-  r.image_count = 1;
+  // A question may come without an image (2025-06-21; the model checks the revision).
+  if (task == Task::Query && !field(body, "image_url")) {
+    p.has_image = false;
+  } else {
+    r.image_url = required_string(body, "image_url");
+    r.image_count = 1;
+  }
+  if (field(body, "variant"))
+    throw bad_request("unsupported", "variant is not supported: this server runs the one model it loaded");
+  if (const json* v = field(body, "reasoning")) {
+    if (task != Task::Query) throw bad_request("invalid_field", "reasoning is only for /v1/query");
+    if (!v->is_boolean()) throw bad_request("invalid_field", "reasoning must be true or false");
+    p.reasoning = v->get<bool>();
+  }
+  if (const json* v = field(body, "spatial_refs")) {
+    if (task != Task::Query && task != Task::Point)
+      throw bad_request("invalid_field", "spatial_refs are only for /v1/query and /v1/point");
+    if (!v->is_array())
+      throw bad_request("invalid_field", "spatial_refs must be an array of [x, y] or [x_min, y_min, x_max, y_max]");
+    for (size_t i = 0; i < v->size(); ++i) {
+      const json& r0 = (*v)[i];
+      const std::string at = "spatial_refs[" + std::to_string(i) + "]";
+      if (!r0.is_array() || !std::all_of(r0.begin(), r0.end(), [](const json& x) { return x.is_number(); }))
+        throw bad_request("invalid_field", at + " must be an array of numbers");
+      std::vector<double> ref;
+      for (const json& x : r0) ref.push_back(x.get<double>());
+      try {
+        validate_spatial_ref(ref, at);
+      } catch (const TaskError& e) {
+        throw bad_request("invalid_field", e.what());
+      }
+      p.spatial_refs.push_back(std::move(ref));
+    }
+  }
   if (task == Task::Caption) {
     const std::string len = optional_string(body, "length").value_or("normal");
     if (!parse_caption_length(len, &p.length))
       throw bad_request("invalid_field", "length must be short, normal or long (got '" + len + "')");
   } else if (task == Task::Query) {
     p.text = required_string(body, "question");
+  } else if (task == Task::Gaze) {
+    const json* eye = field(body, "eye");
+    if (!eye || !eye->is_object()) throw bad_request(eye ? "invalid_field" : "missing_field", "eye {x, y} is required");
+    for (const char* k : {"x", "y"}) {
+      const json* v = field(*eye, k);
+      if (!v || !v->is_number()) throw bad_request("invalid_field", std::string("eye.") + k + " must be a number");
+    }
+    p.eye_x = (*eye)["x"].get<double>();
+    p.eye_y = (*eye)["y"].get<double>();
+    try {
+      validate_spatial_ref({p.eye_x, p.eye_y}, "eye");
+    } catch (const TaskError& e) {
+      throw bad_request("invalid_field", e.what());
+    }
   } else {
     p.text = required_string(body, "object");
   }
@@ -188,10 +236,13 @@ ParsedRequest parse_chat_request(const std::string& raw_body, const ServerConfig
                                                      std::to_string(c.limits.max_images) +
                                                      " images (limits.max_images)");
           const json* iu = field(part, "image_url");
-          if (iu && iu->is_object()) t.images.push_back(required_string(*iu, "url", pat + "image_url."));
-          else t.images.push_back(required_string(part, "image_url", pat));
+          if (iu && iu->is_object())
+            t.images.push_back(required_string(*iu, "url", pat + "image_url."));
+          else
+            t.images.push_back(required_string(part, "image_url", pat));
         } else {
-          throw bad_request("unsupported_content", pat + "type '" + type + "' is not supported (use text or image_url)");
+          throw bad_request("unsupported_content",
+                            pat + "type '" + type + "' is not supported (use text or image_url)");
         }
       }
     } else if (content) {
@@ -204,13 +255,9 @@ ParsedRequest parse_chat_request(const std::string& raw_body, const ServerConfig
 
   for (auto it = turns.rbegin(); it != turns.rend() && r.image_url.empty(); ++it)
     if (!it->images.empty()) r.image_url = it->images.back();
-  if (r.image_url.empty())
-    throw bad_request("image_required",
-                      "moondream answers questions about an image, and no message has one: add a content part "
-                      "{\"type\": \"image_url\", \"image_url\": {\"url\": \"data:image/jpeg;base64,...\"}} to a "
-                      "user message");
-
   JobParams& p = r.params;
+  // No image anywhere: a text-only question (the server checks the revision allows it).
+  p.has_image = !r.image_url.empty();
   default_sampling(p, c);
   // Earlier turns become Question/Answer history.
   std::string pending;
@@ -227,6 +274,8 @@ ParsedRequest parse_chat_request(const std::string& raw_body, const ServerConfig
   std::string question = turns.back().text;
   if (!pending.empty()) question = pending + (question.empty() ? "" : "\n" + question);
   const bool blank = question.find_first_not_of(" \t\r\n") == std::string::npos;
+  if (blank && p.history.empty() && !p.has_image)
+    throw bad_request("image_required", "no image and no question: add an image to caption, or ask a question");
   if (blank && p.history.empty()) {
     p.task = Task::Caption;  // an image with no question: describe it
   } else if (p.history.empty()) {

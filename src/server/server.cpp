@@ -107,7 +107,13 @@ json moondream_result(Task task, const JobOutcome& o) {
   switch (task) {
     case Task::Caption: j["caption"] = o.text; break;
     case Task::Query:
-    case Task::Chat: j["answer"] = o.text; break;
+    case Task::Chat:
+      j["answer"] = o.text;
+      if (o.reasoning) j["reasoning"] = reasoning_json(*o.reasoning);
+      break;
+    case Task::Gaze:
+      j["gaze"] = o.gaze ? json{{"x", o.gaze->x}, {"y", o.gaze->y}} : json(nullptr);
+      break;
     case Task::Detect: {
       json a = json::array();
       for (const auto& b : o.objects)
@@ -139,7 +145,8 @@ const Route kApiRoutes[] = {{"/", "GET"},
                             {"/v1/caption", "POST"},
                             {"/v1/query", "POST"},
                             {"/v1/detect", "POST"},
-                            {"/v1/point", "POST"}};
+                            {"/v1/point", "POST"},
+                            {"/v1/gaze", "POST"}};
 const Route kBackendRoutes[] = {{"/health", "GET"}, {"/api/v1/config", "GET, PATCH"}, {"/metrics", "GET"}};
 
 std::string endpoint_label(const std::string& path, bool backend) {
@@ -486,7 +493,8 @@ void Server::routes() {
     with_body(req, res, rd, [&](const std::string& b) { chat_completions(req, b, res); });
   });
   const std::pair<const char*, Task> tasks[] = {
-      {"/v1/caption", Task::Caption}, {"/v1/query", Task::Query}, {"/v1/detect", Task::Detect}, {"/v1/point", Task::Point}};
+      {"/v1/caption", Task::Caption}, {"/v1/query", Task::Query}, {"/v1/detect", Task::Detect}, {"/v1/point", Task::Point},
+      {"/v1/gaze", Task::Gaze}};
   for (const auto& [path, task] : tasks) {
     const Task t = task;
     s.Post(path, [this, t](const httplib::Request& req, httplib::Response& res, const Reader& rd) {
@@ -807,6 +815,7 @@ struct Presenter {
   // SSE text sent before any chunk (may be empty).
   std::string start;
   std::function<std::string(const std::string& chunk)> chunk;
+  std::function<std::string(const std::string& reasoning_json)> reasoning;  // may be unset
   std::function<std::string(const JobOutcome&, double total_s)> end;
   std::function<std::string(const ApiError&)> error;
 };
@@ -834,16 +843,18 @@ void Server::moondream_task(const httplib::Request& req, const std::string& raw_
     JobParams& p = job->params;
     job->stream = parsed.stream;
     const std::string& image_url = parsed.image_url;
-    if (task == Task::Query) {
-      const auto prompt = prof->model->model->query_prompt(p.text);
-      const auto& tc = prof->model->model->config().text;
-      const int room = tc.max_context - tc.prefix_attn;
-      if (int(prompt.size()) >= room)
-        throw bad_request("context_length_exceeded", "the question is " + std::to_string(prompt.size()) +
-                                                         " tokens; at most " + std::to_string(room - 1) + " fit");
+    if (!p.has_image && !prof->model->model->revision().text_only)
+      throw bad_request("missing_field", "image_url is required (questions without an image need revision "
+                                         "2025-06-21; the loaded model is revision " +
+                                             prof->model->model->revision().name + ")");
+    // The model's checks (options against the loaded revision, the context)
+    // before any image work.
+    try {
+      prepare_task(*prof->model->model, task_request(p, nullptr), p.has_image);
+    } catch (const TaskError& e) {
+      throw task_error(e);
     }
-
-    prepare_image(*job, image_url, *prof, *inf);
+    if (p.has_image) prepare_image(*job, image_url, *prof, *inf);
 
     const std::string request_id = "req-" + random_hex(24);
     res.set_header("X-Request-Id", request_id);
@@ -857,6 +868,10 @@ void Server::moondream_task(const httplib::Request& req, const std::string& raw_
       return j;
     };
     pr.chunk = [](const std::string& chunk) { return sse({{"chunk", chunk}}); };
+    // The whole reasoning, before the first answer chunk.
+    pr.reasoning = [](const std::string& json_text) {
+      return sse({{"chunk", ""}, {"reasoning", json::parse(json_text)}, {"completed", false}});
+    };
     pr.end = [request_id](const JobOutcome& o, double total) {
       return sse({{"completed", true},
                   {"request_id", request_id},
@@ -892,17 +907,19 @@ void Server::chat_completions(const httplib::Request& req, const std::string& ra
     job->stream = parsed.stream;
     const bool include_usage = parsed.include_usage;
     const std::string& image_url = parsed.image_url;
-    if (p.task != Task::Caption) {
-      const Moondream& m = *prof->model->model;
-      size_t n = m.query_prompt(p.text).size();
-      for (const auto& [q, a] : p.history) n += m.query_prompt(q).size() + m.tokenizer().encode(" " + a).size();
-      const int room = m.config().text.max_context - m.config().text.prefix_attn;
-      if (int(n) >= room)
-        throw bad_request("context_length_exceeded", "the conversation is " + std::to_string(n) +
-                                                         " tokens; at most " + std::to_string(room - 1) + " fit");
+    const Moondream& m = *prof->model->model;
+    if (!p.has_image && !m.revision().text_only)
+      throw bad_request("image_required",
+                        "moondream answers questions about an image, and no message has one: add a content part "
+                        "{\"type\": \"image_url\", \"image_url\": {\"url\": \"data:image/jpeg;base64,...\"}} to a "
+                        "user message (questions without an image need revision 2025-06-21; the loaded model is " +
+                            m.revision().name + ")");
+    try {
+      prepare_task(m, task_request(p, nullptr), p.has_image);
+    } catch (const TaskError& e) {
+      throw task_error(e);
     }
-
-    prepare_image(*job, image_url, *prof, *inf);
+    if (p.has_image) prepare_image(*job, image_url, *prof, *inf);
 
     const std::string id = "chatcmpl-" + random_hex(24);
     const int64_t created = unix_time();
@@ -1016,7 +1033,12 @@ static void run_and_respond(const std::shared_ptr<Job>& job, const std::shared_p
         };
         if (!send(pr.start)) return false;
         std::string chunk;
-        while (job->channel->next(&chunk)) {
+        bool is_reasoning = false;
+        while (job->channel->next(&chunk, &is_reasoning)) {
+          if (is_reasoning) {
+            if (pr.reasoning && !send(pr.reasoning(chunk))) return false;
+            continue;
+          }
           if (!send(pr.chunk(chunk))) return false;
         }
         if (auto e = job->channel->error()) {
