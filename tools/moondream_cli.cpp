@@ -21,7 +21,7 @@ namespace {
 struct Args {
   std::string task;
   std::string model;
-  std::string revision = "main";
+  std::string revision = "2025-06-21";  // the hub's current default; pin another with --revision
   std::string tokenizer;
   std::string revision_profile = "auto";
   std::string image;
@@ -206,7 +206,7 @@ int main(int argc, char** argv) {
     sub->add_option("--model", a.model,
                     "Model directory (config.json, model.safetensors, tokenizer.json) or hub repo id")
         ->required();
-    sub->add_option("--revision", a.revision, "Hub revision when --model is a repo id (default main)");
+    sub->add_option("--revision", a.revision, "Hub revision when --model is a repo id (default 2025-06-21)");
     sub->add_option("--tokenizer", a.tokenizer,
                     "tokenizer.json file, its directory or hub repo id (default: what the revision needs)");
     sub->add_option("--revision-profile", a.revision_profile, "auto (default), 2025-01-09 or 2025-06-21");

@@ -1,7 +1,9 @@
 // moondream-server's web page: an image (file, drop, paste or camera), one of
-// the four tasks, the answer streamed in, boxes and points drawn over the
-// image, the API's timings, the server's health, and a live camera mode that
-// re-asks the same task (one request in flight at most).
+// the tasks (caption, question with optional grounded reasoning or without the
+// image, detect, point, gaze by clicking an eye), the answer streamed in,
+// boxes and points drawn over the image, the API's timings, the server's
+// health, and a live camera mode that re-asks the same task (one request in
+// flight at most).
 // Plain JS, no dependencies: it only talks to the server that served it.
 'use strict';
 
@@ -24,6 +26,8 @@ const el = {
   healthStatus: $('health-status'), healthList: $('health-list'),
   keyDialog: $('key-dialog'), keyForm: $('key-form'), keyInput: $('key-input'), keyReason: $('key-reason'),
   keyCancel: $('key-cancel'), grab: $('grab'),
+  reasoningOn: $('reasoning-on'), textOnly: $('text-only'), reasoning: $('reasoning'),
+  reasoningText: $('reasoning-text'), gazeHint: $('gaze-hint'),
 };
 
 const state = {
@@ -40,6 +44,7 @@ const state = {
   apiKey: sessionStorage.getItem(KEY_STORAGE) || '',
   healthTimer: null,
   requests: 0,
+  eye: null,            // gaze: {x, y} clicked on the image (fractions)
 };
 
 // ---- small helpers --------------------------------------------------------------
@@ -145,7 +150,7 @@ function askKey(reason) {
 
 // POSTs JSON to the API; asks for the key on 401 and retries. With onChunk,
 // reads the Server-Sent Events stream and returns the final event.
-async function post(path, body, { signal, onChunk } = {}) {
+async function post(path, body, { signal, onChunk, onReasoning } = {}) {
   const text = JSON.stringify(body);
   for (let attempt = 0; ; attempt++) {
     const headers = { 'Content-Type': 'application/json' };
@@ -167,11 +172,11 @@ async function post(path, body, { signal, onChunk } = {}) {
     }
     if (!res.ok) throw await errorFrom(res);
     if (!onChunk) return res.json();
-    return readEvents(res, onChunk);
+    return readEvents(res, onChunk, onReasoning);
   }
 }
 
-async function readEvents(res, onChunk) {
+async function readEvents(res, onChunk, onReasoning) {
   const reader = res.body.getReader();
   const decoder = new TextDecoder();
   let buf = '';
@@ -180,6 +185,7 @@ async function readEvents(res, onChunk) {
     let ev;
     try { ev = JSON.parse(data); } catch (_) { return; }
     if (ev.error) throw new ApiError(ev.error.status || 0, ev.error.code, ev.error.message || 'the server stopped');
+    if (ev.reasoning && onReasoning) onReasoning(ev.reasoning);
     if (typeof ev.chunk === 'string') onChunk(ev.chunk);
     if (ev.completed) last = ev;
   };
@@ -228,6 +234,85 @@ function layout() {
 function clearOverlay() {
   el.overlay.replaceChildren();
   el.results.replaceChildren();
+  el.reasoning.hidden = true;
+  el.reasoningText.replaceChildren();
+}
+
+function marker(p, cls, text, c) {
+  const m = document.createElement('div');
+  m.className = `marker ${cls}`;
+  m.style.left = pct(clamp01(p.x));
+  m.style.top = pct(clamp01(p.y));
+  m.style.setProperty('--c', c);
+  Object.assign(m.dataset, { x: p.x, y: p.y });
+  if (text) {
+    const tag = document.createElement('span');
+    tag.className = 'tag';
+    tag.textContent = text;
+    m.append(tag);
+  }
+  el.overlay.append(m);
+  return m;
+}
+
+// The reasoning text with its grounded spans (code point offsets) underlined
+// and their points drawn; hovering a span (or focusing it) highlights its points.
+function showReasoning(r) {
+  el.reasoning.hidden = false;
+  el.reasoningText.replaceChildren();
+  for (const m of el.overlay.querySelectorAll('.ground-pt')) m.remove();
+  const chars = Array.from(r.text || '');
+  const spans = (r.grounding || []).slice().sort((a, b) => a.start_idx - b.start_idx);
+  let at = 0;
+  spans.forEach((g, i) => {
+    if (g.start_idx > at) el.reasoningText.append(chars.slice(at, g.start_idx).join(''));
+    const span = document.createElement('span');
+    span.className = 'ground';
+    span.tabIndex = 0;
+    span.dataset.span = i;
+    span.style.setProperty('--c', colour(i));
+    span.textContent = chars.slice(Math.max(at, g.start_idx), g.end_idx).join('') || `[${i + 1}]`;
+    span.title = `${(g.points || []).length} point(s)`;
+    const pts = (g.points || []).map(([x, y]) => {
+      const m = marker({ x, y }, 'ground-pt', `${i + 1}`, colour(i));
+      m.dataset.span = i;
+      return m;
+    });
+    const on = (v) => () => { span.classList.toggle('hl', v); for (const m of pts) m.classList.toggle('hl', v); };
+    span.addEventListener('mouseenter', on(true));
+    span.addEventListener('mouseleave', on(false));
+    span.addEventListener('focus', on(true));
+    span.addEventListener('blur', on(false));
+    el.reasoningText.append(span);
+    at = Math.max(at, g.end_idx);
+  });
+  if (at < chars.length) el.reasoningText.append(chars.slice(at).join(''));
+}
+
+// Gaze: the eye clicked and where the model says the person looks.
+function drawGaze(eye, gaze) {
+  clearOverlay();
+  marker(eye, 'eye', 'eye', '#ffffff');
+  const li = document.createElement('li');
+  if (!gaze) {
+    li.textContent = `eye x ${eye.x.toFixed(3)}, y ${eye.y.toFixed(3)}: no gaze found`;
+    el.results.append(li);
+    return;
+  }
+  marker(gaze, 'gaze', 'gaze', colour(0));
+  const r = el.frame.getBoundingClientRect();
+  const dx = (clamp01(gaze.x) - clamp01(eye.x)) * r.width, dy = (clamp01(gaze.y) - clamp01(eye.y)) * r.height;
+  const line = document.createElement('div');
+  line.className = 'gaze-line';
+  line.style.left = pct(clamp01(eye.x));
+  line.style.top = pct(clamp01(eye.y));
+  line.style.width = `${Math.hypot(dx, dy)}px`;
+  line.style.transform = `rotate(${Math.atan2(dy, dx)}rad)`;
+  line.style.setProperty('--c', colour(0));
+  el.overlay.append(line);
+  li.style.setProperty('--c', colour(0));
+  li.textContent = `gaze from x ${eye.x.toFixed(3)}, y ${eye.y.toFixed(3)} to x ${gaze.x.toFixed(3)}, y ${gaze.y.toFixed(3)}`;
+  el.results.append(li);
 }
 
 function colour(i) { return `hsl(${(i * 67 + 50) % 360} 95% 55%)`; }
@@ -310,6 +395,7 @@ function readDataUrl(file) {
 }
 
 async function useFile(file) {
+  state.eye = null;
   if (!file) return;
   stopLive();
   stopCamera();
@@ -435,17 +521,24 @@ function abortRequest() {
 // Returns true when an answer arrived.
 async function runOnce() {
   if (state.controller) return false;  // one request at a time
-  if (!state.source) {
+  const t = task();
+  // A question may go without the image (revision 2025-06-21).
+  const withImage = !(t === 'query' && (el.textOnly.checked || !state.source));
+  if (withImage && !state.source) {
     showError('Choose an image first: drop one here, paste one, pick a file, or start the camera.');
     return false;
   }
-  const t = task();
   const body = {};
   let label = '';
   if (t === 'caption') body.length = el.length.value;
   if (t === 'query') {
     body.question = el.question.value.trim();
     if (!body.question) { showError('Type a question first.'); el.question.focus(); return false; }
+    if (el.reasoningOn.checked) body.reasoning = true;
+  }
+  if (t === 'gaze') {
+    if (!state.eye) { showError('Click an eye (or face) on the image first.'); return false; }
+    body.eye = { x: state.eye.x, y: state.eye.y };
   }
   if (t === 'detect' || t === 'point') {
     body.object = el.object.value.trim();
@@ -468,8 +561,8 @@ async function runOnce() {
     // A camera frame goes on the stage when its answer starts: text tasks at
     // once (the text streams in), boxes and points with their answer, so the
     // stage never shows boxes over another frame (and live mode never flickers).
-    const frame = state.source.kind === 'camera' ? grabFrame() : null;
-    body.image_url = frame ? frame.dataUrl : state.source.dataUrl;
+    const frame = withImage && state.source.kind === 'camera' ? grabFrame() : null;
+    if (withImage) body.image_url = frame ? frame.dataUrl : state.source.dataUrl;
     if (frame && streaming) showFrame(frame);
     if (streaming || !frame) {
       clearOverlay();
@@ -480,6 +573,7 @@ async function runOnce() {
     const out = await post(`/v1/${t}`, body, {
       signal: controller.signal,
       onChunk: streaming ? (c) => { el.answer.textContent += c; } : undefined,
+      onReasoning: showReasoning,
     });
     const ms = performance.now() - started;
     if (frame && !streaming) showFrame(frame);
@@ -489,6 +583,9 @@ async function runOnce() {
     } else if (t === 'point') {
       drawPoints(out.points || [], label);
       el.answer.textContent = `${(out.points || []).length} × ${label}`;
+    } else if (t === 'gaze') {
+      drawGaze(body.eye, out.gaze);
+      el.answer.textContent = out.gaze ? `looking at x ${out.gaze.x.toFixed(3)}, y ${out.gaze.y.toFixed(3)}` : 'no gaze found';
     } else if (!el.answer.textContent) {
       el.answer.textContent = '(empty answer)';
     }
@@ -634,7 +731,18 @@ function updateButtons() {
 function updateTaskOptions() {
   const t = task();
   for (const d of document.querySelectorAll('.task-opts')) d.hidden = !d.dataset.tasks.split(' ').includes(t);
+  el.frame.classList.toggle('pick', t === 'gaze');
 }
+
+// Gaze: a click on the picture picks the eye.
+el.frame.addEventListener('click', (e) => {
+  if (task() !== 'gaze') return;
+  const r = el.frame.getBoundingClientRect();
+  state.eye = { x: clamp01((e.clientX - r.left) / r.width), y: clamp01((e.clientY - r.top) / r.height) };
+  clearOverlay();
+  marker(state.eye, 'eye', 'eye', '#ffffff');
+  el.gazeHint.textContent = `Eye at x ${state.eye.x.toFixed(3)}, y ${state.eye.y.toFixed(3)}: press Run.`;
+});
 
 el.form.addEventListener('submit', (e) => { e.preventDefault(); runOnce(); });
 el.form.addEventListener('change', (e) => { if (e.target.name === 'task') updateTaskOptions(); });
