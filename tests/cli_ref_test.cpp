@@ -19,9 +19,9 @@ std::string model() { return testdata::tiny_model().string(); }
 TEST(Cli, CaptionJsonTokensMatchTheReferenceOnEveryImage) {
   for (const auto& c : testdata::cases()) {
     const auto meta = testdata::read_json(c.expected / "meta.json");
-    const auto r = run_command(cli() + " caption --model " + shell_quote(model()) + " --image " +
-                               shell_quote(c.image.string()) + " --temperature 0 --json --max-tokens " +
-                               std::to_string(meta["max_tokens"].get<int>()));
+    const auto r =
+        run_command(cli() + " caption --model " + shell_quote(model()) + " --image " + shell_quote(c.image.string()) +
+                    " --temperature 0 --json --max-tokens " + std::to_string(meta["max_tokens"].get<int>()));
     ASSERT_EQ(r.status, 0) << c.name;
     const auto j = nlohmann::json::parse(r.out);
     EXPECT_EQ(j["tokens"].get<std::vector<int>>(), meta["caption_normal"].get<std::vector<int>>()) << c.name;
@@ -36,9 +36,9 @@ TEST(Cli, QueryDetectPointJson) {
   const auto c = testdata::cases().front();
   const auto meta = testdata::read_json(c.expected / "meta.json");
   const std::string base = " --model " + shell_quote(model()) + " --image " + shell_quote(c.image.string());
-  auto q = run_command(cli() + " query" + base + " --question " +
-                       shell_quote(meta["query_question"].get<std::string>()) + " --temperature 0 --json --max-tokens " +
-                       std::to_string(meta["max_tokens"].get<int>()));
+  auto q =
+      run_command(cli() + " query" + base + " --question " + shell_quote(meta["query_question"].get<std::string>()) +
+                  " --temperature 0 --json --max-tokens " + std::to_string(meta["max_tokens"].get<int>()));
   ASSERT_EQ(q.status, 0);
   auto jq = nlohmann::json::parse(q.out);
   EXPECT_EQ(jq["tokens"].get<std::vector<int>>(), meta["query"].get<std::vector<int>>());
@@ -57,6 +57,69 @@ TEST(Cli, QueryDetectPointJson) {
   EXPECT_LE(jp["points"].size(), 2u);
   for (size_t i = 0; i < jp["points"].size(); ++i)
     EXPECT_NEAR(jp["points"][i]["x"].get<double>(), meta["point"][i]["x"].get<double>(), 1e-6);
+}
+
+// Revision 2025-06-21 from the command line: the tokenizer found in the hub
+// cache (offline), --reasoning, --spatial-ref, text-only query, gaze; --json
+// prompt_ids / reasoning / reasoning_tokens equal the PyTorch reference.
+TEST(Cli, Revision20250621TasksMatchTheReference) {
+  const auto e = testdata::read_json(testdata::root() / "expected" / "revision-2025-06-21.json");
+  const std::string env =
+      "HF_HUB_CACHE=" + shell_quote((testdata::root() / "hf-cache").string()) + " HF_HUB_OFFLINE=1 ";
+  const std::string img = (testdata::root() / "images" / e["image"].get<std::string>()).string();
+  const std::string base =
+      env + cli() + " %s --model " + shell_quote((testdata::root() / "models" / "tiny-2025-06-21").string());
+  auto run = [&](const std::string& task, const std::string& args) {
+    std::string cmd = base;
+    cmd.replace(cmd.find("%s"), 2, task);
+    const auto r = run_command(cmd + " " + args + " --json 2>&1");
+    EXPECT_EQ(r.status, 0) << cmd << " " << args << "\n" << r.out;
+    return r.status == 0 ? nlohmann::json::parse(r.out) : nlohmann::json();
+  };
+  const std::string q = " --question " + shell_quote("What is in this image?") + " --temperature 0 --max-tokens " +
+                        std::to_string(e["max_tokens"].get<int>());
+  auto ids = [](const nlohmann::json& j) { return j.get<std::vector<int>>(); };
+
+  nlohmann::json j = run("query", "--image " + shell_quote(img) + q + " --reasoning");
+  EXPECT_EQ(ids(j["prompt_ids"]), ids(e["reasoning"]["prompt"]));
+  EXPECT_EQ(ids(j["reasoning_tokens"]), ids(e["reasoning"]["reasoning_tokens"]));
+  EXPECT_EQ(ids(j["tokens"]), ids(e["reasoning"]["tokens"]));
+  EXPECT_TRUE(j["reasoning"]["text"].is_string());
+  EXPECT_TRUE(j["reasoning"]["grounding"].is_array());
+
+  j = run("query", "--image " + shell_quote(img) + q + " --spatial-ref 0.25,0.75 --spatial-ref 0.1,0.2,0.5,0.9");
+  EXPECT_EQ(ids(j["prompt_ids"]), ids(e["query_spatial"]["prompt"]));
+  EXPECT_EQ(ids(j["tokens"]), ids(e["query_spatial"]["tokens"]));
+
+  j = run("query", q);  // no image
+  EXPECT_EQ(ids(j["prompt_ids"]), ids(e["query_text_only"]["prompt"]));
+  EXPECT_EQ(ids(j["tokens"]), ids(e["query_text_only"]["tokens"]));
+
+  j = run("point", "--image " + shell_quote(img) + " --object cat --max-objects 8 --spatial-ref 0.25,0.75");
+  EXPECT_EQ(ids(j["prompt_ids"]), ids(e["point_spatial"]["prompt"]));
+  ASSERT_EQ(j["points"].size(), e["point_spatial"]["points"].size());
+
+  j = run("gaze", "--image " + shell_quote(img) + " --eye 0.4,0.3");
+  EXPECT_EQ(ids(j["prompt_ids"]), ids(e["gaze"]["prompt"]));
+  if (e["gaze"]["gaze"].is_null()) {
+    EXPECT_TRUE(j["gaze"].is_null());
+  } else {
+    EXPECT_NEAR(j["gaze"]["x"].get<double>(), e["gaze"]["gaze"]["x"].get<double>(), 1e-6);
+    EXPECT_NEAR(j["gaze"]["y"].get<double>(), e["gaze"]["gaze"]["y"].get<double>(), 1e-6);
+  }
+
+  // Bad references and unsupported skills: non-zero exit, one line naming the problem.
+  std::string cmd = base;
+  cmd.replace(cmd.find("%s"), 2, "query");
+  for (const char* bad : {"--spatial-ref 1.5,0.5", "--spatial-ref 0.1,0.2,0.3", "--spatial-ref x,y"}) {
+    const auto r = run_command(cmd + " --image " + shell_quote(img) + q + " " + std::string(bad) + " 2>&1");
+    EXPECT_NE(r.status, 0) << bad;
+    EXPECT_NE(r.out.find("spatial-ref"), std::string::npos) << r.out;
+  }
+  const auto old = run_command(cli() + " query --model " + shell_quote(model()) + " --image " + shell_quote(img) + q +
+                               " --reasoning 2>&1");
+  EXPECT_NE(old.status, 0);
+  EXPECT_NE(old.out.find("2025-06-21"), std::string::npos) << old.out;
 }
 
 TEST(Cli, TextModeStreamsTheSameCaption) {

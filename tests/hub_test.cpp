@@ -68,9 +68,9 @@ class HubTest : public ::testing::Test {
     char tmpl[] = "/tmp/hub_test.XXXXXX";
     ASSERT_NE(::mkdtemp(tmpl), nullptr);
     tmp_ = tmpl;
-    for (const char* v : {"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_HUB_OFFLINE",
-                          "TRANSFORMERS_OFFLINE", "HF_ENDPOINT", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE",
-                          "HF_HUB_DISABLE_PROGRESS_BARS"}) {
+    for (const char* v :
+         {"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
+          "HF_ENDPOINT", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HUB_DISABLE_PROGRESS_BARS"}) {
       ::unsetenv(v);
     }
     ::setenv("HF_HOME", (tmp_ / "hf_home").c_str(), 1);  // no token file from the user's home
@@ -224,6 +224,50 @@ TEST_F(HubTest, DownloadsIntoThePythonCacheLayoutAndResumesACutTransfer) {
   EXPECT_EQ(md::hub_cache_dir(), (tmp_ / "hf_home" / "hub").string());
   EXPECT_EQ(md::resolve_model("test-org/tiny", "main", env_opts),
             (tmp_ / "hf_home" / "hub" / "models--test-org--tiny" / "snapshots" / kCommit).string());
+}
+
+TEST_F(HubTest, RemoteCodeIsFetchedWhenTheRepoHasItAndRememberedWhenNot) {
+  // test-org/tiny has no moondream.py: one HEAD, remembered in .no_exist/,
+  // never asked again (a second resolve needs no network at all).
+  const std::string dir = md::resolve_model("test-org/tiny", "main", opts());
+  const fs::path st = storage("models--test-org--tiny");
+  EXPECT_FALSE(fs::exists(fs::path(dir) / "moondream.py"));
+  EXPECT_TRUE(fs::exists(st / ".no_exist" / kCommit / "moondream.py"));
+  md::HubOptions dead = opts();
+  dead.endpoint = "http://127.0.0.1:" + std::to_string(dead_port());
+  EXPECT_EQ(md::resolve_model("test-org/tiny", "main", dead), dir);
+
+  // A 2025-06-21-style repo ships it: downloaded with the model.
+  MockRepo r = hub_.repos["test-org/tiny"];
+  r.commit = "1111111111222222222233333333334444444444";
+  r.files["moondream.py"] = {"tokenizer = Tokenizer.from_pretrained(\"moondream/starmie-v1\")\n", false};
+  hub_.repos["test-org/new"] = r;
+  const std::string nd = md::resolve_model("test-org/new", "main", opts());
+  EXPECT_EQ(read_file(fs::path(nd) / "moondream.py"), r.files["moondream.py"].content);
+}
+
+TEST_F(HubTest, TokenizerResolvesFromAFileADirectoryOrTheCache) {
+  // A repo holding only a tokenizer, as moondream/starmie-v1.
+  MockRepo tok;
+  tok.commit = "5555555555666666666677777777778888888888";
+  tok.refs = {"main"};
+  tok.files["tokenizer.json"] = {tokenizer_, false};
+  hub_.repos["moondream/starmie-v1"] = tok;
+  const std::string path = md::resolve_tokenizer("moondream/starmie-v1", opts());
+  EXPECT_EQ(read_file(path), tokenizer_);
+  EXPECT_NE(path.find("models--moondream--starmie-v1"), std::string::npos) << path;
+  // Then offline, from the cache; a file and its directory are used as they are.
+  md::HubOptions off = opts();
+  off.offline = true;
+  EXPECT_EQ(md::resolve_tokenizer("moondream/starmie-v1", off), path);
+  EXPECT_EQ(md::resolve_tokenizer(path, off), path);
+  EXPECT_EQ(md::resolve_tokenizer(fs::path(path).parent_path().string(), off), path);
+  // Missing: one error saying where it looked.
+  const std::string e = error_of([&] { md::resolve_tokenizer("other-org/none", off); });
+  EXPECT_NE(e.find("other-org/none"), std::string::npos) << e;
+  EXPECT_NE(e.find((tmp_ / "cache").string()), std::string::npos) << e;
+  EXPECT_NE(error_of([&] { md::resolve_tokenizer((tmp_ / "nothing-here.json").string(), off); }).find("does not exist"),
+            std::string::npos);
 }
 
 TEST_F(HubTest, OfflineWithoutCacheFailsClearlyWithoutNetwork) {
