@@ -66,6 +66,20 @@ class ServerRevision : public ::testing::Test {
     if (rq.max_tokens == 768) rq.max_tokens = 24;
     return run_task(*model_, rq);
   }
+  static TaskResult reasoned_query() {
+    TaskRequest rq;
+    rq.kind = TaskKind::kQuery;
+    rq.image = image_;
+    rq.text = kQuestion;
+    rq.reasoning = true;
+    return engine(rq);
+  }
+  static TaskRequest text_only_query() {
+    TaskRequest rq;
+    rq.kind = TaskKind::kQuery;
+    rq.text = kQuestion;
+    return rq;
+  }
   static json grounding(const Reasoning& r) {
     json g = json::array();
     for (const auto& s : r.grounding) {
@@ -107,20 +121,14 @@ TEST_F(ServerRevision, OfficialMoondreamAndOpenAiClients) {
   ASSERT_EQ(r.status, 0) << r.out << read_file(err);
   const json out = json::parse(r.out);
 
-  TaskRequest rq;
-  rq.kind = TaskKind::kQuery;
-  rq.image = image_;
-  rq.text = kQuestion;
-  rq.reasoning = true;
-  const TaskResult reasoned = engine(rq);
+  const TaskResult reasoned = reasoned_query();
   ASSERT_TRUE(reasoned.reasoning);
   EXPECT_EQ(out["reasoning"]["text"], reasoned.reasoning->text);
   EXPECT_EQ(out["reasoning"]["grounding"], grounding(*reasoned.reasoning));
   EXPECT_FALSE(reasoned.reasoning->grounding.empty()) << "the test model should ground its reasoning";
   EXPECT_EQ(out["answer"], reasoned.text);
 
-  rq.reasoning = false;
-  rq.image = nullptr;
+  TaskRequest rq = text_only_query();
   EXPECT_EQ(out["text_only"], engine(rq).text);
   rq.max_tokens = 16;
   EXPECT_EQ(out["chat"], engine(rq).text);
@@ -201,15 +209,9 @@ TEST_F(ServerRevision, GazeSpatialRefsStreamingAndErrors) {
 }
 
 TEST_F(ServerRevision, WebPageReasoningTextOnlyAndGaze) {
-  TaskRequest rq;
-  rq.kind = TaskKind::kQuery;
-  rq.image = image_;
-  rq.text = kQuestion;
-  rq.reasoning = true;
-  const TaskResult reasoned = engine(rq);
+  const TaskResult reasoned = reasoned_query();
   ASSERT_TRUE(reasoned.reasoning);
-  rq.reasoning = false;
-  rq.image = nullptr;
+  const TaskRequest rq = text_only_query();
   const json expect = {
       {"question", kQuestion},
       {"reasoning", {{"text", reasoned.reasoning->text}, {"grounding", grounding(*reasoned.reasoning)}}},

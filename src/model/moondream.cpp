@@ -19,7 +19,6 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-
 }  // namespace
 
 bool parse_caption_length(const std::string& s, CaptionLength* out) {
@@ -162,6 +161,15 @@ TaskRequest text_request(TaskKind kind, const EncodedImage& img, const TextOptio
   return rq;
 }
 
+TaskRequest region_request(TaskKind kind, const EncodedImage& img, const std::string& object, int max_objects) {
+  TaskRequest rq;
+  rq.kind = kind;
+  rq.image = &img;
+  rq.text = object;
+  rq.max_objects = max_objects;
+  return rq;
+}
+
 }  // namespace
 
 std::vector<int> Moondream::caption_prompt(CaptionLength length) const {
@@ -185,28 +193,17 @@ TextResult Moondream::query(const EncodedImage& img, const std::string& question
   return text_result(run_task(*this, rq, {opts.on_chunk, nullptr}));
 }
 
-TextResult Moondream::generate(const EncodedImage& img, const std::vector<int>& prompt,
-                               const TextOptions& opts) const {
-  return text_result(generate_from_prompt(*this, &img, prompt, text_request(TaskKind::kQuery, img, opts),
-                                          {opts.on_chunk, nullptr}));
+TextResult Moondream::generate(const EncodedImage& img, const std::vector<int>& prompt, const TextOptions& opts) const {
+  return text_result(
+      generate_from_prompt(*this, &img, prompt, text_request(TaskKind::kQuery, img, opts), {opts.on_chunk, nullptr}));
 }
 
 RegionResult Moondream::detect(const EncodedImage& img, const std::string& object, int max_objects) const {
-  TaskRequest rq;
-  rq.kind = TaskKind::kDetect;
-  rq.image = &img;
-  rq.text = object;
-  rq.max_objects = max_objects;
-  return region_result(run_task(*this, rq));
+  return region_result(run_task(*this, region_request(TaskKind::kDetect, img, object, max_objects)));
 }
 
 RegionResult Moondream::point(const EncodedImage& img, const std::string& object, int max_objects) const {
-  TaskRequest rq;
-  rq.kind = TaskKind::kPoint;
-  rq.image = &img;
-  rq.text = object;
-  rq.max_objects = max_objects;
-  return region_result(run_task(*this, rq));
+  return region_result(run_task(*this, region_request(TaskKind::kPoint, img, object, max_objects)));
 }
 
 }  // namespace md

@@ -558,6 +558,21 @@ struct ByteFallbackDecoder : Decoder {
   }
 };
 
+// A "Sequence" component: `key` holds the steps, each parsed by `make`.
+template <class Seq, class Make>
+std::unique_ptr<Seq> parse_sequence(const json& j, const char* key, const std::string& source, const char* section,
+                                    Make make) {
+  auto seq = std::make_unique<Seq>();
+  auto it = j.find(key);
+  if (it == j.end() || !it->is_array())
+    fail(source, std::string(section) + " \"Sequence\" needs \"" + key + "\": [...]");
+  for (const json& step : *it) {
+    if (step.is_null()) fail(source, std::string(section) + " \"Sequence\" contains null");
+    seq->steps.push_back(make(step, source));
+  }
+  return seq;
+}
+
 }  // namespace
 
 // ------------------------------------------------------------ public ----
@@ -644,16 +659,8 @@ std::vector<std::string_view> gpt2_split(std::string_view s) {
 std::unique_ptr<Normalizer> make_normalizer(const json& j, const std::string& source) {
   if (j.is_null()) return nullptr;
   const std::string t = type_of(j, source, "normalizer");
-  if (t == "Sequence") {
-    auto seq = std::make_unique<NormalizerSequence>();
-    auto it = j.find("normalizers");
-    if (it == j.end() || !it->is_array()) fail(source, "normalizer \"Sequence\" needs \"normalizers\": [...]");
-    for (const json& n : *it) {
-      if (n.is_null()) fail(source, "normalizer \"Sequence\" contains null");
-      seq->steps.push_back(make_normalizer(n, source));
-    }
-    return seq;
-  }
+  if (t == "Sequence")
+    return parse_sequence<NormalizerSequence>(j, "normalizers", source, "normalizer", make_normalizer);
   if (t == "NFC") return std::make_unique<UnicodeForm>(text::NormalForm::kNFC);
   if (t == "NFD") return std::make_unique<UnicodeForm>(text::NormalForm::kNFD);
   if (t == "NFKC") return std::make_unique<UnicodeForm>(text::NormalForm::kNFKC);
@@ -674,16 +681,8 @@ std::unique_ptr<Normalizer> make_normalizer(const json& j, const std::string& so
 std::unique_ptr<PreTokenizer> make_pre_tokenizer(const json& j, const std::string& source) {
   if (j.is_null()) return nullptr;
   const std::string t = type_of(j, source, "pre_tokenizer");
-  if (t == "Sequence") {
-    auto seq = std::make_unique<PreTokenizerSequence>();
-    auto it = j.find("pretokenizers");
-    if (it == j.end() || !it->is_array()) fail(source, "pre_tokenizer \"Sequence\" needs \"pretokenizers\": [...]");
-    for (const json& p : *it) {
-      if (p.is_null()) fail(source, "pre_tokenizer \"Sequence\" contains null");
-      seq->steps.push_back(make_pre_tokenizer(p, source));
-    }
-    return seq;
-  }
+  if (t == "Sequence")
+    return parse_sequence<PreTokenizerSequence>(j, "pretokenizers", source, "pre_tokenizer", make_pre_tokenizer);
   if (t == "ByteLevel")
     return std::make_unique<ByteLevelPre>(get_bool(j, "add_prefix_space", true), get_bool(j, "use_regex", true));
   if (t == "Split") {
@@ -716,16 +715,8 @@ std::unique_ptr<PostProcessor> make_post_processor(const json& j, const std::str
   if (j.is_null()) return nullptr;
   const std::string t = type_of(j, source, "post_processor");
   if (t == "ByteLevel") return std::make_unique<Identity>();
-  if (t == "Sequence") {
-    auto seq = std::make_unique<PostSequence>();
-    auto it = j.find("processors");
-    if (it == j.end() || !it->is_array()) fail(source, "post_processor \"Sequence\" needs \"processors\": [...]");
-    for (const json& p : *it) {
-      if (p.is_null()) fail(source, "post_processor \"Sequence\" contains null");
-      seq->steps.push_back(make_post_processor(p, source));
-    }
-    return seq;
-  }
+  if (t == "Sequence")
+    return parse_sequence<PostSequence>(j, "processors", source, "post_processor", make_post_processor);
   if (t == "RobertaProcessing" || t == "BertProcessing") {
     auto tp = std::make_unique<Template>();
     tp->prefix = {token_pair_id(j, "cls", source, t.c_str())};
@@ -771,16 +762,7 @@ std::unique_ptr<PostProcessor> make_post_processor(const json& j, const std::str
 std::unique_ptr<Decoder> make_decoder(const json& j, const std::string& source) {
   if (j.is_null()) return nullptr;
   const std::string t = type_of(j, source, "decoder");
-  if (t == "Sequence") {
-    auto seq = std::make_unique<DecoderSequence>();
-    auto it = j.find("decoders");
-    if (it == j.end() || !it->is_array()) fail(source, "decoder \"Sequence\" needs \"decoders\": [...]");
-    for (const json& d : *it) {
-      if (d.is_null()) fail(source, "decoder \"Sequence\" contains null");
-      seq->steps.push_back(make_decoder(d, source));
-    }
-    return seq;
-  }
+  if (t == "Sequence") return parse_sequence<DecoderSequence>(j, "decoders", source, "decoder", make_decoder);
   if (t == "ByteLevel") return std::make_unique<ByteLevelDecoder>();
   if (t == "Metaspace") {
     const uint32_t rep = get_char(j, "replacement", source, "decoder \"Metaspace\"");
