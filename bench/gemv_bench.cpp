@@ -275,10 +275,11 @@ int main(int argc, char** argv) {
         return 2;
       }
     } else {
-      std::fprintf(stderr,
-                   "usage: gemv_bench [--threads 2,1] [--formats f32,bf16,f16,q8,q4] [--rounds N]\n"
-                   "                  [--pool-mb MB] [--hugepages] [--no-quant] [--no-gemm] [--isa avx512|avx2|scalar]\n"
-                   "                  [--shapes i,j (0..4)]\n");
+      std::fprintf(
+          stderr,
+          "usage: gemv_bench [--threads 2,1] [--formats f32,bf16,f16,q8,q4] [--rounds N]\n"
+          "                  [--pool-mb MB] [--hugepages] [--no-quant] [--no-gemm] [--isa avx512|avx2|scalar]\n"
+          "                  [--shapes i,j (0..4)]\n");
       return 2;
     }
   }
@@ -300,8 +301,7 @@ int main(int argc, char** argv) {
     const double bw = measure_bandwidth(size_t(1) << 30, rounds, huge);
     std::printf("\n== %d thread%s; memory read bandwidth (parallel sum over 1 GB, best of %d): %.1f GB/s\n", nt,
                 nt == 1 ? "" : "s", rounds, bw);
-    std::printf("%-5s %-12s %9s %9s %9s %8s %7s\n", "fmt", "shape", "MB", "best us", "median us", "GB/s",
-                "of BW");
+    std::printf("%-5s %-12s %9s %9s %9s %8s %7s\n", "fmt", "shape", "MB", "best us", "median us", "GB/s", "of BW");
     for (const std::string& fs : formats) {
       WeightFormat f;
       parse_format(fs, &f);
@@ -318,14 +318,15 @@ int main(int argc, char** argv) {
         token_s += t * s.per_token;
         token_med += tm.median * s.per_token;
         token_bytes += bytes * s.per_token;
-        std::printf("%-5s %5dx%-6d %9.1f %9.1f %9.1f %8.2f %6.1f%%\n", fs.c_str(), s.rows, s.cols, bytes / 1e6,
-                    t * 1e6, tm.median * 1e6, bytes / t / 1e9, 100.0 * bytes / t / 1e9 / bw);
+        std::printf("%-5s %5dx%-6d %9.1f %9.1f %9.1f %8.2f %6.1f%%\n", fs.c_str(), s.rows, s.cols, bytes / 1e6, t * 1e6,
+                    tm.median * 1e6, bytes / t / 1e9, 100.0 * bytes / t / 1e9 / bw);
       }
       if (!only.empty()) continue;
-      std::printf("%-5s decode-step GEMVs (%.2f GB): %.1f ms = %.2f GB/s, %.1f%% of BW -> %.1f tokens/s "
-                  "(median calls: %.1f; at the measured BW: %.1f)\n",
-                  fs.c_str(), token_bytes / 1e9, token_s * 1e3, token_bytes / token_s / 1e9,
-                  100.0 * token_bytes / token_s / 1e9 / bw, 1.0 / token_s, 1.0 / token_med, bw * 1e9 / token_bytes);
+      std::printf(
+          "%-5s decode-step GEMVs (%.2f GB): %.1f ms = %.2f GB/s, %.1f%% of BW -> %.1f tokens/s "
+          "(median calls: %.1f; at the measured BW: %.1f)\n",
+          fs.c_str(), token_bytes / 1e9, token_s * 1e3, token_bytes / token_s / 1e9,
+          100.0 * token_bytes / token_s / 1e9 / bw, 1.0 / token_s, 1.0 / token_med, bw * 1e9 / token_bytes);
     }
   }
 
@@ -334,8 +335,8 @@ int main(int argc, char** argv) {
     // fc1's 8192×2048, cold weights, against m separate gemv calls.
     md::set_num_threads(threads.empty() ? 0 : threads[0]);
     const Shape s = kShapes[2];
-    std::printf("\n== gemm: %d input rows at once, %dx%d, %d threads (time per call; vs m gemv calls)\n", 16,
-                s.rows, s.cols, md::num_threads());
+    std::printf("\n== gemm: %d input rows at once, %dx%d, %d threads (time per call; vs m gemv calls)\n", 16, s.rows,
+                s.cols, md::num_threads());
     std::vector<float> X(size_t(16) * size_t(s.cols)), Y(size_t(16) * size_t(s.rows));
     for (size_t i = 0; i < X.size(); ++i) X[i] = float(int(i * 7919 % 2001) - 1000) * 1e-3f;
     for (const std::string& fs : formats) {
@@ -377,8 +378,8 @@ int main(int argc, char** argv) {
         best = std::min(best, seconds_since(t0));
       }
       const double wps = double(rows) * cols / best;
-      std::printf("%s: %.1f ms, %.2f G weights/s -> 1.9 G weights in %.2f s\n", md::weight_format_name(t),
-                  best * 1e3, wps / 1e9, 1.9e9 / wps);
+      std::printf("%s: %.1f ms, %.2f G weights/s -> 1.9 G weights in %.2f s\n", md::weight_format_name(t), best * 1e3,
+                  wps / 1e9, 1.9e9 / wps);
     }
   }
   return 0;

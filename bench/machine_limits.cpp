@@ -15,9 +15,7 @@
 namespace md::bench {
 namespace {
 
-double now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
+double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
 // 12 independent accumulators hide the FMA latency (4 cycles × 2 ports + slack).
 __attribute__((target("avx512f"))) double fma_avx512(long iters) {

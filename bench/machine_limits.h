@@ -7,11 +7,11 @@
 namespace md::bench {
 
 struct MachineLimits {
-  std::string isa;          // widest vector ISA measured
+  std::string isa;  // widest vector ISA measured
   int threads = 0;
-  double fp32_gflops = 0;   // FMA peak
-  double int8_gops = 0;     // VNNI (vpdpbusd) peak, 0 when absent
-  double read_gbps = 0;     // memory read bandwidth
+  double fp32_gflops = 0;  // FMA peak
+  double int8_gops = 0;    // VNNI (vpdpbusd) peak, 0 when absent
+  double read_gbps = 0;    // memory read bandwidth
 };
 
 MachineLimits measure_machine_limits(int threads);

@@ -26,9 +26,7 @@
 
 namespace {
 
-double now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
+double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
 double peak_rss_gb() {
   rusage ru{};
@@ -116,7 +114,8 @@ int accuracy(const std::string& model_dir, int threads, int n) {
   lo.threads = threads;
   std::vector<md::Crops> images;
   for (auto [w, h] : {std::pair{378, 378}, std::pair{640, 480}})
-    images.push_back(md::make_crops(md::decode_image(make_jpeg(w, h)), md::Moondream::load(model_dir, lo)->crop_params()));
+    images.push_back(
+        md::make_crops(md::decode_image(make_jpeg(w, h)), md::Moondream::load(model_dir, lo)->crop_params()));
   std::vector<Forced> base;
   {
     auto m = md::Moondream::load(model_dir, lo);
@@ -135,7 +134,8 @@ int accuracy(const std::string& model_dir, int threads, int n) {
         scale = std::max(scale, double(std::fabs(base[i].embeddings[j])));
       }
     }
-    std::printf("| %s | %.3f (%zu/%zu) | %.4f | %.3f |\n", name, double(agree) / double(total), agree, total, err, scale);
+    std::printf("| %s | %.3f (%zu/%zu) | %.4f | %.3f |\n", name, double(agree) / double(total), agree, total, err,
+                scale);
     std::fflush(stdout);
   }
   return 0;
@@ -168,7 +168,8 @@ int main(int argc, char** argv) {
     return 2;
   }
   std::printf("## Stages (model %s, quantization %s)\n\n", model_dir.c_str(), quant.c_str());
-  std::printf("| %-44s | %11s | %-26s | %-30s | %-22s |\n", "stage", "time", "throughput", "vs machine limit", "target");
+  std::printf("| %-44s | %11s | %-26s | %-30s | %-22s |\n", "stage", "time", "throughput", "vs machine limit",
+              "target");
   std::printf("|%s|%s|%s|%s|%s|\n", std::string(46, '-').c_str(), std::string(13, '-').c_str(),
               std::string(28, '-').c_str(), std::string(32, '-').c_str(), std::string(24, '-').c_str());
 
@@ -283,9 +284,10 @@ int main(int argc, char** argv) {
     bytes += md::weight_bytes(model->weights().lm_head.w);
     const double bound = lim.read_gbps * 1e9 / bytes;
     row(fmt("decode (%.0f tokens)", double(r.timings.decode_tokens)).c_str(), r.timings.decode_s,
-        fmt("%.2f tokens/s", tps),
-        fmt("%.0f%% of bandwidth bound %.1f t/s", 100 * tps / bound, bound),
-        quant == "none" ? ">= 8.5 tok/s" : quant == "int8" ? ">= 16 tok/s" : ">= 25 tok/s");
+        fmt("%.2f tokens/s", tps), fmt("%.0f%% of bandwidth bound %.1f t/s", 100 * tps / bound, bound),
+        quant == "none"   ? ">= 8.5 tok/s"
+        : quant == "int8" ? ">= 16 tok/s"
+                          : ">= 25 tok/s");
   }
   // KV caches alive at once: the cold captions below keep `enc` (an earlier
   // image, as a server's image cache would) beside the new image's cache.
@@ -303,8 +305,7 @@ int main(int argc, char** argv) {
     const md::TextResult r = model->caption(e, md::CaptionLength::Normal, opts);
     const double s = now() - t0;
     kv_peak_bytes = std::max(kv_peak_bytes, double(enc.cache.bytes() + e.cache.bytes()));
-    row(name, s,
-        fmt("vision %.2f s, prefill %.2f s", e.timings.vision_s, e.timings.prefill_s + r.timings.prefill_s),
+    row(name, s, fmt("vision %.2f s, prefill %.2f s", e.timings.vision_s, e.timings.prefill_s + r.timings.prefill_s),
         fmt("decode %.2f s", r.timings.decode_s), target);
   }
   // Follow-up question on an encoded image: time to the first token.
@@ -316,8 +317,7 @@ int main(int argc, char** argv) {
     t0 = now();
     const md::TextResult r = model->query(enc, "What is in the picture?", opts);
     const double s = now() - t0;
-    row("follow-up question, first token (cached image)", s, fmt("%.0f prompt tokens", r.prompt_tokens), "",
-        "< 0.3 s");
+    row("follow-up question, first token (cached image)", s, fmt("%.0f prompt tokens", r.prompt_tokens), "", "< 0.3 s");
   }
   const double kv_gb = kv_peak_bytes / 1e9;
   row("peak RSS", 0, fmt("%.2f GB", peak_rss_gb()),

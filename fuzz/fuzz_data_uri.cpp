@@ -24,8 +24,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (md::server::base64_decode(s, &decoded)) {
     // Re-encoding what was decoded gives text that decodes to the same bytes.
     std::string again;
-    if (!md::server::base64_decode(md::server::base64_encode(decoded), &again) || again != decoded)
-      __builtin_trap();
+    if (!md::server::base64_decode(md::server::base64_encode(decoded), &again) || again != decoded) __builtin_trap();
   }
   // Every encoding decodes back.
   std::string back;

@@ -18,7 +18,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   try {
     std::vector<std::string> w2;
-    const md::server::ServerConfig again = md::server::parse_server_config(md::server::config_to_json(c), "again.json", &w2);
+    const md::server::ServerConfig again =
+        md::server::parse_server_config(md::server::config_to_json(c), "again.json", &w2);
     if (again.max_tokens != c.max_tokens || again.limits.max_body_bytes != c.limits.max_body_bytes ||
         again.server.port != c.server.port || again.performance.quantization != c.performance.quantization)
       __builtin_trap();

@@ -47,9 +47,8 @@ int main(int argc, char** argv) {
     }
     {
       std::ofstream f(prefix + ".json");
-      f << "{\"rows\": " << crops.tiling.rows << ", \"cols\": " << crops.tiling.cols
-        << ", \"count\": " << crops.count << ", \"width\": " << img.width
-        << ", \"height\": " << img.height << "}\n";
+      f << "{\"rows\": " << crops.tiling.rows << ", \"cols\": " << crops.tiling.cols << ", \"count\": " << crops.count
+        << ", \"width\": " << img.width << ", \"height\": " << img.height << "}\n";
       if (!f) throw md::Error("dump_crops: cannot write " + prefix + ".json");
     }
   } catch (const std::exception& e) {

@@ -117,8 +117,7 @@ TEST(EngineVsReference, VisionFeatures) {
 TEST(EngineVsReference, ImageEmbeddings) {
   for (const auto& c : testdata::cases()) {
     const auto ref = testdata::read_raw<float>(c.expected / "embeddings.f32");
-    const auto got = shared().model->image_embeddings(shared().features.at(c.name),
-                                                      shared().crops.at(c.name).tiling);
+    const auto got = shared().model->image_embeddings(shared().features.at(c.name), shared().crops.at(c.name).tiling);
     ASSERT_EQ(ref.size(), got.size()) << c.name;
     const float err = max_abs_diff(got, ref.data(), ref.size());
     std::printf("  embeddings %-18s max|d| %.2e\n", c.name.c_str(), err);
@@ -157,8 +156,8 @@ TEST(EngineVsReference, PrefillAndTwentyDecodeStepLogits) {
       worst_decode = std::max(worst_decode, e);
       EXPECT_LE(e, kLogitTol) << c.name << " decode step " << s;
     }
-    std::printf("  logits     %-18s prefill max|d| %.2e  %d decode steps max|d| %.2e\n", c.name.c_str(), err,
-                steps, worst_decode);
+    std::printf("  logits     %-18s prefill max|d| %.2e  %d decode steps max|d| %.2e\n", c.name.c_str(), err, steps,
+                worst_decode);
     EXPECT_GE(steps, 20) << c.name << ": the reference stopped early";
   }
 }
@@ -171,10 +170,9 @@ TEST(EngineVsReference, GreedyTokensForEveryCaptionLengthAndAQuery) {
     opts.max_tokens = meta["max_tokens"].get<int>();
     opts.sampling.temperature = 0;
     const EncodedImage& enc = shared().encoded.at(c.name);
-    const std::pair<const char*, CaptionLength> lengths[] = {
-        {"caption_short", CaptionLength::Short},
-        {"caption_normal", CaptionLength::Normal},
-        {"caption_long", CaptionLength::Long}};
+    const std::pair<const char*, CaptionLength> lengths[] = {{"caption_short", CaptionLength::Short},
+                                                             {"caption_normal", CaptionLength::Normal},
+                                                             {"caption_long", CaptionLength::Long}};
     for (const auto& [key, len] : lengths) {
       const TextResult r = m.caption(enc, len, opts);
       EXPECT_EQ(r.tokens, meta[key].get<std::vector<int>>()) << c.name << " " << key;
@@ -205,8 +203,7 @@ TEST(EngineVsReference, DetectAndPoint) {
       EXPECT_NEAR(p.points[i].x, ref_pts[i]["x"].get<double>(), 1e-6) << c.name << " #" << i;
       EXPECT_NEAR(p.points[i].y, ref_pts[i]["y"].get<double>(), 1e-6) << c.name << " #" << i;
     }
-    std::printf("  region     %-18s %zu objects, %zu points\n", c.name.c_str(), d.objects.size(),
-                p.points.size());
+    std::printf("  region     %-18s %zu objects, %zu points\n", c.name.c_str(), d.objects.size(), p.points.size());
   }
 }
 

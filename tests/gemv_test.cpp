@@ -102,8 +102,8 @@ std::vector<double> quantised_x(const float* x, int cols, int group) {
 }
 
 // Naive double products y[r] = Σ W[r,c]·x[c], and Σ|W[r,c]·x[c]| for tolerances.
-void naive(const std::vector<float>& W, int rows, int cols, const std::vector<double>& x,
-           std::vector<double>* y, std::vector<double>* mag) {
+void naive(const std::vector<float>& W, int rows, int cols, const std::vector<double>& x, std::vector<double>* y,
+           std::vector<double>* mag) {
   y->assign(size_t(rows), 0.0);
   mag->assign(size_t(rows), 0.0);
   for (int r = 0; r < rows; ++r) {
@@ -142,14 +142,13 @@ const WeightFormat kFormats[] = {WeightFormat::F32, WeightFormat::BF16, WeightFo
 
 std::vector<Shape> shapes_for(WeightFormat f) {
   if (!is_quant(f))
-    return {{1, 1, 0},     {3, 5, 0},     {7, 17, 0},   {9, 31, 0},     {13, 100, 0},
+    return {{1, 1, 0},     {3, 5, 0},    {7, 17, 0},    {9, 31, 0},  {13, 100, 0},
             {16, 2048, 0}, {33, 257, 0}, {70, 2048, 0}, {5, 8192, 0}};
   // cols: multiples of the group only, with 32/64/96-column tails after the
   // 128-column blocks; rows: not multiples of the kernels' row tiles.
-  return {{1, 32, 32},    {7, 96, 32},    {9, 160, 32},    {13, 224, 32}, {33, 2080, 32},
-          {70, 2048, 32}, {5, 8192, 32},  {3, 64, 64},     {11, 192, 64}, {17, 2048, 64},
-          {6, 128, 128},  {10, 384, 128}, {19, 2048, 128}, {4, 768, 256}, {9, 2048, 256},
-          {5, 1152, 384}};
+  return {{1, 32, 32},     {7, 96, 32},   {9, 160, 32},   {13, 224, 32},  {33, 2080, 32}, {70, 2048, 32},
+          {5, 8192, 32},   {3, 64, 64},   {11, 192, 64},  {17, 2048, 64}, {6, 128, 128},  {10, 384, 128},
+          {19, 2048, 128}, {4, 768, 256}, {9, 2048, 256}, {5, 1152, 384}};
 }
 
 TEST(Gemv, DispatchNames) {
@@ -280,8 +279,8 @@ TEST(Gemv, GemmRowsEqualsRepeatedGemvRows) {
             if (r < 2 || r >= rows) {
               EXPECT_EQ(got, -7.0f);
             } else {
-              EXPECT_EQ(got, y[size_t(r)]) << isa << " " << md::weight_format_name(f) << " m=" << m
-                                           << " i=" << i << " r=" << r;
+              EXPECT_EQ(got, y[size_t(r)])
+                  << isa << " " << md::weight_format_name(f) << " m=" << m << " i=" << i << " r=" << r;
             }
           }
         }
@@ -378,10 +377,11 @@ TEST(Quant, ErrorBounds) {
       EXPECT_LE(e4.mean_group, b4) << isa << " Q4 g" << group;
       EXPECT_LE(e4.worst_group, 0.16) << isa << " Q4 g" << group;
       if (group == 32)
-        std::printf("[%s] gaussian g32 rel RMS: Q8 %.3f%% (worst group %.3f%%), Q4 %.2f%% (mean group %.2f%%, "
-                    "worst %.2f%%)\n",
-                    isa.c_str(), 100 * e8.overall, 100 * e8.worst_group, 100 * e4.overall, 100 * e4.mean_group,
-                    100 * e4.worst_group);
+        std::printf(
+            "[%s] gaussian g32 rel RMS: Q8 %.3f%% (worst group %.3f%%), Q4 %.2f%% (mean group %.2f%%, "
+            "worst %.2f%%)\n",
+            isa.c_str(), 100 * e8.overall, 100 * e8.worst_group, 100 * e4.overall, 100 * e4.mean_group,
+            100 * e4.worst_group);
     }
     std::mt19937 rng(3);
     std::uniform_real_distribution<float> u(-0.1f, 0.1f);

@@ -41,8 +41,7 @@ struct MemImage {
   VImage img;
 };
 
-MemImage make_u8(int w, int h, int bands, const std::vector<uint8_t>& px,
-                 VipsInterpretation interp) {
+MemImage make_u8(int w, int h, int bands, const std::vector<uint8_t>& px, VipsInterpretation interp) {
   vips_ready();
   MemImage m;
   m.data = px;
@@ -89,9 +88,7 @@ md::RgbImage noise(int w, int h, unsigned seed) {
   return img;
 }
 
-const uint8_t* px(const md::RgbImage& img, int x, int y) {
-  return img.pixels.data() + (size_t(y) * img.width + x) * 3;
-}
+const uint8_t* px(const md::RgbImage& img, int x, int y) { return img.pixels.data() + (size_t(y) * img.width + x) * 3; }
 
 // ---- hand-made PNGs (stored deflate blocks; no zlib needed)
 
@@ -154,8 +151,7 @@ const std::vector<uint8_t> kPngSig = {0x89, 'P', 'N', 'G', 0x0d, 0x0a, 0x1a, 0x0
 
 // A PNG from already-packed scanlines (each `stride` bytes, filter none).
 std::vector<uint8_t> raw_png(int w, int h, uint8_t depth, uint8_t colour_type, int stride,
-                             const std::vector<uint8_t>& packed,
-                             const std::vector<uint8_t>& plte = {},
+                             const std::vector<uint8_t>& packed, const std::vector<uint8_t>& plte = {},
                              const std::vector<uint8_t>& trns = {}) {
   std::vector<uint8_t> png = kPngSig;
   chunk(png, "IHDR", ihdr(w, h, depth, colour_type));
@@ -172,8 +168,7 @@ std::vector<uint8_t> raw_png(int w, int h, uint8_t depth, uint8_t colour_type, i
 }
 
 // 8-bit palette PNG: `index` is h rows of w palette indices.
-std::vector<uint8_t> palette_png(int w, int h, const std::vector<uint8_t>& plte,
-                                 const std::vector<uint8_t>& trns,
+std::vector<uint8_t> palette_png(int w, int h, const std::vector<uint8_t>& plte, const std::vector<uint8_t>& trns,
                                  const std::vector<uint8_t>& index) {
   return raw_png(w, h, 8, 3, w, index, plte, trns);
 }
@@ -182,8 +177,7 @@ struct TempDir {
   std::filesystem::path path;
   TempDir() {
     std::random_device rd;
-    path = std::filesystem::temp_directory_path() /
-           ("md_image_test_" + std::to_string(rd()) + std::to_string(rd()));
+    path = std::filesystem::temp_directory_path() / ("md_image_test_" + std::to_string(rd()) + std::to_string(rd()));
     std::filesystem::create_directories(path);
   }
   ~TempDir() {
@@ -219,8 +213,7 @@ std::pair<int, int> tiling_reference(int height, int width, int crop_size, int m
   double min_w = std::ceil(double(width) / double(crop_size));
   if (min_h * min_w > max_crops) {
     double ratio = std::sqrt(double(max_crops) / (min_h * min_w));
-    return {int(std::max(1.0, std::floor(min_h * ratio))),
-            int(std::max(1.0, std::floor(min_w * ratio)))};
+    return {int(std::max(1.0, std::floor(min_h * ratio))), int(std::max(1.0, std::floor(min_w * ratio)))};
   }
   double h_tiles = std::floor(std::sqrt(double(max_crops) * height / width));
   double w_tiles = std::floor(std::sqrt(double(max_crops) * width / height));
@@ -241,14 +234,14 @@ TEST(SelectTiling, HandChecked) {
   } cases[] = {
       {368, 528, 12, 2, 4},    // 640×480 after the 112 px margins
       {2888, 3888, 12, 2, 4},  // 4000×3000: too many minimum tiles → proportional
-      {266, 266, 12, 1, 1},    {266, 5000, 12, 1, 1},  {5000, 266, 12, 1, 1},
-      {267, 267, 12, 3, 3},    {1000, 267, 12, 6, 2},  {5000, 5000, 12, 3, 3},
-      {300, 5000, 12, 1, 10},  {600, 900, 12, 3, 4},   {-111, -111, 12, 1, 1},
-      {-111, 5000, 12, 1, 1},  {388, 1888, 12, 1, 6},  {1888, 388, 12, 6, 1},
-      {1000, 1000, 1, 1, 1},   {1000, 1000, 2, 1, 1},  {1000, 600, 6, 2, 2},
-      {2000, 700, 9, 4, 1},    {532, 800, 12, 2, 4},   {798, 798, 12, 3, 3},
-      {267, 1099, 12, 2, 6},   {267, 1138, 12, 2, 6},  // th·tw > max_crops branch
-      {297, 1887, 1, 1, 2},  // the official formula can exceed max_crops (max(1, ·))
+      {266, 266, 12, 1, 1},   {266, 5000, 12, 1, 1}, {5000, 266, 12, 1, 1},
+      {267, 267, 12, 3, 3},   {1000, 267, 12, 6, 2}, {5000, 5000, 12, 3, 3},
+      {300, 5000, 12, 1, 10}, {600, 900, 12, 3, 4},  {-111, -111, 12, 1, 1},
+      {-111, 5000, 12, 1, 1}, {388, 1888, 12, 1, 6}, {1888, 388, 12, 6, 1},
+      {1000, 1000, 1, 1, 1},  {1000, 1000, 2, 1, 1}, {1000, 600, 6, 2, 2},
+      {2000, 700, 9, 4, 1},   {532, 800, 12, 2, 4},  {798, 798, 12, 3, 3},
+      {267, 1099, 12, 2, 6},  {267, 1138, 12, 2, 6},  // th·tw > max_crops branch
+      {297, 1887, 1, 1, 2},                           // the official formula can exceed max_crops (max(1, ·))
   };
   for (const Case& c : cases) {
     md::Tiling t = md::select_tiling(c.h, c.w, 266, c.max_crops);
@@ -292,10 +285,9 @@ TEST(SelectTiling, MatchesFormulaOtherParameters) {
 // scale = target / size on each axis.
 VImage resize_like_official(const md::RgbImage& img, int target_w, int target_h) {
   vips_ready();
-  VImage src = VImage::new_from_memory(const_cast<uint8_t*>(img.pixels.data()), img.pixels.size(),
-                                       img.width, img.height, 3, VIPS_FORMAT_UCHAR);
-  return src.resize(double(target_w) / img.width,
-                    VImage::option()->set("vscale", double(target_h) / img.height));
+  VImage src = VImage::new_from_memory(const_cast<uint8_t*>(img.pixels.data()), img.pixels.size(), img.width,
+                                       img.height, 3, VIPS_FORMAT_UCHAR);
+  return src.resize(double(target_w) / img.width, VImage::option()->set("vscale", double(target_h) / img.height));
 }
 
 std::vector<uint8_t> pixels_of(const VImage& img) {
@@ -328,8 +320,7 @@ TEST(Crops, Square378IsOneTile) {
 }
 
 TEST(Crops, TinyImages) {
-  for (auto [w, h] : {std::pair{1, 1}, std::pair{1, 500}, std::pair{500, 1}, std::pair{2, 3},
-                      std::pair{377, 1}}) {
+  for (auto [w, h] : {std::pair{1, 1}, std::pair{1, 500}, std::pair{500, 1}, std::pair{2, 3}, std::pair{377, 1}}) {
     md::RgbImage img = solid(w, h, 10, 200, 30);
     md::Crops c = md::make_crops(img, {});
     EXPECT_EQ(c.tiling.rows, 1) << w << "×" << h;
@@ -349,8 +340,8 @@ TEST(Crops, TinyImages) {
     for (int y = 0; y < 378; ++y)
       for (int x = 1; x < 378; ++x)
         ASSERT_EQ(std::memcmp(c.crop(i) + (y * 378 + x) * 3, c.crop(i) + y * 378 * 3, 3), 0);
-  EXPECT_LT(c.crop(0)[0], 10);                       // top ≈ 0
-  EXPECT_GT(c.crop(0)[(377 * 378) * 3], 240);        // bottom ≈ 249
+  EXPECT_LT(c.crop(0)[0], 10);                 // top ≈ 0
+  EXPECT_GT(c.crop(0)[(377 * 378) * 3], 240);  // bottom ≈ 249
 }
 
 TEST(Crops, Landscape640x480) {
@@ -372,9 +363,7 @@ TEST(Crops, Landscape640x480) {
     for (int j = 0; j < 4; ++j) {
       const uint8_t* crop = c.crop(1 + i * 4 + j);
       for (int y = 0; y < 378; ++y)
-        ASSERT_EQ(std::memcmp(crop + y * 378 * 3, r.data() + ((i * 266 + y) * 1176 + j * 266) * 3,
-                              378 * 3),
-                  0)
+        ASSERT_EQ(std::memcmp(crop + y * 378 * 3, r.data() + ((i * 266 + y) * 1176 + j * 266) * 3, 378 * 3), 0)
             << "tile " << i << "," << j << " row " << y;
     }
   // Global crop: the whole image squashed to 378×378.
@@ -408,8 +397,8 @@ TEST(Crops, Large4000x3000) {
 }
 
 TEST(Crops, GlobalCropOfSolidColourIsThatColour) {
-  for (auto [w, h] : {std::pair{640, 480}, std::pair{100, 1000}, std::pair{3000, 200},
-                      std::pair{379, 377}, std::pair{1234, 567}}) {
+  for (auto [w, h] :
+       {std::pair{640, 480}, std::pair{100, 1000}, std::pair{3000, 200}, std::pair{379, 377}, std::pair{1234, 567}}) {
     md::RgbImage img = solid(w, h, 12, 34, 250);
     md::Crops c = md::make_crops(img, {});
     expect_solid(c, 0, 12, 34, 250);
@@ -424,8 +413,7 @@ TEST(Crops, VipsResizeHitsTargetSizes) {
   vips_ready();
   std::vector<uint8_t> line(5000 * 2 * 3, 100);
   for (int n = 1; n <= 5000; n += (n < 600 ? 1 : 7)) {
-    VImage src = VImage::new_from_memory(line.data(), size_t(n) * 2 * 3, n, 2, 3,
-                                         VIPS_FORMAT_UCHAR);
+    VImage src = VImage::new_from_memory(line.data(), size_t(n) * 2 * 3, n, 2, 3, VIPS_FORMAT_UCHAR);
     for (int target : {378, 644, 910, 1176, 3304}) {
       VImage out = src.resize(double(target) / n, VImage::option()->set("vscale", 1.0));
       ASSERT_EQ(out.width(), target) << n << " → " << target;
@@ -546,8 +534,7 @@ TEST(Decode, SixteenBitKeepsHighByte) {
   const int w = 6, h = 5;
   std::vector<uint16_t> rgb16(w * h * 3);
   for (size_t i = 0; i < rgb16.size(); ++i) rgb16[i] = uint16_t(i * 2203 + 0x00ff);
-  VImage img = VImage::new_from_memory(rgb16.data(), rgb16.size() * 2, w, h, 3,
-                                       VIPS_FORMAT_USHORT)
+  VImage img = VImage::new_from_memory(rgb16.data(), rgb16.size() * 2, w, h, 3, VIPS_FORMAT_USHORT)
                    .copy(VImage::option()->set("interpretation", int(VIPS_INTERPRETATION_RGB16)));
   auto png = png_of(img);
   ASSERT_EQ(png[24], 16);  // IHDR bit depth
@@ -557,9 +544,8 @@ TEST(Decode, SixteenBitKeepsHighByte) {
 
   std::vector<uint16_t> g16(w * h);
   for (size_t i = 0; i < g16.size(); ++i) g16[i] = uint16_t(i * 2111 + 0x80);
-  VImage grey =
-      VImage::new_from_memory(g16.data(), g16.size() * 2, w, h, 1, VIPS_FORMAT_USHORT)
-          .copy(VImage::option()->set("interpretation", int(VIPS_INTERPRETATION_GREY16)));
+  VImage grey = VImage::new_from_memory(g16.data(), g16.size() * 2, w, h, 1, VIPS_FORMAT_USHORT)
+                    .copy(VImage::option()->set("interpretation", int(VIPS_INTERPRETATION_GREY16)));
   auto gpng = png_of(grey);
   ASSERT_EQ(gpng[24], 16);
   md::RgbImage gg = md::decode_image(gpng);
@@ -569,8 +555,7 @@ TEST(Decode, SixteenBitKeepsHighByte) {
   // 16-bit RGBA: alpha dropped after the same reduction.
   std::vector<uint16_t> rgba16(w * h * 4);
   for (size_t i = 0; i < rgba16.size(); ++i) rgba16[i] = uint16_t(i * 977 + 3);
-  VImage rgba = VImage::new_from_memory(rgba16.data(), rgba16.size() * 2, w, h, 4,
-                                        VIPS_FORMAT_USHORT)
+  VImage rgba = VImage::new_from_memory(rgba16.data(), rgba16.size() * 2, w, h, 4, VIPS_FORMAT_USHORT)
                     .copy(VImage::option()->set("interpretation", int(VIPS_INTERPRETATION_RGB16)));
   md::RgbImage ga = md::decode_image(png_of(rgba));
   for (int i = 0; i < w * h; ++i)
@@ -583,8 +568,7 @@ TEST(Decode, PalettePngBecomesRgb) {
   auto check = [&](const md::RgbImage& got) {
     ASSERT_EQ(got.width, 4);
     ASSERT_EQ(got.height, 2);
-    for (int i = 0; i < 8; ++i)
-      EXPECT_EQ(std::memcmp(&got.pixels[i * 3], &plte[index[i] * 3], 3), 0) << i;
+    for (int i = 0; i < 8; ++i) EXPECT_EQ(std::memcmp(&got.pixels[i * 3], &plte[index[i] * 3], 3), 0) << i;
   };
   check(md::decode_image(palette_png(4, 2, plte, {}, index)));
   // With transparency: alpha dropped, palette colours kept.
@@ -619,8 +603,7 @@ TEST(Decode, LowBitDepthPngsAreScaled) {
     std::vector<uint8_t> plte = {1, 2, 3, 40, 50, 60, 200, 210, 220};
     md::RgbImage g = md::decode_image(raw_png(4, 1, 4, 3, 2, {0x20, 0x12}, plte));
     const int idx[4] = {2, 0, 1, 2};
-    for (int x = 0; x < 4; ++x)
-      EXPECT_EQ(std::memcmp(&g.pixels[x * 3], &plte[idx[x] * 3], 3), 0) << x;
+    for (int x = 0; x < 4; ++x) EXPECT_EQ(std::memcmp(&g.pixels[x * 3], &plte[idx[x] * 3], 3), 0) << x;
   }
 }
 
@@ -735,23 +718,19 @@ TEST(DecodeErrors, EmptyAndUnknown) {
 
 TEST(DecodeErrors, OtherFormatsRefused) {
   // A valid 1×1 GIF.
-  std::vector<uint8_t> gif = {0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80,
-                              0x00, 0x00, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x21, 0xf9, 0x04,
-                              0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00, 0x01,
-                              0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b};
+  std::vector<uint8_t> gif = {0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0xff, 0xff,
+                              0xff, 0x00, 0x00, 0x00, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00,
+                              0x00, 0x00, 0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b};
   EXPECT_EQ(error_of(gif), "image: not a JPEG, PNG or WebP file");
   // Real TIFF made by vips, and other formats' magic bytes.
   MemImage m = make_u8(4, 4, 3, std::vector<uint8_t>(48, 9), VIPS_INTERPRETATION_sRGB);
   EXPECT_EQ(error_of(blob_bytes(m.img.tiffsave_buffer())), "image: not a JPEG, PNG or WebP file");
   using namespace std::string_literals;
   for (const std::string& s :
-       {"<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"10\" height=\"10\"/>"s,
-        "<?xml version=\"1.0\"?><svg/>"s, "%PDF-1.4\n"s, "BM\x36\0\0\0\0\0\0\0"s,
-        "P6\n1 1\n255\nabc"s, "RIFF\x10\0\0\0WAVEfmt "s, "\0\0\0\x0cjP  \r\n\x87\n"s,
-        "II*\0\x08\0\0\0"s, "MM\0*\0\0\0\x08"s, "\xff\xd8"s})
-    EXPECT_EQ(error_of(std::vector<uint8_t>(s.begin(), s.end())),
-              "image: not a JPEG, PNG or WebP file")
-        << s;
+       {"<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"10\" height=\"10\"/>"s, "<?xml version=\"1.0\"?><svg/>"s,
+        "%PDF-1.4\n"s, "BM\x36\0\0\0\0\0\0\0"s, "P6\n1 1\n255\nabc"s, "RIFF\x10\0\0\0WAVEfmt "s,
+        "\0\0\0\x0cjP  \r\n\x87\n"s, "II*\0\x08\0\0\0"s, "MM\0*\0\0\0\x08"s, "\xff\xd8"s})
+    EXPECT_EQ(error_of(std::vector<uint8_t>(s.begin(), s.end())), "image: not a JPEG, PNG or WebP file") << s;
 }
 
 TEST(DecodeErrors, OtherLibvipsLoadersAreBlocked) {
@@ -829,10 +808,10 @@ TEST(DecodeErrors, HugeWebpCanvasRefusedBeforeLibvipsAllocatesIt) {
   // Found by fuzz_image: a 44-byte lossy WebP declaring 12131×9070. libvips'
   // WebP header load callocs the whole 440 MB canvas, so the size must be
   // read (libwebp) and refused before libvips sees the file.
-  const std::vector<uint8_t> webp = {
-      0x52, 0x49, 0x46, 0x46, 0x24, 0x00, 0x00, 0x00, 0x57, 0x45, 0x42, 0x50, 0x56, 0x50, 0x38,
-      0x20, 0x18, 0x00, 0x00, 0x00, 0x30, 0x01, 0x00, 0x9d, 0x01, 0x2a, 0x63, 0x6f, 0x6e, 0x63,
-      0x63, 0x2f, 0x6e, 0x63, 0x01, 0x40, 0x26, 0x25, 0xa4, 0xfe, 0xfd, 0x20, 0x50, 0x00};
+  const std::vector<uint8_t> webp = {0x52, 0x49, 0x46, 0x46, 0x24, 0x00, 0x00, 0x00, 0x57, 0x45, 0x42,
+                                     0x50, 0x56, 0x50, 0x38, 0x20, 0x18, 0x00, 0x00, 0x00, 0x30, 0x01,
+                                     0x00, 0x9d, 0x01, 0x2a, 0x63, 0x6f, 0x6e, 0x63, 0x63, 0x2f, 0x6e,
+                                     0x63, 0x01, 0x40, 0x26, 0x25, 0xa4, 0xfe, 0xfd, 0x20, 0x50, 0x00};
   const std::string want = "image: 12131×9070 pixels exceeds the limit of 1000000";
   EXPECT_EQ(error_of(webp, 1'000'000), want);
 #if defined(__SANITIZE_ADDRESS__)
@@ -866,8 +845,8 @@ TEST(DecodeErrors, HugeWebpCanvasRefusedBeforeLibvipsAllocatesIt) {
 double bf16_ref(double v) {
   if (v == 0) return v;
   int exp;
-  double m = std::frexp(v, &exp);  // v = m·2^exp, 0.5 ≤ |m| < 1
-  double scaled = std::ldexp(m, 8);  // 8 significant bits
+  double m = std::frexp(v, &exp);     // v = m·2^exp, 0.5 ≤ |m| < 1
+  double scaled = std::ldexp(m, 8);   // 8 significant bits
   double r = std::nearbyint(scaled);  // default rounding: ties to even
   return std::ldexp(r, exp - 8);
 }
@@ -914,8 +893,8 @@ TEST(DumpCrops, WritesCropsAndJson) {
   md::RgbImage ref = noise(640, 480, 8);
   MemImage m = make_u8(640, 480, 3, ref.pixels, VIPS_INTERPRETATION_sRGB);
   write_file(dir.path / "in.png", png_of(m.img));
-  std::string cmd = "'" + tool.string() + "' '" + (dir.path / "in.png").string() + "' '" +
-                    (dir.path / "out").string() + "' --max-crops 6";
+  std::string cmd = "'" + tool.string() + "' '" + (dir.path / "in.png").string() + "' '" + (dir.path / "out").string() +
+                    "' --max-crops 6";
   ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
   md::CropParams p;
   p.max_crops = 6;

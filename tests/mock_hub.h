@@ -68,11 +68,11 @@ struct MockRepo {
 class MockHub {
  public:
   std::map<std::string, MockRepo> repos;
-  std::map<std::string, std::string> renamed;  // old repo id → new repo id (relative redirect)
-  std::map<std::string, size_t> cut_first;     // sha256 → body bytes sent before the first GET drops
-  std::set<std::string> cut_always;            // sha256 → every GET drops before any body byte
-  std::set<std::string> ignore_range;          // sha256 → Range requests get a full 200
-  std::set<std::string> corrupt;               // sha256 → one byte of the body is flipped
+  std::map<std::string, std::string> renamed;    // old repo id → new repo id (relative redirect)
+  std::map<std::string, size_t> cut_first;       // sha256 → body bytes sent before the first GET drops
+  std::set<std::string> cut_always;              // sha256 → every GET drops before any body byte
+  std::set<std::string> ignore_range;            // sha256 → Range requests get a full 200
+  std::set<std::string> corrupt;                 // sha256 → one byte of the body is flipped
   std::map<std::string, long long> linked_size;  // sha256 → X-Linked-Size override
 
   MockHub() {
@@ -201,14 +201,12 @@ class MockHub {
     }
     auto fit = repo.files.find(file);
     if (fit == repo.files.end()) {
-      return respond(c, rq, 404, "Not Found",
-                     {{"X-Error-Code", "EntryNotFound"}, {"X-Repo-Commit", repo.commit}}, "");
+      return respond(c, rq, 404, "Not Found", {{"X-Error-Code", "EntryNotFound"}, {"X-Repo-Commit", repo.commit}}, "");
     }
     const MockFile& f = fit->second;
     const std::string sha = sha256_hex(f.content);
     if (f.lfs) {
-      const long long size =
-          linked_size.count(sha) ? linked_size[sha] : static_cast<long long>(f.content.size());
+      const long long size = linked_size.count(sha) ? linked_size[sha] : static_cast<long long>(f.content.size());
       return respond(c, rq, 302, "Found",
                      {{"Location", url() + "/cdn/" + sha},
                       {"X-Repo-Commit", repo.commit},
@@ -238,12 +236,13 @@ class MockHub {
     if (!range.empty() && !ignore_range.count(sha)) {
       start = std::stoull(range.substr(6));  // bytes=N-
       if (start >= body.size()) {
-        return respond(c, rq, 416, "Range Not Satisfiable", {{"Content-Range", "bytes */" + std::to_string(body.size())}}, "");
+        return respond(c, rq, 416, "Range Not Satisfiable",
+                       {{"Content-Range", "bytes */" + std::to_string(body.size())}}, "");
       }
       const std::string part = body.substr(start);
       return respond(c, rq, 206, "Partial Content",
-                     {{"Content-Range", "bytes " + std::to_string(start) + "-" + std::to_string(body.size() - 1) +
-                                            "/" + std::to_string(body.size())},
+                     {{"Content-Range", "bytes " + std::to_string(start) + "-" + std::to_string(body.size() - 1) + "/" +
+                                            std::to_string(body.size())},
                       {"ETag", "\"" + sha + "\""}},
                      part);
     }

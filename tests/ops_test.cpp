@@ -126,8 +126,7 @@ TEST(Attention, KeysSplitIntoABaseAndOwnRowsGiveTheSameResult) {
               KVRows{k.data() + off, v.data() + off, s.n_k - base_rows}, split.data());
     for (size_t i = 0; i < whole.size(); ++i) EXPECT_NEAR(split[i], whole[i], 1e-6) << "base " << base_rows;
   }
-  EXPECT_THROW(attention(s, mask, q.data(), KVRows{k.data(), v.data(), 2}, KVRows{k.data(), v.data(), 2},
-                         split.data()),
+  EXPECT_THROW(attention(s, mask, q.data(), KVRows{k.data(), v.data(), 2}, KVRows{k.data(), v.data(), 2}, split.data()),
                Error);
 }
 
@@ -298,8 +297,8 @@ TEST(Linear, Int8WithPerRowScalesMatchesTheDequantisedWeights) {
   // of 16 groups in the repacking; 35, 40, 100 rows end in partial row tiles.
   ASSERT_FALSE(quant_group_ok(144, 144));
   ASSERT_TRUE(quant_layout_ok(WeightFormat::Q8, 144, 144));
-  for (const auto& [in, out] : {std::pair{256, 300}, std::pair{256, 16}, std::pair{144, 600}, std::pair{1168, 176},
-                                 std::pair{512, 96}}) {
+  for (const auto& [in, out] :
+       {std::pair{256, 300}, std::pair{256, 16}, std::pair{144, 600}, std::pair{1168, 176}, std::pair{512, 96}}) {
     const auto W = random_vec(size_t(in) * out, 21), B = random_vec(out, 22);
     const QuantizedWeights q = quantize(W.data(), WeightFormat::F32, out, in, WeightFormat::Q8, in);
     std::vector<float> wd;
@@ -371,7 +370,8 @@ struct Int8AttentionRun {
   std::vector<float> ref, got;
   double vmax = 0;
 };
-Int8AttentionRun run_attention_both_ways(AttentionShape shape, const AttentionMask& mask, const std::vector<float>& qkv) {
+Int8AttentionRun run_attention_both_ways(AttentionShape shape, const AttentionMask& mask,
+                                         const std::vector<float>& qkv) {
   const int dim = shape.n_heads * shape.head_dim;
   Int8AttentionRun r;
   r.ref.resize(size_t(shape.n_q) * dim);
@@ -424,7 +424,7 @@ TEST(Attention, Int8KeepsTheDiffuseMassOfAPeakedRow) {
   const int n = 200, hd = 72;
   auto qkv = random_vec(size_t(n) * 3 * hd, 61, 0.01f);
   for (int i = 0; i < n; ++i) qkv[size_t(i) * 3 * hd] = 5.0f * std::sqrt(float(hd));  // q = (5·√72, ~0…)
-  qkv[hd] = 1.0f;                                                                       // key 0 = (1, ~0…)
+  qkv[hd] = 1.0f;                                                                     // key 0 = (1, ~0…)
   const auto values = random_vec(size_t(n) * hd, 62, 1.0f);
   for (int j = 0; j < n; ++j)
     for (int c = 0; c < hd; ++c) qkv[size_t(j) * 3 * hd + 2 * hd + c] = j == 0 ? 4.0f : values[size_t(j) * hd + c];

@@ -84,8 +84,8 @@ TEST(Quantization, Top1AgreementAndEmbeddings) {
   }
   ASSERT_GT(n, 100u);
   const double r8 = double(agree8) / n, r4 = double(agree4) / n;
-  std::printf("  top-1 agreement over %zu teacher-forced positions: int8 %.3f (>= %.2f), q4 %.3f (>= %.2f)\n", n,
-              r8, kInt8MinTop1, r4, kQ4MinTop1);
+  std::printf("  top-1 agreement over %zu teacher-forced positions: int8 %.3f (>= %.2f), q4 %.3f (>= %.2f)\n", n, r8,
+              kInt8MinTop1, r4, kQ4MinTop1);
   std::printf("  image embeddings, max abs error (max |value| %.3f): int8 %.4f, q4 %.4f (<= %.2f of max)\n", emb_scale,
               emb_err8, emb_err4, kMaxEmbeddingError);
   EXPECT_GT(emb_err8, 0.0) << "int8 vision tower identical: is it really quantised?";
@@ -150,7 +150,8 @@ TEST(Quantization, CacheFileIsWrittenOnceReusedAndRebuiltWhenStale) {
   EXPECT_FALSE(Moondream::load(dir.string(), o8)->weights().quant_cache_hit);
 
   // Changed weights (a new modification time) make the file stale.
-  fs::last_write_time(dir / "model.safetensors", fs::last_write_time(dir / "model.safetensors") + std::chrono::seconds(5));
+  fs::last_write_time(dir / "model.safetensors",
+                      fs::last_write_time(dir / "model.safetensors") + std::chrono::seconds(5));
   EXPECT_FALSE(Moondream::load(dir.string(), o8)->weights().quant_cache_hit);
   EXPECT_TRUE(Moondream::load(dir.string(), o8)->weights().quant_cache_hit);
 

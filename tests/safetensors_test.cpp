@@ -59,8 +59,8 @@ double ref_round_to_half(float f) {
   if (std::isinf(x)) return std::copysign(INFINITY, f);
   if (x == 0) return std::copysign(0.0, f);
   int e;
-  std::frexp(x, &e);  // x = m * 2^e, m in [0.5, 1)
-  int ulp_exp = std::max(e - 11, -24);  // 11 significant bits; subnormal ulp 2^-24
+  std::frexp(x, &e);                                   // x = m * 2^e, m in [0.5, 1)
+  int ulp_exp = std::max(e - 11, -24);                 // 11 significant bits; subnormal ulp 2^-24
   double q = std::nearbyint(std::ldexp(x, -ulp_exp));  // default rounding: ties to even
   double r = std::ldexp(q, ulp_exp);
   if (r >= 65520.0 || r > 65504.0) r = INFINITY;
@@ -154,12 +154,12 @@ std::string error_of(F&& f) {
   return "";
 }
 
-#define EXPECT_ERROR_HAS(expr, ...)                                                   \
-  do {                                                                                \
-    const std::string msg_ = error_of([&] { (void)(expr); });                         \
-    for (const std::string& sub_ : std::vector<std::string>{__VA_ARGS__})             \
+#define EXPECT_ERROR_HAS(expr, ...)                                                         \
+  do {                                                                                      \
+    const std::string msg_ = error_of([&] { (void)(expr); });                               \
+    for (const std::string& sub_ : std::vector<std::string>{__VA_ARGS__})                   \
       EXPECT_NE(msg_.find(sub_), std::string::npos) << "'" << sub_ << "' not in: " << msg_; \
-    EXPECT_EQ(msg_.find('\n'), std::string::npos) << "multi-line message: " << msg_;  \
+    EXPECT_EQ(msg_.find('\n'), std::string::npos) << "multi-line message: " << msg_;        \
   } while (0)
 
 class TempDir : public ::testing::Test {
@@ -213,8 +213,7 @@ TEST(DType, F16ToF32ExhaustiveVsReference) {
   for (uint32_t h = 0; h < 65536; ++h) std::memcpy(buf.data() + 1 + 2 * h, &h, 2);
   std::vector<float> out(65536);
   md::convert_to_f32(DType::F16, buf.data() + 1, out.data(), out.size());
-  for (uint32_t h = 0; h < 65536; ++h)
-    ASSERT_EQ(fbits(out[h]), fbits(md::f16_to_f32(uint16_t(h)))) << std::hex << h;
+  for (uint32_t h = 0; h < 65536; ++h) ASSERT_EQ(fbits(out[h]), fbits(md::f16_to_f32(uint16_t(h)))) << std::hex << h;
 }
 
 TEST(DType, F32ToF16RoundTripsEveryHalf) {
@@ -262,8 +261,8 @@ TEST(DType, F32ToF16SpecialsAndRandomVsReference) {
   EXPECT_EQ(md::f32_to_f16(std::ldexp(1.0f, -24)), 0x0001);  // smallest subnormal
   EXPECT_EQ(md::f32_to_f16(std::ldexp(1.0f, -25)), 0x0000);  // tie -> even (zero)
   EXPECT_EQ(md::f32_to_f16(std::nextafter(std::ldexp(1.0f, -25), 1.0f)), 0x0001);
-  EXPECT_EQ(md::f32_to_f16(std::ldexp(3.0f, -25)), 0x0002);  // 1.5 ulp tie -> 2
-  EXPECT_EQ(md::f32_to_f16(std::ldexp(1.0f, -14)), 0x0400);  // smallest normal
+  EXPECT_EQ(md::f32_to_f16(std::ldexp(3.0f, -25)), 0x0002);                        // 1.5 ulp tie -> 2
+  EXPECT_EQ(md::f32_to_f16(std::ldexp(1.0f, -14)), 0x0400);                        // smallest normal
   EXPECT_EQ(md::f32_to_f16(std::nextafter(std::ldexp(1.0f, -14), 0.0f)), 0x0400);  // rounds up into normal
   EXPECT_EQ(md::f32_to_f16(std::numeric_limits<float>::denorm_min()), 0x0000);
   EXPECT_EQ(md::f32_to_f16(-std::numeric_limits<float>::denorm_min()), 0x8000);
@@ -442,8 +441,7 @@ TEST_F(Safetensors, AbsurdHeaderLength) {
   put_u64(s, 150'000'000);
   write_file(p, s);
   fs::resize_file(p, 8 + 150'000'000);
-  EXPECT_ERROR_HAS(md::SafetensorsFile::open(p.string()), p.string(), "header length 150000000",
-                   "implausibly large");
+  EXPECT_ERROR_HAS(md::SafetensorsFile::open(p.string()), p.string(), "header length 150000000", "implausibly large");
 }
 
 TEST_F(Safetensors, BadHeaderJson) {
@@ -454,8 +452,9 @@ TEST_F(Safetensors, BadHeaderJson) {
   EXPECT_ERROR_HAS(md::SafetensorsFile::open(p.string()), p.string(), "not a JSON object");
   write_raw(p, std::string("{\"a\"\n: \x01}"), "");
   EXPECT_ERROR_HAS(md::SafetensorsFile::open(p.string()), p.string(), "invalid JSON");
-  write_raw(p, "{\"x\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
-               "\"x\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}",
+  write_raw(p,
+            "{\"x\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+            "\"x\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}",
             std::string(8, '\0'));
   EXPECT_ERROR_HAS(md::SafetensorsFile::open(p.string()), p.string(), "'x' twice");
 }
@@ -531,8 +530,7 @@ TEST_F(Safetensors, Metadata) {
 }
 
 TEST_F(Safetensors, NotAFile) {
-  EXPECT_ERROR_HAS(md::SafetensorsFile::open(path("nope.safetensors").string()), "nope.safetensors",
-                   "cannot open");
+  EXPECT_ERROR_HAS(md::SafetensorsFile::open(path("nope.safetensors").string()), "nope.safetensors", "cannot open");
   EXPECT_ERROR_HAS(md::SafetensorsFile::open(dir()), dir(), "not a regular file");
 }
 
@@ -584,8 +582,9 @@ void write_index(const fs::path& p, const json& weight_map) {
 TEST_F(Weights, Sharded) {
   write_st(path("model-00001-of-00002.safetensors"),
            {f32("model.text.wte", {3, 2}), f32("model.text.post_ln.weight", {2})});
-  write_st(path("model-00002-of-00002.safetensors"),
-           {{"model.text.post_ln.bias", "BF16", {2}, bf16_bytes({1.0f, -1.0f})}, f32("model.text.lm_head.weight", {3, 2})});
+  write_st(
+      path("model-00002-of-00002.safetensors"),
+      {{"model.text.post_ln.bias", "BF16", {2}, bf16_bytes({1.0f, -1.0f})}, f32("model.text.lm_head.weight", {3, 2})});
   write_index(path("model.safetensors.index.json"),
               {{"model.text.wte", "model-00001-of-00002.safetensors"},
                {"model.text.post_ln.weight", "model-00001-of-00002.safetensors"},
@@ -641,8 +640,8 @@ TEST_F(Weights, ShardedErrors) {
 }
 
 TEST_F(Weights, Legacy2024LayoutAndOrigMod) {
-  const std::vector<float> coord{1, 2, 3, 4, 5, 6, 7, 8};           // [8,1] -> [1,8]
-  const std::vector<float> size{1, 2, 3, 4, 5, 6, 7, 8, 9, 10};     // [5,2] -> [2,5]
+  const std::vector<float> coord{1, 2, 3, 4, 5, 6, 7, 8};        // [8,1] -> [1,8]
+  const std::vector<float> size{1, 2, 3, 4, 5, 6, 7, 8, 9, 10};  // [5,2] -> [2,5]
   const std::vector<std::pair<std::string, std::string>> renames = {
       {"vision_encoder.encoder.model.visual.patch_embed.linear.weight", "vision.patch_emb.weight"},
       {"vision_encoder.encoder.model.visual.patch_embed.linear.bias", "vision.patch_emb.bias"},
@@ -721,8 +720,7 @@ TEST_F(Weights, LegacyFeaturesMustBe2D) {
 }
 
 TEST_F(Weights, DuplicateCanonicalNamesInOneFile) {
-  write_st(path("model.safetensors"),
-           {f32("model.text.wte", {2}), f32("text_model.transformer.embd.wte.weight", {2})});
+  write_st(path("model.safetensors"), {f32("model.text.wte", {2}), f32("text_model.transformer.embd.wte.weight", {2})});
   EXPECT_ERROR_HAS(md::WeightStore::open(dir()), path("model.safetensors").string(), "duplicates 'text.wte'");
 }
 

@@ -23,12 +23,13 @@ class ServerApi : public ::testing::Test {
     dir_ = new TempDir();
     port_ = free_port();
     backend_ = free_port();
-    const json limits = {{"max_body_bytes", 6'000'000}, {"max_image_bytes", 3'000'000}, {"max_image_pixels", 4'000'000}};
-    const json profile = tiny_profile(
-        port_, backend_,
-        {{"performance", {{"image_caching", true}, {"response_caching", true}, {"cache_max_mb", 64}}},
-         {"server", {{"allow_image_urls", true}, {"allow_private_image_urls", false}}},
-         {"limits", limits}});
+    const json limits = {
+        {"max_body_bytes", 6'000'000}, {"max_image_bytes", 3'000'000}, {"max_image_pixels", 4'000'000}};
+    const json profile =
+        tiny_profile(port_, backend_,
+                     {{"performance", {{"image_caching", true}, {"response_caching", true}, {"cache_max_mb", 64}}},
+                      {"server", {{"allow_image_urls", true}, {"allow_private_image_urls", false}}},
+                      {"limits", limits}});
     write_file(dir_->path / "configs" / "main.json", profile.dump(2));
     write_file(dir_->path / "configs" / "other.json", tiny_profile(port_, backend_).dump(2));
     server_ = new ServerProcess({"--config", (dir_->path / "configs" / "main.json").string(), "--pid-file",
@@ -85,8 +86,8 @@ TEST_F(ServerApi, HealthAndModels) {
   EXPECT_EQ(h["server"], "moondream-server");
   EXPECT_EQ(h["model"], "moondream2-tiny");
   EXPECT_EQ(h["pid"], server_->pid());
-  for (const char* k : {"model_path", "revision", "load_seconds", "uptime_seconds", "rss_bytes", "threads",
-                        "queue_depth", "cache"})
+  for (const char* k :
+       {"model_path", "revision", "load_seconds", "uptime_seconds", "rss_bytes", "threads", "queue_depth", "cache"})
     EXPECT_TRUE(h.contains(k)) << k;
   for (const char* k : {"hits", "misses", "entries", "bytes"}) EXPECT_TRUE(h["cache"][k].is_number()) << k;
   EXPECT_GT(h["rss_bytes"].get<double>(), 0);
@@ -111,17 +112,20 @@ TEST_F(ServerApi, GreedyAnswersEqualTheCli) {
     const json cap_cli = cli_json("caption", img, "--temperature 0 --max-tokens " + std::to_string(max_tokens));
     int status = 0;
     const json cap = post_json(*c, "/v1/caption",
-                               {{"image_url", data_uri(img)}, {"length", "normal"},
+                               {{"image_url", data_uri(img)},
+                                {"length", "normal"},
                                 {"settings", {{"temperature", 0}, {"max_tokens", max_tokens}}}},
                                &status);
     ASSERT_EQ(status, 200) << cap.dump();
     EXPECT_EQ(cap["caption"], cap_cli["caption"]) << name;
     EXPECT_EQ(cap["usage"]["completion_tokens"], cap_cli["tokens"].size()) << name;
 
-    const json q_cli = cli_json("query", img, "--question " + shell_quote(question) +
-                                                  " --temperature 0 --max-tokens " + std::to_string(max_tokens));
+    const json q_cli =
+        cli_json("query", img,
+                 "--question " + shell_quote(question) + " --temperature 0 --max-tokens " + std::to_string(max_tokens));
     const json q = post_json(*c, "/v1/query",
-                             {{"image_url", data_uri(img)}, {"question", question},
+                             {{"image_url", data_uri(img)},
+                              {"question", question},
                               {"settings", {{"temperature", 0}, {"max_tokens", max_tokens}}}},
                              &status);
     ASSERT_EQ(status, 200) << q.dump();
@@ -136,9 +140,8 @@ TEST_F(ServerApi, GreedyAnswersEqualTheCli) {
   EXPECT_EQ(d["objects"], d_cli["objects"]);
 
   const json p_cli = cli_json("point", img, "--object dog --max-objects 2");
-  const json p = post_json(*c, "/v1/point",
-                           {{"image_url", data_uri(img)}, {"object", "dog"}, {"settings", {{"max_objects", 2}}}},
-                           &status);
+  const json p = post_json(
+      *c, "/v1/point", {{"image_url", data_uri(img)}, {"object", "dog"}, {"settings", {{"max_objects", 2}}}}, &status);
   ASSERT_EQ(status, 200) << p.dump();
   EXPECT_EQ(p["points"], p_cli["points"]);
 }
@@ -179,17 +182,17 @@ TEST_F(ServerApi, ChatCompletionsPlainAndStreamingOverRawHttp) {
   const std::string img = data_uri(image("square_378.png"));
   const std::string question = "Describe the colours.";
   int status = 0;
-  const json q = post_json(*c, "/v1/query",
-                           {{"image_url", img}, {"question", question},
-                            {"settings", {{"temperature", 0}, {"max_tokens", 20}}}},
-                           &status);
+  const json q = post_json(
+      *c, "/v1/query",
+      {{"image_url", img}, {"question", question}, {"settings", {{"temperature", 0}, {"max_tokens", 20}}}}, &status);
   ASSERT_EQ(status, 200);
 
   json req = {{"model", "anything"},
               {"messages",
                {{{"role", "system"}, {"content", "You are helpful."}},
                 {{"role", "user"},
-                 {"content", {{{"type", "text"}, {"text", question}}, {{"type", "image_url"}, {"image_url", {{"url", img}}}}}}}}},
+                 {"content",
+                  {{{"type", "text"}, {"text", question}}, {{"type", "image_url"}, {"image_url", {{"url", img}}}}}}}}},
               {"temperature", 0},
               {"max_tokens", 20}};
   const json plain = post_json(*c, "/v1/chat/completions", req, &status);
@@ -226,13 +229,14 @@ TEST_F(ServerApi, ChatCompletionsPlainAndStreamingOverRawHttp) {
   EXPECT_EQ(usage["completion_tokens"], 20);
 
   // A bare string content with an earlier image turn works as chat history.
-  json hist = {{"messages",
-                {{{"role", "user"},
-                  {"content", {{{"type", "text"}, {"text", question}}, {{"type", "image_url"}, {"image_url", {{"url", img}}}}}}},
-                 {{"role", "assistant"}, {"content", q["answer"]}},
-                 {{"role", "user"}, {"content", "And the shapes?"}}}},
-               {"temperature", 0},
-               {"max_tokens", 8}};
+  json hist = {
+      {"messages",
+       {{{"role", "user"},
+         {"content", {{{"type", "text"}, {"text", question}}, {{"type", "image_url"}, {"image_url", {{"url", img}}}}}}},
+        {{"role", "assistant"}, {"content", q["answer"]}},
+        {{"role", "user"}, {"content", "And the shapes?"}}}},
+      {"temperature", 0},
+      {"max_tokens", 8}};
   const json h = post_json(*c, "/v1/chat/completions", hist, &status);
   EXPECT_EQ(status, 200) << h.dump();
   EXPECT_TRUE(h["choices"][0]["message"]["content"].is_string());
@@ -243,7 +247,8 @@ TEST_F(ServerApi, StopSequencesCutTheAnswer) {
   const std::string img = data_uri(image("solid_1000x700.png"));
   json req = {{"messages",
                {{{"role", "user"},
-                 {"content", {{{"type", "image_url"}, {"image_url", {{"url", img}}}}, {{"type", "text"}, {"text", "What?"}}}}}}},
+                 {"content",
+                  {{{"type", "image_url"}, {"image_url", {{"url", img}}}}, {{"type", "text"}, {"text", "What?"}}}}}}},
               {"temperature", 0},
               {"max_tokens", 30}};
   int status = 0;
@@ -275,10 +280,10 @@ TEST_F(ServerApi, OpenAiNpmClientPlainAndStreaming) {
   const json out = json::parse(r.out);
   auto c = api();
   int status = 0;
-  const json q = post_json(*c, "/v1/query",
-                           {{"image_url", data_uri(img)}, {"question", question},
-                            {"settings", {{"temperature", 0}, {"max_tokens", 24}}}},
-                           &status);
+  const json q = post_json(
+      *c, "/v1/query",
+      {{"image_url", data_uri(img)}, {"question", question}, {"settings", {{"temperature", 0}, {"max_tokens", 24}}}},
+      &status);
   ASSERT_EQ(status, 200);
   EXPECT_EQ(out["content"], q["answer"]);
   EXPECT_EQ(out["streamed"], q["answer"]);
@@ -305,7 +310,8 @@ TEST_F(ServerApi, ErrorStatuses) {
   expect_error(j, st, 400, "missing_field", "no question");
   j = post_json(*c, "/v1/detect", {{"image_url", img}}, &st);
   expect_error(j, st, 400, "missing_field", "no object");
-  j = post_json(*c, "/v1/caption", {{"image_url", "data:image/png;base64," + server::base64_encode("not an image")}}, &st);
+  j = post_json(*c, "/v1/caption", {{"image_url", "data:image/png;base64," + server::base64_encode("not an image")}},
+                &st);
   expect_error(j, st, 400, "invalid_image", "undecodable image");
   j = post_json(*c, "/v1/caption", {{"image_url", "data:image/png;base64,@@@@"}}, &st);
   expect_error(j, st, 400, "invalid_image", "bad base64");
@@ -330,8 +336,9 @@ TEST_F(ServerApi, ErrorStatuses) {
   expect_error(j, st, 400, "image_required", "chat without an image");
   j = post_json(*c, "/v1/chat/completions", {{"messages", json::array()}}, &st);
   expect_error(j, st, 400, "invalid_field", "no messages");
-  const json img_msg = {{"role", "user"},
-                        {"content", {{{"type", "image_url"}, {"image_url", {{"url", img}}}}, {{"type", "text"}, {"text", "?"}}}}};
+  const json img_msg = {
+      {"role", "user"},
+      {"content", {{{"type", "image_url"}, {"image_url", {{"url", img}}}}, {{"type", "text"}, {"text", "?"}}}}};
   j = post_json(*c, "/v1/chat/completions", {{"messages", {img_msg}}, {"n", 2}}, &st);
   expect_error(j, st, 400, "invalid_field", "n = 2");
   j = post_json(*c, "/v1/chat/completions", {{"messages", {img_msg, {{"role", "assistant"}, {"content", "x"}}}}}, &st);
@@ -370,11 +377,11 @@ TEST_F(ServerApi, CorsPreflightAndHeaders) {
   auto e = c->Get("/nope", {{"Origin", "http://a.test"}});
   ASSERT_TRUE(e);
   EXPECT_EQ(e->get_header_value("Access-Control-Allow-Origin"), "http://a.test");
-  auto s = c->Post("/v1/caption", {{"Origin", "http://a.test"}},
-                   json{{"image_url", data_uri(image("square_378.png"))}, {"stream", true},
-                        {"settings", {{"max_tokens", 4}}}}
-                       .dump(),
-                   "application/json");
+  auto s = c->Post(
+      "/v1/caption", {{"Origin", "http://a.test"}},
+      json{{"image_url", data_uri(image("square_378.png"))}, {"stream", true}, {"settings", {{"max_tokens", 4}}}}
+          .dump(),
+      "application/json");
   ASSERT_TRUE(s);
   EXPECT_EQ(s->get_header_value("Access-Control-Allow-Origin"), "http://a.test");
 }
@@ -384,9 +391,9 @@ TEST_F(ServerApi, SecondQuestionOnAnImageSkipsTheVisionEncoder) {
   const std::string img = data_uri(image("wide_1600x300.webp"));
   const json h0 = health();
   int status = 0;
-  const json a = post_json(*c, "/v1/query",
-                           {{"image_url", img}, {"question", "first question"}, {"settings", {{"max_tokens", 6}}}},
-                           &status);
+  const json a =
+      post_json(*c, "/v1/query",
+                {{"image_url", img}, {"question", "first question"}, {"settings", {{"max_tokens", 6}}}}, &status);
   ASSERT_EQ(status, 200) << a.dump();
   EXPECT_EQ(a["timings"]["image_cache"], "miss");
   EXPECT_GT(a["timings"]["vision_s"].get<double>(), 0.0);
@@ -396,9 +403,9 @@ TEST_F(ServerApi, SecondQuestionOnAnImageSkipsTheVisionEncoder) {
   EXPECT_GE(h1["cache"]["entries"].get<int>(), 1);
   EXPECT_GT(h1["cache"]["bytes"].get<double>(), 0);
 
-  const json b = post_json(*c, "/v1/query",
-                           {{"image_url", img}, {"question", "second question"}, {"settings", {{"max_tokens", 6}}}},
-                           &status);
+  const json b =
+      post_json(*c, "/v1/query",
+                {{"image_url", img}, {"question", "second question"}, {"settings", {{"max_tokens", 6}}}}, &status);
   ASSERT_EQ(status, 200) << b.dump();
   EXPECT_EQ(b["timings"]["image_cache"], "hit");
   EXPECT_EQ(b["timings"]["vision_s"].get<double>(), 0.0);
@@ -433,8 +440,8 @@ TEST_F(ServerApi, DeterministicRequestsComeFromTheResponseCache) {
 
 TEST_F(ServerApi, BackendConfigAndMetrics) {
   int status = 0;
-  post_json(*api(), "/v1/caption", {{"image_url", data_uri(image("square_378.png"))}, {"settings", {{"max_tokens", 3}}}},
-            &status);
+  post_json(*api(), "/v1/caption",
+            {{"image_url", data_uri(image("square_378.png"))}, {"settings", {{"max_tokens", 3}}}}, &status);
   ASSERT_EQ(status, 200);
   auto b = backend();
   auto r = b->Get("/api/v1/config");
@@ -446,9 +453,9 @@ TEST_F(ServerApi, BackendConfigAndMetrics) {
   auto m = b->Get("/metrics");
   ASSERT_TRUE(m);
   ASSERT_EQ(m->status, 200);
-  for (const char* k : {"moondream_requests_total{", "moondream_request_duration_seconds_bucket{",
-                        "moondream_generated_tokens_total{", "moondream_decode_tokens_per_second ",
-                        "moondream_image_cache_hits_total ", "moondream_queue_depth "})
+  for (const char* k :
+       {"moondream_requests_total{", "moondream_request_duration_seconds_bucket{", "moondream_generated_tokens_total{",
+        "moondream_decode_tokens_per_second ", "moondream_image_cache_hits_total ", "moondream_queue_depth "})
     EXPECT_NE(m->body.find(k), std::string::npos) << k;
   EXPECT_NE(m->get_header_value("Content-Type").find("text/plain"), std::string::npos);
 }

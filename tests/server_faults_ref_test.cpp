@@ -166,7 +166,8 @@ TEST_F(ServerFaults, SigtermAnswersConnectionsWaitingInTheKernelAndInThePool) {
   auto s = start({{"p", profile({{"server", {{"http_threads", 4}, {"queue_size", 8}}}})}},
                  {{"MOONDREAM_SERVER_TEST_ACCEPT_DELAY_MS", "40"}, {"MOONDREAM_SERVER_TEST_JOB_DELAY_MS", "300"}});
   const std::string body =
-      json{{"image_url", data_uri(image("square_378.png"))}, {"settings", {{"temperature", 0}, {"max_tokens", 4}}}}.dump();
+      json{{"image_url", data_uri(image("square_378.png"))}, {"settings", {{"temperature", 0}, {"max_tokens", 4}}}}
+          .dump();
   const int n = 24;
   std::vector<RawExchange::Reply> replies(n);
   std::vector<std::thread> clients;
@@ -192,7 +193,8 @@ TEST_F(ServerFaults, SigtermAnswersConnectionsWaitingInTheKernelAndInThePool) {
   EXPECT_EQ(answered, n) << describe(t) << s->log().substr(0, 4000);
   EXPECT_GT(t.count("200") ? t.at("200") : 0, 0) << describe(t);
   EXPECT_GE(t.count("503 shutting_down") ? t.at("503 shutting_down") : 0, 8)
-      << "the connections left in the kernel's queue were not answered by the drain:\n" << describe(t);
+      << "the connections left in the kernel's queue were not answered by the drain:\n"
+      << describe(t);
   RawExchange late(port_);
   EXPECT_EQ(late.fd, -1) << "the stopped server still accepts connections";
   EXPECT_EQ(late.connect_errno, ECONNREFUSED);
@@ -271,7 +273,8 @@ TEST_F(ServerFaults, ProfileSwitchInEachStageOfARequestLosesNothing) {
     if (r.stream)
       EXPECT_NE(r.reply.body.find("\"completed\":true"), std::string::npos) << r.path << ": " << r.reply.body;
     else
-      EXPECT_TRUE(json::parse(r.reply.body, nullptr, false).contains(std::string(r.path) == "/v1/query" ? "answer" : "caption"))
+      EXPECT_TRUE(
+          json::parse(r.reply.body, nullptr, false).contains(std::string(r.path) == "/v1/query" ? "answer" : "caption"))
           << r.path << ": " << r.reply.body;
   }
   EXPECT_EQ(s->stop(), 0);

@@ -28,16 +28,15 @@ class ServerLimits : public ::testing::Test {
     dir_ = new TempDir();
     port_ = free_port();
     backend_ = free_port();
-    json profile = tiny_profile(
-        port_, backend_,
-        {{"max_tokens", 32},
-         {"limits",
-          {{"max_body_bytes", 400'000},
-           {"max_image_bytes", 200'000},
-           {"max_image_pixels", 150'000},
-           {"max_images", 2},
-           {"request_timeout_s", 2},
-           {"idle_timeout_s", 1}}}});
+    json profile = tiny_profile(port_, backend_,
+                                {{"max_tokens", 32},
+                                 {"limits",
+                                  {{"max_body_bytes", 400'000},
+                                   {"max_image_bytes", 200'000},
+                                   {"max_image_pixels", 150'000},
+                                   {"max_images", 2},
+                                   {"request_timeout_s", 2},
+                                   {"idle_timeout_s", 1}}}});
     profile["server"].erase("cors_enabled");  // the default: off
     write_file(dir_->path / "configs" / "limits.json", profile.dump(2));
     server_ = new ServerProcess({"--config", (dir_->path / "configs" / "limits.json").string(), "--pid-file",
@@ -161,7 +160,8 @@ TEST_F(ServerLimits, RequestBodyBytes) {
 TEST_F(ServerLimits, ImageBytes) {
   int st = 0;
   const std::string big(210'000, '\x01');
-  json j = post_json(*api(), "/v1/caption", {{"image_url", "data:image/png;base64," + server::base64_encode(big)}}, &st);
+  json j =
+      post_json(*api(), "/v1/caption", {{"image_url", "data:image/png;base64," + server::base64_encode(big)}}, &st);
   expect_error(j, st, 400, "image_too_large", "image over limits.max_image_bytes");
 }
 
@@ -183,8 +183,8 @@ TEST_F(ServerLimits, DecompressionBombIsRefusedBeforeAllocating) {
   const double before = rss();
   const auto t0 = Clock::now();
   int st = 0;
-  json j = post_json(*api(), "/v1/caption",
-                     {{"image_url", "data:image/png;base64," + server::base64_encode(png)}}, &st);
+  json j =
+      post_json(*api(), "/v1/caption", {{"image_url", "data:image/png;base64," + server::base64_encode(png)}}, &st);
   const double secs = seconds_since(t0);
   expect_error(j, st, 400, "image_too_large", "50000×50000 PNG");
   EXPECT_NE(j["error"]["message"].get<std::string>().find("50000×50000"), std::string::npos) << j.dump();
@@ -208,11 +208,12 @@ TEST_F(ServerLimits, MaxTokensCeiling) {
   expect_error(j, st, 400, "max_tokens_too_large", "max_tokens over the config's max_tokens");
   j = post_json(*api(), "/v1/chat/completions",
                 {{"max_completion_tokens", 1000},
-                 {"messages", {{{"role", "user"}, {"content", {{{"type", "image_url"}, {"image_url", {{"url", small_png()}}}}}}}}}},
+                 {"messages",
+                  {{{"role", "user"}, {"content", {{{"type", "image_url"}, {"image_url", {{"url", small_png()}}}}}}}}}},
                 &st);
   expect_error(j, st, 400, "max_tokens_too_large", "chat max_completion_tokens");
-  j = post_json(*api(), "/v1/caption", {{"image_url", small_png()}, {"settings", {{"max_tokens", 32}, {"temperature", 0}}}},
-                &st);
+  j = post_json(*api(), "/v1/caption",
+                {{"image_url", small_png()}, {"settings", {{"max_tokens", 32}, {"temperature", 0}}}}, &st);
   EXPECT_EQ(st, 200) << "exactly at the ceiling: " << j.dump();
 }
 

@@ -68,8 +68,9 @@ TEST(ServerLoad, SixtyFourClientsGetAnswersOr503sAndTheServerStaysHealthy) {
   EXPECT_LE(r.peak_rss_bytes, kRssBound);
   // The server still answers properly after the storm.
   int st = 0;
-  const json out = post_json(*s.client(), "/v1/caption",
-                             {{"image_url", o.image_uris[0]}, {"settings", {{"temperature", 0}, {"max_tokens", 4}}}}, &st);
+  const json out =
+      post_json(*s.client(), "/v1/caption",
+                {{"image_url", o.image_uris[0]}, {"settings", {{"temperature", 0}, {"max_tokens", 4}}}}, &st);
   EXPECT_EQ(st, 200) << out.dump();
   EXPECT_EQ(s.stop(), 0) << s.log().substr(0, 4000);
 }

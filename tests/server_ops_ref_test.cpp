@@ -29,8 +29,7 @@ class ServerOps : public ::testing::Test {
   // Writes profiles into configs/ and starts the server on the first one.
   std::unique_ptr<ServerProcess> start(const std::vector<std::pair<std::string, json>>& profiles,
                                        std::vector<std::string> extra_args = {},
-                                       std::vector<std::pair<std::string, std::string>> env = {},
-                                       bool wait = true) {
+                                       std::vector<std::pair<std::string, std::string>> env = {}, bool wait = true) {
     for (const auto& [name, j] : profiles) write_file(dir_.path / "configs" / (name + ".json"), j.dump(2));
     std::vector<std::string> args = {"--config", (dir_.path / "configs" / (profiles[0].first + ".json")).string()};
     args.insert(args.end(), extra_args.begin(), extra_args.end());
@@ -64,7 +63,8 @@ class ServerOps : public ::testing::Test {
 };
 
 json caption_req(int max_tokens = 4) {
-  return {{"image_url", data_uri(image("square_378.png"))}, {"settings", {{"temperature", 0}, {"max_tokens", max_tokens}}}};
+  return {{"image_url", data_uri(image("square_378.png"))},
+          {"settings", {{"temperature", 0}, {"max_tokens", max_tokens}}}};
 }
 
 TEST_F(ServerOps, ApiKeyIsRequiredExceptForHealthAndLogsOneLinePerRequest) {
@@ -128,7 +128,8 @@ TEST_F(ServerOps, ProfileSwitchKeepsTheRequestInFlight) {
   // Model B: the same weights under another directory, so the switch reloads.
   const fs::path model_b = dir_.path / "model-b";
   fs::create_directories(model_b);
-  for (const auto& e : fs::directory_iterator(testdata::tiny_model())) fs::create_symlink(e.path(), model_b / e.path().filename());
+  for (const auto& e : fs::directory_iterator(testdata::tiny_model()))
+    fs::create_symlink(e.path(), model_b / e.path().filename());
   const json p2 = tiny_profile(port_, backend_,
                                {{"model_name", "tiny-b"},
                                 {"model_path", model_b.string()},
@@ -218,7 +219,8 @@ TEST_F(ServerOps, ClientLeavingMidStreamStopsGeneration) {
   c->stop();
   EXPECT_GE(chunks.load(), 1);
   const auto left = std::chrono::steady_clock::now();
-  ASSERT_TRUE(wait_health(*s, [](const json& h) { return h["busy"] == false; }, 20));
+  ASSERT_TRUE(wait_health(
+      *s, [](const json& h) { return h["busy"] == false; }, 20));
   // 400 tokens at >= 100 ms per chunk would take far longer.
   EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - left).count(), 5.0);
   auto m = s->client(backend_)->Get("/metrics");
@@ -235,8 +237,9 @@ TEST_F(ServerOps, ImageUrlsAreFetchedWhenAllowed) {
   files.Get("/square.png", [&](const httplib::Request&, httplib::Response& res) { res.set_content(png, "image/png"); });
   const int fport = files.bind_to_any_port("127.0.0.1");
   std::thread ft([&] { files.listen_after_bind(); });
-  auto s = start({{"urls", tiny_profile(port_, backend_,
-                                        {{"server", {{"allow_image_urls", true}, {"allow_private_image_urls", true}}}})}});
+  auto s =
+      start({{"urls", tiny_profile(port_, backend_,
+                                   {{"server", {{"allow_image_urls", true}, {"allow_private_image_urls", true}}}})}});
   const std::string base = "http://127.0.0.1:" + std::to_string(fport);
   int st = 0;
   json req = caption_req();
@@ -309,7 +312,8 @@ TEST_F(ServerOps, ReplaceStopsThePreviousServerGracefully) {
   const pid_t first_pid = first->pid();
   auto second = start({{"p", tiny_profile(port_, backend_)}}, {"--replace"}, {}, false);
   EXPECT_EQ(first->wait_exit(30), 0) << first->log();
-  ASSERT_TRUE(wait_health(*second, [&](const json& h) { return h["pid"] == second->pid() && h["status"] == "ok"; }, 30))
+  ASSERT_TRUE(wait_health(
+      *second, [&](const json& h) { return h["pid"] == second->pid() && h["status"] == "ok"; }, 30))
       << second->log();
   EXPECT_NE(first->log().find("shutting down"), std::string::npos);
   const json h = health(*second);
@@ -383,9 +387,12 @@ TEST_F(ServerOps, HubModelDownloadsWithAResumedTransferThenStartsFromTheCacheWit
   std::string first_caption;
   {
     auto s = start({{"hub", profile}}, {}, env, false);
-    ASSERT_TRUE(wait_health(*s, [](const json& h) { return h["status"] == "ok"; }, 120)) << s->log();
+    ASSERT_TRUE(wait_health(
+        *s, [](const json& h) { return h["status"] == "ok"; }, 120))
+        << s->log();
     const json h = health(*s);
-    const fs::path snap = cache / "models--test--moondream2-tiny" / "snapshots" / hub.repos["test/moondream2-tiny"].commit;
+    const fs::path snap =
+        cache / "models--test--moondream2-tiny" / "snapshots" / hub.repos["test/moondream2-tiny"].commit;
     EXPECT_EQ(fs::weakly_canonical(h["model_path"].get<std::string>()), fs::weakly_canonical(snap)) << h.dump();
     EXPECT_EQ(h["model_source"], "test/moondream2-tiny");
     EXPECT_EQ(read_file(snap / "model.safetensors"), weights);  // byte-identical after the resume
@@ -404,7 +411,9 @@ TEST_F(ServerOps, HubModelDownloadsWithAResumedTransferThenStartsFromTheCacheWit
   hub.stop();
   {
     auto s = start({{"hub", profile}}, {}, env, false);
-    ASSERT_TRUE(wait_health(*s, [](const json& h) { return h["status"] == "ok"; }, 60)) << s->log();
+    ASSERT_TRUE(wait_health(
+        *s, [](const json& h) { return h["status"] == "ok"; }, 60))
+        << s->log();
     int st = 0;
     const json out = post_json(*s->client(), "/v1/caption", caption_req(), &st);
     ASSERT_EQ(st, 200) << out.dump();
@@ -419,7 +428,8 @@ TEST_F(ServerOps, UnreachableHubServesTheFallbackModelAndSaysSo) {
       {"HF_ENDPOINT", "http://127.0.0.1:" + std::to_string(mockhub::dead_port())},
       {"HF_HUB_CACHE", (dir_.path / "empty-cache").string()},
       {"HF_HOME", (dir_.path / "hf-home").string()}};
-  const json profile = tiny_profile(port_, backend_, {{"model_path", "vikhyatk/moondream2"}, {"revision", "2025-04-14"}});
+  const json profile =
+      tiny_profile(port_, backend_, {{"model_path", "vikhyatk/moondream2"}, {"revision", "2025-04-14"}});
 
   // Without a fallback the start fails with the reason.
   auto failing = start({{"hub", profile}}, {}, env, false);
@@ -427,7 +437,9 @@ TEST_F(ServerOps, UnreachableHubServesTheFallbackModelAndSaysSo) {
   EXPECT_NE(failing->log().find("cannot load the model"), std::string::npos) << failing->log();
 
   auto s = start({{"hub", profile}}, {"--fallback-model", testdata::tiny_model().string()}, env, false);
-  ASSERT_TRUE(wait_health(*s, [](const json& h) { return h["status"] == "ok"; }, 60)) << s->log();
+  ASSERT_TRUE(wait_health(
+      *s, [](const json& h) { return h["status"] == "ok"; }, 60))
+      << s->log();
   const json h = health(*s);
   EXPECT_EQ(h["fallback_from"], "vikhyatk/moondream2") << h.dump();
   EXPECT_FALSE(h["fallback_reason"].get<std::string>().empty());

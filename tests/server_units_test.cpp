@@ -38,8 +38,7 @@ std::string error_of(const std::string& text) {
 TEST(ServerConfig, ShippedProfilesParseWithoutWarnings) {
   for (const char* name : {"moondream2", "moondream2_optimized"}) {
     std::vector<std::string> w;
-    const ServerConfig c =
-        load_server_config(std::string(MOONDREAM_SOURCE_DIR) + "/configs/" + name + ".json", &w);
+    const ServerConfig c = load_server_config(std::string(MOONDREAM_SOURCE_DIR) + "/configs/" + name + ".json", &w);
     EXPECT_TRUE(w.empty()) << name << ": " << (w.empty() ? "" : w[0]);
     EXPECT_EQ(c.model_path, "vikhyatk/moondream2");
     EXPECT_EQ(c.server.port, 8080);
@@ -131,8 +130,8 @@ TEST(ServerConfig, UnknownKeysAndOtherDevicesWarn) {
   EXPECT_EQ(c.generation_config.max_new_tokens, 100);
   EXPECT_EQ(c.performance.quantization, "int8");  // supported: no warning
   for (auto [in, out] : {std::pair{"q4_0", "q4"}, std::pair{"bf16", "none"}, std::pair{"8bit", "int8"}}) {
-    const ServerConfig q = parse_server_config(std::string(R"({"performance": {"quantization": ")") + in + "\"}}",
-                                               "t.json", nullptr);
+    const ServerConfig q =
+        parse_server_config(std::string(R"({"performance": {"quantization": ")") + in + "\"}}", "t.json", nullptr);
     EXPECT_EQ(q.performance.quantization, out) << in;
   }
 }
@@ -194,9 +193,9 @@ TEST(ServerImages, Base64AndDataUris) {
 }
 
 TEST(ServerImages, PrivateAddresses) {
-  for (const char* ip : {"127.0.0.1", "10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1", "169.254.169.254",
-                         "100.64.0.1", "0.0.0.0", "::1", "::", "fe80::1", "fd00::1", "::ffff:127.0.0.1", "224.0.0.1",
-                         "not-an-ip"})
+  for (const char* ip :
+       {"127.0.0.1", "10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1", "169.254.169.254", "100.64.0.1",
+        "0.0.0.0", "::1", "::", "fe80::1", "fd00::1", "::ffff:127.0.0.1", "224.0.0.1", "not-an-ip"})
     EXPECT_TRUE(is_private_address(ip)) << ip;
   for (const char* ip : {"8.8.8.8", "172.32.0.1", "1.1.1.1", "2606:4700::1111", "::ffff:8.8.8.8"})
     EXPECT_FALSE(is_private_address(ip)) << ip;
@@ -291,9 +290,11 @@ TEST(ServerRequests, ChatBodiesAndTheImageLimit) {
     std::string parts;
     for (int i = 0; i < images; ++i) parts += (i ? ", " : "") + img;
     return R"({"messages": [{"role": "user", "content": [)" + parts + R"(]}, {"role": "assistant", "content": "A."},
-               {"role": "user", "content": "Why?"}])" + extra + "}";
+               {"role": "user", "content": "Why?"}])" +
+           extra + "}";
   };
-  const ParsedRequest r = parse_chat_request(chat(2, R"(, "stop": ["x"], "stream": true, "stream_options": {"include_usage": true})"), c);
+  const ParsedRequest r =
+      parse_chat_request(chat(2, R"(, "stop": ["x"], "stream": true, "stream_options": {"include_usage": true})"), c);
   EXPECT_EQ(r.image_count, 2u);
   EXPECT_EQ(r.image_url, "IMG");
   EXPECT_EQ(r.params.task, Task::Query) << "a first turn without text is not history";
@@ -333,8 +334,8 @@ TEST(ServerSecurity, NoRequestValueReachesTheFilesystem) {
   std::string decoded;
   ASSERT_TRUE(base64_decode("/etc/passwd", &decoded));
   EXPECT_EQ(image_bytes_from_url("/etc/passwd", o), decoded);
-  for (const char* url : {"file:///etc/passwd", "../../etc/passwd", "FILE:///etc/hostname",
-                          "gopher://127.0.0.1/", "data:image/png;base64,../../etc/passwd", "~/.ssh/id_rsa"}) {
+  for (const char* url : {"file:///etc/passwd", "../../etc/passwd", "FILE:///etc/hostname", "gopher://127.0.0.1/",
+                          "data:image/png;base64,../../etc/passwd", "~/.ssh/id_rsa"}) {
     try {
       image_bytes_from_url(url, o);
       ADD_FAILURE() << url << " was accepted";
@@ -450,7 +451,7 @@ TEST(ServerCache, LruEvictsByBytesAndCounts) {
   const Key128 k1 = hash128("1", 1), k2 = hash128("2", 1), k3 = hash128("3", 1);
   EXPECT_TRUE(c.put(k1, std::make_shared<int>(1), 40));
   EXPECT_TRUE(c.put(k2, std::make_shared<int>(2), 40));
-  ASSERT_TRUE(c.get(k1));  // k1 is now the most recent
+  ASSERT_TRUE(c.get(k1));                                // k1 is now the most recent
   EXPECT_TRUE(c.put(k3, std::make_shared<int>(3), 40));  // evicts k2
   EXPECT_FALSE(c.get(k2));
   auto held = c.get(k1);
@@ -481,8 +482,7 @@ TEST(ServerMetrics, PrometheusText) {
   m.generation("query", 740, 20, 0.5, 0.01, "stop");
   const std::string t = m.render();
   EXPECT_NE(t.find("moondream_requests_total{endpoint=\"/v1/query\",status=\"200\"} 1"), std::string::npos) << t;
-  EXPECT_NE(t.find("moondream_request_duration_seconds_bucket{endpoint=\"/v1/query\",le=\"0.5\"} 2"),
-            std::string::npos)
+  EXPECT_NE(t.find("moondream_request_duration_seconds_bucket{endpoint=\"/v1/query\",le=\"0.5\"} 2"), std::string::npos)
       << t;
   EXPECT_NE(t.find("moondream_request_duration_seconds_count{endpoint=\"/v1/query\"} 2"), std::string::npos);
   EXPECT_NE(t.find("moondream_generated_tokens_total{task=\"query\"} 20"), std::string::npos);

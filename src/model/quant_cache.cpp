@@ -102,8 +102,7 @@ std::unique_ptr<QuantCache> QuantCache::open(const std::string& path, const Quan
   uint32_t version = 0, header_len = 0;
   std::memcpy(&version, bytes + 8, 4);
   std::memcpy(&header_len, bytes + 12, 4);
-  if (std::memcmp(bytes, kMagic, 8) != 0 || version != kLayoutVersion || size_t(header_len) > size - 16)
-    return nullptr;
+  if (std::memcmp(bytes, kMagic, 8) != 0 || version != kLayoutVersion || size_t(header_len) > size - 16) return nullptr;
   json h = json::parse(bytes + 16, bytes + 16 + header_len, nullptr, false);
   if (!h.is_object()) return nullptr;
   try {
@@ -158,7 +157,10 @@ std::string QuantCache::write(const std::string& path, const QuantCacheKey& key,
   json entries = json::array();
   size_t off = 0;
   for (const auto& [name, q] : matrices) {
-    json e = {{"name", name}, {"format", weight_format_name(q->format)}, {"rows", q->rows}, {"cols", q->cols},
+    json e = {{"name", name},
+              {"format", weight_format_name(q->format)},
+              {"rows", q->rows},
+              {"cols", q->cols},
               {"group", q->group}};
     e["data_off"] = off;
     e["data_len"] = q->data.size();
@@ -170,8 +172,11 @@ std::string QuantCache::write(const std::string& path, const QuantCacheKey& key,
   }
   // Header size with placeholder offsets bounds the real one (numbers only grow
   // by the base offset, at most 20 digits each).
-  json h = {{"format", weight_format_name(key.format)}, {"policy", key.policy}, {"source", key.source},
-            {"file_bytes", size_t(0)}, {"entries", entries}};
+  json h = {{"format", weight_format_name(key.format)},
+            {"policy", key.policy},
+            {"source", key.source},
+            {"file_bytes", size_t(0)},
+            {"entries", entries}};
   const size_t header_room = align_up(16 + h.dump().size() + 64 * (entries.size() * 2 + 1));
   const size_t total = header_room + off;
   for (auto& e : h["entries"]) {

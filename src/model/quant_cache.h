@@ -20,7 +20,7 @@ namespace md {
 
 struct QuantCacheKey {
   WeightFormat format = WeightFormat::Q8;
-  int policy = 0;  // version of the loader's choice of formats and groups (each matrix records its own)
+  int policy = 0;      // version of the loader's choice of formats and groups (each matrix records its own)
   std::string source;  // identity of the safetensors files (names, sizes, mtimes)
   // Identity of the model files in `model_dir`.
   static std::string source_of(const std::string& model_dir);

@@ -29,9 +29,7 @@ std::vector<float> RegionModel::mlp(const Linear& fc1, const Linear& fc2, const 
   return out;
 }
 
-static int argmax(const float* x, int n) {
-  return int(std::max_element(x, x + n) - x);
-}
+static int argmax(const float* x, int n) { return int(std::max_element(x, x + n) - x); }
 
 float RegionModel::decode_coordinate(const float* hidden) const {
   const std::vector<float> logits = mlp(w_.coord_fc1, w_.coord_fc2, hidden);

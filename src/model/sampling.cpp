@@ -6,9 +6,7 @@
 
 namespace md {
 
-int argmax_token(const float* logits, int n) {
-  return int(std::max_element(logits, logits + n) - logits);
-}
+int argmax_token(const float* logits, int n) { return int(std::max_element(logits, logits + n) - logits); }
 
 std::vector<float> top_p_probs(const float* logits, int n, float temperature, float top_p) {
   std::vector<float> p(logits, logits + n);

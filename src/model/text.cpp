@@ -66,8 +66,7 @@ RotaryTable::RotaryTable(int rot_dim, int max_positions, float theta) : pairs(ro
   cos.resize(size_t(max_positions) * pairs);
   sin.resize(size_t(max_positions) * pairs);
   std::vector<float> freq(static_cast<size_t>(pairs));
-  for (int i = 0; i < pairs; ++i)
-    freq[i] = 1.0f / std::pow(theta, float(2 * i) / float(rot_dim));
+  for (int i = 0; i < pairs; ++i) freq[i] = 1.0f / std::pow(theta, float(2 * i) / float(rot_dim));
   for (int p = 0; p < max_positions; ++p)
     for (int i = 0; i < pairs; ++i) {
       const float angle = float(p) * freq[i];
@@ -96,8 +95,7 @@ void TextModel::embed(const int* ids, int n, float* out) const {
       throw Error("token id " + std::to_string(ids[i]) + " is outside the vocabulary");
     const TensorView& wte = *w_.wte;
     const size_t row_bytes = wte.nbytes / size_t(cfg_.vocab_size);
-    convert_to_f32(wte.dtype, wte.data + size_t(ids[i]) * row_bytes, out + size_t(i) * cfg_.dim,
-                   size_t(cfg_.dim));
+    convert_to_f32(wte.dtype, wte.data + size_t(ids[i]) * row_bytes, out + size_t(i) * cfg_.dim, size_t(cfg_.dim));
   }
 }
 
@@ -111,8 +109,8 @@ PooledVector<float> TextModel::forward(const float* embeddings, int n, KVCache& 
                 std::to_string(std::min(cache.capacity, cfg_.max_context)));
 
   PooledVector<float> x(embeddings, embeddings + size_t(n) * D);
-  PooledVector<float> h(size_t(n) * D), qkv(size_t(n) * qkv_dim), att(size_t(n) * q_dim),
-      ff(size_t(n) * cfg_.ff_dim), tmp(size_t(n) * D);
+  PooledVector<float> h(size_t(n) * D), qkv(size_t(n) * qkv_dim), att(size_t(n) * q_dim), ff(size_t(n) * cfg_.ff_dim),
+      tmp(size_t(n) * D);
 
   AttentionShape shape;
   shape.n_q = n;

@@ -16,8 +16,8 @@ void encode_crop(const ModelWeights& w, const VisionConfig& cfg, const float* cr
   const int P = cfg.enc_patch_size, C = cfg.in_channels, S = cfg.crop_size;
   const int grid = S / P, T = grid * grid, D = cfg.enc_dim;
   const int patch_dim = C * P * P;
-  PooledVector<float> patches(size_t(T) * patch_dim), h(size_t(T) * D), qkv(size_t(T) * 3 * D),
-      att(size_t(T) * D), ff(size_t(T) * cfg.enc_ff_dim);
+  PooledVector<float> patches(size_t(T) * patch_dim), h(size_t(T) * D), qkv(size_t(T) * 3 * D), att(size_t(T) * D),
+      ff(size_t(T) * cfg.enc_ff_dim);
   AttentionShape shape;
   shape.n_q = shape.n_k = T;
   shape.n_heads = shape.n_kv_heads = cfg.enc_n_heads;
@@ -32,8 +32,7 @@ void encode_crop(const ModelWeights& w, const VisionConfig& cfg, const float* cr
       float* dst = patches.data() + idx * patch_dim;
       for (int c = 0; c < C; ++c)
         for (int r = 0; r < P; ++r)
-          std::memcpy(dst + (c * P + r) * P, crop_chw + (size_t(c) * S + py * P + r) * S + px * P,
-                      sizeof(float) * P);
+          std::memcpy(dst + (c * P + r) * P, crop_chw + (size_t(c) * S + py * P + r) * S + px * P, sizeof(float) * P);
     }
   });
   // x: the residual stream, finally the features.
@@ -56,8 +55,7 @@ void encode_crop(const ModelWeights& w, const VisionConfig& cfg, const float* cr
 
 }  // namespace
 
-PooledVector<float> run_vision_encoder(const ModelWeights& w, const VisionConfig& cfg, const float* crops_chw,
-                                       int n) {
+PooledVector<float> run_vision_encoder(const ModelWeights& w, const VisionConfig& cfg, const float* crops_chw, int n) {
   const int S = cfg.crop_size, grid = S / cfg.enc_patch_size;
   const size_t crop_floats = size_t(cfg.in_channels) * S * S, feature_floats = size_t(grid) * grid * cfg.enc_dim;
   PooledVector<float> out(size_t(n) * feature_floats);
@@ -96,8 +94,7 @@ void adaptive_avg_pool(const float* in, int h, int w, int c, int oh, int ow, flo
   }
 }
 
-PooledVector<float> merge_local_features(const VisionConfig& cfg, const float* local_features,
-                                         Tiling tiling) {
+PooledVector<float> merge_local_features(const VisionConfig& cfg, const float* local_features, Tiling tiling) {
   const int grid = cfg.crop_size / cfg.enc_patch_size, D = cfg.enc_dim;
   const int m = cfg.overlap_margin, win = grid - 2 * m;
   const int out_h = tiling.rows * win + 2 * m, out_w = tiling.cols * win + 2 * m;
@@ -108,16 +105,16 @@ PooledVector<float> merge_local_features(const VisionConfig& cfg, const float* l
       const int r0 = i == 0 ? 0 : m, r1 = i == tiling.rows - 1 ? grid : grid - m;
       const int c0 = j == 0 ? 0 : m, c1 = j == tiling.cols - 1 ? grid : grid - m;
       for (int r = r0; r < r1; ++r)
-        std::memcpy(full.data() + (size_t(i * win + r) * out_w + j * win + c0) * D,
-                    tile + (size_t(r) * grid + c0) * D, sizeof(float) * (c1 - c0) * D);
+        std::memcpy(full.data() + (size_t(i * win + r) * out_w + j * win + c0) * D, tile + (size_t(r) * grid + c0) * D,
+                    sizeof(float) * (c1 - c0) * D);
     }
   PooledVector<float> pooled(size_t(grid) * grid * D);
   adaptive_avg_pool(full.data(), out_h, out_w, D, grid, grid, pooled.data());
   return pooled;
 }
 
-PooledVector<float> project_features(const ModelWeights& w, const VisionConfig& cfg,
-                                     const float* features, Tiling tiling) {
+PooledVector<float> project_features(const ModelWeights& w, const VisionConfig& cfg, const float* features,
+                                     Tiling tiling) {
   const int grid = cfg.crop_size / cfg.enc_patch_size, T = grid * grid, D = cfg.enc_dim;
   const PooledVector<float> pooled = merge_local_features(cfg, features + size_t(T) * D, tiling);
   PooledVector<float> cat(size_t(T) * 2 * D);
@@ -133,4 +130,3 @@ PooledVector<float> project_features(const ModelWeights& w, const VisionConfig& 
 }
 
 }  // namespace md
-

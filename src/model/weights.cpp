@@ -120,10 +120,14 @@ class Loader {
 }  // namespace
 
 bool parse_quantization(const std::string& s, Quantization* out) {
-  if (s == "none") *out = Quantization::None;
-  else if (s == "int8") *out = Quantization::Int8;
-  else if (s == "q4") *out = Quantization::Q4;
-  else return false;
+  if (s == "none")
+    *out = Quantization::None;
+  else if (s == "int8")
+    *out = Quantization::Int8;
+  else if (s == "q4")
+    *out = Quantization::Q4;
+  else
+    return false;
   return true;
 }
 

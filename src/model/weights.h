@@ -48,7 +48,7 @@ struct ModelWeights {
   std::vector<std::vector<float>> owned;
   std::vector<QuantizedWeights> quantized;
   std::shared_ptr<QuantCache> quant_cache;  // mapped quantised weights, when loaded from the cache file
-  size_t weight_bytes = 0;  // bytes of all weights as the kernels read them
+  size_t weight_bytes = 0;                  // bytes of all weights as the kernels read them
   // Quantised modes: the cache file, whether it was used, and why it could not be written.
   std::string quant_cache_path;
   bool quant_cache_hit = false;

@@ -77,8 +77,7 @@ class Section {
       } else {
         fail(key, "must be an integer", *v);
       }
-      if (x < lo || x > hi)
-        fail(key, "must be between " + std::to_string(lo) + " and " + std::to_string(hi), *v);
+      if (x < lo || x > hi) fail(key, "must be between " + std::to_string(lo) + " and " + std::to_string(hi), *v);
       *out = Int(x);
     }
   }
@@ -170,7 +169,7 @@ ServerConfig parse_server_config(const std::string& json_text, const std::string
       std::transform(l.begin(), l.end(), l.begin(), ::tolower);
       // Weights as stored (16-bit files stay 16-bit), int8 or 4-bit, under
       // the names users already write.
-      static const std::set<std::string> none = {"", "none", "fp32", "float32", "f32", "off",
+      static const std::set<std::string> none = {"",     "none",     "fp32", "float32", "f32", "off",
                                                  "bf16", "bfloat16", "fp16", "float16", "f16"};
       static const std::set<std::string> int8 = {"int8", "q8", "q8_0", "8bit", "dynamic"};
       static const std::set<std::string> q4 = {"int4", "q4", "q4_0", "4bit"};

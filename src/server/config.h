@@ -22,14 +22,14 @@ struct PerformanceConfig {
 struct HttpConfig {
   std::string host = "127.0.0.1";
   int port = 8080;
-  int backend_port = 8000;  // 0 = no backend API
-  bool cors_enabled = false;  // CORS headers and preflights only when configured
-  std::string api_key;      // empty = no key needed
-  int queue_size = 16;      // requests waiting for the inference worker
-  int http_threads = 32;    // connections served at once (each waits for its job)
+  int backend_port = 8000;                // 0 = no backend API
+  bool cors_enabled = false;              // CORS headers and preflights only when configured
+  std::string api_key;                    // empty = no key needed
+  int queue_size = 16;                    // requests waiting for the inference worker
+  int http_threads = 32;                  // connections served at once (each waits for its job)
   bool allow_image_urls = false;          // http(s) image_url fetching
   bool allow_private_image_urls = false;  // ... including loopback / private addresses
-  bool web_ui = true;  // the web page at / (and its assets); off: / answers the JSON index
+  bool web_ui = true;                     // the web page at / (and its assets); off: / answers the JSON index
 };
 
 struct ImageProcessingConfig {

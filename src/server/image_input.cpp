@@ -36,8 +36,8 @@ bool starts_with_ci(std::string_view s, std::string_view prefix) {
 }
 
 ApiError too_large(uint64_t got, uint64_t limit) {
-  return bad_request("image_too_large", "image is " + std::to_string(got) + " bytes; the limit is " +
-                                            std::to_string(limit) + " bytes");
+  return bad_request("image_too_large",
+                     "image is " + std::to_string(got) + " bytes; the limit is " + std::to_string(limit) + " bytes");
 }
 
 struct FetchState {
@@ -70,11 +70,13 @@ curl_socket_t on_open_socket(void* user, curlsocktype, curl_sockaddr* address) {
   else if (address->family == AF_INET6)
     inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(&address->addr)->sin6_addr, ip, sizeof ip);
   int port = 0;
-  if (address->family == AF_INET) port = ntohs(reinterpret_cast<const sockaddr_in*>(&address->addr)->sin_port);
-  else if (address->family == AF_INET6) port = ntohs(reinterpret_cast<const sockaddr_in6*>(&address->addr)->sin6_port);
+  if (address->family == AF_INET)
+    port = ntohs(reinterpret_cast<const sockaddr_in*>(&address->addr)->sin_port);
+  else if (address->family == AF_INET6)
+    port = ntohs(reinterpret_cast<const sockaddr_in6*>(&address->addr)->sin6_port);
   const std::string endpoint = std::string(ip) + ":" + std::to_string(port);
-  const bool listed = st->reachable &&
-                      std::find(st->reachable->begin(), st->reachable->end(), endpoint) != st->reachable->end();
+  const bool listed =
+      st->reachable && std::find(st->reachable->begin(), st->reachable->end(), endpoint) != st->reachable->end();
   if (!st->allow_private && !listed && is_private_address(ip)) {
     st->blocked = true;
     st->blocked_ip = ip;
@@ -114,8 +116,8 @@ std::string fetch_url(const std::string& url, const ImageFetchOptions& opts) {
   curl_easy_setopt(c, CURLOPT_PROXY, "");
   const CURLcode rc = curl_easy_perform(c);
   if (st.blocked)
-    throw bad_request("image_url_forbidden", "image_url resolves to a private or loopback address (" +
-                                                 st.blocked_ip + "); fetching it is not allowed");
+    throw bad_request("image_url_forbidden", "image_url resolves to a private or loopback address (" + st.blocked_ip +
+                                                 "); fetching it is not allowed");
   if (st.too_large || rc == CURLE_FILESIZE_EXCEEDED) {
     curl_off_t len = -1;
     curl_easy_getinfo(c, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &len);
@@ -207,7 +209,7 @@ bool is_private_address(const std::string& ip) {
     const bool mapped = std::memcmp(b, zero, 10) == 0 && b[10] == 0xFF && b[11] == 0xFF;
     const bool nat64 = b[0] == 0x00 && b[1] == 0x64 && b[2] == 0xFF && b[3] == 0x9B;
     if (mapped || nat64) return v4_private((uint32_t(b[12]) << 24) | (b[13] << 16) | (b[14] << 8) | b[15]);
-    if ((b[0] & 0xFE) == 0xFC) return true;                 // fc00::/7 unique local
+    if ((b[0] & 0xFE) == 0xFC) return true;                  // fc00::/7 unique local
     if (b[0] == 0xFE && (b[1] & 0xC0) == 0x80) return true;  // fe80::/10 link local
     if (b[0] == 0xFF) return true;                           // multicast
     return false;
@@ -246,8 +248,9 @@ std::string image_bytes_from_url(const std::string& image_url, const ImageFetchO
   if (approx > opts.max_bytes + 3) throw too_large(approx, opts.max_bytes);
   std::string bytes;
   if (!base64_decode(payload, &bytes))
-    throw bad_request("invalid_image", "image_url is not valid base64 (expected a data URI such as "
-                                       "data:image/jpeg;base64,...)");
+    throw bad_request("invalid_image",
+                      "image_url is not valid base64 (expected a data URI such as "
+                      "data:image/jpeg;base64,...)");
   if (bytes.size() > opts.max_bytes) throw too_large(bytes.size(), opts.max_bytes);
   if (bytes.empty()) throw bad_request("invalid_image", "image_url holds no data");
   return bytes;
@@ -258,9 +261,8 @@ RgbImage downscale(const RgbImage& image, int max_side) {
   if (max_side <= 0 || side <= max_side) return image;
   const double scale = double(max_side) / side;
   try {
-    vips::VImage src = vips::VImage::new_from_memory(const_cast<uint8_t*>(image.pixels.data()),
-                                                     image.pixels.size(), image.width, image.height, 3,
-                                                     VIPS_FORMAT_UCHAR);
+    vips::VImage src = vips::VImage::new_from_memory(const_cast<uint8_t*>(image.pixels.data()), image.pixels.size(),
+                                                     image.width, image.height, 3, VIPS_FORMAT_UCHAR);
     vips::VImage out = src.resize(scale, vips::VImage::option()->set("kernel", VIPS_KERNEL_LANCZOS3));
     if (out.bands() != 3 || out.format() != VIPS_FORMAT_UCHAR) throw Error("image: resize changed the format");
     RgbImage r;

@@ -25,8 +25,8 @@ class Histogram {
 class Metrics {
  public:
   void request(const std::string& endpoint, int status, double seconds);
-  void generation(const std::string& task, int prompt_tokens, int completion_tokens, double decode_s,
-                  double queue_s, const std::string& finish_reason);
+  void generation(const std::string& task, int prompt_tokens, int completion_tokens, double decode_s, double queue_s,
+                  const std::string& finish_reason);
   // Gauges read at scrape time are appended by the caller.
   std::string render() const;
 

@@ -167,8 +167,7 @@ std::string new_instance_id() {
   return buf;
 }
 
-std::string replace_previous_server(const std::string& host, int port, const std::string& pid_file,
-                                    double wait_s) {
+std::string replace_previous_server(const std::string& host, int port, const std::string& pid_file, double wait_s) {
   const PortOwner owner = find_port_owner(port);
   const std::string held = describe_port_owner(port, owner);
   if (!owner.pid) return held + "; --replace only stops a moondream-server it can identify";
@@ -197,8 +196,7 @@ std::string replace_previous_server(const std::string& host, int port, const std
       h.value("instance", "") != pf->instance)
     return held + "; its /health identity does not match " + pid_file + ", so --replace leaves it alone";
 
-  if (kill(owner.pid, SIGTERM) != 0)
-    return held + "; cannot signal it: " + std::strerror(errno);
+  if (kill(owner.pid, SIGTERM) != 0) return held + "; cannot signal it: " + std::strerror(errno);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(wait_s);
   while (std::chrono::steady_clock::now() < deadline) {
     const bool alive = kill(owner.pid, 0) == 0 && fs::exists("/proc/" + std::to_string(owner.pid));

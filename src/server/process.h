@@ -13,9 +13,9 @@ namespace md::server {
 bool port_is_free(const std::string& host, int port);
 
 struct PortOwner {
-  uint64_t inode = 0;  // 0: no listening socket found in /proc/net/tcp{,6}
-  pid_t pid = 0;       // 0: the socket belongs to a process we cannot see
-  std::string command; // its command line, shortened
+  uint64_t inode = 0;   // 0: no listening socket found in /proc/net/tcp{,6}
+  pid_t pid = 0;        // 0: the socket belongs to a process we cannot see
+  std::string command;  // its command line, shortened
 };
 // The process listening on `port` (any address), from /proc/net/tcp{,6} and
 // the socket inodes of /proc/*/fd.
@@ -43,8 +43,7 @@ std::string new_instance_id();
 // /health identity (server, pid, instance) agree, sends it SIGTERM and waits
 // up to `wait_s` for the port to free. Returns an empty string on success, or
 // the one-line reason it refused or failed.
-std::string replace_previous_server(const std::string& host, int port, const std::string& pid_file,
-                                    double wait_s);
+std::string replace_previous_server(const std::string& host, int port, const std::string& pid_file, double wait_s);
 
 // Resident set size of this process in bytes.
 uint64_t rss_bytes();

@@ -57,8 +57,7 @@ std::string random_hex(int n) {
 }
 
 int64_t unix_time() {
-  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
 json error_body(const ApiError& e) {
@@ -111,9 +110,7 @@ json moondream_result(Task task, const JobOutcome& o) {
       j["answer"] = o.text;
       if (o.reasoning) j["reasoning"] = reasoning_json(*o.reasoning);
       break;
-    case Task::Gaze:
-      j["gaze"] = o.gaze ? json{{"x", o.gaze->x}, {"y", o.gaze->y}} : json(nullptr);
-      break;
+    case Task::Gaze: j["gaze"] = o.gaze ? json{{"x", o.gaze->x}, {"y", o.gaze->y}} : json(nullptr); break;
     case Task::Detect: {
       json a = json::array();
       for (const auto& b : o.objects)
@@ -301,27 +298,27 @@ void Server::common_handlers(httplib::Server& s, bool backend) {
   };
   s.set_post_routing_handler(cors);
 
-  s.set_error_handler(httplib::Server::HandlerWithResponse([this, cors, backend](const httplib::Request& req,
-                                                                                   httplib::Response& res) {
-    cors(req, res);
-    if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
-    if (res.status == 404) {
-      if (const char* allowed = allowed_methods(req.path, backend)) {
-        res.set_header("Allow", allowed);
-        write_error(res, ApiError(405, "method_not_allowed",
-                                  req.method + " is not allowed on " + req.path + " (allowed: " + allowed + ")"));
-      } else {
-        write_error(res, ApiError(404, "not_found", "no such endpoint: " + req.method + " " + req.path));
-      }
-    } else if (res.status == 413) {
-      write_error(res, ApiError(413, "payload_too_large",
-                                "the request body is larger than " +
-                                    std::to_string(startup_cfg_.limits.max_body_bytes) + " bytes"));
-    } else {
-      write_error(res, ApiError(res.status, "http_error", "HTTP " + std::to_string(res.status)));
-    }
-    return httplib::Server::HandlerResponse::Handled;
-  }));
+  s.set_error_handler(
+      httplib::Server::HandlerWithResponse([this, cors, backend](const httplib::Request& req, httplib::Response& res) {
+        cors(req, res);
+        if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+        if (res.status == 404) {
+          if (const char* allowed = allowed_methods(req.path, backend)) {
+            res.set_header("Allow", allowed);
+            write_error(res, ApiError(405, "method_not_allowed",
+                                      req.method + " is not allowed on " + req.path + " (allowed: " + allowed + ")"));
+          } else {
+            write_error(res, ApiError(404, "not_found", "no such endpoint: " + req.method + " " + req.path));
+          }
+        } else if (res.status == 413) {
+          write_error(res, ApiError(413, "payload_too_large",
+                                    "the request body is larger than " +
+                                        std::to_string(startup_cfg_.limits.max_body_bytes) + " bytes"));
+        } else {
+          write_error(res, ApiError(res.status, "http_error", "HTTP " + std::to_string(res.status)));
+        }
+        return httplib::Server::HandlerResponse::Handled;
+      }));
 
   s.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
     try {
@@ -354,7 +351,8 @@ void Server::common_handlers(httplib::Server& s, bool backend) {
     if (inf && !inf->finish.empty()) line += " finish=" + inf->finish;
     if (inf && inf->queue_s >= 0) line += fmt::format(" queue={:.3f}s", inf->queue_s);
     line += fmt::format(" {:.3f}s", secs);
-    const bool quiet = req.path == "/health" || req.path == "/metrics" || (!backend && req.path != "/" && find_web_asset(req.path));
+    const bool quiet =
+        req.path == "/health" || req.path == "/metrics" || (!backend && req.path != "/" && find_web_asset(req.path));
     spdlog::log(quiet ? spdlog::level::debug : spdlog::level::info, "{}", line);
   });
 
@@ -445,14 +443,13 @@ std::string Server::read_body(const httplib::Request& req, httplib::Response& re
   }
   if (late) {
     res.set_header("Connection", "close");
-    throw ApiError(408, "request_timeout",
-                   "the request body did not arrive within " + std::to_string(timeout_s) +
-                       " s (limits.request_timeout_s)");
+    throw ApiError(
+        408, "request_timeout",
+        "the request body did not arrive within " + std::to_string(timeout_s) + " s (limits.request_timeout_s)");
   }
   if (!ok) {
     res.set_header("Connection", "close");
-    if (req.has_header("Content-Length") && req.get_header_value<uint64_t>("Content-Length") > limit)
-      throw too_large();
+    if (req.has_header("Content-Length") && req.get_header_value<uint64_t>("Content-Length") > limit) throw too_large();
     throw bad_request("invalid_body", "the request body could not be read");
   }
   return body;
@@ -492,9 +489,11 @@ void Server::routes() {
   s.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res, const Reader& rd) {
     with_body(req, res, rd, [&](const std::string& b) { chat_completions(req, b, res); });
   });
-  const std::pair<const char*, Task> tasks[] = {
-      {"/v1/caption", Task::Caption}, {"/v1/query", Task::Query}, {"/v1/detect", Task::Detect}, {"/v1/point", Task::Point},
-      {"/v1/gaze", Task::Gaze}};
+  const std::pair<const char*, Task> tasks[] = {{"/v1/caption", Task::Caption},
+                                                {"/v1/query", Task::Query},
+                                                {"/v1/detect", Task::Detect},
+                                                {"/v1/point", Task::Point},
+                                                {"/v1/gaze", Task::Gaze}};
   for (const auto& [path, task] : tasks) {
     const Task t = task;
     s.Post(path, [this, t](const httplib::Request& req, httplib::Response& res, const Reader& rd) {
@@ -525,8 +524,11 @@ void Server::web_page(const httplib::Request& req, httplib::Response& res) {
       json eps = json::array();
       for (const auto& r : kApiRoutes) eps.push_back(std::string(r.methods) + " " + r.path);
       set_json(res, 200,
-               {{"server", "moondream-server"}, {"version", kServerVersion}, {"endpoints", eps},
-                {"web_ui", ui}, {"docs", "docs/API.md"}});
+               {{"server", "moondream-server"},
+                {"version", kServerVersion},
+                {"endpoints", eps},
+                {"web_ui", ui},
+                {"docs", "docs/API.md"}});
       return;
     }
     const WebAsset* a = ui ? find_web_asset(req.path) : nullptr;
@@ -553,8 +555,8 @@ std::string Server::health_json() const {
   auto p = active();
   const ServerConfig& c = p->cfg;
   auto cache_json = [](const CacheStats& s, bool enabled) {
-    return json{{"enabled", enabled},     {"hits", s.hits},   {"misses", s.misses}, {"entries", s.entries},
-                {"bytes", s.bytes},       {"max_bytes", s.max_bytes}, {"evictions", s.evictions}};
+    return json{{"enabled", enabled}, {"hits", s.hits},           {"misses", s.misses},      {"entries", s.entries},
+                {"bytes", s.bytes},   {"max_bytes", s.max_bytes}, {"evictions", s.evictions}};
   };
   json j = {
       {"status", p->model ? "ok" : "loading"},
@@ -599,16 +601,17 @@ void Server::health(const httplib::Request& req, httplib::Response& res) {
 void Server::models(const httplib::Request& req, httplib::Response& res) {
   guarded(req, res, true, [&] {
     auto p = active();
-    const json m = {{"id", p->cfg.model_name},
-                    {"object", "model"},
-                    {"created", int64_t(std::chrono::duration_cast<std::chrono::seconds>(
-                                            std::chrono::system_clock::now().time_since_epoch() -
-                                            std::chrono::duration_cast<std::chrono::system_clock::duration>(
-                                                Clock::now() - started_))
-                                            .count())},
-                    {"owned_by", "moondream"},
-                    {"root", p->cfg.model_path},
-                    {"ready", p->model != nullptr}};
+    const json m = {
+        {"id", p->cfg.model_name},
+        {"object", "model"},
+        {"created",
+         int64_t(std::chrono::duration_cast<std::chrono::seconds>(
+                     std::chrono::system_clock::now().time_since_epoch() -
+                     std::chrono::duration_cast<std::chrono::system_clock::duration>(Clock::now() - started_))
+                     .count())},
+        {"owned_by", "moondream"},
+        {"root", p->cfg.model_path},
+        {"ready", p->model != nullptr}};
     if (req.matches.size() > 1) {
       if (req.matches[1].str() != p->cfg.model_name)
         throw ApiError(404, "model_not_found", "no model named '" + req.matches[1].str() + "'");
@@ -624,8 +627,8 @@ void Server::metrics(const httplib::Request& req, httplib::Response& res) {
     auto p = active();
     std::string o = metrics_.render();
     auto gauge = [&](const std::string& name, const std::string& help, const std::string& type, double v) {
-      o += "# HELP " + name + " " + help + "\n# TYPE " + name + " " + type + "\n" + name + " " +
-           fmt::format("{}", v) + "\n";
+      o += "# HELP " + name + " " + help + "\n# TYPE " + name + " " + type + "\n" + name + " " + fmt::format("{}", v) +
+           "\n";
     };
     const CacheStats ic = caches_.images.stats(), rc = caches_.responses.stats();
     gauge("moondream_image_cache_hits_total", "Encoded-image cache hits.", "counter", double(ic.hits));
@@ -660,12 +663,13 @@ std::string Server::config_json() const {
             {"models", models},
             {"configs_dir", opts_.configs_dir},
             {"config", json::parse(config_to_json(p->cfg))},
-            {"model", {{"name", p->cfg.model_name},
-                       {"path", p->model ? p->model->dir : ""},
-                       {"source", p->cfg.model_path},
-                       {"revision", p->cfg.revision},
-                       {"ready", p->model != nullptr},
-                       {"load_seconds", p->model ? p->model->load_seconds : 0.0}}}};
+            {"model",
+             {{"name", p->cfg.model_name},
+              {"path", p->model ? p->model->dir : ""},
+              {"source", p->cfg.model_path},
+              {"revision", p->cfg.revision},
+              {"ready", p->model != nullptr},
+              {"load_seconds", p->model ? p->model->load_seconds : 0.0}}}};
   return dumps(j);
 }
 
@@ -694,8 +698,8 @@ void Server::patch_config(const httplib::Request& req, const std::string& raw_bo
     for (const auto& w : warnings) spdlog::warn("{}", w);
     if (cfg.server.host != startup_cfg_.server.host || cfg.server.port != startup_cfg_.server.port ||
         cfg.server.backend_port != startup_cfg_.server.backend_port)
-      warnings.push_back("server.host/port/backend_port apply at startup only; kept " + startup_cfg_.server.host +
-                         ":" + std::to_string(startup_cfg_.server.port));
+      warnings.push_back("server.host/port/backend_port apply at startup only; kept " + startup_cfg_.server.host + ":" +
+                         std::to_string(startup_cfg_.server.port));
     if (cfg.threads != startup_cfg_.threads)
       warnings.push_back("threads applies at startup only; kept " + std::to_string(startup_cfg_.threads));
     auto cur = active();
@@ -799,9 +803,9 @@ std::shared_ptr<const JobOutcome> Server::cached_response(Job& job, const Profil
 void Server::submit(const std::shared_ptr<Job>& job) {
   if (stopping_) throw ApiError(503, "shutting_down", "the server is shutting down");
   if (!queue_->try_push(job)) {
-    ApiError e(503, "queue_full",
-               "the server is busy: " + std::to_string(queue_->capacity()) +
-                   " requests are already waiting; retry later");
+    ApiError e(
+        503, "queue_full",
+        "the server is busy: " + std::to_string(queue_->capacity()) + " requests are already waiting; retry later");
     throw e;
   }
 }
@@ -844,9 +848,10 @@ void Server::moondream_task(const httplib::Request& req, const std::string& raw_
     job->stream = parsed.stream;
     const std::string& image_url = parsed.image_url;
     if (!p.has_image && !prof->model->model->revision().text_only)
-      throw bad_request("missing_field", "image_url is required (questions without an image need revision "
-                                         "2025-06-21; the loaded model is revision " +
-                                             prof->model->model->revision().name + ")");
+      throw bad_request("missing_field",
+                        "image_url is required (questions without an image need revision "
+                        "2025-06-21; the loaded model is revision " +
+                            prof->model->model->revision().name + ")");
     // The model's checks (options against the loaded revision, the context)
     // before any image work.
     try {
@@ -926,7 +931,8 @@ void Server::chat_completions(const httplib::Request& req, const std::string& ra
     const std::string model = c.model_name;
     res.set_header("X-Request-Id", id);
     auto base = [id, created, model](const char* object) {
-      return json{{"id", id}, {"object", object}, {"created", created}, {"model", model}, {"system_fingerprint", nullptr}};
+      return json{
+          {"id", id}, {"object", object}, {"created", created}, {"model", model}, {"system_fingerprint", nullptr}};
     };
     Presenter pr;
     pr.body = [base](const JobOutcome& o, double total) {

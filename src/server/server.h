@@ -92,8 +92,7 @@ class Server {
   void with_body(const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& reader,
                  const std::function<void(const std::string&)>& fn);
   using Handler = void (Server::*)(const httplib::Request&, httplib::Response&);
-  void guarded(const httplib::Request& req, httplib::Response& res, bool needs_key,
-               const std::function<void()>& fn);
+  void guarded(const httplib::Request& req, httplib::Response& res, bool needs_key, const std::function<void()>& fn);
   void check_api_key(const httplib::Request& req, const Profile& p) const;
   std::shared_ptr<const Profile> ready_profile() const;  // 503 while loading
   void prepare_image(Job& job, const std::string& image_url, const Profile& p, RequestInfo& info);

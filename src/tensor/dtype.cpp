@@ -139,12 +139,8 @@ void convert_to_f32(DType t, const void* src, float* dst, size_t n) {
     case DType::F32:
       if (n) std::memmove(dst, src, n * sizeof(float));
       return;
-    case DType::F16:
-      f16_block_to_f32(static_cast<const uint8_t*>(src), dst, n);
-      return;
-    case DType::BF16:
-      bf16_block_to_f32(static_cast<const uint8_t*>(src), dst, n);
-      return;
+    case DType::F16: f16_block_to_f32(static_cast<const uint8_t*>(src), dst, n); return;
+    case DType::BF16: bf16_block_to_f32(static_cast<const uint8_t*>(src), dst, n); return;
   }
 }
 

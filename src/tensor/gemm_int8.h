@@ -12,14 +12,14 @@
 namespace md {
 
 struct Int8GemmArgs {
-  const int8_t* x = nullptr;  // [m, k] row-major
-  const float* xs = nullptr;  // [m]
+  const int8_t* x = nullptr;      // [m, k] row-major
+  const float* xs = nullptr;      // [m]
   const int32_t* xsum = nullptr;  // [m]
-  int m = 0, k = 0;  // k % 4 == 0
-  const uint8_t* w = nullptr;  // [n, k] row-major, q + 128
-  const float* ws = nullptr;   // [n]
-  const float* bias = nullptr;  // [n] or null
-  int n = 0;  // n % 16 == 0
+  int m = 0, k = 0;               // k % 4 == 0
+  const uint8_t* w = nullptr;     // [n, k] row-major, q + 128
+  const float* ws = nullptr;      // [n]
+  const float* bias = nullptr;    // [n] or null
+  int n = 0;                      // n % 16 == 0
   bool gelu = false;
   float* y = nullptr;  // y[i·ldy + j]
   size_t ldy = 0;

@@ -39,7 +39,7 @@
 namespace md::gemv_detail {
 namespace {
 
-constexpr int kTileM = 6;      // rows of X per microkernel call
+constexpr int kTileM = 6;                        // rows of X per microkernel call
 constexpr int kPanelVecs = kInt8GemmPanel / 16;  // 16-row weight vectors per panel
 
 // r[i] (16 dwords each) := the transpose: r[j] lane i = old r[i] lane j.
@@ -185,8 +185,7 @@ void row_tiles(const int8_t* x, int m, int k, const uint8_t* panel, Epilogue ep,
     ep.xs += kTileM;
     ep.xsum += kTileM;
   }
-  for (; line < prefetch_lines; ++line)
-    _mm_prefetch(reinterpret_cast<const char*>(prefetch + 64 * line), _MM_HINT_T1);
+  for (; line < prefetch_lines; ++line) _mm_prefetch(reinterpret_cast<const char*>(prefetch + 64 * line), _MM_HINT_T1);
   if (i < m) tail_tile<kTileM - 1, V>(m - i, x + size_t(i) * size_t(k), k, panel, ep, y + size_t(i) * ldy, ldy);
 }
 

@@ -122,8 +122,7 @@ void q4_unpack(const uint8_t* row, int cols, int c0, int c1, int8_t* out) {
 
 // Σ over groups [g0, g1) of d_w · s_x · Σ q_w·q_x with signed weights wq
 // (indexed from column g0·group).
-float qdot_groups(const int8_t* wq, const uint8_t* scales, const XQuant& x, int group, int g0,
-                  int g1) {
+float qdot_groups(const int8_t* wq, const uint8_t* scales, const XQuant& x, int group, int g0, int g1) {
   float acc = 0.0f;
   for (int g = g0; g < g1; ++g) {
     const int8_t* a = wq + size_t(g - g0) * size_t(group);
@@ -146,7 +145,9 @@ void fp_scalar(const WeightMatrix& w, const float* X, int m, float* Y, int ldy, 
   for (int r = r0; r < r1; ++r) {
     switch (w.format) {
       case WeightFormat::F32: std::memcpy(row, base + 4 * size_t(r) * size_t(cols), 4 * size_t(cols)); break;
-      case WeightFormat::BF16: convert_to_f32(DType::BF16, base + 2 * size_t(r) * size_t(cols), row, size_t(cols)); break;
+      case WeightFormat::BF16:
+        convert_to_f32(DType::BF16, base + 2 * size_t(r) * size_t(cols), row, size_t(cols));
+        break;
       default: convert_to_f32(DType::F16, base + 2 * size_t(r) * size_t(cols), row, size_t(cols)); break;
     }
     for (int i = 0; i < m; ++i) {
@@ -170,8 +171,7 @@ void q8_scalar(const WeightMatrix& w, const XQuant* x, int m, float* Y, int ldy,
     const uint8_t* row = static_cast<const uint8_t*>(w.data) + size_t(r) * size_t(cols);
     for (int c = 0; c < cols; ++c) wq[c] = int8_t(int(row[c]) - 128);
     const uint8_t* sc = static_cast<const uint8_t*>(w.aux) + 2 * size_t(r) * size_t(ng);
-    for (int i = 0; i < m; ++i)
-      Y[size_t(i) * size_t(ldy) + size_t(r)] = qdot_groups(wq, sc, x[i], w.group, 0, ng);
+    for (int i = 0; i < m; ++i) Y[size_t(i) * size_t(ldy) + size_t(r)] = qdot_groups(wq, sc, x[i], w.group, 0, ng);
   }
 }
 
@@ -183,8 +183,7 @@ void q4_scalar(const WeightMatrix& w, const XQuant* x, int m, float* Y, int ldy,
     const uint8_t* row = static_cast<const uint8_t*>(w.data) + size_t(r) * size_t(cols / 2);
     q4_unpack(row, cols, 0, cols, wq);
     const uint8_t* sc = static_cast<const uint8_t*>(w.aux) + 2 * size_t(r) * size_t(ng);
-    for (int i = 0; i < m; ++i)
-      Y[size_t(i) * size_t(ldy) + size_t(r)] = qdot_groups(wq, sc, x[i], w.group, 0, ng);
+    for (int i = 0; i < m; ++i) Y[size_t(i) * size_t(ldy) + size_t(r)] = qdot_groups(wq, sc, x[i], w.group, 0, ng);
   }
 }
 
@@ -299,15 +298,15 @@ bool is_quant(WeightFormat f) { return f == WeightFormat::Q8 || f == WeightForma
 void check(const WeightMatrix& w, int r0, int r1) {
   if (!w.data || w.rows <= 0 || w.cols <= 0 || r0 < 0 || r1 > w.rows || r0 > r1)
     throw Error("gemv: bad matrix or row range");
-  if (is_quant(w.format) && (!w.aux || w.group <= 0 || w.cols % w.group != 0 ||
-                             !(w.group == 32 || w.group == 64 || w.group % 128 == 0)))
+  if (is_quant(w.format) &&
+      (!w.aux || w.group <= 0 || w.cols % w.group != 0 || !(w.group == 32 || w.group == 64 || w.group % 128 == 0)))
     throw Error("gemv: bad quantised matrix (group size or scales)");
 }
 
 thread_local XQuantBuf t_xq;
 
-void run_rows(const Kernels& k, const WeightMatrix& w, const float* X, const XQuant* xq, int m,
-              float* Y, int ldy, int r0, int r1) {
+void run_rows(const Kernels& k, const WeightMatrix& w, const float* X, const XQuant* xq, int m, float* Y, int ldy,
+              int r0, int r1) {
   if (r0 >= r1) return;
   switch (w.format) {
     case WeightFormat::Q8: k.q8(w, xq, m, Y, ldy, r0, r1); break;

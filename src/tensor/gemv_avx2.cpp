@@ -65,9 +65,7 @@ struct Fp<WeightFormat::BF16> {
 template <>
 struct Fp<WeightFormat::F16> {
   static constexpr size_t kSize = 2;
-  static __m256 load(const uint8_t* p) {
-    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  }
+  static __m256 load(const uint8_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
   static float one(const uint8_t* p) {
     uint16_t h;
     std::memcpy(&h, p, 2);
@@ -147,8 +145,7 @@ inline void q8_row(const WeightMatrix& w, const XQuant* x, float* y, size_t ldy,
 #pragma GCC unroll 16
   for (int m = 0; m < M; ++m) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
   auto chunk = [&](int c, int a) {
-    const __m256i wv =
-        _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + size_t(c))), flip);
+    const __m256i wv = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + size_t(c))), flip);
     const float sw = _cvtsh_ss(sr[c / G]);
 #pragma GCC unroll 16
     for (int m = 0; m < M; ++m) {

@@ -43,12 +43,8 @@ struct Fp<WeightFormat::F32> {
 template <>
 struct Fp<WeightFormat::BF16> {
   static constexpr size_t kSize = 2;
-  static __m512 widen(__m256i h) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-  }
-  static __m512 load(const uint8_t* p) {
-    return widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-  }
+  static __m512 widen(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
+  static __m512 load(const uint8_t* p) { return widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
   static __m512 load(const uint8_t* p, __mmask16 k) { return widen(_mm256_maskz_loadu_epi16(k, p)); }
 };
 
@@ -58,9 +54,7 @@ struct Fp<WeightFormat::F16> {
   static __m512 load(const uint8_t* p) {
     return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   }
-  static __m512 load(const uint8_t* p, __mmask16 k) {
-    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, p));
-  }
+  static __m512 load(const uint8_t* p, __mmask16 k) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, p)); }
 };
 
 // One weight row × input rows [0, M) of X (row stride ldx). One row at a
@@ -72,7 +66,7 @@ template <WeightFormat F, int M>
 inline void fp_row(const uint8_t* wr, int cols, const float* X, size_t ldx, float* y, size_t ldy) {
   using L = Fp<F>;
   __m512 acc[M][4];
-  #pragma GCC unroll 16
+#pragma GCC unroll 16
   for (int m = 0; m < M; ++m)
 #pragma GCC unroll 16
     for (int u = 0; u < 4; ++u) acc[m][u] = _mm512_setzero_ps();
@@ -81,7 +75,7 @@ inline void fp_row(const uint8_t* wr, int cols, const float* X, size_t ldx, floa
 #pragma GCC unroll 16
     for (int u = 0; u < 4; ++u) {
       const __m512 wv = L::load(wr + size_t(c + 16 * u) * L::kSize);
-  #pragma GCC unroll 16
+#pragma GCC unroll 16
       for (int m = 0; m < M; ++m)
         acc[m][u] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(X + size_t(m) * ldx + size_t(c + 16 * u)), acc[m][u]);
     }
@@ -98,10 +92,10 @@ inline void fp_row(const uint8_t* wr, int cols, const float* X, size_t ldx, floa
     for (int m = 0; m < M; ++m)
       acc[m][0] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(k, X + size_t(m) * ldx + size_t(c)), acc[m][0]);
   }
-  #pragma GCC unroll 16
+#pragma GCC unroll 16
   for (int m = 0; m < M; ++m)
-    y[size_t(m) * ldy] = _mm512_reduce_add_ps(
-        _mm512_add_ps(_mm512_add_ps(acc[m][0], acc[m][1]), _mm512_add_ps(acc[m][2], acc[m][3])));
+    y[size_t(m) * ldy] =
+        _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[m][0], acc[m][1]), _mm512_add_ps(acc[m][2], acc[m][3])));
 }
 
 template <WeightFormat F>
@@ -188,7 +182,7 @@ inline void q_rows(const QCtx& q, const WeightMatrix& w, const XQuant* x, float*
   const uint16_t* sr = static_cast<const uint16_t*>(w.aux) + size_t(r) * size_t(q.ng);
   const __m512i low4 = _mm512_set1_epi8(0x0f);
   __m512 acc[R][M][2];
-  #pragma GCC unroll 16
+#pragma GCC unroll 16
   for (int i = 0; i < R; ++i)
 #pragma GCC unroll 16
     for (int m = 0; m < M; ++m) acc[i][m][0] = acc[i][m][1] = _mm512_setzero_ps();
@@ -211,19 +205,19 @@ inline void q_rows(const QCtx& q, const WeightMatrix& w, const XQuant* x, float*
       const __m512i idx = k == 0 ? q.idx0 : q.idx1;
       __m512i wv[R];
       __m512 swk[R];
-  #pragma GCC unroll 16
+#pragma GCC unroll 16
       for (int i = 0; i < R; ++i) {
-        wv[i] = !Q4 ? _mm512_loadu_si512(wr + size_t(i) * wstride + c)
+        wv[i] = !Q4      ? _mm512_loadu_si512(wr + size_t(i) * wstride + c)
                 : k == 0 ? _mm512_and_si512(raw[i], low4)
                          : _mm512_and_si512(_mm512_srli_epi16(raw[i], 4), low4);
         swk[i] = _mm512_permutexvar_ps(idx, sw[i]);
       }
-  #pragma GCC unroll 16
+#pragma GCC unroll 16
       for (int m = 0; m < M; ++m) {
         const __m512i cv = _mm512_loadu_si512(x[m].hc + c / 4);
         const __m512i xv = _mm512_loadu_si512(x[m].q + c);
         const __m512 sxk = M == 1 ? swk[0] : _mm512_permutexvar_ps(idx, sx[m]);
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int i = 0; i < R; ++i) {
           const __m512 f = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(cv, wv[i], xv));
           // M > 1: the product of the spread scales equals the spread of the
@@ -241,7 +235,7 @@ inline void q_rows(const QCtx& q, const WeightMatrix& w, const XQuant* x, float*
     }
   }
   const int ctail = q.nb * 128;
-  #pragma GCC unroll 16
+#pragma GCC unroll 16
   for (int i = 0; i < R; ++i)
 #pragma GCC unroll 16
     for (int m = 0; m < M; ++m) {
@@ -288,16 +282,17 @@ void prep_row_avx512(const float* x, int cols, int group, int zero, int8_t* q, f
     const __m512 id = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
     s[g] = amax / 127.0f;
     for (int c = 0; c < group; c += 32) {
-      const __m512i a = _mm512_min_epi32(
-          _mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xg + c), id)), lo), hi);
+      const __m512i a =
+          _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xg + c), id)), lo), hi);
       const __m512i b = _mm512_min_epi32(
           _mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xg + c + 16), id)), lo), hi);
-      const __m256i qb = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm512_cvtepi32_epi8(a)),
-                                                 _mm512_cvtepi32_epi8(b), 1);
+      const __m256i qb =
+          _mm256_inserti128_si256(_mm256_castsi128_si256(_mm512_cvtepi32_epi8(a)), _mm512_cvtepi32_epi8(b), 1);
       const size_t col = size_t(g) * size_t(group) + size_t(c);
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + col), qb);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(hc + col / 4),
-                          _mm256_setr_epi32(-zero * _mm512_reduce_add_epi32(_mm512_add_epi32(a, b)), 0, 0, 0, 0, 0, 0, 0));
+      _mm256_storeu_si256(
+          reinterpret_cast<__m256i*>(hc + col / 4),
+          _mm256_setr_epi32(-zero * _mm512_reduce_add_epi32(_mm512_add_epi32(a, b)), 0, 0, 0, 0, 0, 0, 0));
     }
   }
 }
@@ -322,8 +317,8 @@ inline __m512 reduce16(const __m512* v) {
   return _mm512_add_ps(_mm512_shuffle_f32x4(c[0], c[1], 0x88), _mm512_shuffle_f32x4(c[0], c[1], 0xdd));
 }
 
-void quant_row_avx512(WeightFormat target, const float* w, int cols, int group, uint8_t* out,
-                      uint16_t* scales, uint8_t* scratch) {
+void quant_row_avx512(WeightFormat target, const float* w, int cols, int group, uint8_t* out, uint16_t* scales,
+                      uint8_t* scratch) {
   const int ng = cols / group;
   if (target == WeightFormat::Q8) {
     const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
@@ -388,7 +383,8 @@ void quant_row_avx512(WeightFormat target, const float* w, int cols, int group, 
     const __mmask16 valid = _mm512_cmp_ps_mask(sqq, _mm512_setzero_ps(), _CMP_GT_OQ) & 0xff;
     const __m512 score = _mm512_mask_div_ps(_mm512_set1_ps(-1.0f), valid, _mm512_mul_ps(swq, swq), sqq);
     const float top = _mm512_mask_reduce_max_ps(0xff, score);
-    const unsigned k = unsigned(__builtin_ctz(unsigned(_mm512_cmp_ps_mask(score, _mm512_set1_ps(top), _CMP_EQ_OQ)) | 0x100u));
+    const unsigned k =
+        unsigned(__builtin_ctz(unsigned(_mm512_cmp_ps_mask(score, _mm512_set1_ps(top), _CMP_EQ_OQ)) | 0x100u));
     float best_d = 0.0f, best_t = kQ4Candidates[0];
     if (k < unsigned(kNumQ4Candidates) && top >= 0.0f) {
       alignas(64) float a[16], b[16];
@@ -420,8 +416,8 @@ void quant_row_avx512(WeightFormat target, const float* w, int cols, int group, 
 
 }  // namespace
 
-const Kernels kAvx512 = {"avx512", fp_avx512, q8_avx512, q4_avx512, quant_row_avx512, prep_row_avx512,
-                         int8_gemm_avx512};
+const Kernels kAvx512 = {"avx512",         fp_avx512,       q8_avx512,       q4_avx512,
+                         quant_row_avx512, prep_row_avx512, int8_gemm_avx512};
 
 }  // namespace md::gemv_detail
 

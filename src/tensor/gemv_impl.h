@@ -13,8 +13,8 @@ namespace md::gemv_detail {
 // One input row quantised per weight group for the Q8/Q4 kernels:
 // q = RNE(x · 127/amax) in [-127, 127], s = amax / 127 (amax over the group).
 struct XQuant {
-  const int8_t* q = nullptr;    // [cols] (+64 readable bytes)
-  const float* s = nullptr;     // [cols / group] (+16 readable floats)
+  const int8_t* q = nullptr;  // [cols] (+64 readable bytes)
+  const float* s = nullptr;   // [cols / group] (+16 readable floats)
   // The zero-point correction for unsigned weights stored with zero point Z
   // (Q8: 128, Q4: 8), laid out as the kernels' int32 accumulator lanes: per
   // 32 columns 8 int32, the first -Z · Σ q over those columns, the others 0
@@ -34,14 +34,12 @@ struct XQuantBuf {
   void prepare(const float* X, int m, int ldx, int cols, int group, int zero);
 };
 
-using FpKernel = void (*)(const WeightMatrix& w, const float* X, int m, float* Y, int ldy, int r0,
-                          int r1);
-using QKernel = void (*)(const WeightMatrix& w, const XQuant* x, int m, float* Y, int ldy, int r0,
-                         int r1);
+using FpKernel = void (*)(const WeightMatrix& w, const float* X, int m, float* Y, int ldy, int r0, int r1);
+using QKernel = void (*)(const WeightMatrix& w, const XQuant* x, int m, float* Y, int ldy, int r0, int r1);
 // Quantises one fp32 row: Q8 writes cols bytes, Q4 cols/2 bytes; scales:
 // cols/group fp16; scratch: cols bytes.
-using QuantRow = void (*)(WeightFormat target, const float* w, int cols, int group, uint8_t* q,
-                          uint16_t* scales, uint8_t* scratch);
+using QuantRow = void (*)(WeightFormat target, const float* w, int cols, int group, uint8_t* q, uint16_t* scales,
+                          uint8_t* scratch);
 // Quantises one input row x [cols] per group (see XQuant): q [cols],
 // s [cols/group], hc [cols/4]. Every implementation gives bit-identical
 // results.
@@ -81,7 +79,7 @@ inline constexpr int kNumQ4Candidates = 8;
 static_assert(sizeof(kQ4Candidates) == kNumQ4Candidates * sizeof(float));
 
 // Scalar quantisation of one row (quant.cpp).
-void quant_row_scalar(WeightFormat target, const float* w, int cols, int group, uint8_t* q,
-                      uint16_t* scales, uint8_t* scratch);
+void quant_row_scalar(WeightFormat target, const float* w, int cols, int group, uint8_t* q, uint16_t* scales,
+                      uint8_t* scratch);
 
 }  // namespace md::gemv_detail

@@ -20,9 +20,7 @@ namespace {
 
 // x rounded to the nearest integer (ties to even) by adding and removing
 // 1.5·2^23, for |x| < 2^22: vectorises without SSE4.1's round instruction.
-__attribute__((always_inline)) static inline float round_nearest(float x) {
-  return (x + 12582912.0f) - 12582912.0f;
-}
+__attribute__((always_inline)) static inline float round_nearest(float x) { return (x + 12582912.0f) - 12582912.0f; }
 
 // exp(x) for x in [-87, 88] to ~1 ulp, in a form the compiler vectorises
 // (glibc's expf is a scalar call here): x = n·ln2 + r, e^r by a degree-6
@@ -77,8 +75,8 @@ __attribute__((always_inline)) inline float exp_minus_max(float* x, int n) {
 
 // Row-major C[M,N] = alpha·A[M,K]·B (B given as [N,K] when trans_b) + beta·C.
 // Called from inside parallel regions, where oneDNN runs single-threaded.
-void sgemm(bool trans_b, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
-           int ldb, float beta, float* C, int ldc) {
+void sgemm(bool trans_b, int M, int N, int K, float alpha, const float* A, int lda, const float* B, int ldb, float beta,
+           float* C, int ldc) {
   if (dnnl_sgemm('N', trans_b ? 'T' : 'N', M, N, K, alpha, A, lda, B, ldb, beta, C, ldc) != dnnl_success)
     throw Error("oneDNN sgemm failed");
 }
@@ -171,8 +169,8 @@ MD_VECTOR_CLONES void to_s8(const uint8_t* src, size_t n, int8_t* dst) {
 }
 
 // y[j] = c[j]·(ws[j]·sx) + bias[j], then GELU when asked.
-MD_VECTOR_CLONES void dequant_row(const int32_t* c, const float* ws, float sx, const float* bias, int n,
-                                  bool gelu, float* y) {
+MD_VECTOR_CLONES void dequant_row(const int32_t* c, const float* ws, float sx, const float* bias, int n, bool gelu,
+                                  float* y) {
   if (bias) {
 #pragma omp simd
     for (int j = 0; j < n; ++j) y[j] = float(c[j]) * (ws[j] * sx) + bias[j];
@@ -235,8 +233,8 @@ void linear_int8_transposed(const WeightMatrix& w, const float* x, int m, const 
     const int32_t co = 0;
     for (size_t blk = b; blk < e; ++blk) {
       const int r0 = int(blk) * width, n = std::min(width, out - r0);
-      if (dnnl_gemm_u8s8s32('N', 'T', 'F', n, mp, k, 1.0f, wq + size_t(r0) * k, k, 128, xq, k, 0, 0.0f, c, mp,
-                            &co) != dnnl_success)
+      if (dnnl_gemm_u8s8s32('N', 'T', 'F', n, mp, k, 1.0f, wq + size_t(r0) * k, k, 128, xq, k, 0, 0.0f, c, mp, &co) !=
+          dnnl_success)
         throw Error("oneDNN u8s8s32 gemm failed");
       convert_to_f32(DType::F16, wscale + r0, ws, size_t(n));
       for (int i0 = 0; i0 < m; i0 += kTileRows)
@@ -265,8 +263,7 @@ void linear_int8_fused(Int8GemmKernel kernel, const WeightMatrix& w, const float
   int32_t* xsum = scratch(t_xsum, size_t(m));
   float* ws = scratch(t_ws, size_t(out));
   parallel_for(size_t(m), [&](size_t b, size_t e) {
-    for (size_t r = b; r < e; ++r)
-      xs[r] = quantize_row_s8_sum(x + r * size_t(k), k, xq + r * size_t(k), xsum + r);
+    for (size_t r = b; r < e; ++r) xs[r] = quantize_row_s8_sum(x + r * size_t(k), k, xq + r * size_t(k), xsum + r);
   });
   convert_to_f32(DType::F16, w.aux, ws, size_t(out));
   const auto* wq = static_cast<const uint8_t*>(w.data);
@@ -307,7 +304,8 @@ void linear_int8(const WeightMatrix& w, const float* x, int m, const float* bias
   // Without the fused kernel (AVX2 CPUs), oneDNN: for a crop per thread
   // (vision tower) two blocks, one after the other. Per thread that ran 5-8 %
   // faster than the row-major blocks below (bench).
-  if (in_parallel_region()) return linear_int8_transposed(w, x, m, bias, gelu, (w.rows / 2 + kTileCols - 1) / kTileCols * kTileCols, y);
+  if (in_parallel_region())
+    return linear_int8_transposed(w, x, m, bias, gelu, (w.rows / 2 + kTileCols - 1) / kTileCols * kTileCols, y);
   const int k = w.cols, out = w.rows;
   static thread_local std::vector<uint8_t> t_xq;
   static thread_local std::vector<float> t_xs;
@@ -345,8 +343,8 @@ void linear_int8(const WeightMatrix& w, const float* x, int m, const float* bias
         prev_block = blk;
       }
       int32_t* c = scratch(t_c, size_t(mn) * n);
-      if (dnnl_gemm_u8s8s32('N', 'T', 'F', mn, n, k, 1.0f, xq + size_t(m0) * k, k, 128, wblock, k, 0, 0.0f, c,
-                            n, &co) != dnnl_success)
+      if (dnnl_gemm_u8s8s32('N', 'T', 'F', mn, n, k, 1.0f, xq + size_t(m0) * k, k, 128, wblock, k, 0, 0.0f, c, n,
+                            &co) != dnnl_success)
         throw Error("oneDNN u8s8s32 gemm failed");
       for (int i = 0; i < mn; ++i)
         dequant_row(c + size_t(i) * n, ws, xs[size_t(m0 + i)], bias ? bias + r0 : nullptr, n, gelu,
@@ -459,11 +457,9 @@ void head_attention_int8(const AttentionShape& s, const AttentionMask& mask, flo
   for (int d = 0; d < hd; ++d) mean[d] /= float(n_k);
   for (int j = 0; j < n_k; ++j)
     sk[j] = quantize_centred_row_s8(k + size_t(j) * s.kv_stride, mean, hd, row, kq + size_t(j) * hd);
-  for (int i = 0; i < n_q; ++i)
-    sq[i] = quantize_row_u8(q + size_t(i) * s.q_stride, hd, qq + size_t(i) * hd) * scale;
+  for (int i = 0; i < n_q; ++i) sq[i] = quantize_row_u8(q + size_t(i) * s.q_stride, hd, qq + size_t(i) * hd) * scale;
   const int32_t co = 0;
-  if (dnnl_gemm_u8s8s32('N', 'T', 'F', n_q, n_k, hd, 1.0f, qq, hd, 128, kq, hd, 0, 0.0f, c, n_k, &co) !=
-      dnnl_success)
+  if (dnnl_gemm_u8s8s32('N', 'T', 'F', n_q, n_k, hd, 1.0f, qq, hd, 128, kq, hd, 0, 0.0f, c, n_k, &co) != dnnl_success)
     throw Error("oneDNN u8s8s32 gemm failed");
   for (int i = 0; i < n_q; ++i)
     inv_sum[i] = softmax_row_fixed16(c + size_t(i) * n_k, sk, sq[i], mask.visible_keys(i, n_k), n_k, row_v,
@@ -590,8 +586,8 @@ MD_VECTOR_CLONES void softmax(float* x, int n) {
   for (int i = 0; i < n; ++i) x[i] *= inv;
 }
 
-void attention(const AttentionShape& s, const AttentionMask& mask, const float* q, const float* k,
-               const float* v, float* out) {
+void attention(const AttentionShape& s, const AttentionMask& mask, const float* q, const float* k, const float* v,
+               float* out) {
   attention(s, mask, q, KVRows{}, KVRows{k, v, s.n_k}, out);
 }
 
@@ -620,8 +616,8 @@ void attention(const AttentionShape& s, const AttentionMask& mask, const float* 
       float* oh = out + h * s.head_dim;
       // Scores against each key range, side by side in one row per query.
       if (base.rows > 0)
-        sgemm(true, s.n_q, base.rows, s.head_dim, scale, qh, s.q_stride, base.k + col, s.kv_stride, 0.0f,
-              scores, s.n_k);
+        sgemm(true, s.n_q, base.rows, s.head_dim, scale, qh, s.q_stride, base.k + col, s.kv_stride, 0.0f, scores,
+              s.n_k);
       if (own.rows > 0)
         sgemm(true, s.n_q, own.rows, s.head_dim, scale, qh, s.q_stride, own.k + col, s.kv_stride, 0.0f,
               scores + base.rows, s.n_k);
@@ -633,13 +629,13 @@ void attention(const AttentionShape& s, const AttentionMask& mask, const float* 
       }
       float beta = 0.0f;
       if (base.rows > 0) {
-        sgemm(false, s.n_q, s.head_dim, base.rows, 1.0f, scores, s.n_k, base.v + col, s.kv_stride, 0.0f,
-              oh, out_stride);
+        sgemm(false, s.n_q, s.head_dim, base.rows, 1.0f, scores, s.n_k, base.v + col, s.kv_stride, 0.0f, oh,
+              out_stride);
         beta = 1.0f;
       }
       if (own.rows > 0)
-        sgemm(false, s.n_q, s.head_dim, own.rows, 1.0f, scores + base.rows, s.n_k, own.v + col,
-              s.kv_stride, beta, oh, out_stride);
+        sgemm(false, s.n_q, s.head_dim, own.rows, 1.0f, scores + base.rows, s.n_k, own.v + col, s.kv_stride, beta, oh,
+              out_stride);
     }
   });
 }

@@ -71,8 +71,8 @@ struct AttentionMask {
     return std::min(n_k, p < prefix ? std::max(prefix, p + 1) : p + 1);
   }
 };
-void attention(const AttentionShape& s, const AttentionMask& mask, const float* q, const float* k,
-               const float* v, float* out);
+void attention(const AttentionShape& s, const AttentionMask& mask, const float* q, const float* k, const float* v,
+               float* out);
 
 // Keys/values held in two places: `base` rows are keys [0, base.rows) (a
 // shared, read-only image prefix), `own` rows the keys after them; together
@@ -83,7 +83,6 @@ struct KVRows {
   const float* v = nullptr;
   int rows = 0;
 };
-void attention(const AttentionShape& s, const AttentionMask& mask, const float* q, KVRows base, KVRows own,
-               float* out);
+void attention(const AttentionShape& s, const AttentionMask& mask, const float* q, KVRows base, KVRows own, float* out);
 
 }  // namespace md

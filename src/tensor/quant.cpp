@@ -53,8 +53,8 @@ inline float rne(float v) {
 }
 }  // namespace
 
-void quant_row_scalar(WeightFormat target, const float* w, int cols, int group, uint8_t* out,
-                      uint16_t* scales, uint8_t* scratch) {
+void quant_row_scalar(WeightFormat target, const float* w, int cols, int group, uint8_t* out, uint16_t* scales,
+                      uint8_t* scratch) {
   const int ng = cols / group;
   if (target == WeightFormat::Q8) {
     for (int g = 0; g < ng; ++g) {
@@ -120,8 +120,7 @@ void quant_row_scalar(WeightFormat target, const float* w, int cols, int group, 
   }
   for (int b = 0; b < cols; b += 128) {
     const int n = cols - b < 128 ? cols - b : 128, half = n / 2;
-    for (int j = 0; j < half; ++j)
-      out[b / 2 + j] = uint8_t(qrow[b + j] | (qrow[b + j + half] << 4));
+    for (int j = 0; j < half; ++j) out[b / 2 + j] = uint8_t(qrow[b + j] | (qrow[b + j + half] << 4));
   }
 }
 
@@ -152,10 +151,8 @@ const float* source_row(const void* src, WeightFormat fmt, int cols, int r, floa
 }
 
 void check_args(WeightFormat src_format, int rows, int cols, WeightFormat target, int group) {
-  if (target != WeightFormat::Q8 && target != WeightFormat::Q4)
-    throw Error("quantize: target must be Q8 or Q4");
-  if (src_format != WeightFormat::F32 && src_format != WeightFormat::BF16 &&
-      src_format != WeightFormat::F16)
+  if (target != WeightFormat::Q8 && target != WeightFormat::Q4) throw Error("quantize: target must be Q8 or Q4");
+  if (src_format != WeightFormat::F32 && src_format != WeightFormat::BF16 && src_format != WeightFormat::F16)
     throw Error("quantize: source must be F32, BF16 or F16");
   if (rows <= 0 || !quant_layout_ok(target, cols, group))
     throw Error("quantize: bad group size " + std::to_string(group) + " for " + std::to_string(cols) +
@@ -165,8 +162,8 @@ void check_args(WeightFormat src_format, int rows, int cols, WeightFormat target
 
 }  // namespace
 
-void quantize_into(const void* src, WeightFormat src_format, int rows, int cols, WeightFormat target,
-                   int group, uint8_t* data, uint16_t* scales) {
+void quantize_into(const void* src, WeightFormat src_format, int rows, int cols, WeightFormat target, int group,
+                   uint8_t* data, uint16_t* scales) {
   check_args(src_format, rows, cols, target, group);
   const gemv_detail::QuantRow fn = gemv_detail::kernels().quant_row;
   const size_t row_bytes = quant_data_bytes(target, 1, cols);
@@ -184,8 +181,8 @@ void quantize_into(const void* src, WeightFormat src_format, int rows, int cols,
   });
 }
 
-QuantizedWeights quantize(const void* src, WeightFormat src_format, int rows, int cols,
-                          WeightFormat target, int group) {
+QuantizedWeights quantize(const void* src, WeightFormat src_format, int rows, int cols, WeightFormat target,
+                          int group) {
   check_args(src_format, rows, cols, target, group);
   QuantizedWeights q;
   q.format = target;
@@ -194,8 +191,7 @@ QuantizedWeights quantize(const void* src, WeightFormat src_format, int rows, in
   q.group = group;
   q.data.resize(quant_data_bytes(target, rows, cols));
   q.aux.resize(quant_aux_bytes(rows, cols, group));
-  quantize_into(src, src_format, rows, cols, target, group, q.data.data(),
-                reinterpret_cast<uint16_t*>(q.aux.data()));
+  quantize_into(src, src_format, rows, cols, target, group, q.data.data(), reinterpret_cast<uint16_t*>(q.aux.data()));
   return q;
 }
 

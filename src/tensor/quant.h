@@ -46,13 +46,12 @@ bool quant_layout_ok(WeightFormat target, int cols, int group);
 // Quantises a [rows, cols] matrix stored as F32/BF16/F16 (src may be only
 // 2-byte aligned) to Q8 or Q4. Parallel over rows (md::parallel_for).
 // Throws md::Error on an unsupported format or group size.
-QuantizedWeights quantize(const void* src, WeightFormat src_format, int rows, int cols,
-                          WeightFormat target, int group);
+QuantizedWeights quantize(const void* src, WeightFormat src_format, int rows, int cols, WeightFormat target, int group);
 
 // The same into caller-provided storage (e.g. a cache file mapping): data
 // (quant_data_bytes) and scales (quant_aux_bytes, 2-byte aligned).
-void quantize_into(const void* src, WeightFormat src_format, int rows, int cols, WeightFormat target,
-                   int group, uint8_t* data, uint16_t* scales);
+void quantize_into(const void* src, WeightFormat src_format, int rows, int cols, WeightFormat target, int group,
+                   uint8_t* data, uint16_t* scales);
 
 size_t quant_data_bytes(WeightFormat target, int rows, int cols);
 size_t quant_aux_bytes(int rows, int cols, int group);

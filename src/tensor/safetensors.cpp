@@ -123,8 +123,8 @@ std::unique_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
   uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | base[i];
   if (n > size - 8)
-    throw Error(path + ": header length " + std::to_string(n) + " exceeds file size " +
-                std::to_string(size) + " (truncated or not a safetensors file)");
+    throw Error(path + ": header length " + std::to_string(n) + " exceeds file size " + std::to_string(size) +
+                " (truncated or not a safetensors file)");
   if (n > kMaxHeaderBytes)
     throw Error(path + ": header length " + std::to_string(n) + " is implausibly large (limit " +
                 std::to_string(kMaxHeaderBytes) + ")");
@@ -149,8 +149,7 @@ std::unique_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
       if (e.is_null()) continue;
       if (!e.is_object()) throw Error(path + ": __metadata__ is not a JSON object");
       for (auto m2 = e.begin(); m2 != e.end(); ++m2) {
-        if (!m2->is_string())
-          throw Error(path + ": __metadata__ value for '" + m2.key() + "' is not a string");
+        if (!m2->is_string()) throw Error(path + ": __metadata__ value for '" + m2.key() + "' is not a string");
         f->metadata_[m2.key()] = m2->get<std::string>();
       }
       continue;
@@ -165,8 +164,7 @@ std::unique_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
     if (off == e.end()) throw Error(where + ": missing \"data_offsets\"");
     if (!dt->is_string()) throw Error(where + ": \"dtype\" is not a string");
     if (!sh->is_array()) throw Error(where + ": \"shape\" is not an array");
-    if (!off->is_array() || off->size() != 2)
-      throw Error(where + ": \"data_offsets\" is not an array [begin, end]");
+    if (!off->is_array() || off->size() != 2) throw Error(where + ": \"data_offsets\" is not an array [begin, end]");
 
     TensorView v;
     v.name = name;
@@ -177,7 +175,8 @@ std::unique_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
 
     uint64_t numel = 1;
     for (const json& d : *sh) {
-      if (!d.is_number_integer()) throw Error(where + ": shape " + json_text::brief(*sh) + " has a non-integer dimension");
+      if (!d.is_number_integer())
+        throw Error(where + ": shape " + json_text::brief(*sh) + " has a non-integer dimension");
       if (d.is_number_unsigned()) {
         uint64_t u = d.get<uint64_t>();
         if (u > uint64_t(INT64_MAX)) throw Error(where + ": shape " + json_text::brief(*sh) + " is too large");
@@ -200,29 +199,28 @@ std::unique_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
     const std::string offs = "[" + std::to_string(begin) + "," + std::to_string(end) + "]";
     if (begin > end) throw Error(where + ": data_offsets " + offs + " have begin > end");
     if (end > data_size)
-      throw Error(where + ": data_offsets " + offs + " out of range (data section is " +
-                  std::to_string(data_size) + " bytes)");
+      throw Error(where + ": data_offsets " + offs + " out of range (data section is " + std::to_string(data_size) +
+                  " bytes)");
     if (end - begin != nbytes)
-      throw Error(where + ": shape " + shape_str(v.shape) + " x " + std::string(dtype_name(v.dtype)) +
-                  " is " + std::to_string(nbytes) + " bytes but data_offsets " + offs + " span " +
-                  std::to_string(end - begin) + " bytes");
+      throw Error(where + ": shape " + shape_str(v.shape) + " x " + std::string(dtype_name(v.dtype)) + " is " +
+                  std::to_string(nbytes) + " bytes but data_offsets " + offs + " span " + std::to_string(end - begin) +
+                  " bytes");
     v.data = data + begin;
     v.nbytes = size_t(nbytes);
     auto ins = f->tensors_.emplace(name, std::move(v));
     spans.push_back({begin, end, &ins.first->first});
   }
 
-  std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) {
-    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
-  });
+  std::sort(spans.begin(), spans.end(),
+            [](const Span& a, const Span& b) { return a.begin != b.begin ? a.begin < b.begin : a.end < b.end; });
   // Overlap check; empty tensors occupy no bytes and cannot overlap.
   const Span* prev = nullptr;
   for (const Span& s : spans) {
     if (s.begin == s.end) continue;
     if (prev && s.begin < prev->end)
       throw Error(path + ": tensors '" + *prev->name + "' [" + std::to_string(prev->begin) + "," +
-                  std::to_string(prev->end) + ") and '" + *s.name + "' [" + std::to_string(s.begin) +
-                  "," + std::to_string(s.end) + ") overlap");
+                  std::to_string(prev->end) + ") and '" + *s.name + "' [" + std::to_string(s.begin) + "," +
+                  std::to_string(s.end) + ") overlap");
     if (!prev || s.end > prev->end) prev = &s;
   }
 
@@ -295,8 +293,10 @@ Mapped canonical_name(const std::string& stored) {
     if (starts_with(rest, "blocks.")) {
       std::vector<std::string> r = split_dots(rest);  // blocks i sub...
       if (r.size() >= 3) {
-        if (r[2] == "norm1") r[2] = "ln1";
-        else if (r[2] == "norm2") r[2] = "ln2";
+        if (r[2] == "norm1")
+          r[2] = "ln1";
+        else if (r[2] == "norm2")
+          r[2] = "ln2";
         return {"vision." + join_dots(r, 0)};
       }
     }
@@ -364,13 +364,11 @@ WeightStore WeightStore::open(const std::string& model_dir) {
   if (fs::exists(index_path, ec)) {
     json index = parse_object_no_dup(read_text_file(index_path), index_path, "index");
     auto wm = index.find("weight_map");
-    if (wm == index.end() || !wm->is_object())
-      throw Error(index_path + ": bad index: no \"weight_map\" object");
+    if (wm == index.end() || !wm->is_object()) throw Error(index_path + ": bad index: no \"weight_map\" object");
     if (wm->empty()) throw Error(index_path + ": bad index: \"weight_map\" is empty");
     std::set<std::string> shards;
     for (auto it = wm->begin(); it != wm->end(); ++it) {
-      if (!it->is_string())
-        throw Error(index_path + ": bad index: shard of tensor '" + it.key() + "' is not a string");
+      if (!it->is_string()) throw Error(index_path + ": bad index: shard of tensor '" + it.key() + "' is not a string");
       std::string shard = it->get<std::string>();
       if (!plain_file_name(shard))
         throw Error(index_path + ": bad index: shard name '" + shard + "' of tensor '" + it.key() +
@@ -380,8 +378,7 @@ WeightStore WeightStore::open(const std::string& model_dir) {
     }
     for (const std::string& s : shard_files) {
       const fs::path p = dir / s;
-      if (!fs::exists(p, ec))
-        throw Error(index_path + ": shard '" + s + "' is missing from " + model_dir);
+      if (!fs::exists(p, ec)) throw Error(index_path + ": shard '" + s + "' is missing from " + model_dir);
     }
   } else if (fs::exists(single_path, ec)) {
     shard_files.push_back("model.safetensors");
@@ -398,8 +395,8 @@ WeightStore WeightStore::open(const std::string& model_dir) {
   for (const auto& [tensor, shard] : indexed) {
     const auto& f = by_name.at(shard);
     if (!f->tensors().count(tensor))
-      throw Error(index_path + ": bad index: tensor '" + tensor + "' is listed in shard '" + shard +
-                  "' but " + f->path() + " does not contain it");
+      throw Error(index_path + ": bad index: tensor '" + tensor + "' is listed in shard '" + shard + "' but " +
+                  f->path() + " does not contain it");
   }
 
   for (const auto& f : ws.files_) {
@@ -424,8 +421,7 @@ WeightStore WeightStore::open(const std::string& model_dir) {
       }
       auto prev = ws.tensors_.find(m.name);
       if (prev != ws.tensors_.end())
-        throw Error(f->path() + ": tensor '" + stored + "' duplicates '" + m.name + "' from " +
-                    prev->second.file);
+        throw Error(f->path() + ": tensor '" + stored + "' duplicates '" + m.name + "' from " + prev->second.file);
       ws.tensors_.emplace(m.name, std::move(v));
     }
   }
@@ -434,8 +430,7 @@ WeightStore WeightStore::open(const std::string& model_dir) {
 
 bool WeightStore::has(const std::string& name) const { return tensors_.count(name) != 0; }
 
-const TensorView& WeightStore::get(const std::string& name,
-                                   const std::vector<int64_t>& expected_shape) const {
+const TensorView& WeightStore::get(const std::string& name, const std::vector<int64_t>& expected_shape) const {
   auto it = tensors_.find(name);
   if (it == tensors_.end()) throw Error("missing tensor '" + name + "' in " + dir_);
   const TensorView& v = it->second;

@@ -13,13 +13,13 @@
 namespace md {
 
 struct TensorView {
-  std::string name;           // canonical name (see WeightStore)
+  std::string name;  // canonical name (see WeightStore)
   DType dtype = DType::F32;
   std::vector<int64_t> shape;
   const uint8_t* data = nullptr;
   size_t nbytes = 0;
-  std::string file;           // file it came from, for error messages
-  bool mapped = true;         // data points into the file mapping (not a heap copy)
+  std::string file;    // file it came from, for error messages
+  bool mapped = true;  // data points into the file mapping (not a heap copy)
   size_t numel() const;
 };
 

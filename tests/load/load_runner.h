@@ -27,25 +27,33 @@ struct LoadOptions {
   int port = 8080;
   int clients = 64;
   double seconds = 10;
-  double request_timeout_s = 120;  // a request slower than this counts as hung
+  double request_timeout_s = 120;       // a request slower than this counts as hung
   std::vector<std::string> image_uris;  // data URIs the clients send
   std::string api_key;
 };
 
 struct LoadReport {
-  long completed = 0;       // complete answers
-  long rejected_503 = 0;    // 503 with Retry-After
-  long refused = 0;         // connection refused (the server stopped listening)
-  long errors = 0;          // anything else
-  long hung = 0;            // of the errors: timeouts
+  long completed = 0;                      // complete answers
+  long rejected_503 = 0;                   // 503 with Retry-After
+  long refused = 0;                        // connection refused (the server stopped listening)
+  long errors = 0;                         // anything else
+  long hung = 0;                           // of the errors: timeouts
   double p50_s = 0, p99_s = 0, max_s = 0;  // latency of completed requests
-  long peak_rss_bytes = 0;  // largest rss_bytes /health reported
+  long peak_rss_bytes = 0;                 // largest rss_bytes /health reported
   bool healthy_after = false;
   std::vector<std::string> error_samples;  // the first few errors, for the log
   json to_json() const {
-    return {{"completed", completed}, {"rejected_503", rejected_503}, {"refused", refused}, {"errors", errors}, {"hung", hung},
-            {"p50_s", p50_s},         {"p99_s", p99_s},               {"max_s", max_s},   {"peak_rss_bytes", peak_rss_bytes},
-            {"healthy_after", healthy_after}, {"error_samples", error_samples}};
+    return {{"completed", completed},
+            {"rejected_503", rejected_503},
+            {"refused", refused},
+            {"errors", errors},
+            {"hung", hung},
+            {"p50_s", p50_s},
+            {"p99_s", p99_s},
+            {"max_s", max_s},
+            {"peak_rss_bytes", peak_rss_bytes},
+            {"healthy_after", healthy_after},
+            {"error_samples", error_samples}};
   }
 };
 
@@ -57,25 +65,36 @@ struct Kind {
 };
 // Every endpoint, streaming and not.
 inline const std::vector<Kind>& kinds() {
-  static const std::vector<Kind> k = {{"/v1/caption", false}, {"/v1/caption", true}, {"/v1/query", false},
-                                      {"/v1/query", true},    {"/v1/detect", false}, {"/v1/point", false},
-                                      {"/v1/chat/completions", false}, {"/v1/chat/completions", true}};
+  static const std::vector<Kind> k = {{"/v1/caption", false},
+                                      {"/v1/caption", true},
+                                      {"/v1/query", false},
+                                      {"/v1/query", true},
+                                      {"/v1/detect", false},
+                                      {"/v1/point", false},
+                                      {"/v1/chat/completions", false},
+                                      {"/v1/chat/completions", true}};
   return k;
 }
 
 inline json body_for(const Kind& k, const std::string& image, int n) {
   const json settings = {{"max_tokens", 8 + n % 8}, {"temperature", n % 3 == 0 ? 0.0 : 0.5}};
   const std::string path = k.path;
-  if (path == "/v1/caption") return {{"image_url", image}, {"length", "short"}, {"stream", k.stream}, {"settings", settings}};
+  if (path == "/v1/caption")
+    return {{"image_url", image}, {"length", "short"}, {"stream", k.stream}, {"settings", settings}};
   if (path == "/v1/query")
-    return {{"image_url", image}, {"question", "What is this? #" + std::to_string(n % 5)}, {"stream", k.stream}, {"settings", settings}};
+    return {{"image_url", image},
+            {"question", "What is this? #" + std::to_string(n % 5)},
+            {"stream", k.stream},
+            {"settings", settings}};
   if (path == "/v1/detect") return {{"image_url", image}, {"object", "cat"}, {"settings", {{"max_objects", 3}}}};
   if (path == "/v1/point") return {{"image_url", image}, {"object", "dog"}};
-  return {{"max_tokens", 8},
-          {"stream", k.stream},
-          {"messages",
-           {{{"role", "user"},
-             {"content", {{{"type", "text"}, {"text", "Describe it."}}, {{"type", "image_url"}, {"image_url", {{"url", image}}}}}}}}}};
+  return {
+      {"max_tokens", 8},
+      {"stream", k.stream},
+      {"messages",
+       {{{"role", "user"},
+         {"content",
+          {{{"type", "text"}, {"text", "Describe it."}}, {{"type", "image_url"}, {"image_url", {{"url", image}}}}}}}}}};
 }
 
 // "" when the reply is a complete answer for this kind.
@@ -87,8 +106,11 @@ inline std::string check_answer(const Kind& k, const std::string& body) {
   }
   json j = json::parse(body, nullptr, false);
   if (!j.is_object()) return "reply is not JSON";
-  const char* field = path == "/v1/caption" ? "caption" : path == "/v1/query" ? "answer"
-                      : path == "/v1/detect" ? "objects" : path == "/v1/point" ? "points" : "choices";
+  const char* field = path == "/v1/caption"  ? "caption"
+                      : path == "/v1/query"  ? "answer"
+                      : path == "/v1/detect" ? "objects"
+                      : path == "/v1/point"  ? "points"
+                                             : "choices";
   return j.contains(field) ? "" : std::string("reply lacks ") + field;
 }
 

@@ -40,15 +40,24 @@ int main(int argc, char** argv) {
       }
       return argv[++i];
     };
-    if (a == "--host") o.host = next();
-    else if (a == "--port") o.port = std::stoi(next());
-    else if (a == "--clients") o.clients = std::stoi(next());
-    else if (a == "--seconds") o.seconds = std::stod(next());
-    else if (a == "--timeout") o.request_timeout_s = std::stod(next());
-    else if (a == "--image") o.image_uris.push_back(data_uri(next()));
-    else if (a == "--api-key") o.api_key = next();
+    if (a == "--host")
+      o.host = next();
+    else if (a == "--port")
+      o.port = std::stoi(next());
+    else if (a == "--clients")
+      o.clients = std::stoi(next());
+    else if (a == "--seconds")
+      o.seconds = std::stod(next());
+    else if (a == "--timeout")
+      o.request_timeout_s = std::stod(next());
+    else if (a == "--image")
+      o.image_uris.push_back(data_uri(next()));
+    else if (a == "--api-key")
+      o.api_key = next();
     else {
-      std::fprintf(stderr, "usage: moondream_load [--host H] [--port P] [--clients N] [--seconds S] [--timeout S] --image FILE... [--api-key K]\n");
+      std::fprintf(stderr,
+                   "usage: moondream_load [--host H] [--port P] [--clients N] [--seconds S] [--timeout S] --image "
+                   "FILE... [--api-key K]\n");
       return 2;
     }
   }
