@@ -1,7 +1,7 @@
 // The tokenizer against Hugging Face's own engine (npm `tokenizers`, the Rust
-// library behind transformers): six tokenizer.json files of different kinds
+// library behind transformers): seven tokenizer.json files of different kinds
 // (GPT-2 byte-level and the five synthetic flavours of tools/
-// synthetic_tokenizer.h), the 3,000-string corpus plus adversarial strings
+// synthetic_tokenizer.h, one with truncation and padding), the 3,000-string corpus plus adversarial strings
 // (invalid UTF-8, lone surrogates, 1 MB inputs, every added token glued to
 // text). Ids and decoded text must be identical.
 #include <gtest/gtest.h>
@@ -230,7 +230,7 @@ const Fixture& fixture() {
 #define REQUIRE_FIXTURE()                    \
   const Fixture& fx = fixture();             \
   ASSERT_TRUE(fx.error.empty()) << fx.error; \
-  ASSERT_EQ(fx.files.size(), 6u)
+  ASSERT_EQ(fx.files.size(), 7u)
 
 void check_file(size_t k) {
   REQUIRE_FIXTURE();
@@ -279,6 +279,7 @@ TEST(TokenizerVsHuggingFace, SentencepieceNormalizerByteFallback) { check_file(2
 TEST(TokenizerVsHuggingFace, MetaspaceTemplateProcessing) { check_file(3); }
 TEST(TokenizerVsHuggingFace, AddedTokensStripAndSingleWord) { check_file(4); }
 TEST(TokenizerVsHuggingFace, NormalizerSequence) { check_file(5); }
+TEST(TokenizerVsHuggingFace, TruncationAndPadding) { check_file(6); }
 
 TEST(TokenizerVsHuggingFace, SuperwordHasTheStarmieLayout) {
   // ids 0-20 special, merges that cross spaces (the point of "superword").

@@ -712,7 +712,9 @@ TEST(TokenizerErrors, MessagesNameFileAndProblem) {
        R"({"pre_tokenizer": {"type": "Split", "pattern": {"Regex": "(a"}, "behavior": "Isolated", "invert": false}, )" +
            ok_model + "}",
        "invalid regex (a"},
-      {"truncation.json", R"({"truncation": {"max_length": 8}, )" + ok_model + "}", "truncation"},
+      {"truncation.json", R"({"truncation": {"max_length": 8, "strategy": "OnlySecond"}, )" + ok_model + "}",
+       "truncation"},
+      {"padding.json", R"({"padding": {"strategy": "Longest", "pad_id": 0}, )" + ok_model + "}", "padding"},
   };
   for (const Case& c : cases) {
     const std::string msg = load_error(c.name, c.text, &path);

@@ -333,7 +333,8 @@ std::string normalized_flavour(int n) {
 }  // namespace
 
 const std::vector<std::string>& flavours() {
-  static const std::vector<std::string> f = {"superword", "sentencepiece", "metaspace", "added_tokens", "normalized"};
+  static const std::vector<std::string> f = {"superword",    "sentencepiece", "metaspace",
+                                             "added_tokens", "normalized",    "limits"};
   return f;
 }
 
@@ -343,6 +344,20 @@ std::string tokenizer_json(const std::string& flavour, int merges, int vocab_siz
   if (flavour == "metaspace") return sentencepiece(merges, true);
   if (flavour == "added_tokens") return added_tokens_flavour(merges);
   if (flavour == "normalized") return normalized_flavour(merges);
+  if (flavour == "limits") {
+    // The sentencepiece flavour (<s> A template) with truncation and padding:
+    // 19 tokens kept from the end, <s>, then left-padded with </s> to a
+    // multiple of 8 of at least 22.
+    json j = json::parse(sentencepiece(merges, false));
+    j["truncation"] = {{"direction", "Left"}, {"max_length", 20}, {"strategy", "LongestFirst"}, {"stride", 0}};
+    j["padding"] = {{"strategy", {{"Fixed", 22}}},
+                    {"direction", "Left"},
+                    {"pad_to_multiple_of", 8},
+                    {"pad_id", 2},
+                    {"pad_type_id", 0},
+                    {"pad_token", "</s>"}};
+    return j.dump(1);
+  }
   throw Error("unknown synthetic tokenizer flavour \"" + flavour + "\"");
 }
 

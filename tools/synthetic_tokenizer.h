@@ -14,6 +14,8 @@
 //   normalized     normalizer Sequence (NFKD, StripAccents, Lowercase,
 //                  Replace regex, Strip), WhitespaceSplit + Punctuation +
 //                  Digits, "##" subword prefix and "</w>" suffix, unk
+//   limits         sentencepiece with truncation (left) and padding (fixed,
+//                  left, to a multiple)
 #include <string>
 #include <vector>
 

@@ -83,6 +83,22 @@ struct Tokenizer::Impl {
   };
   Matcher raw_matcher, normalized_matcher;
 
+  // --- truncation and padding of the encoding (tokenizers' post_process)
+  struct Truncation {
+    size_t max_length = 0;  // of the sequence before the post-processor's tokens
+    bool left = false;
+  };
+  struct Padding {
+    size_t fixed = 0;  // 0: BatchLongest (a single sequence: its own length)
+    size_t multiple = 0;
+    int32_t pad_id = 0;
+    bool left = false;
+  };
+  std::optional<Truncation> truncation;
+  std::optional<Padding> padding;
+  void parse_truncation(const json& j);
+  void parse_padding(const json& j);
+
   // --- pipeline
   std::unique_ptr<tok::Normalizer> normalizer;
   std::unique_ptr<tok::PreTokenizer> pre_tokenizer;
@@ -406,12 +422,49 @@ void Tokenizer::Impl::parse_added(const json& list) {
   }
 }
 
+void Tokenizer::Impl::parse_truncation(const json& j) {
+  if (j.is_null()) return;
+  auto bad = [&](const std::string& what) { fail(source, "truncation " + short_json(j) + ": " + what); };
+  if (!j.is_object()) bad("must be an object or null");
+  const std::string strategy = j.value("strategy", "LongestFirst");
+  if (strategy == "OnlySecond") bad("strategy \"OnlySecond\" is not supported (a prompt is one sequence)");
+  if (strategy != "LongestFirst" && strategy != "OnlyFirst") bad("strategy \"" + strategy + "\" is not supported");
+  const std::string direction = j.value("direction", "Right");
+  if (direction != "Right" && direction != "Left") bad("direction must be Right or Left");
+  if (!j.contains("max_length") || !j["max_length"].is_number_unsigned()) bad("needs an integer max_length >= 0");
+  const size_t max_length = j["max_length"].get<size_t>();
+  const size_t added = post_processor ? size_t(post_processor->added_tokens()) : 0;
+  if (max_length < added)
+    bad("max_length is below the " + std::to_string(added) + " special tokens the post-processor adds");
+  const size_t stride = j.value("stride", size_t(0));
+  if (stride > 0 && stride >= max_length - added) bad("stride must be below max_length");
+  truncation = Truncation{max_length - added, direction == "Left"};
+}
+
+void Tokenizer::Impl::parse_padding(const json& j) {
+  if (j.is_null()) return;
+  auto bad = [&](const std::string& what) { fail(source, "padding " + short_json(j) + ": " + what); };
+  if (!j.is_object()) bad("must be an object or null");
+  Padding p;
+  const json st = j.value("strategy", json("BatchLongest"));
+  if (st.is_object() && st.contains("Fixed") && st["Fixed"].is_number_unsigned())
+    p.fixed = st["Fixed"].get<size_t>();
+  else if (st != json("BatchLongest"))
+    bad("strategy must be \"BatchLongest\" or {\"Fixed\": n}");
+  const std::string direction = j.value("direction", "Right");
+  if (direction != "Right" && direction != "Left") bad("direction must be Right or Left");
+  p.left = direction == "Left";
+  if (auto m = j.find("pad_to_multiple_of"); m != j.end() && !m->is_null()) {
+    if (!m->is_number_unsigned()) bad("pad_to_multiple_of must be an integer or null");
+    p.multiple = m->get<size_t>();
+  }
+  if (!j.contains("pad_id") || !j["pad_id"].is_number_unsigned()) bad("needs an integer pad_id");
+  p.pad_id = j["pad_id"].get<int32_t>();
+  padding = p;
+}
+
 void Tokenizer::Impl::parse(const json& root) {
   if (!root.is_object()) fail(source, "expected a JSON object at the top level");
-  for (const char* key : {"truncation", "padding"}) {
-    if (auto it = root.find(key); it != root.end() && !it->is_null())
-      fail(source, std::string(key) + " " + short_json(*it) + " is not supported (the engine feeds whole prompts)");
-  }
   auto section = [&](const char* key) -> const json& {
     static const json null_json;
     auto it = root.find(key);
@@ -423,6 +476,8 @@ void Tokenizer::Impl::parse(const json& root) {
   decoder = tok::make_decoder(section("decoder"), source);
   parse_model(section("model"));
   parse_added(section("added_tokens"));
+  parse_truncation(section("truncation"));
+  parse_padding(section("padding"));
   build_matcher(raw_matcher, false);
   build_matcher(normalized_matcher, true);
 }
@@ -483,7 +538,26 @@ std::vector<int32_t> Tokenizer::encode(std::string_view raw) const {
     if (im.pre_tokenizer) im.pre_tokenizer->split(pieces);
     for (const tok::Piece& p : pieces) im.bpe_cached(p.text, out);
   }
-  return im.post_processor ? im.post_processor->process(std::move(out)) : out;
+  // tokenizers' post_process: truncate (leaving room for the special tokens),
+  // add them, pad.
+  if (im.truncation && out.size() > im.truncation->max_length) {
+    const size_t n = im.truncation->max_length;
+    if (im.truncation->left)
+      out.erase(out.begin(), out.end() - std::ptrdiff_t(n));
+    else
+      out.resize(n);
+  }
+  if (im.post_processor) out = im.post_processor->process(std::move(out));
+  if (im.padding) {
+    size_t len = im.padding->fixed ? im.padding->fixed : out.size();
+    if (im.padding->multiple > 0 && len % im.padding->multiple)
+      len += im.padding->multiple - len % im.padding->multiple;
+    if (out.size() < len) {
+      const std::vector<int32_t> pad(len - out.size(), im.padding->pad_id);
+      out.insert(im.padding->left ? out.begin() : out.end(), pad.begin(), pad.end());
+    }
+  }
+  return out;
 }
 
 std::string Tokenizer::decode(std::span<const int32_t> ids) const {

@@ -411,10 +411,12 @@ struct Template : PostProcessor {
     out.insert(out.end(), suffix.begin(), suffix.end());
     return out;
   }
+  int added_tokens() const override { return int(prefix.size() + suffix.size()); }
 };
 
 struct Identity : PostProcessor {
   std::vector<int32_t> process(std::vector<int32_t> ids) const override { return ids; }
+  int added_tokens() const override { return 0; }
 };
 
 struct PostSequence : PostProcessor {
@@ -422,6 +424,11 @@ struct PostSequence : PostProcessor {
   std::vector<int32_t> process(std::vector<int32_t> ids) const override {
     for (const auto& p : steps) ids = p->process(std::move(ids));
     return ids;
+  }
+  int added_tokens() const override {
+    int n = 0;
+    for (const auto& p : steps) n += p->added_tokens();
+    return n;
   }
 };
 

@@ -38,6 +38,8 @@ class PostProcessor {
   virtual ~PostProcessor() = default;
   // The ids of a single sequence with the special tokens the processor adds.
   virtual std::vector<int32_t> process(std::vector<int32_t> ids) const = 0;
+  // How many it adds to a single sequence (truncation leaves room for them).
+  virtual int added_tokens() const = 0;
 };
 
 class Decoder {
