@@ -68,7 +68,14 @@ struct Runner {
     append(p, spatial_placeholders(refs));
     append(p, question_ids(q));
     append(p, ids.query_suffix);
-    if (rev.family == TokenizerFamily::kStarmie) p.push_back(reasoning ? ids.thinking_id : ids.answer_id);
+    // Starmie era: the suffix again (it is the answer marker: [3, 3]), or the
+    // thinking marker before reasoning (as the official code builds it).
+    if (rev.family == TokenizerFamily::kStarmie) {
+      if (reasoning)
+        p.push_back(ids.thinking_id);
+      else
+        append(p, ids.query_suffix);
+    }
     return p;
   }
 
@@ -203,7 +210,7 @@ struct Runner {
               TaskResult& res) const {
     res.prompt_ids = prompt;
     // Room for the reasoning, the answer marker and the answer.
-    KVCache cache = start(img, int(prompt.size()), 2 * rq.max_tokens + 1);
+    KVCache cache = start(img, int(prompt.size()), 2 * rq.max_tokens + int(ids.query_suffix.size()));
     std::vector<float> h = prefill(cache, embeddings(prompt, rq.spatial_refs), res);
     auto t0 = std::chrono::steady_clock::now();
     Sampler sampler(rq.sampling);
@@ -216,7 +223,8 @@ struct Runner {
     std::vector<Chunk> chunks(1);
     Reasoning r;
     std::vector<float> x(static_cast<size_t>(D));
-    while (t != ids.answer_id && int(r.tokens.size()) < rq.max_tokens && cache.length < cache.capacity - 1) {
+    while (t != ids.answer_id && int(r.tokens.size()) < rq.max_tokens &&
+           cache.length + int(ids.query_suffix.size()) < cache.capacity) {
       if (t == ids.start_ground_points_id || t == ids.end_ground_id) chunks.emplace_back();
       chunks.back().ids.push_back(t);
       r.tokens.push_back(t);
@@ -252,11 +260,15 @@ struct Runner {
     res.timings.decode_tokens += int(r.tokens.size());
     res.reasoning = r;
     if (cb.on_reasoning) cb.on_reasoning(*res.reasoning);
-    // The answer: the marker at the next position, then the answer loop.
-    const int marker = ids.answer_id;
-    text.embed(&marker, 1, x.data());
-    const PooledVector<float> out = text.forward(x.data(), 1, cache);
-    answer(cache, text.logits(out.data() + 0), rq.max_tokens, rq.sampling, cb, res);
+    // The answer: the query suffix (the answer marker) at the next positions,
+    // then the answer loop.
+    const std::vector<int>& marker = ids.query_suffix;
+    if (marker.empty()) fail(TaskErrorKind::kInvalidRequest, "the query template has no suffix to end reasoning");
+    if (cache.length + int(marker.size()) > cache.capacity)
+      fail(TaskErrorKind::kContextOverflow, "the reasoning filled the context: no room left for the answer");
+    const std::vector<float> mx = embeddings(marker, {});
+    const PooledVector<float> out = text.forward(mx.data(), int(marker.size()), cache);
+    answer(cache, text.logits(out.data() + (marker.size() - 1) * size_t(D)), rq.max_tokens, rq.sampling, cb, res);
   }
 
   // The region loop (contract section 8) from prompt embeddings.

@@ -675,7 +675,7 @@ class Moondream:
         if not self.cfg.starmie:
             return t["prefix"] + list(question_ids) + t["suffix"]
         p = t["prefix"] + self.spatial_ids(refs, tk.coord_id, tk.size_id) + list(question_ids) + t["suffix"]
-        p += [tk.thinking_id if reasoning else tk.answer_id]
+        p += [tk.thinking_id] if reasoning else list(t["suffix"])  # the suffix twice: [3, 3]
         return ([tk.bos_id] if text_only else []) + p
 
     def query(self, cache, question_ids, refs=(), text_only=False, **kw):
@@ -709,7 +709,7 @@ class Moondream:
             lg[tk.eos_id] = float("-inf")
             lg[tk.size_id] = float("-inf")
             tok = int(torch.argmax(lg).item())
-        h = self.forward(self.embed([tk.answer_id]), cache)[-1]
+        h = self.forward(self.embed(self.cfg.templates["query"]["suffix"]), cache)[-1]
         answer = self._answer(cache, h, answer_max_tokens, 0.0, 0.3, None)
         return chunks, ids, answer
 
