@@ -238,8 +238,10 @@ std::string sentencepiece(int n, bool metaspace) {
 
 std::string added_tokens_flavour(int n) {
   Trainer t;
-  for (const std::string& s : training_texts())
-    for (std::string_view w : tok::gpt2_split(" " + s)) t.words.push_back(chars_of(tok::to_byte_level(w)));
+  for (const std::string& s : training_texts()) {
+    const std::string text = " " + s;  // (gpt2_split returns views into it)
+    for (std::string_view w : tok::gpt2_split(text)) t.words.push_back(chars_of(tok::to_byte_level(w)));
+  }
   t.train(n, 0);
   Vocab v;
   v.add("<|endoftext|>");
