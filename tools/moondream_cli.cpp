@@ -156,13 +156,7 @@ int run(const Args& a) {
     out["tokens"] = r.tokens;
     out["finish_reason"] = r.finish_reason;
     if (r.reasoning) {
-      nlohmann::json g = nlohmann::json::array();
-      for (const auto& s : r.reasoning->grounding) {
-        nlohmann::json pts = nlohmann::json::array();
-        for (const auto& p : s.points) pts.push_back({p.x, p.y});
-        g.push_back({{"start_idx", s.start_idx}, {"end_idx", s.end_idx}, {"points", pts}});
-      }
-      out["reasoning"] = {{"text", r.reasoning->text}, {"grounding", g}};
+      out["reasoning"] = md::reasoning_json(*r.reasoning);
       out["reasoning_tokens"] = r.reasoning->tokens;
     }
   } else if (a.task == "gaze") {

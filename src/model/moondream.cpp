@@ -173,12 +173,10 @@ TaskRequest region_request(TaskKind kind, const EncodedImage& img, const std::st
 }  // namespace
 
 std::vector<int> Moondream::caption_prompt(CaptionLength length) const {
-  const TokenizerConfig& t = cfg_.tokenizer;
-  switch (length) {
-    case CaptionLength::Short: return t.caption_short;
-    case CaptionLength::Long: return t.caption_long;
-    default: return t.caption_normal;
-  }
+  TaskRequest rq;
+  rq.kind = TaskKind::kCaption;
+  rq.length = length;
+  return prepare_task(*this, rq, true);
 }
 
 TextResult Moondream::caption(const EncodedImage& img, CaptionLength length, const TextOptions& opts) const {

@@ -408,6 +408,16 @@ const char* task_error_code(TaskErrorKind k) {
   return "invalid_request";
 }
 
+nlohmann::json reasoning_json(const Reasoning& r) {
+  nlohmann::json g = nlohmann::json::array();
+  for (const GroundingSpan& s : r.grounding) {
+    nlohmann::json pts = nlohmann::json::array();
+    for (const DetectedPoint& p : s.points) pts.push_back({p.x, p.y});
+    g.push_back({{"start_idx", s.start_idx}, {"end_idx", s.end_idx}, {"points", pts}});
+  }
+  return {{"text", r.text}, {"grounding", g}};
+}
+
 void validate_spatial_ref(const SpatialRef& r, const std::string& what) {
   if (r.size() != 2 && r.size() != 4)
     fail(TaskErrorKind::kInvalidRequest, what + " must be a point [x, y] or a box [x_min, y_min, x_max, y_max], got " +

@@ -4,6 +4,7 @@
 // the checks of a request against the loaded revision, the context-length
 // check and the error kinds live here once (docs/REVISIONS.md, docs/API.md).
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -68,6 +69,10 @@ struct Reasoning {
   std::vector<GroundingSpan> grounding;
   std::vector<int> tokens;  // generated before the answer (the final answer marker excluded)
 };
+
+// {"text", "grounding": [{"start_idx", "end_idx", "points": [[x, y], ...]}]}, the
+// form of the contract (2025-06-21 section 4) that the API and the CLI print.
+nlohmann::json reasoning_json(const Reasoning& r);
 
 struct TaskCallbacks {
   // Each streamed answer chunk; return false to stop.

@@ -64,16 +64,6 @@ TaskRequest task_request(const JobParams& p, const EncodedImage* image) {
   return rq;
 }
 
-nlohmann::json reasoning_json(const Reasoning& r) {
-  nlohmann::json g = nlohmann::json::array();
-  for (const GroundingSpan& s : r.grounding) {
-    nlohmann::json pts = nlohmann::json::array();
-    for (const DetectedPoint& p : s.points) pts.push_back({p.x, p.y});
-    g.push_back({{"start_idx", s.start_idx}, {"end_idx", s.end_idx}, {"points", pts}});
-  }
-  return {{"text", r.text}, {"grounding", g}};
-}
-
 std::shared_ptr<LoadedModel> load_model(const std::string& source, const std::string& revision, int threads,
                                         const std::string& quantization, const std::string& tokenizer,
                                         const std::string& revision_profile) {

@@ -78,8 +78,6 @@ struct JobParams {
 
 // The model-level request of a job (image: the encoded one, or null).
 TaskRequest task_request(const JobParams& p, const EncodedImage* image);
-// The reasoning as the Moondream API sends it (contract 2025-06-21 section 4).
-nlohmann::json reasoning_json(const Reasoning& r);
 
 struct JobOutcome {
   std::string text;
