@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "machine_limits.h"
 #include "tensor/dtype.h"
 #include "tensor/gemv.h"
 #include "tensor/parallel.h"
@@ -88,57 +89,6 @@ void fill(uint8_t* p, size_t bytes, WeightFormat f, uint64_t seed) {
       }
     }
   });
-}
-
-// Memory-read bandwidth: a parallel sum over a large buffer.
-__attribute__((target("avx2"))) double sum_avx2(const float* p, size_t n) {
-  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-  size_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    a0 = _mm256_add_ps(a0, _mm256_loadu_ps(p + i));
-    a1 = _mm256_add_ps(a1, _mm256_loadu_ps(p + i + 8));
-    a2 = _mm256_add_ps(a2, _mm256_loadu_ps(p + i + 16));
-    a3 = _mm256_add_ps(a3, _mm256_loadu_ps(p + i + 24));
-  }
-  alignas(32) float t[8];
-  _mm256_store_ps(t, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-  double s = 0;
-  for (float v : t) s += v;
-  for (; i < n; ++i) s += p[i];
-  return s;
-}
-
-double sum_plain(const float* p, size_t n) {
-  float a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int k = 0; k < 8; ++k) a[k] += p[i + k];
-  double s = 0;
-  for (float v : a) s += v;
-  for (; i < n; ++i) s += p[i];
-  return s;
-}
-
-double measure_bandwidth(size_t bytes, int rounds, bool huge) {
-  Buffer buf(bytes, huge);
-  fill(buf.p, bytes, WeightFormat::F32, 7);
-  const float* f = reinterpret_cast<const float*>(buf.p);
-  const size_t n = bytes / 4, block = 4096, blocks = n / block;
-  const bool avx2 = __builtin_cpu_supports("avx2");
-  std::vector<double> part(blocks, 0.0);
-  double best = 0, sink = 0;
-  for (int r = 0; r < rounds; ++r) {
-    const auto t0 = Clock::now();
-    md::parallel_for(blocks, [&](size_t b, size_t e) {
-      const size_t lo = b * block, hi = e * block;
-      part[b] = avx2 ? sum_avx2(f + lo, hi - lo) : sum_plain(f + lo, hi - lo);
-    });
-    const double t = seconds_since(t0);
-    for (double v : part) sink += v;
-    best = std::max(best, double(blocks * block * 4) / t / 1e9);
-  }
-  if (sink == 12345.678) std::printf(" ");
-  return best;
 }
 
 struct Shape {
@@ -298,9 +248,11 @@ int main(int argc, char** argv) {
 
   for (int nt : threads) {
     md::set_num_threads(nt);
-    const double bw = measure_bandwidth(size_t(1) << 30, rounds, huge);
-    std::printf("\n== %d thread%s; memory read bandwidth (parallel sum over 1 GB, best of %d): %.1f GB/s\n", nt,
-                nt == 1 ? "" : "s", rounds, bw);
+    const md::bench::ReadBandwidth probe = md::bench::measure_read_bandwidth(nt);
+    const double bw = probe.gbps;
+    std::printf(
+        "\n== %d thread%s; memory read bandwidth (bench/machine_limits probe, best of its variants: %s%s): %.1f GB/s\n",
+        nt, nt == 1 ? "" : "s", probe.variant.c_str(), probe.huge_pages ? ", huge pages" : "", bw);
     std::printf("%-5s %-12s %9s %9s %9s %8s %7s\n", "fmt", "shape", "MB", "best us", "median us", "GB/s", "of BW");
     for (const std::string& fs : formats) {
       WeightFormat f;

@@ -9,7 +9,11 @@
 #include <omp.h>
 
 #include <chrono>
+#include <sys/mman.h>
+
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 namespace md::bench {
@@ -73,30 +77,121 @@ double parallel_rate(int threads, F kernel, long iters) {
   return best;
 }
 
-double read_bandwidth(int threads) {
-  const size_t n = size_t(1) << 28;  // 1 GiB of floats
-  std::vector<float> buf(n);
-#pragma omp parallel for num_threads(threads)
-  for (size_t i = 0; i < n; ++i) buf[i] = float(i & 1023);
-  double best = 0;
-  for (int rep = 0; rep < 4; ++rep) {
-    double sum = 0;
-    const double t0 = now();
-#pragma omp parallel for num_threads(threads) reduction(+ : sum)
-    for (size_t i = 0; i < n; i += 16) {
-      float s = 0;
-      for (int k = 0; k < 16; ++k) s += buf[i + k];
-      sum += s;
+// Memory read bandwidth as the best streaming code reaches it: a 1 GiB
+// buffer on huge pages where the kernel grants them, each thread reading its
+// own contiguous share with 64-byte vector loads, in several variants (one
+// stream or four interleaved streams per thread, with or without software
+// prefetch ahead of the loads, temporal or non-temporal); best of several
+// repetitions of the best variant. Decode ratios divide by this, so it must
+// not be beaten by the engine's own kernels.
+struct ReadVariant {
+  const char* name;
+  int streams;       // concurrent sequential streams per thread
+  int prefetch;      // bytes ahead of each stream, 0 = hardware prefetch only
+  bool nontemporal;  // prefetchnta instead of prefetcht0
+};
+constexpr ReadVariant kReadVariants[] = {
+    {"1 stream", 1, 0, false},
+    {"1 stream, prefetch 1 KiB", 1, 1024, false},
+    {"1 stream, nta 2 KiB", 1, 2048, true},
+    {"4 streams", 4, 0, false},
+    {"4 streams, prefetch 512 B", 4, 512, false},
+    {"2 streams, prefetch 1 KiB", 2, 1024, false},
+};
+
+__attribute__((target("avx512f"))) uint64_t read_share_avx512(const uint8_t* p, size_t bytes, const ReadVariant& v) {
+  __m512i acc0 = _mm512_setzero_si512(), acc1 = _mm512_setzero_si512();
+  const size_t per = bytes / size_t(v.streams) / 128 * 128;
+  for (size_t off = 0; off < per; off += 128)
+    for (int s = 0; s < v.streams; ++s) {
+      const uint8_t* q = p + size_t(s) * per + off;
+      if (v.prefetch) {
+        if (v.nontemporal)
+          _mm_prefetch(reinterpret_cast<const char*>(q + v.prefetch), _MM_HINT_NTA);
+        else
+          _mm_prefetch(reinterpret_cast<const char*>(q + v.prefetch), _MM_HINT_T0);
+      }
+      acc0 = _mm512_xor_si512(acc0, _mm512_load_si512(q));
+      acc1 = _mm512_xor_si512(acc1, _mm512_load_si512(q + 64));
     }
-    const double dt = now() - t0;
-    volatile double sink = sum;
-    (void)sink;
-    best = std::max(best, double(n) * sizeof(float) / dt);
+  return uint64_t(_mm512_reduce_add_epi64(_mm512_xor_si512(acc0, acc1)));
+}
+
+__attribute__((target("avx2"))) uint64_t read_share_avx2(const uint8_t* p, size_t bytes, const ReadVariant& v) {
+  __m256i a[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+  const size_t per = bytes / size_t(v.streams) / 128 * 128;
+  for (size_t off = 0; off < per; off += 128)
+    for (int s = 0; s < v.streams; ++s) {
+      const uint8_t* q = p + size_t(s) * per + off;
+      if (v.prefetch) {
+        if (v.nontemporal)
+          _mm_prefetch(reinterpret_cast<const char*>(q + v.prefetch), _MM_HINT_NTA);
+        else
+          _mm_prefetch(reinterpret_cast<const char*>(q + v.prefetch), _MM_HINT_T0);
+      }
+      for (int k = 0; k < 4; ++k)
+        a[k] = _mm256_xor_si256(a[k], _mm256_load_si256(reinterpret_cast<const __m256i*>(q + 32 * k)));
+    }
+  const __m256i x = _mm256_xor_si256(_mm256_xor_si256(a[0], a[1]), _mm256_xor_si256(a[2], a[3]));
+  return uint64_t(_mm256_extract_epi64(x, 0) ^ _mm256_extract_epi64(x, 3));
+}
+
+uint64_t read_share_scalar(const uint8_t* p, size_t bytes, const ReadVariant&) {
+  uint64_t s = 0;
+  for (size_t i = 0; i + 8 <= bytes; i += 8) {
+    uint64_t w;
+    std::memcpy(&w, p + i, 8);
+    s += w;
   }
-  return best / 1e9;
+  return s;
 }
 
 }  // namespace
+
+ReadBandwidth measure_read_bandwidth(int threads) {
+  const size_t bytes = size_t(1) << 30;
+  const size_t align = size_t(2) << 20;
+  void* m = mmap(nullptr, bytes + align, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ReadBandwidth out;
+  if (m == MAP_FAILED) return out;
+  uint8_t* buf = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(m) + align - 1) & ~(uintptr_t(align) - 1));
+  out.huge_pages = madvise(buf, bytes, MADV_HUGEPAGE) == 0;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (size_t i = 0; i < bytes; i += 4096) std::memset(buf + i, int(i >> 12), 4096);
+  const bool avx512 = __builtin_cpu_supports("avx512f"), avx2 = __builtin_cpu_supports("avx2");
+  auto run = [&](const ReadVariant& v) {
+    uint64_t sink = 0;
+    const double t0 = now();
+#pragma omp parallel num_threads(threads) reduction(^ : sink)
+    {
+      const int t = omp_get_thread_num(), n = omp_get_num_threads();
+      const size_t share = bytes / size_t(n) / 4096 * 4096;
+      const uint8_t* p = buf + size_t(t) * share;
+      sink ^= avx512 ? read_share_avx512(p, share, v)
+              : avx2 ? read_share_avx2(p, share, v)
+                     : read_share_scalar(p, share, v);
+    }
+    const double dt = now() - t0;
+    volatile uint64_t keep = sink;
+    (void)keep;
+    return double(bytes) / dt / 1e9;
+  };
+  // Each variant a few times (the VM is noisy), then the best one again.
+  const ReadVariant* best = &kReadVariants[0];
+  for (const ReadVariant& v : kReadVariants) {
+    double b = 0;
+    for (int rep = 0; rep < 3; ++rep) b = std::max(b, run(v));
+    out.per_variant.push_back({v.name, b});
+    if (b > out.gbps) {
+      out.gbps = b;
+      best = &v;
+    }
+  }
+  for (int rep = 0; rep < 4; ++rep) out.gbps = std::max(out.gbps, run(*best));
+  out.variant = best->name;
+  munmap(m, bytes + align);
+  return out;
+}
 
 MachineLimits measure_machine_limits(int threads) {
   MachineLimits m;
@@ -112,7 +207,8 @@ MachineLimits measure_machine_limits(int threads) {
   } else {
     m.isa = "scalar";
   }
-  m.read_gbps = read_bandwidth(threads);
+  m.read = measure_read_bandwidth(threads);
+  m.read_gbps = m.read.gbps;
   return m;
 }
 

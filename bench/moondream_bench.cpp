@@ -149,7 +149,8 @@ int main(int argc, char** argv) {
   app.add_option("--quantization", quant, "none, int8 or q4");
   app.add_option("--threads", threads, "Threads (default: all cores)");
   app.add_option("--tokens", tokens, "Decoded tokens per measurement");
-  bool acc = false;
+  bool acc = false, limits_only = false;
+  app.add_flag("--limits-only", limits_only, "Only measure and print the machine's limits");
   app.add_flag("--accuracy", acc, "Instead of timing: top-1 agreement and embedding error of int8 and q4 vs as stored");
   CLI11_PARSE(app, argc, argv);
 
@@ -160,6 +161,11 @@ int main(int argc, char** argv) {
   const md::bench::MachineLimits lim = md::bench::measure_machine_limits(threads);
   std::printf("isa %s, fp32 FMA peak %.0f GFLOP/s, int8 VNNI peak %.0f GOP/s, memory read %.1f GB/s\n\n",
               lim.isa.c_str(), lim.fp32_gflops, lim.int8_gops, lim.read_gbps);
+  std::printf("memory read probe: best variant '%s'%s; per variant:", lim.read.variant.c_str(),
+              lim.read.huge_pages ? ", huge pages" : ", 4 KiB pages");
+  for (const auto& [name, gbps] : lim.read.per_variant) std::printf(" %s %.1f;", name.c_str(), gbps);
+  std::printf("\n\n");
+  if (limits_only) return 0;
 
   md::LoadOptions lo;
   lo.threads = threads;

@@ -19,9 +19,9 @@ std::string model() { return testdata::tiny_model().string(); }
 TEST(Cli, CaptionJsonTokensMatchTheReferenceOnEveryImage) {
   for (const auto& c : testdata::cases()) {
     const auto meta = testdata::read_json(c.expected / "meta.json");
-    const auto r =
-        run_command(cli() + " caption --model " + shell_quote(model()) + " --image " + shell_quote(c.image.string()) +
-                    " --temperature 0 --json --max-tokens " + std::to_string(meta["max_tokens"].get<int>()));
+    const auto r = run_command(cli() + " caption --kv-cache f32 --model " + shell_quote(model()) + " --image " +
+                               shell_quote(c.image.string()) + " --temperature 0 --json --max-tokens " +
+                               std::to_string(meta["max_tokens"].get<int>()));
     ASSERT_EQ(r.status, 0) << c.name;
     const auto j = nlohmann::json::parse(r.out);
     EXPECT_EQ(j["tokens"].get<std::vector<int>>(), meta["caption_normal"].get<std::vector<int>>()) << c.name;
@@ -35,7 +35,8 @@ TEST(Cli, CaptionJsonTokensMatchTheReferenceOnEveryImage) {
 TEST(Cli, QueryDetectPointJson) {
   const auto c = testdata::cases().front();
   const auto meta = testdata::read_json(c.expected / "meta.json");
-  const std::string base = " --model " + shell_quote(model()) + " --image " + shell_quote(c.image.string());
+  const std::string base =
+      " --kv-cache f32 --model " + shell_quote(model()) + " --image " + shell_quote(c.image.string());
   auto q =
       run_command(cli() + " query" + base + " --question " + shell_quote(meta["query_question"].get<std::string>()) +
                   " --temperature 0 --json --max-tokens " + std::to_string(meta["max_tokens"].get<int>()));
@@ -67,8 +68,8 @@ TEST(Cli, Revision20250621TasksMatchTheReference) {
   const std::string env =
       "HF_HUB_CACHE=" + shell_quote((testdata::root() / "hf-cache").string()) + " HF_HUB_OFFLINE=1 ";
   const std::string img = (testdata::root() / "images" / e["image"].get<std::string>()).string();
-  const std::string base =
-      env + cli() + " %s --model " + shell_quote((testdata::root() / "models" / "tiny-2025-06-21").string());
+  const std::string base = env + cli() + " %s --kv-cache f32 --model " +
+                           shell_quote((testdata::root() / "models" / "tiny-2025-06-21").string());
   auto run = [&](const std::string& task, const std::string& args) {
     std::string cmd = base;
     cmd.replace(cmd.find("%s"), 2, task);
@@ -116,16 +117,16 @@ TEST(Cli, Revision20250621TasksMatchTheReference) {
     EXPECT_NE(r.status, 0) << bad;
     EXPECT_NE(r.out.find("spatial-ref"), std::string::npos) << r.out;
   }
-  const auto old = run_command(cli() + " query --model " + shell_quote(model()) + " --image " + shell_quote(img) + q +
-                               " --reasoning 2>&1");
+  const auto old = run_command(cli() + " query --kv-cache f32 --model " + shell_quote(model()) + " --image " +
+                               shell_quote(img) + q + " --reasoning 2>&1");
   EXPECT_NE(old.status, 0);
   EXPECT_NE(old.out.find("2025-06-21"), std::string::npos) << old.out;
 }
 
 TEST(Cli, TextModeStreamsTheSameCaption) {
   const auto c = testdata::cases().front();
-  const std::string base = " --model " + shell_quote(model()) + " --image " + shell_quote(c.image.string()) +
-                           " --temperature 0 --max-tokens 24";
+  const std::string base = " --kv-cache f32 --model " + shell_quote(model()) + " --image " +
+                           shell_quote(c.image.string()) + " --temperature 0 --max-tokens 24";
   const auto j = run_command(cli() + " caption" + base + " --json");
   const auto t = run_command(cli() + " caption" + base);
   ASSERT_EQ(j.status, 0);
@@ -135,7 +136,7 @@ TEST(Cli, TextModeStreamsTheSameCaption) {
 
 TEST(Cli, SeedMakesSamplingReproducible) {
   const auto c = testdata::cases().front();
-  const std::string cmd = cli() + " caption --model " + shell_quote(model()) + " --image " +
+  const std::string cmd = cli() + " caption --kv-cache f32 --model " + shell_quote(model()) + " --image " +
                           shell_quote(c.image.string()) + " --temperature 1 --top-p 0.9 --json --max-tokens 20";
   const auto a = run_command(cmd + " --seed 5"), b = run_command(cmd + " --seed 5"), d = run_command(cmd + " --seed 6");
   ASSERT_EQ(a.status, 0);
@@ -162,6 +163,7 @@ TEST(Cli, BadInputExitsNonZeroWithOneLineError) {
       {"detect --model " + m + " --image " + img, "object"},
       {"frobnicate --model " + m, ""},
       {"caption --model " + m + " --image " + img + " --max-tokens abc", "max-tokens"},
+      {"caption --model " + m + " --image " + img + " --kv-cache int4", "--kv-cache"},
   };
   for (const auto& [args, needle] : cases) {
     const auto r = run_command(cli() + " " + args + " 2>" + tmp + "/err.txt");

@@ -44,7 +44,9 @@ struct Shared {
 Shared& shared() {
   static Shared s = [] {
     Shared s;
-    s.model = Moondream::load(testdata::tiny_model().string());
+    LoadOptions lo;
+    lo.kv_cache = KVFormat::F32;  // the reference holds fp32 rows
+    s.model = Moondream::load(testdata::tiny_model().string(), lo);
     for (const auto& c : testdata::cases()) {
       const RgbImage img = load_image_file(c.image.string());
       s.crops[c.name] = make_crops(img, s.model->crop_params());

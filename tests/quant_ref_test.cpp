@@ -1,7 +1,8 @@
-// Accuracy of the quantised precision modes (int8, q4) against the as-stored
-// path on the tiny model: top-1 agreement of next-token logits over
-// teacher-forced sequences (the reference's greedy captions) and the image
-// image embeddings (int8 vision tower in both quantised modes).
+// Accuracy of the quantised precision modes (int8, q4 weights; bf16 KV
+// rows) against the as-stored path with fp32 KV rows on the tiny model: top-1
+// agreement of next-token logits over teacher-forced sequences (the
+// reference's greedy captions) and the image embeddings (int8 vision tower
+// in both quantised modes).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -14,6 +15,7 @@
 
 #include "model/image.h"
 #include "model/moondream.h"
+#include "tensor/dtype.h"
 #include "testdata.h"
 
 namespace md {
@@ -22,6 +24,8 @@ namespace {
 // Enforced thresholds (measured values are printed by the test).
 constexpr double kInt8MinTop1 = 0.95;
 constexpr double kQ4MinTop1 = 0.65;  // measured 0.82: 4-bit on 128-wide random layers is the worst case
+// bf16 KV rows (8 significant bits, rounded once when written).
+constexpr double kBf16KvMinTop1 = 0.95;
 
 // Image embeddings through the int8 vision tower (int8 weights per row and
 // int8 activations per row in the GEMMs): max abs error relative to the
@@ -57,12 +61,17 @@ ForcedRun teacher_forced(const Moondream& m, const testdata::Case& c) {
   return run;
 }
 
+LoadOptions with_kv(KVFormat f, Quantization q = Quantization::None) {
+  LoadOptions o;
+  o.kv_cache = f;
+  o.quantization = q;
+  return o;
+}
+
 TEST(Quantization, Top1AgreementAndEmbeddings) {
   const std::string dir = testdata::tiny_model().string();
-  const auto base = Moondream::load(dir);
-  LoadOptions o8, o4;
-  o8.quantization = Quantization::Int8;
-  o4.quantization = Quantization::Q4;
+  const auto base = Moondream::load(dir, with_kv(KVFormat::F32));
+  const LoadOptions o8 = with_kv(KVFormat::F32, Quantization::Int8), o4 = with_kv(KVFormat::F32, Quantization::Q4);
   const auto q8 = Moondream::load(dir, o8), q4 = Moondream::load(dir, o4);
   EXPECT_LT(q8->weights().weight_bytes, base->weights().weight_bytes);
   EXPECT_LT(q4->weights().weight_bytes, q8->weights().weight_bytes);
@@ -94,6 +103,49 @@ TEST(Quantization, Top1AgreementAndEmbeddings) {
   EXPECT_GE(r8, kInt8MinTop1);
   EXPECT_GE(r4, kQ4MinTop1);
   EXPECT_LT(r4, 1.0) << "q4 identical to the as-stored path: is it really quantised?";
+}
+
+// The KV cache modes: bf16 rows against fp32 rows, on the as-stored and on
+// the int8 weights (the optimized profile's pair), and the rows really stored
+// in 16 bits.
+TEST(KVCacheFormat, Bf16Top1AgreementAgainstF32) {
+  const std::string dir = testdata::tiny_model().string();
+  size_t n = 0, agree = 0, agree8 = 0;
+  const auto f32 = Moondream::load(dir, with_kv(KVFormat::F32));
+  const auto bf16 = Moondream::load(dir, with_kv(KVFormat::BF16));
+  const auto q8_f32 = Moondream::load(dir, with_kv(KVFormat::F32, Quantization::Int8));
+  const auto q8_bf16 = Moondream::load(dir, with_kv(KVFormat::BF16, Quantization::Int8));
+  EXPECT_EQ(bf16->kv_format(), KVFormat::BF16);
+  EXPECT_EQ(LoadOptions{}.kv_cache, KVFormat::BF16) << "bf16 is the default";
+  for (const auto& c : testdata::cases()) {
+    const ForcedRun a = teacher_forced(*f32, c), b = teacher_forced(*bf16, c);
+    const ForcedRun a8 = teacher_forced(*q8_f32, c), b8 = teacher_forced(*q8_bf16, c);
+    ASSERT_EQ(a.top1.size(), b.top1.size());
+    for (size_t i = 0; i < a.top1.size(); ++i, ++n) {
+      agree += a.top1[i] == b.top1[i];
+      agree8 += a8.top1[i] == b8.top1[i];
+    }
+  }
+  ASSERT_GT(n, 100u);
+  const double r = double(agree) / n, r8 = double(agree8) / n;
+  std::printf("  bf16 KV vs f32 KV, top-1 agreement over %zu positions: as stored %.3f, int8 %.3f (>= %.2f)\n", n, r,
+              r8, kBf16KvMinTop1);
+  EXPECT_GE(r, kBf16KvMinTop1);
+  EXPECT_GE(r8, kBf16KvMinTop1);
+  // Half the bytes, and rows that really are bf16: every stored element's
+  // low 16 bits (as fp32) would be zero — check the cache holds 2-byte rows
+  // that widen to the fp32 cache's values rounded to bf16.
+  const testdata::Case c = testdata::cases().front();
+  const Crops crops = make_crops(load_image_file(c.image.string()), f32->crop_params());
+  const auto emb = f32->image_embeddings(f32->vision_features(crops), crops.tiling);
+  const KVCache k32 = f32->prefill_prefix(emb), k16 = bf16->prefill_prefix(emb);
+  EXPECT_EQ(k16.format, KVFormat::BF16);
+  EXPECT_EQ(k16.bytes() * 2, k32.bytes());
+  const float* r32 = reinterpret_cast<const float*>(k32.k[0].data());
+  const uint16_t* r16 = reinterpret_cast<const uint16_t*>(k16.k[0].data());
+  size_t same = 0, total = size_t(k32.length) * size_t(k32.kv_dim);
+  for (size_t i = 0; i < total; ++i) same += f32_to_bf16(r32[i]) == r16[i];
+  EXPECT_EQ(same, total) << "layer 0's keys are the fp32 keys rounded to bf16";
 }
 
 // Logits after the caption prompt on the first test image: equal bits mean

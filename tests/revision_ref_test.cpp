@@ -40,6 +40,7 @@ const Loaded& load(const std::string& model_dir, const std::string& expected) {
   setenv("HF_HUB_CACHE", (kData / "hf-cache").c_str(), 1);
   setenv("HF_HUB_OFFLINE", "1", 1);
   md::LoadOptions lo;
+  lo.kv_cache = md::KVFormat::F32;  // the reference holds fp32 rows
   lo.tokenizer_path = md::tokenizer_for_model(model_dir, "", "auto");
   l.model = md::Moondream::load(model_dir, lo);
   const std::string image = l.expected["image"];

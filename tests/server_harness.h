@@ -91,7 +91,9 @@ inline json tiny_profile(int port, int backend_port, const json& extra = json::o
               {"response_caching", false},
               {"memory_management", false},
               {"cache_max_mb", 64},
-              {"quantization", "none"}}},
+              {"quantization", "none"},
+              // fp32 rows: the answers are compared with the fp32 reference.
+              {"kv_cache", "f32"}}},
             {"server", {{"host", "127.0.0.1"}, {"port", port}, {"backend_port", backend_port}, {"cors_enabled", true}}},
             {"image_processing", {{"size", 0}, {"quality", 95}}},
             {"generation_config", {{"max_new_tokens", 24}, {"temperature", 0.5}, {"top_p", 0.3}, {"do_sample", true}}}};

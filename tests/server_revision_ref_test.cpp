@@ -42,6 +42,7 @@ class ServerRevision : public ::testing::Test {
                                 {{"HF_HUB_CACHE", (testdata::root() / "hf-cache").string()}, {"HF_HUB_OFFLINE", "1"}});
     ASSERT_TRUE(server_->wait_ready()) << server_->log();
     LoadOptions lo;
+    lo.kv_cache = KVFormat::F32;  // as the server's test profile
     lo.tokenizer_path = tokenizer_for_model(kModel.string(), "", "auto");
     model_ = Moondream::load(kModel.string(), lo).release();
     image_ = new EncodedImage(model_->encode_image(load_image_file(image(kImage).string())));

@@ -106,7 +106,7 @@ int main(int argc, char** argv) {
 
   CLI::App app{"moondream-server: Moondream2 on the CPU behind OpenAI- and Moondream-compatible HTTP APIs"};
   std::string config_path, configs_dir, pid_file;
-  std::string model, revision, host, api_key, tokenizer, revision_profile;
+  std::string model, revision, host, api_key, tokenizer, revision_profile, quantization, kv_cache;
   int port = 0, backend_port = -1, threads = -1;
   bool replace = false, version = false, no_web_ui = false;
   double replace_wait = 120;
@@ -121,6 +121,9 @@ int main(int argc, char** argv) {
   app.add_option(
       "--revision-profile", revision_profile,
       "auto (default), 2025-01-09 or 2025-06-21: how prompts and tokens are built (overrides revision_profile)");
+  app.add_option("--quantization", quantization,
+                 "Text-model weights: none (as stored), int8 or q4 (overrides performance.quantization)");
+  app.add_option("--kv-cache", kv_cache, "KV cache rows: bf16 or f32 (overrides performance.kv_cache)");
   app.add_option("--host", host, "Address to listen on (overrides server.host)");
   app.add_option("--port", port, "API port (overrides server.port, default 8080)")->check(CLI::Range(1, 65535));
   app.add_option("--backend-port", backend_port,
@@ -154,6 +157,8 @@ int main(int argc, char** argv) {
   if (app.count("--revision")) ov.revision = revision;
   if (app.count("--tokenizer")) ov.tokenizer = tokenizer;
   if (app.count("--revision-profile")) ov.revision_profile = revision_profile;
+  if (app.count("--quantization")) ov.quantization = quantization;
+  if (app.count("--kv-cache")) ov.kv_cache = kv_cache;
   if (!host.empty()) ov.host = host;
   if (api_key.empty()) {
     if (const char* k = std::getenv("MOONDREAM_API_KEY"); k && *k) api_key = k;

@@ -49,6 +49,7 @@ std::unique_ptr<Moondream> Moondream::load(const std::string& model_dir, const L
   }
   m->tokenizer_ = Tokenizer::load(m->tokenizer_path_);
   m->weights_ = load_weights(model_dir, m->cfg_, opts.quantization);
+  m->kv_format_ = opts.kv_cache;
   m->text_ = std::make_unique<TextModel>(*m->weights_, m->cfg_.text);
   m->region_ = std::make_unique<RegionModel>(*m->weights_, m->cfg_.region);
   // KV memory for image prefixes (287 MB each at full size) touched in the
@@ -58,7 +59,7 @@ std::unique_ptr<Moondream> Moondream::load(const std::string& model_dir, const L
   // follow-up questions; caches evicted later return their memory to the
   // pool for the next image.
   if (opts.reserve_kv_images > 0) {
-    pool_reserve_in_background(KVCache::layer_bytes(m->cfg_.text, m->cfg_.text.prefix_attn),
+    pool_reserve_in_background(KVCache::layer_bytes(m->cfg_.text, m->cfg_.text.prefix_attn, m->kv_format_),
                                2 * m->cfg_.text.n_layers * opts.reserve_kv_images);
   }
   return m;
@@ -103,7 +104,7 @@ KVCache Moondream::prefill_prefix(std::span<const float> embeddings) const {
   const int bos = cfg_.tokenizer.bos_id;
   text_->embed(&bos, 1, x.data());
   std::copy(embeddings.begin(), embeddings.end(), x.begin() + D);
-  KVCache cache(cfg_.text, prefix);
+  KVCache cache(cfg_.text, prefix, kv_format_);
   text_->forward(x.data(), prefix, cache);
   return cache;
 }

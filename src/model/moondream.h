@@ -72,6 +72,9 @@ struct RegionResult {
 struct LoadOptions {
   int threads = 0;  // 0 = all cores
   Quantization quantization = Quantization::None;
+  // How KV caches hold their rows: bf16 by default (half the bytes a decode
+  // step reads); f32 reproduces the fp32 reference exactly (fidelity tests).
+  KVFormat kv_cache = KVFormat::BF16;
   // Image prefixes whose KV memory is touched at load (see Moondream::load).
   int reserve_kv_images = 2;
   RevisionChoice revision = RevisionChoice::kAuto;
@@ -93,6 +96,7 @@ class Moondream {
   const TextModel& text() const { return *text_; }
   const RegionModel& region() const { return *region_; }
   const ModelWeights& weights() const { return *weights_; }
+  KVFormat kv_format() const { return kv_format_; }
   CropParams crop_params() const;
 
   EncodedImage encode_image(const RgbImage& image) const;
@@ -126,6 +130,7 @@ class Moondream {
   std::unique_ptr<ModelWeights> weights_;
   std::unique_ptr<TextModel> text_;
   std::unique_ptr<RegionModel> region_;
+  KVFormat kv_format_ = KVFormat::BF16;
 };
 
 }  // namespace md

@@ -138,7 +138,7 @@ struct Runner {
                std::to_string(cfg.text.max_context) + " after the image's " + std::to_string(base) + " positions");
     const int capacity = int(std::min<int64_t>(cfg.text.max_context, int64_t(base) + prompt_len + int64_t(extra)));
     if (img) return KVCache::extending(img->cache, capacity);
-    KVCache c(cfg.text, capacity);
+    KVCache c(cfg.text, capacity, m.kv_format());
     c.prefix = 0;
     return c;
   }

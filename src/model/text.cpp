@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "tensor/dtype.h"
 #include "tensor/error.h"
 #include "tensor/ops.h"
 #include "tensor/parallel.h"
@@ -11,15 +12,32 @@ namespace md {
 
 constexpr int kMinInt8AttentionRows = 64;
 
-KVCache::KVCache(const TextConfig& cfg, int cap)
-    : n_layers(cfg.n_layers), kv_dim(cfg.n_kv_heads * (cfg.dim / cfg.n_heads)), capacity(cap) {
+namespace {
+// fp32 → bf16, round to nearest even (as PyTorch's .to(torch.bfloat16)).
+void store_bf16(const float* x, int n, uint16_t* out) {
+  for (int i = 0; i < n; ++i) out[i] = f32_to_bf16(x[i]);
+}
+}  // namespace
+
+KVCache::KVCache(const TextConfig& cfg, int cap, KVFormat f)
+    : n_layers(cfg.n_layers), kv_dim(cfg.n_kv_heads * (cfg.dim / cfg.n_heads)), format(f), capacity(cap) {
   // Each layer's rows made in place (assign() would copy one zeroed prototype).
   k.resize(size_t(n_layers));
   v.resize(size_t(n_layers));
+  const size_t bytes = size_t(capacity) * size_t(kv_dim) * kv_element_bytes(format);
   for (int l = 0; l < n_layers; ++l) {
-    k[l].resize(size_t(capacity) * kv_dim);
-    v[l].resize(size_t(capacity) * kv_dim);
+    k[l].resize(bytes);
+    v[l].resize(bytes);
   }
+}
+
+KVRows KVCache::base_rows(int l) const {
+  if (!base) return KVRows{nullptr, nullptr, 0, format};
+  return KVRows{base->k[size_t(l)].data(), base->v[size_t(l)].data(), base_length, base->format};
+}
+
+KVRows KVCache::own_rows(int l, int rows) const {
+  return KVRows{k[size_t(l)].data(), v[size_t(l)].data(), rows, format};
 }
 
 KVCache KVCache::extending(const KVCache& b, int cap) {
@@ -28,6 +46,7 @@ KVCache KVCache::extending(const KVCache& b, int cap) {
   KVCache out;
   out.n_layers = b.n_layers;
   out.kv_dim = b.kv_dim;
+  out.format = b.format;
   out.capacity = cap;
   out.length = b.length;
   out.base = &b;
@@ -35,9 +54,10 @@ KVCache KVCache::extending(const KVCache& b, int cap) {
   out.prefix = b.prefix;
   out.k.resize(size_t(b.n_layers));
   out.v.resize(size_t(b.n_layers));
+  const size_t bytes = size_t(cap - b.length) * size_t(b.kv_dim) * kv_element_bytes(b.format);
   for (int l = 0; l < b.n_layers; ++l) {
-    out.k[l].resize(size_t(cap - b.length) * b.kv_dim);
-    out.v[l].resize(size_t(cap - b.length) * b.kv_dim);
+    out.k[l].resize(bytes);
+    out.v[l].resize(bytes);
   }
   return out;
 }
@@ -47,17 +67,19 @@ KVCache KVCache::copy_with_capacity(int cap) const {
   KVCache out;
   out.n_layers = n_layers;
   out.kv_dim = kv_dim;
+  out.format = format;
   out.capacity = cap;
   out.length = length;
   out.prefix = prefix;
   out.k.resize(size_t(n_layers));
   out.v.resize(size_t(n_layers));
-  const size_t used = size_t(length) * kv_dim;
+  const size_t elem = kv_element_bytes(format);
+  const size_t used = size_t(length) * size_t(kv_dim) * elem;
   for (int l = 0; l < n_layers; ++l) {
-    out.k[l].resize(size_t(cap) * kv_dim);
-    out.v[l].resize(size_t(cap) * kv_dim);
-    std::memcpy(out.k[l].data(), k[l].data(), used * sizeof(float));
-    std::memcpy(out.v[l].data(), v[l].data(), used * sizeof(float));
+    out.k[l].resize(size_t(cap) * size_t(kv_dim) * elem);
+    out.v[l].resize(size_t(cap) * size_t(kv_dim) * elem);
+    std::memcpy(out.k[l].data(), k[l].data(), used);
+    std::memcpy(out.v[l].data(), v[l].data(), used);
   }
   return out;
 }
@@ -134,8 +156,9 @@ PooledVector<float> TextModel::forward(const float* embeddings, int n, KVCache& 
     layer_norm(blk.ln, x.data(), n, h.data());
     linear(blk.qkv, h.data(), n, qkv.data());
     // This cache's own rows start at position base_length.
-    float* kc = cache.k[l].data();
-    float* vc = cache.v[l].data();
+    uint8_t* kc = cache.k[size_t(l)].data();
+    uint8_t* vc = cache.v[size_t(l)].data();
+    const size_t row_bytes = size_t(kv_dim) * kv_element_bytes(cache.format);
     const int own0 = cache.base_length;
     parallel_for(size_t(n), [&](size_t b, size_t e) {
       for (size_t i = b; i < e; ++i) {
@@ -143,14 +166,20 @@ PooledVector<float> TextModel::forward(const float* embeddings, int n, KVCache& 
         const int p = pos0 + int(i);
         for (int hh = 0; hh < cfg_.n_heads; ++hh) rotary_.apply(row + hh * hd, p);
         for (int g = 0; g < cfg_.n_kv_heads; ++g) rotary_.apply(row + q_dim + g * hd, p);
-        std::memcpy(kc + size_t(p - own0) * kv_dim, row + q_dim, sizeof(float) * kv_dim);
-        std::memcpy(vc + size_t(p - own0) * kv_dim, row + q_dim + kv_dim, sizeof(float) * kv_dim);
+        uint8_t* kd = kc + size_t(p - own0) * row_bytes;
+        uint8_t* vd = vc + size_t(p - own0) * row_bytes;
+        if (cache.format == KVFormat::BF16) {
+          store_bf16(row + q_dim, kv_dim, reinterpret_cast<uint16_t*>(kd));
+          store_bf16(row + q_dim + kv_dim, kv_dim, reinterpret_cast<uint16_t*>(vd));
+        } else {
+          std::memcpy(kd, row + q_dim, row_bytes);
+          std::memcpy(vd, row + q_dim + kv_dim, row_bytes);
+        }
       }
     });
-    KVRows base;
-    if (cache.base) base = KVRows{cache.base->k[l].data(), cache.base->v[l].data(), cache.base_length};
-    const KVRows own{cache.k[l].data(), cache.v[l].data(), pos0 + n - cache.base_length};
-    attention(shape, mask, qkv.data(), base, own, att.data());
+    if (cache.base && cache.base->format != cache.format)
+      throw Error("KV cache: a cache extends a base of another format");
+    attention(shape, mask, qkv.data(), cache.base_rows(l), cache.own_rows(l, pos0 + n - cache.base_length), att.data());
     linear(blk.proj, att.data(), n, tmp.data());
     linear_gelu(blk.fc1, h.data(), n, ff.data());
     linear(blk.fc2, ff.data(), n, h.data());

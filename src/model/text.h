@@ -1,19 +1,23 @@
 #pragma once
 // Text decoder (contract section 7): Phi-1.5-shaped blocks with parallel
 // residual, partial rotary, grouped KV heads and the bidirectional image prefix.
+#include <cstdint>
 #include <vector>
 
 #include "model/config.h"
 #include "model/weights.h"
 #include "tensor/buffer_pool.h"
+#include "tensor/ops.h"
 
 namespace md {
 
 // k (after rotary) and v per layer and position: layer l, position p lives at
-// k[l][p·kv_dim … (p+1)·kv_dim).
+// elements [p·kv_dim … (p+1)·kv_dim) of k[l], fp32 or bf16 as `format` says
+// (rounded once when written; every later read sees the stored value).
 struct KVCache {
   int n_layers = 0;
-  int kv_dim = 0;    // n_kv_heads · head_dim
+  int kv_dim = 0;  // n_kv_heads · head_dim
+  KVFormat format = KVFormat::F32;
   int capacity = 0;  // positions it can hold, base included
   int length = 0;    // positions filled, base included
   // Positions below this attend bidirectionally among themselves (the image
@@ -23,21 +27,30 @@ struct KVCache {
   // outliving this cache); k/v hold positions [base_length, capacity).
   const KVCache* base = nullptr;
   int base_length = 0;
-  std::vector<PooledVector<float>> k, v;  // [layer][(position - base_length) · kv_dim]
+  std::vector<PooledVector<uint8_t>> k, v;  // [layer][(position - base_length) · kv_dim elements]
 
   KVCache() = default;
-  KVCache(const TextConfig& cfg, int capacity);
+  KVCache(const TextConfig& cfg, int capacity, KVFormat format = KVFormat::F32);
   // A cache that continues `base` (which must outlive it) without copying it:
   // room for `capacity` positions in all, the first base.length shared.
   static KVCache extending(const KVCache& base, int capacity);
   // A standalone cache of `capacity` positions holding a copy of this one.
   KVCache copy_with_capacity(int capacity) const;
   // Bytes of one layer's k (or v) rows for `capacity` positions.
-  static size_t layer_bytes(const TextConfig& cfg, int capacity) {
-    return size_t(capacity) * size_t(cfg.n_kv_heads) * size_t(cfg.dim / cfg.n_heads) * sizeof(float);
+  static size_t layer_bytes(const TextConfig& cfg, int capacity, KVFormat format) {
+    return size_t(capacity) * size_t(cfg.n_kv_heads) * size_t(cfg.dim / cfg.n_heads) * kv_element_bytes(format);
   }
   // Bytes this cache owns (not its base).
-  size_t bytes() const { return size_t(n_layers) * 2 * size_t(capacity - base_length) * kv_dim * sizeof(float); }
+  size_t bytes() const {
+    return size_t(n_layers) * 2 * size_t(capacity - base_length) * size_t(kv_dim) * kv_element_bytes(format);
+  }
+  // Bytes one decode step at `positions` reads from the k and v rows.
+  static size_t read_bytes(const TextConfig& cfg, int positions, KVFormat format) {
+    return size_t(cfg.n_layers) * 2 * layer_bytes(cfg, positions, format);
+  }
+  // Layer l's rows as the attention reads them (the base's, then this one's).
+  KVRows base_rows(int l) const;
+  KVRows own_rows(int l, int rows) const;
 };
 
 // cos/sin of position p for the 16 rotary frequency pairs, computed in fp32

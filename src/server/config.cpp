@@ -165,23 +165,12 @@ ServerConfig parse_server_config(const std::string& json_text, const std::string
       } else {
         s.fail("quantization", "must be a string such as \"none\"", *q);
       }
-      std::string l = v;
-      std::transform(l.begin(), l.end(), l.begin(), ::tolower);
-      // Weights as stored (16-bit files stay 16-bit), int8 or 4-bit, under
-      // the names users already write.
-      static const std::set<std::string> none = {"",     "none",     "fp32", "float32", "f32", "off",
-                                                 "bf16", "bfloat16", "fp16", "float16", "f16"};
-      static const std::set<std::string> int8 = {"int8", "q8", "q8_0", "8bit", "dynamic"};
-      static const std::set<std::string> q4 = {"int4", "q4", "q4_0", "4bit"};
-      if (none.count(l)) {
-        c.performance.quantization = "none";
-      } else if (int8.count(l)) {
-        c.performance.quantization = "int8";
-      } else if (q4.count(l)) {
-        c.performance.quantization = "q4";
-      } else {
+      if (!normalize_quantization(v, &c.performance.quantization))
         s.fail("quantization", "must be none, fp32, bf16, fp16, int8 or int4", *q);
-      }
+    }
+    if (const json* q = s.get("kv_cache")) {
+      if (!q->is_string() || !normalize_kv_cache(q->get<std::string>(), &c.performance.kv_cache))
+        s.fail("kv_cache", "must be \"bf16\" or \"f32\"", *q);
     }
     s.warn_unknown();
   }
@@ -256,7 +245,45 @@ ServerConfig load_server_config(const std::string& path, std::vector<std::string
   return parse_server_config(ss.str(), path, warnings);
 }
 
+bool normalize_quantization(const std::string& in, std::string* out) {
+  std::string l = in;
+  std::transform(l.begin(), l.end(), l.begin(), ::tolower);
+  // Weights as stored (16-bit files stay 16-bit), int8 or 4-bit, under
+  // the names users already write.
+  static const std::set<std::string> none = {"",     "none",     "fp32", "float32", "f32", "off",
+                                             "bf16", "bfloat16", "fp16", "float16", "f16"};
+  static const std::set<std::string> int8 = {"int8", "q8", "q8_0", "8bit", "dynamic"};
+  static const std::set<std::string> q4 = {"int4", "q4", "q4_0", "4bit"};
+  if (none.count(l)) {
+    *out = "none";
+  } else if (int8.count(l)) {
+    *out = "int8";
+  } else if (q4.count(l)) {
+    *out = "q4";
+  } else {
+    return false;
+  }
+  return true;
+}
+
+bool normalize_kv_cache(const std::string& in, std::string* out) {
+  std::string l = in;
+  std::transform(l.begin(), l.end(), l.begin(), ::tolower);
+  if (l == "bf16" || l == "bfloat16") {
+    *out = "bf16";
+  } else if (l == "f32" || l == "fp32" || l == "float32") {
+    *out = "f32";
+  } else {
+    return false;
+  }
+  return true;
+}
+
 void apply_overrides(ServerConfig* cfg, const ConfigOverrides& o) {
+  if (o.quantization && !normalize_quantization(*o.quantization, &cfg->performance.quantization))
+    throw Error("--quantization must be none, int8 or q4 (or another spelling of them), got '" + *o.quantization + "'");
+  if (o.kv_cache && !normalize_kv_cache(*o.kv_cache, &cfg->performance.kv_cache))
+    throw Error("--kv-cache must be bf16 or f32, got '" + *o.kv_cache + "'");
   if (o.model_path) cfg->model_path = *o.model_path;
   if (o.revision) cfg->revision = o.revision->empty() ? "main" : *o.revision;
   if (o.tokenizer) cfg->tokenizer = *o.tokenizer;
@@ -299,7 +326,8 @@ std::string config_to_json(const ServerConfig& c) {
         {"response_caching", c.performance.response_caching},
         {"memory_management", c.performance.memory_management},
         {"cache_max_mb", c.performance.cache_max_mb},
-        {"quantization", c.performance.quantization}}},
+        {"quantization", c.performance.quantization},
+        {"kv_cache", c.performance.kv_cache}}},
       {"server",
        {{"host", c.server.host},
         {"port", c.server.port},

@@ -14,10 +14,19 @@ namespace md::server {
 struct PerformanceConfig {
   bool image_caching = false;
   bool response_caching = false;
-  bool memory_management = false;  // hand freed memory back to the OS after each request
-  int cache_max_mb = 1024;         // budget of the encoded-image cache
-  std::string quantization = "none";
+  bool memory_management = false;     // hand freed memory back to the OS after each request
+  int cache_max_mb = 1024;            // budget of the encoded-image cache
+  std::string quantization = "none";  // normalised: "none", "int8" or "q4"
+  std::string kv_cache = "bf16";      // normalised: "bf16" or "f32"
 };
+
+// The spellings users write for performance.quantization / --quantization
+// (none, fp32, bf16, int8, q8_0, int4, ...) → "none", "int8" or "q4";
+// false for anything else.
+bool normalize_quantization(const std::string& in, std::string* out);
+// performance.kv_cache / --kv-cache: bf16, bfloat16, f32, fp32, float32 →
+// "bf16" or "f32"; false for anything else.
+bool normalize_kv_cache(const std::string& in, std::string* out);
 
 struct HttpConfig {
   std::string host = "127.0.0.1";
@@ -83,7 +92,7 @@ ServerConfig load_server_config(const std::string& path, std::vector<std::string
 
 // Command-line values that override every profile's file.
 struct ConfigOverrides {
-  std::optional<std::string> model_path, revision, host, api_key, tokenizer, revision_profile;
+  std::optional<std::string> model_path, revision, host, api_key, tokenizer, revision_profile, quantization, kv_cache;
   std::optional<int> port, backend_port, threads;
   std::optional<bool> web_ui;  // --no-web-ui
 };

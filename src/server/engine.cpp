@@ -66,7 +66,7 @@ TaskRequest task_request(const JobParams& p, const EncodedImage* image) {
 
 std::shared_ptr<LoadedModel> load_model(const std::string& source, const std::string& revision, int threads,
                                         const std::string& quantization, const std::string& tokenizer,
-                                        const std::string& revision_profile) {
+                                        const std::string& revision_profile, const std::string& kv_cache) {
   static std::atomic<uint64_t> next_id{1};
   const auto t0 = std::chrono::steady_clock::now();
   auto lm = std::make_shared<LoadedModel>();
@@ -74,6 +74,7 @@ std::shared_ptr<LoadedModel> load_model(const std::string& source, const std::st
   lm->revision = revision;
   lm->threads = threads;
   lm->quantization = quantization;
+  lm->kv_cache = kv_cache;
   std::error_code ec;
   if (std::filesystem::is_directory(source, ec)) {
     lm->dir = source;
@@ -87,6 +88,8 @@ std::shared_ptr<LoadedModel> load_model(const std::string& source, const std::st
   lo.threads = threads;
   if (!parse_quantization(quantization, &lo.quantization))
     throw Error("performance.quantization must be none, int8 or q4, got '" + quantization + "'");
+  if (!parse_kv_format(kv_cache, &lo.kv_cache))
+    throw Error("performance.kv_cache must be bf16 or f32, got '" + kv_cache + "'");
   if (!parse_revision_choice(revision_profile, &lo.revision))
     throw Error("revision_profile must be auto, 2025-01-09 or 2025-06-21, got '" + revision_profile + "'");
   lo.tokenizer_path = tokenizer_for_model(lm->dir, tokenizer, revision_profile);

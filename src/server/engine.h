@@ -29,6 +29,7 @@ struct LoadedModel {
   std::string dir;     // the local directory it was loaded from
   std::string revision;
   std::string quantization = "none";  // "none", "int8" or "q4"
+  std::string kv_cache = "bf16";      // "bf16" or "f32"
   int threads = 0;
   uint64_t id = 0;  // unique per load: cache keys never mix models
   double load_seconds = 0;
@@ -42,7 +43,8 @@ struct LoadedModel {
 // `tokenizer` and `revision_profile`: the config keys of the same names.
 std::shared_ptr<LoadedModel> load_model(const std::string& source, const std::string& revision, int threads,
                                         const std::string& quantization = "none", const std::string& tokenizer = "",
-                                        const std::string& revision_profile = "auto");
+                                        const std::string& revision_profile = "auto",
+                                        const std::string& kv_cache = "bf16");
 
 enum class Task { Caption, Query, Chat, Detect, Point, Gaze };
 const char* task_name(Task t);

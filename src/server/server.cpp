@@ -245,14 +245,15 @@ void Server::load_startup_model() {
   std::shared_ptr<LoadedModel> lm;
   try {
     lm = load_model(c.model_path, c.revision, startup_cfg_.threads, c.performance.quantization, c.tokenizer,
-                    c.revision_profile);
+                    c.revision_profile, c.performance.kv_cache);
   } catch (const Error& e) {
     std::error_code ec;
     if (opts_.fallback_model.empty() || std::filesystem::is_directory(c.model_path, ec)) throw;
     spdlog::error("cannot load {}: {}", c.model_path, e.what());
     spdlog::warn("serving the fallback model {} instead (--fallback-model); its answers are not Moondream2's",
                  opts_.fallback_model);
-    lm = load_model(opts_.fallback_model, "", startup_cfg_.threads, c.performance.quantization);
+    lm = load_model(opts_.fallback_model, "", startup_cfg_.threads, c.performance.quantization, "", "auto",
+                    c.performance.kv_cache);
     lm->fallback_from = c.model_path;
     lm->fallback_reason = e.what();
   }
@@ -572,6 +573,8 @@ std::string Server::health_json() const {
       {"revision_profile", p->model ? p->model->model->revision().name : ""},
       {"revision_detected_by", p->model ? p->model->model->revision().detected_by : ""},
       {"tokenizer", p->model ? p->model->model->tokenizer_path() : ""},
+      {"quantization", p->model ? p->model->quantization : c.performance.quantization},
+      {"kv_cache", p->model ? p->model->kv_cache : c.performance.kv_cache},
       {"load_seconds", p->model ? p->model->load_seconds : 0.0},
       {"uptime_seconds", seconds_since(started_)},
       {"rss_bytes", rss_bytes()},
@@ -709,13 +712,13 @@ void Server::patch_config(const httplib::Request& req, const std::string& raw_bo
     next->cfg = cfg;
     bool reloaded = false;
     if (cur->model && cur->model->source == cfg.model_path && cur->model->revision == cfg.revision &&
-        cur->model->quantization == cfg.performance.quantization) {
+        cur->model->quantization == cfg.performance.quantization && cur->model->kv_cache == cfg.performance.kv_cache) {
       next->model = cur->model;
     } else {
       spdlog::info("profile {}: loading model {} (revision {})", name, cfg.model_path, cfg.revision);
       try {
         next->model = load_model(cfg.model_path, cfg.revision, startup_cfg_.threads, cfg.performance.quantization,
-                                 cfg.tokenizer, cfg.revision_profile);
+                                 cfg.tokenizer, cfg.revision_profile, cfg.performance.kv_cache);
       } catch (const Error& e) {
         throw ApiError(500, "model_load_failed", std::string(e.what()) + "; profile '" + cur->name + "' stays active",
                        "server_error");

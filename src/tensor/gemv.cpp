@@ -97,6 +97,20 @@ void XQuantBuf::prepare(const float* X, int m, int ldx, int cols, int group, int
   }
 }
 
+void prepare_bf16_pair_x(const float* X, int m, int ldx, int cols, float* out) {
+  const int full = cols / 32 * 32;
+  for (int i = 0; i < m; ++i) {
+    const float* x = X + size_t(i) * size_t(ldx);
+    float* o = out + size_t(i) * size_t(cols);
+    for (int c = 0; c < full; c += 32)
+      for (int j = 0; j < 16; ++j) {
+        o[c + j] = x[c + 2 * j];
+        o[c + 16 + j] = x[c + 2 * j + 1];
+      }
+    for (int c = full; c < cols; ++c) o[c] = x[c];
+  }
+}
+
 namespace {
 
 inline float load_f16(const uint8_t* p) {
@@ -304,6 +318,7 @@ void check(const WeightMatrix& w, int r0, int r1) {
 }
 
 thread_local XQuantBuf t_xq;
+thread_local std::vector<float> t_xbf16;
 
 void run_rows(const Kernels& k, const WeightMatrix& w, const float* X, const XQuant* xq, int m, float* Y, int ldy,
               int r0, int r1) {
@@ -317,6 +332,21 @@ void run_rows(const Kernels& k, const WeightMatrix& w, const float* X, const XQu
 
 int zero_point(WeightFormat f) { return f == WeightFormat::Q8 ? 128 : 8; }
 
+// The activations as the kernel reads them: quantised (Q8/Q4), re-laid for
+// BF16 weights where the kernel asks, or X itself.
+const float* prepare_x(const Kernels& k, const WeightMatrix& w, const float* X, int m, const XQuant** xq) {
+  *xq = nullptr;
+  if (is_quant(w.format)) {
+    t_xq.prepare(X, m, w.cols, w.cols, w.group, zero_point(w.format));
+    *xq = t_xq.rows.data();
+  } else if (w.format == WeightFormat::BF16 && k.bf16_x == kBf16PairX) {
+    if (t_xbf16.size() < size_t(m) * size_t(w.cols)) t_xbf16.resize(size_t(m) * size_t(w.cols));
+    prepare_bf16_pair_x(X, m, w.cols, w.cols, t_xbf16.data());
+    return t_xbf16.data();
+  }
+  return X;
+}
+
 }  // namespace
 
 void gemm_rows(const WeightMatrix& w, const float* X, int m, float* Y, int ldy, int r0, int r1) {
@@ -324,11 +354,8 @@ void gemm_rows(const WeightMatrix& w, const float* X, int m, float* Y, int ldy, 
   if (m <= 0 || r0 == r1) return;
   const Kernels& k = kernels();
   const XQuant* xq = nullptr;
-  if (is_quant(w.format)) {
-    t_xq.prepare(X, m, w.cols, w.cols, w.group, zero_point(w.format));
-    xq = t_xq.rows.data();
-  }
-  run_rows(k, w, X, xq, m, Y, ldy, r0, r1);
+  const float* xk = prepare_x(k, w, X, m, &xq);
+  run_rows(k, w, xk, xq, m, Y, ldy, r0, r1);
 }
 
 void gemv_rows(const WeightMatrix& w, const float* x, float* y, int r0, int r1) {
@@ -340,16 +367,13 @@ void gemm(const WeightMatrix& w, const float* X, int m, float* Y, int ldy) {
   if (m <= 0) return;
   const Kernels& k = kernels();
   const XQuant* xq = nullptr;
-  if (is_quant(w.format)) {
-    t_xq.prepare(X, m, w.cols, w.cols, w.group, zero_point(w.format));
-    xq = t_xq.rows.data();
-  }
+  const float* xk = prepare_x(k, w, X, m, &xq);
   constexpr int kBlock = 16;
   const int nblocks = (w.rows + kBlock - 1) / kBlock;
   parallel_for(size_t(nblocks), [&](size_t b, size_t e) {
     const int r0 = int(b) * kBlock;
     const int r1 = std::min(w.rows, int(e) * kBlock);
-    run_rows(k, w, X, xq, m, Y, ldy, r0, r1);
+    run_rows(k, w, xk, xq, m, Y, ldy, r0, r1);
   });
 }
 

@@ -6,8 +6,9 @@
 //
 // One weight row at a time (a single sequential stream per thread), up to 4
 // input rows per pass sharing each weight load.
-// fp kernels: 64 columns per step, four accumulators; bf16 widens to fp32 by
-// a 16-bit shift, fp16 by vcvtph2ps.
+// fp kernels: 64 columns per step, four accumulators; bf16 reads 32 columns
+// per load as even/odd pairs (shift / mask, x de-interleaved to match), fp16
+// widens by vcvtph2ps.
 // Q8/Q4 kernels: activations quantised per group to int8 once per call; per
 // 64 columns one vpdpbusd of the unsigned weights (Q8: q+128, Q4: nibble q)
 // with the signed activations into an accumulator preloaded with the
@@ -98,6 +99,118 @@ inline void fp_row(const uint8_t* wr, int cols, const float* X, size_t ldx, floa
         _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[m][0], acc[m][1]), _mm512_add_ps(acc[m][2], acc[m][3])));
 }
 
+// bf16 rows read as pairs: one 64-byte load holds 32 columns; a 16-bit shift
+// left widens the even ones to fp32, masking the low half the odd ones, so
+// x comes de-interleaved per 32 columns (kBf16PairX, prepared once per call
+// by the front end). Half the instructions per weight byte of a widening
+// load (vpmovzxwd + shift), which is what lets one thread's loop keep up
+// with the memory stream. Columns past the last full 32 are as stored.
+template <int M>
+inline void bf16_pair_row(const uint8_t* wr, int cols, const float* X, size_t ldx, float* y, size_t ldy) {
+  const __m512i hi16 = _mm512_set1_epi32(int(0xffff0000u));
+  __m512 acc[M][4];
+#pragma GCC unroll 16
+  for (int m = 0; m < M; ++m)
+#pragma GCC unroll 16
+    for (int u = 0; u < 4; ++u) acc[m][u] = _mm512_setzero_ps();
+  int c = 0;
+  for (; c + 64 <= cols; c += 64)
+#pragma GCC unroll 16
+    for (int u = 0; u < 2; ++u) {
+      const __m512i w = _mm512_loadu_si512(wr + size_t(c + 32 * u) * 2);
+      const __m512 ev = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+      const __m512 od = _mm512_castsi512_ps(_mm512_and_si512(w, hi16));
+#pragma GCC unroll 16
+      for (int m = 0; m < M; ++m) {
+        const float* xm = X + size_t(m) * ldx + size_t(c + 32 * u);
+        acc[m][2 * u] = _mm512_fmadd_ps(ev, _mm512_loadu_ps(xm), acc[m][2 * u]);
+        acc[m][2 * u + 1] = _mm512_fmadd_ps(od, _mm512_loadu_ps(xm + 16), acc[m][2 * u + 1]);
+      }
+    }
+  for (; c + 32 <= cols; c += 32) {
+    const __m512i w = _mm512_loadu_si512(wr + size_t(c) * 2);
+    const __m512 ev = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+    const __m512 od = _mm512_castsi512_ps(_mm512_and_si512(w, hi16));
+#pragma GCC unroll 16
+    for (int m = 0; m < M; ++m) {
+      const float* xm = X + size_t(m) * ldx + size_t(c);
+      acc[m][0] = _mm512_fmadd_ps(ev, _mm512_loadu_ps(xm), acc[m][0]);
+      acc[m][1] = _mm512_fmadd_ps(od, _mm512_loadu_ps(xm + 16), acc[m][1]);
+    }
+  }
+  using L = Fp<WeightFormat::BF16>;
+  for (; c + 16 <= cols; c += 16) {
+    const __m512 wv = L::load(wr + size_t(c) * 2);
+#pragma GCC unroll 16
+    for (int m = 0; m < M; ++m)
+      acc[m][2] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(X + size_t(m) * ldx + size_t(c)), acc[m][2]);
+  }
+  if (c < cols) {
+    const __mmask16 k = __mmask16((1u << (cols - c)) - 1u);
+    const __m512 wv = L::load(wr + size_t(c) * 2, k);
+#pragma GCC unroll 16
+    for (int m = 0; m < M; ++m)
+      acc[m][3] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(k, X + size_t(m) * ldx + size_t(c)), acc[m][3]);
+  }
+#pragma GCC unroll 16
+  for (int m = 0; m < M; ++m)
+    y[size_t(m) * ldy] =
+        _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[m][0], acc[m][1]), _mm512_add_ps(acc[m][2], acc[m][3])));
+}
+
+// Wide rows (x larger than half of L1) with one input row: R weight rows per
+// pass share each x load, so x's L2→L1 traffic does not crowd out the weight
+// stream's misses. cols % 64 == 0; summation order as bf16_pair_row<1>
+// (bit-identical).
+template <int R>
+inline void bf16_pair_rows_x1(const uint8_t* wr, size_t stride, int cols, const float* x, float* y) {
+  const __m512i hi16 = _mm512_set1_epi32(int(0xffff0000u));
+  __m512 acc[R][4];
+#pragma GCC unroll 16
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 16
+    for (int u = 0; u < 4; ++u) acc[i][u] = _mm512_setzero_ps();
+  int c = 0;
+  for (; c + 64 <= cols; c += 64)
+#pragma GCC unroll 16
+    for (int u = 0; u < 2; ++u) {
+      const __m512 xe = _mm512_loadu_ps(x + c + 32 * u), xo = _mm512_loadu_ps(x + c + 32 * u + 16);
+#pragma GCC unroll 16
+      for (int i = 0; i < R; ++i) {
+        const __m512i w = _mm512_loadu_si512(wr + size_t(i) * stride + size_t(c + 32 * u) * 2);
+        acc[i][2 * u] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(w, 16)), xe, acc[i][2 * u]);
+        acc[i][2 * u + 1] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(w, hi16)), xo, acc[i][2 * u + 1]);
+      }
+    }
+#pragma GCC unroll 16
+  for (int i = 0; i < R; ++i) {
+    y[i] =
+        _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[i][0], acc[i][1]), _mm512_add_ps(acc[i][2], acc[i][3])));
+  }
+}
+
+void bf16_pairs(const WeightMatrix& w, const float* X, int m, float* Y, int ldy, int r0, int r1) {
+  const uint8_t* W = static_cast<const uint8_t*>(w.data);
+  const int cols = w.cols;
+  const size_t stride = size_t(cols) * 2;
+  int r = r0;
+  if (m == 1 && cols >= 4096 && cols % 64 == 0)
+    for (; r + 2 <= r1; r += 2) bf16_pair_rows_x1<2>(W + size_t(r) * stride, stride, cols, X, Y + r);
+  for (; r < r1; ++r) {
+    const uint8_t* wr = W + size_t(r) * stride;
+    for (int mb = 0; mb < m; mb += 4) {
+      const float* Xb = X + size_t(mb) * size_t(cols);
+      float* y = Y + size_t(mb) * size_t(ldy) + size_t(r);
+      switch (m - mb < 4 ? m - mb : 4) {
+        case 1: bf16_pair_row<1>(wr, cols, Xb, size_t(cols), y, size_t(ldy)); break;
+        case 2: bf16_pair_row<2>(wr, cols, Xb, size_t(cols), y, size_t(ldy)); break;
+        case 3: bf16_pair_row<3>(wr, cols, Xb, size_t(cols), y, size_t(ldy)); break;
+        default: bf16_pair_row<4>(wr, cols, Xb, size_t(cols), y, size_t(ldy)); break;
+      }
+    }
+  }
+}
+
 template <WeightFormat F>
 void fp_format(const WeightMatrix& w, const float* X, int m, float* Y, int ldy, int r0, int r1) {
   const uint8_t* W = static_cast<const uint8_t*>(w.data);
@@ -122,7 +235,7 @@ void fp_format(const WeightMatrix& w, const float* X, int m, float* Y, int ldy, 
 void fp_avx512(const WeightMatrix& w, const float* X, int m, float* Y, int ldy, int r0, int r1) {
   switch (w.format) {
     case WeightFormat::F32: fp_format<WeightFormat::F32>(w, X, m, Y, ldy, r0, r1); break;
-    case WeightFormat::BF16: fp_format<WeightFormat::BF16>(w, X, m, Y, ldy, r0, r1); break;
+    case WeightFormat::BF16: bf16_pairs(w, X, m, Y, ldy, r0, r1); break;
     case WeightFormat::F16: fp_format<WeightFormat::F16>(w, X, m, Y, ldy, r0, r1); break;
     default: break;
   }
@@ -416,8 +529,8 @@ void quant_row_avx512(WeightFormat target, const float* w, int cols, int group, 
 
 }  // namespace
 
-const Kernels kAvx512 = {"avx512",         fp_avx512,       q8_avx512,       q4_avx512,
-                         quant_row_avx512, prep_row_avx512, int8_gemm_avx512};
+const Kernels kAvx512 = {"avx512",         fp_avx512,       q8_avx512,        q4_avx512,
+                         quant_row_avx512, prep_row_avx512, int8_gemm_avx512, kBf16PairX};
 
 }  // namespace md::gemv_detail
 

@@ -45,6 +45,14 @@ using QuantRow = void (*)(WeightFormat target, const float* w, int cols, int gro
 // results.
 using PrepRow = void (*)(const float* x, int cols, int group, int zero, int8_t* q, float* s, int32_t* hc);
 
+// How the fp kernel wants x for BF16 weights: as given, or de-interleaved per
+// 32-column chunk (the 16 even columns, then the 16 odd ones; columns past
+// the last full chunk as given), see prepare_bf16_pair_x.
+enum BF16XLayout { kBf16PlainX = 0, kBf16PairX = 1 };
+
+// X [m, cols] (row stride ldx) → out [m, cols] in the kBf16PairX layout.
+void prepare_bf16_pair_x(const float* X, int m, int ldx, int cols, float* out);
+
 struct Kernels {
   const char* name;
   FpKernel fp;  // F32, BF16, F16
@@ -53,6 +61,7 @@ struct Kernels {
   QuantRow quant_row;
   PrepRow prep_row;
   Int8GemmKernel int8_gemm;  // null where the ISA has no fused int8 GEMM (oneDNN's is used)
+  BF16XLayout bf16_x = kBf16PlainX;
 };
 
 void int8_gemm_avx512(const Int8GemmArgs& a, uint8_t* panel);

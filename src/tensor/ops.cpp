@@ -3,6 +3,7 @@
 #include <oneapi/dnnl/dnnl.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -591,17 +592,121 @@ void attention(const AttentionShape& s, const AttentionMask& mask, const float* 
   attention(s, mask, q, KVRows{}, KVRows{k, v, s.n_k}, out);
 }
 
+const char* kv_format_name(KVFormat f) { return f == KVFormat::BF16 ? "bf16" : "f32"; }
+
+bool parse_kv_format(const std::string& s, KVFormat* out) {
+  if (s == "f32" || s == "fp32") {
+    *out = KVFormat::F32;
+    return true;
+  }
+  if (s == "bf16") {
+    *out = KVFormat::BF16;
+    return true;
+  }
+  return false;
+}
+
+namespace {
+
+// One query row of one head against bf16 keys/values read in place: scores
+// in fp32 (the widened bf16 is exact), softmax, then Σ p_j·v_j. `rows` key
+// ranges (base, own) side by side; `visible` keys in all.
+MD_VECTOR_CLONES void bf16_query_row(const float* q, int head_dim, float scale, const uint16_t* const* k,
+                                     const uint16_t* const* v, const int* rows, int ranges, int stride, int visible,
+                                     float* scores, float* out) {
+  int j0 = 0;
+  for (int r = 0; r < ranges && j0 < visible; ++r) {
+    const int n = std::min(rows[r], visible - j0);
+    for (int j = 0; j < n; ++j) {
+      const uint16_t* kj = k[r] + size_t(j) * size_t(stride);
+      float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+      for (int d = 0; d < head_dim; ++d) dot += q[d] * std::bit_cast<float>(uint32_t(kj[d]) << 16);
+      scores[j0 + j] = dot * scale;
+    }
+    j0 += n;
+  }
+  const float inv = 1.0f / exp_minus_max(scores, visible);
+#pragma omp simd
+  for (int d = 0; d < head_dim; ++d) out[d] = 0.0f;
+  j0 = 0;
+  for (int r = 0; r < ranges && j0 < visible; ++r) {
+    const int n = std::min(rows[r], visible - j0);
+    for (int j = 0; j < n; ++j) {
+      const uint16_t* vj = v[r] + size_t(j) * size_t(stride);
+      const float p = scores[j0 + j] * inv;
+#pragma omp simd
+      for (int d = 0; d < head_dim; ++d) out[d] += p * std::bit_cast<float>(uint32_t(vj[d]) << 16);
+    }
+    j0 += n;
+  }
+}
+
+// bf16 rows → fp32 (exact), rows × kv_stride elements.
+void widen_kv(const void* src, int rows, int stride, std::vector<float>& dst) {
+  const size_t n = size_t(rows) * size_t(stride);
+  if (dst.size() < n) dst.resize(n);
+  convert_to_f32(DType::BF16, static_cast<const uint8_t*>(src), dst.data(), n);
+}
+
+}  // namespace
+
 void attention(const AttentionShape& s, const AttentionMask& mask, const float* q, KVRows base, KVRows own,
                float* out) {
   if (base.rows + own.rows != s.n_k) throw Error("attention: key rows do not add up to n_k");
+  if (base.rows > 0 && base.format != own.format) throw Error("attention: base and own KV rows differ in format");
+  if (own.format == KVFormat::BF16) {
+    if (s.n_q > kDirectAttentionRows) {
+      // A prompt: widen once, then the GEMM path (the widening is a small
+      // fraction of the GEMMs' work at these sizes).
+      static thread_local std::vector<float> t_kb, t_vb, t_ko, t_vo;
+      KVRows b32, o32{nullptr, nullptr, own.rows, KVFormat::F32};
+      if (base.rows > 0) {
+        widen_kv(base.k, base.rows, s.kv_stride, t_kb);
+        widen_kv(base.v, base.rows, s.kv_stride, t_vb);
+        b32 = KVRows{t_kb.data(), t_vb.data(), base.rows, KVFormat::F32};
+      }
+      if (own.rows > 0) {
+        widen_kv(own.k, own.rows, s.kv_stride, t_ko);
+        widen_kv(own.v, own.rows, s.kv_stride, t_vo);
+        o32.k = t_ko.data();
+        o32.v = t_vo.data();
+      }
+      attention(s, mask, q, b32, o32, out);
+      return;
+    }
+    const int group = s.n_heads / s.n_kv_heads;
+    const float scale = 1.0f / std::sqrt(float(s.head_dim));
+    const int out_stride = s.n_heads * s.head_dim;
+    parallel_for(size_t(s.n_heads) * size_t(s.n_q), [&](size_t b, size_t e) {
+      static thread_local std::vector<float> t_scores;
+      float* scores = scratch(t_scores, size_t(s.n_k));
+      for (size_t t = b; t < e; ++t) {
+        const size_t h = t / size_t(s.n_q);
+        const int i = int(t % size_t(s.n_q));
+        const size_t col = h / size_t(group) * size_t(s.head_dim);
+        const uint16_t* k[2] = {static_cast<const uint16_t*>(base.k) + col, static_cast<const uint16_t*>(own.k) + col};
+        const uint16_t* v[2] = {static_cast<const uint16_t*>(base.v) + col, static_cast<const uint16_t*>(own.v) + col};
+        const int rows[2] = {base.rows, own.rows};
+        bf16_query_row(q + size_t(i) * size_t(s.q_stride) + h * size_t(s.head_dim), s.head_dim, scale, k, v, rows, 2,
+                       s.kv_stride, mask.visible_keys(i, s.n_k), scores,
+                       out + size_t(i) * size_t(out_stride) + h * size_t(s.head_dim));
+      }
+    });
+    return;
+  }
   const int group = s.n_heads / s.n_kv_heads;
   const float scale = 1.0f / std::sqrt(float(s.head_dim));
   const int out_stride = s.n_heads * s.head_dim;
+  const float* bk = static_cast<const float*>(base.k);
+  const float* bv = static_cast<const float*>(base.v);
+  const float* ok = static_cast<const float*>(own.k);
+  const float* ov = static_cast<const float*>(own.v);
   // Heads in parallel, each with single-threaded GEMMs and its own scores.
   if (s.int8_scores && base.rows == 0) {
     parallel_for_each(size_t(s.n_heads), [&](size_t h, size_t) {
-      head_attention_int8(s, mask, scale, q + h * s.head_dim, own.k + h / size_t(group) * size_t(s.head_dim),
-                          own.v + h / size_t(group) * size_t(s.head_dim), out + h * s.head_dim, out_stride);
+      head_attention_int8(s, mask, scale, q + h * s.head_dim, ok + h / size_t(group) * size_t(s.head_dim),
+                          ov + h / size_t(group) * size_t(s.head_dim), out + h * s.head_dim, out_stride);
     });
     return;
   }
@@ -616,11 +721,10 @@ void attention(const AttentionShape& s, const AttentionMask& mask, const float* 
       float* oh = out + h * s.head_dim;
       // Scores against each key range, side by side in one row per query.
       if (base.rows > 0)
-        sgemm(true, s.n_q, base.rows, s.head_dim, scale, qh, s.q_stride, base.k + col, s.kv_stride, 0.0f, scores,
-              s.n_k);
+        sgemm(true, s.n_q, base.rows, s.head_dim, scale, qh, s.q_stride, bk + col, s.kv_stride, 0.0f, scores, s.n_k);
       if (own.rows > 0)
-        sgemm(true, s.n_q, own.rows, s.head_dim, scale, qh, s.q_stride, own.k + col, s.kv_stride, 0.0f,
-              scores + base.rows, s.n_k);
+        sgemm(true, s.n_q, own.rows, s.head_dim, scale, qh, s.q_stride, ok + col, s.kv_stride, 0.0f, scores + base.rows,
+              s.n_k);
       for (int i = 0; i < s.n_q; ++i) {
         float* row = scores + size_t(i) * s.n_k;
         const int visible = mask.visible_keys(i, s.n_k);
@@ -629,12 +733,11 @@ void attention(const AttentionShape& s, const AttentionMask& mask, const float* 
       }
       float beta = 0.0f;
       if (base.rows > 0) {
-        sgemm(false, s.n_q, s.head_dim, base.rows, 1.0f, scores, s.n_k, base.v + col, s.kv_stride, 0.0f, oh,
-              out_stride);
+        sgemm(false, s.n_q, s.head_dim, base.rows, 1.0f, scores, s.n_k, bv + col, s.kv_stride, 0.0f, oh, out_stride);
         beta = 1.0f;
       }
       if (own.rows > 0)
-        sgemm(false, s.n_q, s.head_dim, own.rows, 1.0f, scores + base.rows, s.n_k, own.v + col, s.kv_stride, beta, oh,
+        sgemm(false, s.n_q, s.head_dim, own.rows, 1.0f, scores + base.rows, s.n_k, ov + col, s.kv_stride, beta, oh,
               out_stride);
     }
   });

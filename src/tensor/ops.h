@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <algorithm>
 #include <cstdint>
+#include <string>
 
 #include "tensor/gemv.h"
 
@@ -74,15 +75,31 @@ struct AttentionMask {
 void attention(const AttentionShape& s, const AttentionMask& mask, const float* q, const float* k, const float* v,
                float* out);
 
+// How a KV cache stores its rows: fp32, or bf16 (round to nearest even, as
+// the official model holds them on its bf16 weights: half the bytes every
+// decode step reads; docs/BENCHMARKS.md has its measured accuracy).
+enum class KVFormat { F32, BF16 };
+const char* kv_format_name(KVFormat f);  // "f32", "bf16"
+// Parses "f32" / "fp32" / "bf16"; false for anything else.
+bool parse_kv_format(const std::string& s, KVFormat* out);
+inline size_t kv_element_bytes(KVFormat f) { return f == KVFormat::BF16 ? 2 : 4; }
+
 // Keys/values held in two places: `base` rows are keys [0, base.rows) (a
 // shared, read-only image prefix), `own` rows the keys after them; together
 // they are the s.n_k keys. Lets every question about one image attend to the
-// same prefix without copying it.
+// same prefix without copying it. k/v point at float or uint16_t (bf16)
+// elements as `format` says; base and own must share it.
 struct KVRows {
-  const float* k = nullptr;
-  const float* v = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
   int rows = 0;
+  KVFormat format = KVFormat::F32;
 };
+// fp32 rows: oneDNN SGEMMs (or the int8 path). bf16 rows: up to
+// kDirectAttentionRows queries (decoding) read them in place, widening as
+// they go; more (a prompt) widen the rows to fp32 once and take the fp32
+// path.
 void attention(const AttentionShape& s, const AttentionMask& mask, const float* q, KVRows base, KVRows own, float* out);
+inline constexpr int kDirectAttentionRows = 8;
 
 }  // namespace md
