@@ -11,6 +11,7 @@
 #include "model/config.h"
 #include "tensor/error.h"
 #include "tensor/gemv.h"
+#include "tensor/gemv_impl.h"
 #include "tensor/quant.h"
 #include "model/region.h"
 #include "model/sampling.h"
@@ -135,41 +136,52 @@ TEST(Attention, KeysSplitIntoABaseAndOwnRowsGiveTheSameResult) {
 // a prompt widens them first; both equal fp32 attention over the same values
 // (the fp32 rows rounded to bf16), with grouped heads, a mask and a base.
 TEST(Attention, Bf16RowsEqualFp32AttentionOverTheRoundedValues) {
-  for (const int n_q : {1, 3, kDirectAttentionRows, kDirectAttentionRows + 5}) {
-    AttentionShape s;
-    s.n_q = n_q;
-    s.n_k = 40 + n_q;
-    s.n_heads = 8;
-    s.n_kv_heads = 2;
-    s.head_dim = 64;
-    s.q_stride = 3 * 512;
-    s.kv_stride = 128;
-    const auto q = random_vec(size_t(s.n_q) * s.q_stride, 14);
-    auto k = random_vec(size_t(s.n_k) * s.kv_stride, 15);
-    auto v = random_vec(size_t(s.n_k) * s.kv_stride, 16);
-    std::vector<uint16_t> k16(k.size()), v16(v.size());
-    for (size_t i = 0; i < k.size(); ++i) {
-      k16[i] = f32_to_bf16(k[i]);
-      v16[i] = f32_to_bf16(v[i]);
-      k[i] = bf16_to_f32(k16[i]);
-      v[i] = bf16_to_f32(v16[i]);
+  // Every ISA this CPU runs: AVX-512 decodes on its own kernels (checked to
+  // be the ones that run), the others on the portable loops.
+  for (const char* isa : {"avx512", "avx2", "scalar"}) {
+    if (!detail::gemv_force_isa(isa)) continue;
+    const gemv_detail::AttentionKernels* ak = gemv_detail::attention_kernels();
+    EXPECT_EQ(ak != nullptr, std::string(isa) == "avx512") << isa;
+    if (ak) {
+      EXPECT_STREQ(ak->name, "avx512");
     }
-    AttentionMask mask;
-    mask.full = false;
-    mask.q_pos0 = s.n_k - s.n_q;
-    mask.prefix = 20;
-    std::vector<float> ref(size_t(s.n_q) * s.n_heads * s.head_dim), got(ref.size());
-    attention(s, mask, q.data(), k.data(), v.data(), ref.data());
-    for (int base_rows : {0, 17}) {
-      const size_t off = size_t(base_rows) * s.kv_stride;
-      std::fill(got.begin(), got.end(), -1.0f);
-      attention(s, mask, q.data(), KVRows{k16.data(), v16.data(), base_rows, KVFormat::BF16},
-                KVRows{k16.data() + off, v16.data() + off, s.n_k - base_rows, KVFormat::BF16}, got.data());
-      float worst = 0;
-      for (size_t i = 0; i < ref.size(); ++i) worst = std::max(worst, std::abs(got[i] - ref[i]));
-      EXPECT_LE(worst, 2e-6f) << "n_q " << n_q << " base " << base_rows;
+    for (const int n_q : {1, 3, kDirectAttentionRows, kDirectAttentionRows + 5}) {
+      AttentionShape s;
+      s.n_q = n_q;
+      s.n_k = 40 + n_q;
+      s.n_heads = 8;
+      s.n_kv_heads = 2;
+      s.head_dim = 64;
+      s.q_stride = 3 * 512;
+      s.kv_stride = 128;
+      const auto q = random_vec(size_t(s.n_q) * s.q_stride, 14);
+      auto k = random_vec(size_t(s.n_k) * s.kv_stride, 15);
+      auto v = random_vec(size_t(s.n_k) * s.kv_stride, 16);
+      std::vector<uint16_t> k16(k.size()), v16(v.size());
+      for (size_t i = 0; i < k.size(); ++i) {
+        k16[i] = f32_to_bf16(k[i]);
+        v16[i] = f32_to_bf16(v[i]);
+        k[i] = bf16_to_f32(k16[i]);
+        v[i] = bf16_to_f32(v16[i]);
+      }
+      AttentionMask mask;
+      mask.full = false;
+      mask.q_pos0 = s.n_k - s.n_q;
+      mask.prefix = 20;
+      std::vector<float> ref(size_t(s.n_q) * s.n_heads * s.head_dim), got(ref.size());
+      attention(s, mask, q.data(), k.data(), v.data(), ref.data());
+      for (int base_rows : {0, 17}) {
+        const size_t off = size_t(base_rows) * s.kv_stride;
+        std::fill(got.begin(), got.end(), -1.0f);
+        attention(s, mask, q.data(), KVRows{k16.data(), v16.data(), base_rows, KVFormat::BF16},
+                  KVRows{k16.data() + off, v16.data() + off, s.n_k - base_rows, KVFormat::BF16}, got.data());
+        float worst = 0;
+        for (size_t i = 0; i < ref.size(); ++i) worst = std::max(worst, std::abs(got[i] - ref[i]));
+        EXPECT_LE(worst, 2e-6f) << isa << " n_q " << n_q << " base " << base_rows;
+      }
     }
   }
+  detail::gemv_force_isa(nullptr);
   // base and own rows must share a format.
   std::vector<uint16_t> r16(64 * 4);
   std::vector<float> r32(64 * 4), q(64), out(64);

@@ -280,6 +280,10 @@ const Kernels& kernels() {
   return *k;
 }
 
+const AttentionKernels* attention_kernels() {
+  return std::string(kernels().name) == "avx512" ? &kAttentionAvx512 : nullptr;
+}
+
 }  // namespace gemv_detail
 
 using namespace gemv_detail;

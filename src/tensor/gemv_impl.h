@@ -66,6 +66,23 @@ struct Kernels {
 
 void int8_gemm_avx512(const Int8GemmArgs& a, uint8_t* panel);
 
+// Decode attention over bf16 KV rows, one query row × one head
+// (attention_avx512.cpp; ops.cpp has the portable loops):
+// scores[j] = scale · q·k_j for j < n; out = Σ_j p[j]·v_j (unnormalised).
+// Rows are head_dim elements, `stride` elements apart.
+using Bf16ScoresKernel = void (*)(const float* q, const uint16_t* k, int stride, int n, float scale, float* scores);
+using Bf16PvKernel = void (*)(const float* p, const uint16_t* v, int stride, int n, float* out);
+struct AttentionKernels {
+  const char* name;
+  int head_dim;  // the only head size these kernels take
+  Bf16ScoresKernel scores;
+  Bf16PvKernel pv;
+};
+extern const AttentionKernels kAttentionAvx512;
+// The table for the active ISA (gemv_force_isa / MOONDREAM_ISA), or null
+// where none has such kernels (the portable loops run).
+const AttentionKernels* attention_kernels();
+
 extern const Kernels kScalar;
 extern const Kernels kAvx2;
 extern const Kernels kAvx512;

@@ -13,6 +13,7 @@
 #include "tensor/error.h"
 #include "tensor/fast_math.h"
 #include "tensor/gemm_int8.h"
+#include "tensor/gemv_impl.h"
 #include "tensor/parallel.h"
 #include "tensor/quant.h"
 
@@ -610,36 +611,56 @@ namespace {
 
 // One query row of one head against bf16 keys/values read in place: scores
 // in fp32 (the widened bf16 is exact), softmax, then Σ p_j·v_j. `rows` key
-// ranges (base, own) side by side; `visible` keys in all.
-MD_VECTOR_CLONES void bf16_query_row(const float* q, int head_dim, float scale, const uint16_t* const* k,
-                                     const uint16_t* const* v, const int* rows, int ranges, int stride, int visible,
-                                     float* scores, float* out) {
+// ranges (base, own) side by side; `visible` keys in all. The two products
+// run on the ISA's kernels where it has them (gemv_impl.h), else on these
+// loops.
+MD_VECTOR_CLONES void bf16_scores_portable(const float* q, const uint16_t* k, int stride, int n, int head_dim,
+                                           float scale, float* scores) {
+  for (int j = 0; j < n; ++j) {
+    const uint16_t* kj = k + size_t(j) * size_t(stride);
+    float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+    for (int d = 0; d < head_dim; ++d) dot += q[d] * std::bit_cast<float>(uint32_t(kj[d]) << 16);
+    scores[j] = dot * scale;
+  }
+}
+
+MD_VECTOR_CLONES void bf16_pv_portable(const float* p, const uint16_t* v, int stride, int n, int head_dim, float* out) {
+  for (int d = 0; d < head_dim; ++d) out[d] = 0.0f;
+  for (int j = 0; j < n; ++j) {
+    const uint16_t* vj = v + size_t(j) * size_t(stride);
+    const float pj = p[j];
+#pragma omp simd
+    for (int d = 0; d < head_dim; ++d) out[d] += pj * std::bit_cast<float>(uint32_t(vj[d]) << 16);
+  }
+}
+
+void bf16_query_row(const gemv_detail::AttentionKernels* ak, const float* q, int head_dim, float scale,
+                    const uint16_t* const* k, const uint16_t* const* v, const int* rows, int ranges, int stride,
+                    int visible, float* scores, float* part, float* out) {
+  const bool fast = ak && ak->head_dim == head_dim;
   int j0 = 0;
   for (int r = 0; r < ranges && j0 < visible; ++r) {
     const int n = std::min(rows[r], visible - j0);
-    for (int j = 0; j < n; ++j) {
-      const uint16_t* kj = k[r] + size_t(j) * size_t(stride);
-      float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-      for (int d = 0; d < head_dim; ++d) dot += q[d] * std::bit_cast<float>(uint32_t(kj[d]) << 16);
-      scores[j0 + j] = dot * scale;
-    }
+    if (fast)
+      ak->scores(q, k[r], stride, n, scale, scores + j0);
+    else
+      bf16_scores_portable(q, k[r], stride, n, head_dim, scale, scores + j0);
     j0 += n;
   }
   const float inv = 1.0f / exp_minus_max(scores, visible);
-#pragma omp simd
   for (int d = 0; d < head_dim; ++d) out[d] = 0.0f;
   j0 = 0;
   for (int r = 0; r < ranges && j0 < visible; ++r) {
     const int n = std::min(rows[r], visible - j0);
-    for (int j = 0; j < n; ++j) {
-      const uint16_t* vj = v[r] + size_t(j) * size_t(stride);
-      const float p = scores[j0 + j] * inv;
-#pragma omp simd
-      for (int d = 0; d < head_dim; ++d) out[d] += p * std::bit_cast<float>(uint32_t(vj[d]) << 16);
-    }
+    if (fast)
+      ak->pv(scores + j0, v[r], stride, n, part);
+    else
+      bf16_pv_portable(scores + j0, v[r], stride, n, head_dim, part);
+    for (int d = 0; d < head_dim; ++d) out[d] += part[d];
     j0 += n;
   }
+  for (int d = 0; d < head_dim; ++d) out[d] *= inv;
 }
 
 // bf16 rows → fp32 (exact), rows × kv_stride elements.
@@ -678,9 +699,11 @@ void attention(const AttentionShape& s, const AttentionMask& mask, const float* 
     const int group = s.n_heads / s.n_kv_heads;
     const float scale = 1.0f / std::sqrt(float(s.head_dim));
     const int out_stride = s.n_heads * s.head_dim;
+    const gemv_detail::AttentionKernels* ak = gemv_detail::attention_kernels();
     parallel_for(size_t(s.n_heads) * size_t(s.n_q), [&](size_t b, size_t e) {
-      static thread_local std::vector<float> t_scores;
+      static thread_local std::vector<float> t_scores, t_part;
       float* scores = scratch(t_scores, size_t(s.n_k));
+      float* part = scratch(t_part, size_t(s.head_dim));
       for (size_t t = b; t < e; ++t) {
         const size_t h = t / size_t(s.n_q);
         const int i = int(t % size_t(s.n_q));
@@ -688,8 +711,8 @@ void attention(const AttentionShape& s, const AttentionMask& mask, const float* 
         const uint16_t* k[2] = {static_cast<const uint16_t*>(base.k) + col, static_cast<const uint16_t*>(own.k) + col};
         const uint16_t* v[2] = {static_cast<const uint16_t*>(base.v) + col, static_cast<const uint16_t*>(own.v) + col};
         const int rows[2] = {base.rows, own.rows};
-        bf16_query_row(q + size_t(i) * size_t(s.q_stride) + h * size_t(s.head_dim), s.head_dim, scale, k, v, rows, 2,
-                       s.kv_stride, mask.visible_keys(i, s.n_k), scores,
+        bf16_query_row(ak, q + size_t(i) * size_t(s.q_stride) + h * size_t(s.head_dim), s.head_dim, scale, k, v, rows,
+                       2, s.kv_stride, mask.visible_keys(i, s.n_k), scores, part,
                        out + size_t(i) * size_t(out_stride) + h * size_t(s.head_dim));
       }
     });
