@@ -49,6 +49,10 @@ TEST(ServerConfig, ShippedProfilesParseWithoutWarnings) {
     if (optimized) {
       EXPECT_GT(c.performance.cache_max_mb, 0);
     }
+    // The optimized profile runs the fastest tested mode: int8 weights
+    // (quant_ref_test: top-1 agreement) and bf16 KV rows (the default).
+    EXPECT_EQ(c.performance.quantization, optimized ? "int8" : "none") << name;
+    EXPECT_EQ(c.performance.kv_cache, "bf16") << name;
   }
   EXPECT_EQ(list_profiles(std::string(MOONDREAM_SOURCE_DIR) + "/configs"),
             (std::vector<std::string>{"moondream2", "moondream2_optimized"}));
@@ -92,6 +96,8 @@ TEST(ServerConfig, WrongTypesAndValuesNameTheKey) {
       {R"({"max_tokens": 0})", "max_tokens"},
       {R"({"performance": {"cache_max_mb": -1}})", "performance.cache_max_mb"},
       {R"({"performance": {"quantization": "int3"}})", "performance.quantization"},
+      {R"({"performance": {"kv_cache": "int4"}})", "performance.kv_cache"},
+      {R"({"performance": {"kv_cache": 16}})", "performance.kv_cache"},
       {R"({"performance": []})", "performance"},
       {R"({"server": {"port": 0}})", "server.port"},
       {R"({"server": {"cors_enabled": "yes"}})", "server.cors_enabled"},
@@ -153,6 +159,25 @@ TEST(ServerConfig, OverridesWin) {
   const auto j = nlohmann::json::parse(config_to_json(c));
   EXPECT_EQ(j["server"]["api_key"], "***");
   EXPECT_EQ(j["server"]["web_ui"], false);
+  // --quantization / --kv-cache: normalised like the config keys; a bad
+  // value is an error naming the flag, never a silent default.
+  ConfigOverrides q;
+  q.quantization = "Q8_0";
+  q.kv_cache = "fp32";
+  apply_overrides(&c, q);
+  EXPECT_EQ(c.performance.quantization, "int8");
+  EXPECT_EQ(c.performance.kv_cache, "f32");
+  EXPECT_EQ(nlohmann::json::parse(config_to_json(c))["performance"]["kv_cache"], "f32");
+  for (auto [flag, value] : {std::pair{"--quantization", "int3"}, std::pair{"--kv-cache", "int4"}}) {
+    ConfigOverrides bad;
+    (std::string(flag) == "--quantization" ? bad.quantization : bad.kv_cache) = value;
+    try {
+      apply_overrides(&c, bad);
+      ADD_FAILURE() << flag << " " << value << " accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(flag), std::string::npos) << e.what();
+    }
+  }
 }
 
 TEST(ServerImages, Base64AndDataUris) {
