@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <fstream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "machine_limits.h"
@@ -120,11 +121,14 @@ Forced teacher_forced(const md::Moondream& m, const md::Crops& crops, const std:
 
 // --accuracy: each quantised mode against the as-stored weights on this model.
 int accuracy(const std::string& model_dir, int threads, int n) {
-  std::printf("## Accuracy against the as-stored weights (model %s, %d teacher-forced positions per image)\n\n",
-              model_dir.c_str(), n);
+  std::printf(
+      "## Accuracy against the as-stored weights with fp32 KV rows (model %s, %d teacher-forced positions per "
+      "image)\n\n",
+      model_dir.c_str(), n);
   std::printf("| mode | top-1 agreement | image embeddings max abs error | max abs embedding |\n|---|---|---|---|\n");
   md::LoadOptions lo;
   lo.threads = threads;
+  lo.kv_cache = md::KVFormat::F32;  // the baseline: stored weights, fp32 KV rows
   std::vector<md::Crops> images;
   for (auto [w, h] : {std::pair{378, 378}, std::pair{640, 480}})
     images.push_back(
@@ -134,8 +138,13 @@ int accuracy(const std::string& model_dir, int threads, int n) {
     auto m = md::Moondream::load(model_dir, lo);
     for (const auto& c : images) base.push_back(teacher_forced(*m, c, nullptr, n));
   }
-  for (auto [name, q] : {std::pair{"int8", md::Quantization::Int8}, std::pair{"q4", md::Quantization::Q4}}) {
+  for (auto [name, q, kv] : {std::tuple{"bf16 KV", md::Quantization::None, md::KVFormat::BF16},
+                             std::tuple{"int8", md::Quantization::Int8, md::KVFormat::F32},
+                             std::tuple{"int8 + bf16 KV", md::Quantization::Int8, md::KVFormat::BF16},
+                             std::tuple{"q4", md::Quantization::Q4, md::KVFormat::F32},
+                             std::tuple{"q4 + bf16 KV", md::Quantization::Q4, md::KVFormat::BF16}}) {
     lo.quantization = q;
+    lo.kv_cache = kv;
     auto m = md::Moondream::load(model_dir, lo);
     size_t agree = 0, total = 0;
     double err = 0, scale = 0;

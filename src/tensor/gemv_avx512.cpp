@@ -25,6 +25,8 @@
 
 #include "tensor/simd_target_avx512_begin.h"
 
+#include "tensor/sum16_avx512.h"
+
 namespace md::gemv_detail {
 namespace {
 
@@ -414,22 +416,6 @@ void prep_row_avx512(const float* x, int cols, int group, int zero, int8_t* q, f
 // Quantisation of one fp32 row (same algorithm as quant_row_scalar in
 // quant.cpp; see quant.h).
 
-// The 16 horizontal sums of v[0..15] as one vector (lane i = Σ lanes of v[i]):
-// a transpose-and-add tree, 45 shuffles/adds instead of 16 serial reductions.
-inline __m512 reduce16(const __m512* v) {
-  __m512 a[8], b[4], c[2];
-  for (int i = 0; i < 8; ++i)
-    a[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
-  for (int i = 0; i < 4; ++i) {
-    const __m512d x = _mm512_castps_pd(a[2 * i]), y = _mm512_castps_pd(a[2 * i + 1]);
-    b[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
-  }
-  for (int i = 0; i < 2; ++i)
-    c[i] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0x88),
-                         _mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0xdd));
-  return _mm512_add_ps(_mm512_shuffle_f32x4(c[0], c[1], 0x88), _mm512_shuffle_f32x4(c[0], c[1], 0xdd));
-}
-
 void quant_row_avx512(WeightFormat target, const float* w, int cols, int group, uint8_t* out, uint16_t* scales,
                       uint8_t* scratch) {
   const int ng = cols / group;
@@ -491,7 +477,7 @@ void quant_row_avx512(WeightFormat target, const float* w, int cols, int group, 
       acc[2 * k] = swq;
       acc[2 * k + 1] = sqq;
     }
-    const __m512 sums = reduce16(acc);
+    const __m512 sums = sum16(acc);
     const __m512 swq = _mm512_permutexvar_ps(even, sums), sqq = _mm512_permutexvar_ps(odd, sums);
     const __mmask16 valid = _mm512_cmp_ps_mask(sqq, _mm512_setzero_ps(), _CMP_GT_OQ) & 0xff;
     const __m512 score = _mm512_mask_div_ps(_mm512_set1_ps(-1.0f), valid, _mm512_mul_ps(swq, swq), sqq);
