@@ -6,10 +6,12 @@
 #include <cstdio>
 #include <map>
 #include <random>
+#include <tuple>
 #include <vector>
 
 #include "model/config.h"
 #include "tensor/error.h"
+#include "tensor/gemm_int8.h"
 #include "tensor/gemv.h"
 #include "tensor/gemv_impl.h"
 #include "tensor/quant.h"
@@ -346,6 +348,46 @@ Linear q8_linear(const QuantizedWeights& q, const float* bias, std::vector<float
   dequantised->assign(size_t(q.rows) * q.cols, 0.0f);
   for (int r = 0; r < q.rows; ++r) dequantize_row(l.w, r, dequantised->data() + size_t(r) * q.cols);
   return l;
+}
+
+// q4 prompts: more than 16 rows of Q4 weights run on the fused int8 GEMM
+// (AVX-512 VNNI) with the 4-bit rows widened to int8 per panel — checked to
+// be the path taken — and agree with the dequantised weights up to the int8
+// roundings; elsewhere they take the fp32 path. Groups 32 and 128; 2048→208
+// has a last panel of 16 outputs; 100 rows end in a partial row tile.
+TEST(Linear, Q4PromptsRunOnTheInt8GemmAndMatchTheDequantisedWeights) {
+  for (const auto& [in, out, group] : {std::tuple{256, 128, 32}, std::tuple{2048, 208, 32}, std::tuple{512, 64, 128}}) {
+    const auto W = random_vec(size_t(in) * out, 31), B = random_vec(out, 32);
+    const QuantizedWeights q = quantize(W.data(), WeightFormat::F32, out, in, WeightFormat::Q4, group);
+    std::vector<float> wd;
+    const Linear l = q8_linear(q, B.data(), &wd);
+    for (int m : {17, 40, 100}) {
+      const auto x = random_vec(size_t(m) * in, 33 + m);
+      for (const char* isa : {"best", "scalar"}) {
+        if (std::string(isa) == "scalar") {
+          ASSERT_TRUE(detail::gemv_force_isa("scalar"));
+        }
+        const bool fused = int8_gemm_kernel() != nullptr;
+        const uint64_t before = detail::linear_path_count(LinearPath::Q4Int8Gemm);
+        const uint64_t fp_before = detail::linear_path_count(LinearPath::Fp32Gemm);
+        std::vector<float> y(size_t(m) * out);
+        linear(l, x.data(), m, y.data());
+        detail::gemv_force_isa(nullptr);
+        EXPECT_EQ(detail::linear_path_count(LinearPath::Q4Int8Gemm) - before, fused ? 1u : 0u) << isa;
+        EXPECT_EQ(detail::linear_path_count(LinearPath::Fp32Gemm) - fp_before, fused ? 0u : 1u) << isa;
+        double worst = 0, scale = 0;
+        for (int r = 0; r < m; ++r)
+          for (int o = 0; o < out; ++o) {
+            double acc = B[o];
+            for (int i = 0; i < in; ++i) acc += double(x[r * in + i]) * wd[size_t(o) * in + i];
+            worst = std::max(worst, std::fabs(y[r * out + o] - acc));
+            scale = std::max(scale, std::fabs(acc));
+          }
+        EXPECT_GT(scale, 1.0);
+        EXPECT_LT(worst, (fused ? 0.03 : 1e-4) * scale) << isa << " " << in << "x" << out << " m=" << m;
+      }
+    }
+  }
 }
 
 TEST(Linear, Int8WithPerRowScalesMatchesTheDequantisedWeights) {

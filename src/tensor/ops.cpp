@@ -3,6 +3,7 @@
 #include <oneapi/dnnl/dnnl.h>
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -114,6 +115,8 @@ void widen_rows(const WeightMatrix& w, int r0, int n, float* out) {
       for (int r = 0; r < n; ++r) dequantize_row(w, r0 + r, out + r * cols);
   }
 }
+
+std::atomic<uint64_t> g_linear_paths[4];
 
 // Q8 with one scale per row (group == cols): the layout the int8 GEMM reads.
 bool is_q8_per_row(const WeightMatrix& w) { return w.format == WeightFormat::Q8 && w.group == w.cols; }
@@ -251,9 +254,44 @@ void linear_int8_transposed(const WeightMatrix& w, const float* x, int m, const 
   });
 }
 
+// Q4 rows [r0, r0 + n) of w (cols % 128 == 0) → Q8 with one scale per row,
+// the fused int8 GEMM's layout (bytes q + 128): each 32-column run scaled by
+// its group's d and re-rounded on the row's own int8 grid, s = max d · 8/127
+// (|q − 8| ≤ 8). The extra rounding is ≤ s/2 per weight, a few percent of
+// Q4's own step. Columns: block b of 128 is 64 bytes, byte j = column j (low
+// nibble) and j + 64 (high), see quant.h.
+MD_VECTOR_CLONES void q4_rows_to_q8(const WeightMatrix& w, int r0, int n, uint8_t* out, float* ws) {
+  const int k = w.cols, ng = k / w.group;
+  const auto* data = static_cast<const uint8_t*>(w.data);
+  const auto* scales = static_cast<const uint16_t*>(w.aux);
+  for (int i = 0; i < n; ++i) {
+    const uint8_t* row = data + size_t(r0 + i) * size_t(k / 2);
+    const uint16_t* d = scales + size_t(r0 + i) * size_t(ng);
+    float dmax = 0.0f;
+    for (int g = 0; g < ng; ++g) dmax = std::max(dmax, std::fabs(f16_to_f32(d[g])));
+    const float s = dmax * (8.0f / 127.0f);
+    ws[i] = s;
+    uint8_t* o = out + size_t(i) * size_t(k);
+    for (int b = 0; b < k; b += 128)
+      for (int c = 0; c < 4; ++c) {
+        const float f = s > 0.0f ? f16_to_f32(d[(b + 32 * c) / w.group]) / s : 0.0f;
+        const uint8_t* pc = row + b / 2 + 32 * (c & 1);
+        const int shift = c < 2 ? 0 : 4;
+        uint8_t* oc = o + b + 32 * c;
+#pragma omp simd
+        for (int j = 0; j < 32; ++j) {
+          const int q = int((pc[j] >> shift) & 15) - 8;
+          oc[j] = uint8_t(int(round_nearest(float(q) * f)) + 128);
+        }
+      }
+  }
+}
+
 // The fused kernel of gemm_int8.h: activations quantised per row with their
 // sums; the threads take the 64-output panels (the kernel's unit) one at a
-// time, or this thread does all of them inside a parallel region.
+// time, or this thread does all of them inside a parallel region. Q8 rows
+// go in as stored; Q4 rows are widened to Q8 one panel at a time
+// (q4_rows_to_q8, 64 rows: in L2 when the kernel repacks them).
 void linear_int8_fused(Int8GemmKernel kernel, const WeightMatrix& w, const float* x, int m, const float* bias,
                        bool gelu, float* y) {
   const int k = w.cols, out = w.rows;
@@ -267,12 +305,14 @@ void linear_int8_fused(Int8GemmKernel kernel, const WeightMatrix& w, const float
   parallel_for(size_t(m), [&](size_t b, size_t e) {
     for (size_t r = b; r < e; ++r) xs[r] = quantize_row_s8_sum(x + r * size_t(k), k, xq + r * size_t(k), xsum + r);
   });
-  convert_to_f32(DType::F16, w.aux, ws, size_t(out));
+  const bool q4 = w.format == WeightFormat::Q4;
+  if (!q4) convert_to_f32(DType::F16, w.aux, ws, size_t(out));
   const auto* wq = static_cast<const uint8_t*>(w.data);
+  const size_t stored_row = q4 ? size_t(k) / 2 : size_t(k);
   constexpr int kPanel = kInt8GemmPanel;
   const size_t panels = size_t((out + kPanel - 1) / kPanel);
   parallel_for_each(panels, [&](size_t p, size_t next) {
-    static thread_local std::vector<uint8_t> t_panel;
+    static thread_local std::vector<uint8_t> t_panel, t_q8;
     // 64-byte aligned inside the buffer: the kernel's aligned loads.
     uint8_t* raw = scratch(t_panel, int8_gemm_panel_bytes(k) + 64);
     uint8_t* panel = raw + (64 - reinterpret_cast<uintptr_t>(raw) % 64) % 64;
@@ -283,7 +323,13 @@ void linear_int8_fused(Int8GemmKernel kernel, const WeightMatrix& w, const float
     a.xsum = xsum;
     a.m = m;
     a.k = k;
-    a.w = wq + size_t(j0) * k;
+    if (q4) {
+      uint8_t* rows = scratch(t_q8, size_t(kPanel) * size_t(k));
+      q4_rows_to_q8(w, j0, j1 - j0, rows, ws + j0);
+      a.w = rows;
+    } else {
+      a.w = wq + size_t(j0) * k;
+    }
     a.ws = ws + j0;
     a.bias = bias ? bias + j0 : nullptr;
     a.n = j1 - j0;
@@ -292,8 +338,8 @@ void linear_int8_fused(Int8GemmKernel kernel, const WeightMatrix& w, const float
     a.ldy = size_t(out);
     if (next < panels) {
       const int n0 = int(next) * kPanel;
-      a.prefetch = wq + size_t(n0) * k;
-      a.prefetch_bytes = size_t(std::min(out, n0 + kPanel) - n0) * k;
+      a.prefetch = wq + size_t(n0) * stored_row;
+      a.prefetch_bytes = size_t(std::min(out, n0 + kPanel) - n0) * stored_row;
     }
     kernel(a, panel);
   });
@@ -508,9 +554,19 @@ void finish_tile(const float* bias, bool gelu, int m, int n, float* y, size_t ld
 
 void linear_impl(const Linear& l, const float* x, int m, bool gelu, float* y) {
   const WeightMatrix& w = l.w;
+  Int8GemmKernel q4_kernel = nullptr;
+  if (w.format == WeightFormat::Q4 && m > kMaxGemvRows && w.cols % 128 == 0 && w.rows % 16 == 0)
+    q4_kernel = int8_gemm_kernel();
   if (is_q8_per_row(w) && (m > kMaxInt8GemvRows || !quant_group_ok(w.cols, w.group))) {
+    g_linear_paths[int(LinearPath::Int8Gemm)].fetch_add(1, std::memory_order_relaxed);
     linear_int8(w, x, m, l.b, gelu, y);
+  } else if (q4_kernel) {
+    // q4 prompts (the image prefix) on the int8 GEMM, the 4-bit rows widened
+    // to int8 per panel; CPUs without the fused kernel widen to fp32 below.
+    g_linear_paths[int(LinearPath::Q4Int8Gemm)].fetch_add(1, std::memory_order_relaxed);
+    linear_int8_fused(q4_kernel, w, x, m, l.b, gelu, y);
   } else if (m <= kMaxGemvRows) {
+    g_linear_paths[int(LinearPath::Gemv)].fetch_add(1, std::memory_order_relaxed);
     const int chunks = (l.out + 63) / 64;
     parallel_for(size_t(chunks), [&](size_t b, size_t e) {
       const int c0 = int(b) * 64, c1 = std::min(l.out, int(e) * 64);
@@ -518,6 +574,7 @@ void linear_impl(const Linear& l, const float* x, int m, bool gelu, float* y) {
       finish_tile(l.b ? l.b + c0 : nullptr, gelu, m, c1 - c0, y + c0, size_t(l.out));
     });
   } else {
+    g_linear_paths[int(LinearPath::Fp32Gemm)].fetch_add(1, std::memory_order_relaxed);
     const int blocks = (l.out + kGemmBlock - 1) / kGemmBlock;
     const bool direct = is_f32_aligned(w);
     parallel_for(size_t(blocks), [&](size_t b, size_t e) {
@@ -542,6 +599,8 @@ void linear_impl(const Linear& l, const float* x, int m, bool gelu, float* y) {
 }  // namespace
 
 void linear(const Linear& l, const float* x, int m, float* y) { linear_impl(l, x, m, false, y); }
+
+uint64_t detail::linear_path_count(LinearPath p) { return g_linear_paths[int(p)].load(std::memory_order_relaxed); }
 
 void linear_gelu(const Linear& l, const float* x, int m, float* y) { linear_impl(l, x, m, true, y); }
 

@@ -34,6 +34,15 @@ struct LayerNormWeights {
 void linear(const Linear& l, const float* x, int m, float* y);
 // gelu_tanh(linear(x)), applied to each output tile while it is in cache.
 void linear_gelu(const Linear& l, const float* x, int m, float* y);
+
+// Which path a linear() call took: GEMV kernels (few rows), the int8 GEMM
+// (Q8 per-row weights), the int8 GEMM on Q4 weights widened to int8 per
+// panel, or fp32 SGEMMs on widened weights.
+enum class LinearPath { Gemv, Int8Gemm, Q4Int8Gemm, Fp32Gemm };
+namespace detail {
+// Calls so far that took path p, process-wide (tests: the fast path ran).
+uint64_t linear_path_count(LinearPath p);
+}  // namespace detail
 // LayerNorm with eps 1e-5 over rows of length dim; x and y may alias.
 void layer_norm(const LayerNormWeights& ln, const float* x, int m, float* y);
 // 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), in place.
@@ -100,6 +109,6 @@ struct KVRows {
 // they go; more (a prompt) widen the rows to fp32 once and take the fp32
 // path.
 void attention(const AttentionShape& s, const AttentionMask& mask, const float* q, KVRows base, KVRows own, float* out);
-inline constexpr int kDirectAttentionRows = 8;
+inline constexpr int kDirectAttentionRows = 32;
 
 }  // namespace md
