@@ -391,9 +391,10 @@ TEST(Linear, Q4PromptsRunOnTheInt8GemmAndMatchTheDequantisedWeights) {
 }
 
 TEST(Linear, Int8WithPerRowScalesMatchesTheDequantisedWeights) {
-  // Q8 with one scale per row: up to 8 rows take the GEMV kernels, up to 32
-  // the transposed int8 GEMM, more the fused AVX-512 kernel or (without it)
-  // oneDNN's u8×s8 GEMM, activations quantised per row. All must agree with
+  // Q8 with one scale per row: up to 8 rows take the GEMV kernels, more the
+  // fused AVX-512 kernel where the shape allows it (outputs a multiple of 16)
+  // or oneDNN's u8×s8 GEMM (transposed up to 32 rows), activations quantised
+  // per row. All must agree with
   // the dequantised weights up to the int8 rounding of the activations, and
   // linear_gelu with GELU after linear.
   // Shapes: 256→300 (two GEMM blocks, the second partial); 256→16 (one
