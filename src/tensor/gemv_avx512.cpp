@@ -107,9 +107,16 @@ inline void fp_row(const uint8_t* wr, int cols, const float* X, size_t ldx, floa
 // by the front end). Half the instructions per weight byte of a widening
 // load (vpmovzxwd + shift), which is what lets one thread's loop keep up
 // with the memory stream. Columns past the last full 32 are as stored.
+// even += even columns of the 32 bf16 in w × x[0, 16); odd += odd × x[16, 32).
+inline void pair_fma(__m512i w, const float* x, __m512& even, __m512& odd) {
+  const __m512 ev = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+  const __m512 od = _mm512_castsi512_ps(_mm512_and_si512(w, _mm512_set1_epi32(int(0xffff0000u))));
+  even = _mm512_fmadd_ps(ev, _mm512_loadu_ps(x), even);
+  odd = _mm512_fmadd_ps(od, _mm512_loadu_ps(x + 16), odd);
+}
+
 template <int M>
 inline void bf16_pair_row(const uint8_t* wr, int cols, const float* X, size_t ldx, float* y, size_t ldy) {
-  const __m512i hi16 = _mm512_set1_epi32(int(0xffff0000u));
   __m512 acc[M][4];
 #pragma GCC unroll 16
   for (int m = 0; m < M; ++m)
@@ -120,25 +127,14 @@ inline void bf16_pair_row(const uint8_t* wr, int cols, const float* X, size_t ld
 #pragma GCC unroll 16
     for (int u = 0; u < 2; ++u) {
       const __m512i w = _mm512_loadu_si512(wr + size_t(c + 32 * u) * 2);
-      const __m512 ev = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
-      const __m512 od = _mm512_castsi512_ps(_mm512_and_si512(w, hi16));
 #pragma GCC unroll 16
-      for (int m = 0; m < M; ++m) {
-        const float* xm = X + size_t(m) * ldx + size_t(c + 32 * u);
-        acc[m][2 * u] = _mm512_fmadd_ps(ev, _mm512_loadu_ps(xm), acc[m][2 * u]);
-        acc[m][2 * u + 1] = _mm512_fmadd_ps(od, _mm512_loadu_ps(xm + 16), acc[m][2 * u + 1]);
-      }
+      for (int m = 0; m < M; ++m)
+        pair_fma(w, X + size_t(m) * ldx + size_t(c + 32 * u), acc[m][2 * u], acc[m][2 * u + 1]);
     }
   for (; c + 32 <= cols; c += 32) {
     const __m512i w = _mm512_loadu_si512(wr + size_t(c) * 2);
-    const __m512 ev = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
-    const __m512 od = _mm512_castsi512_ps(_mm512_and_si512(w, hi16));
 #pragma GCC unroll 16
-    for (int m = 0; m < M; ++m) {
-      const float* xm = X + size_t(m) * ldx + size_t(c);
-      acc[m][0] = _mm512_fmadd_ps(ev, _mm512_loadu_ps(xm), acc[m][0]);
-      acc[m][1] = _mm512_fmadd_ps(od, _mm512_loadu_ps(xm + 16), acc[m][1]);
-    }
+    for (int m = 0; m < M; ++m) pair_fma(w, X + size_t(m) * ldx + size_t(c), acc[m][0], acc[m][1]);
   }
   using L = Fp<WeightFormat::BF16>;
   for (; c + 16 <= cols; c += 16) {
@@ -166,7 +162,6 @@ inline void bf16_pair_row(const uint8_t* wr, int cols, const float* X, size_t ld
 // (bit-identical).
 template <int R>
 inline void bf16_pair_rows_x1(const uint8_t* wr, size_t stride, int cols, const float* x, float* y) {
-  const __m512i hi16 = _mm512_set1_epi32(int(0xffff0000u));
   __m512 acc[R][4];
 #pragma GCC unroll 16
   for (int i = 0; i < R; ++i)
@@ -175,15 +170,11 @@ inline void bf16_pair_rows_x1(const uint8_t* wr, size_t stride, int cols, const 
   int c = 0;
   for (; c + 64 <= cols; c += 64)
 #pragma GCC unroll 16
-    for (int u = 0; u < 2; ++u) {
-      const __m512 xe = _mm512_loadu_ps(x + c + 32 * u), xo = _mm512_loadu_ps(x + c + 32 * u + 16);
+    for (int u = 0; u < 2; ++u)
 #pragma GCC unroll 16
-      for (int i = 0; i < R; ++i) {
-        const __m512i w = _mm512_loadu_si512(wr + size_t(i) * stride + size_t(c + 32 * u) * 2);
-        acc[i][2 * u] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(w, 16)), xe, acc[i][2 * u]);
-        acc[i][2 * u + 1] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(w, hi16)), xo, acc[i][2 * u + 1]);
-      }
-    }
+      for (int i = 0; i < R; ++i)
+        pair_fma(_mm512_loadu_si512(wr + size_t(i) * stride + size_t(c + 32 * u) * 2), x + c + 32 * u, acc[i][2 * u],
+                 acc[i][2 * u + 1]);
 #pragma GCC unroll 16
   for (int i = 0; i < R; ++i) {
     y[i] =
@@ -191,26 +182,13 @@ inline void bf16_pair_rows_x1(const uint8_t* wr, size_t stride, int cols, const 
   }
 }
 
-void bf16_pairs(const WeightMatrix& w, const float* X, int m, float* Y, int ldy, int r0, int r1) {
-  const uint8_t* W = static_cast<const uint8_t*>(w.data);
-  const int cols = w.cols;
-  const size_t stride = size_t(cols) * 2;
-  int r = r0;
-  if (m == 1 && cols >= 4096 && cols % 64 == 0)
-    for (; r + 2 <= r1; r += 2) bf16_pair_rows_x1<2>(W + size_t(r) * stride, stride, cols, X, Y + r);
-  for (; r < r1; ++r) {
-    const uint8_t* wr = W + size_t(r) * stride;
-    for (int mb = 0; mb < m; mb += 4) {
-      const float* Xb = X + size_t(mb) * size_t(cols);
-      float* y = Y + size_t(mb) * size_t(ldy) + size_t(r);
-      switch (m - mb < 4 ? m - mb : 4) {
-        case 1: bf16_pair_row<1>(wr, cols, Xb, size_t(cols), y, size_t(ldy)); break;
-        case 2: bf16_pair_row<2>(wr, cols, Xb, size_t(cols), y, size_t(ldy)); break;
-        case 3: bf16_pair_row<3>(wr, cols, Xb, size_t(cols), y, size_t(ldy)); break;
-        default: bf16_pair_row<4>(wr, cols, Xb, size_t(cols), y, size_t(ldy)); break;
-      }
-    }
-  }
+// One weight row × input rows [0, M) in the format's kernel.
+template <WeightFormat F, int M>
+inline void any_row(const uint8_t* wr, int cols, const float* X, size_t ldx, float* y, size_t ldy) {
+  if constexpr (F == WeightFormat::BF16)
+    bf16_pair_row<M>(wr, cols, X, ldx, y, ldy);
+  else
+    fp_row<F, M>(wr, cols, X, ldx, y, ldy);
 }
 
 template <WeightFormat F>
@@ -218,17 +196,21 @@ void fp_format(const WeightMatrix& w, const float* X, int m, float* Y, int ldy, 
   const uint8_t* W = static_cast<const uint8_t*>(w.data);
   const int cols = w.cols;
   const size_t stride = size_t(cols) * Fp<F>::kSize;
-  for (int r = r0; r < r1; ++r) {
+  int r = r0;
+  if constexpr (F == WeightFormat::BF16)
+    if (m == 1 && cols >= 4096 && cols % 64 == 0)
+      for (; r + 2 <= r1; r += 2) bf16_pair_rows_x1<2>(W + size_t(r) * stride, stride, cols, X, Y + r);
+  for (; r < r1; ++r) {
     const uint8_t* wr = W + size_t(r) * stride;
     // Blocks of up to 4 input rows; the weight row stays in L1 between them.
     for (int mb = 0; mb < m; mb += 4) {
       const float* Xb = X + size_t(mb) * size_t(cols);
       float* y = Y + size_t(mb) * size_t(ldy) + size_t(r);
       switch (m - mb < 4 ? m - mb : 4) {
-        case 1: fp_row<F, 1>(wr, cols, Xb, size_t(cols), y, size_t(ldy)); break;
-        case 2: fp_row<F, 2>(wr, cols, Xb, size_t(cols), y, size_t(ldy)); break;
-        case 3: fp_row<F, 3>(wr, cols, Xb, size_t(cols), y, size_t(ldy)); break;
-        default: fp_row<F, 4>(wr, cols, Xb, size_t(cols), y, size_t(ldy)); break;
+        case 1: any_row<F, 1>(wr, cols, Xb, size_t(cols), y, size_t(ldy)); break;
+        case 2: any_row<F, 2>(wr, cols, Xb, size_t(cols), y, size_t(ldy)); break;
+        case 3: any_row<F, 3>(wr, cols, Xb, size_t(cols), y, size_t(ldy)); break;
+        default: any_row<F, 4>(wr, cols, Xb, size_t(cols), y, size_t(ldy)); break;
       }
     }
   }
@@ -237,7 +219,7 @@ void fp_format(const WeightMatrix& w, const float* X, int m, float* Y, int ldy, 
 void fp_avx512(const WeightMatrix& w, const float* X, int m, float* Y, int ldy, int r0, int r1) {
   switch (w.format) {
     case WeightFormat::F32: fp_format<WeightFormat::F32>(w, X, m, Y, ldy, r0, r1); break;
-    case WeightFormat::BF16: bf16_pairs(w, X, m, Y, ldy, r0, r1); break;
+    case WeightFormat::BF16: fp_format<WeightFormat::BF16>(w, X, m, Y, ldy, r0, r1); break;
     case WeightFormat::F16: fp_format<WeightFormat::F16>(w, X, m, Y, ldy, r0, r1); break;
     default: break;
   }
