@@ -91,6 +91,9 @@ TEST_F(ServerApi, HealthAndModels) {
     EXPECT_TRUE(h.contains(k)) << k;
   for (const char* k : {"hits", "misses", "entries", "bytes"}) EXPECT_TRUE(h["cache"][k].is_number()) << k;
   EXPECT_GT(h["rss_bytes"].get<double>(), 0);
+  // The precision the model was loaded with (the test profile: as stored, f32 rows).
+  EXPECT_EQ(h["quantization"], "none");
+  EXPECT_EQ(h["kv_cache"], "f32");
 
   auto r = api()->Get("/v1/models");
   ASSERT_TRUE(r);

@@ -348,6 +348,14 @@ TEST_F(ServerOps, BadConfigStopsStartupWithOneLineNamingTheKey) {
     EXPECT_EQ(std::count(log.begin(), log.end(), '\n'), 1) << log;
     EXPECT_NE(log.find(c.needle), std::string::npos) << log;
   }
+  // Bad --quantization / --kv-cache flags: one error line naming the flag, exit 2.
+  for (const auto& [flag, value] : {std::pair{"--quantization", "int3"}, std::pair{"--kv-cache", "int4"}}) {
+    const fs::path cfg = dir_.path / "bad" / "flags.json";
+    write_file(cfg, tiny_profile(port_, backend_).dump());
+    ServerProcess s({"--config", cfg.string(), flag, value}, port_, dir_.path / "flags.log");
+    EXPECT_EQ(s.wait_exit(30), 2) << flag;
+    EXPECT_NE(s.log().find(flag), std::string::npos) << s.log();
+  }
   // A model directory that does not exist: one error line, exit 1.
   const fs::path cfg = dir_.path / "bad" / "nomodel.json";
   write_file(cfg, tiny_profile(port_, backend_, {{"model_path", "/nonexistent/model"}}).dump());
