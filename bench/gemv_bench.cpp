@@ -6,7 +6,7 @@
 // run, and the decode tokens/s the GEMVs alone would allow for the full model.
 //
 //   gemv_bench [--threads 2,1] [--formats f32,bf16,f16,q8,q4] [--rounds 5]
-//              [--pool-mb 768] [--hugepages] [--no-quant] [--no-gemm] [--isa avx512|avx2|scalar]
+//              [--pool-mb 768] [--hugepages] [--no-quant] [--no-gemm] [--no-attention] [--isa avx512|avx2|scalar]
 //              [--shapes 0,4]  (a subset of the five shapes: no projection)
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -26,6 +26,7 @@
 #include "machine_limits.h"
 #include "tensor/dtype.h"
 #include "tensor/gemv.h"
+#include "tensor/ops.h"
 #include "tensor/parallel.h"
 #include "tensor/quant.h"
 
@@ -183,6 +184,58 @@ bool parse_format(const std::string& s, WeightFormat* f) {
   return false;
 }
 
+// Decode attention over a bf16 KV cache: one query row, 32 heads of 64, the
+// image prefix (730 rows, a base cache) plus the rows decoded since, the
+// 24 layers' caches cycled (cold, as in a decode step). GB/s of K and V read.
+void time_decode_attention(const std::vector<int>& threads, int rounds, bool huge) {
+  const int n_heads = 32, hd = 64, kv_dim = n_heads * hd, prefix = 730;
+  const int layers = std::getenv("ATT_LAYERS") ? std::atoi(std::getenv("ATT_LAYERS")) : 24;
+  for (int nt : threads) {
+    md::set_num_threads(nt);
+    const double bw = md::bench::measure_read_bandwidth(nt).gbps;
+    std::printf(
+        "\n== decode attention, bf16 KV, %d heads x %d, %d thread%s (24 layers' caches cycled; probe %.1f GB/s)\n",
+        n_heads, hd, nt, nt == 1 ? "" : "s", bw);
+    for (int n_k : {745, 1500}) {
+      const size_t base_bytes = size_t(prefix) * kv_dim * 2, own_bytes = size_t(n_k - prefix) * kv_dim * 2;
+      Buffer kv(size_t(layers) * 2 * (base_bytes + own_bytes), huge);
+      fill(kv.p, kv.n, WeightFormat::BF16, 5);
+      std::vector<float> q(size_t(3) * kv_dim), out(kv_dim);
+      for (size_t i = 0; i < q.size(); ++i) q[i] = float(int(i * 7919 % 2001) - 1000) * 1e-3f;
+      md::AttentionShape sh;
+      sh.n_q = 1;
+      sh.n_k = n_k;
+      sh.n_heads = sh.n_kv_heads = n_heads;
+      sh.head_dim = hd;
+      sh.q_stride = 3 * kv_dim;
+      sh.kv_stride = kv_dim;
+      md::AttentionMask mask;
+      mask.full = false;
+      mask.q_pos0 = n_k - 1;
+      mask.prefix = prefix;
+      auto layer = [&](int l) {
+        const uint8_t* b = kv.p + size_t(l) * 2 * (base_bytes + own_bytes);
+        md::KVRows base{b, b + base_bytes, prefix, md::KVFormat::BF16};
+        md::KVRows own{b + 2 * base_bytes, b + 2 * base_bytes + own_bytes, n_k - prefix, md::KVFormat::BF16};
+        md::attention(sh, mask, q.data(), base, own, out.data());
+      };
+      for (int l = 0; l < layers; ++l) layer(l);
+      std::vector<double> t;
+      const auto start = Clock::now();
+      do {
+        const auto t0 = Clock::now();
+        for (int l = 0; l < layers; ++l) layer(l);
+        t.push_back(seconds_since(t0));
+      } while (seconds_since(start) < 0.1 * rounds || t.size() < 10);
+      std::sort(t.begin(), t.end());
+      const double bytes = double(layers) * 2.0 * double(n_k) * kv_dim * 2;
+      std::printf("attention n_k %5d: %.2f MB per step, best %.2f ms (median %.2f) = %.1f GB/s, %.1f%% of BW\n", n_k,
+                  bytes / 1e6, t.front() * 1e3, t[t.size() / 2] * 1e3, bytes / t.front() / 1e9,
+                  100.0 * bytes / t.front() / 1e9 / bw);
+    }
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -190,7 +243,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> formats = {"f32", "bf16", "f16", "q8", "q4"};
   int rounds = 5;
   size_t pool_mb = 768;
-  bool huge = false, quant_speed = true, gemm_section = true;
+  bool huge = false, quant_speed = true, gemm_section = true, attention_section = true;
   std::vector<int> only;  // --shapes: indices into kShapes (the projection needs all five)
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -218,6 +271,8 @@ int main(int argc, char** argv) {
       quant_speed = false;
     } else if (a == "--no-gemm") {
       gemm_section = false;
+    } else if (a == "--no-attention") {
+      attention_section = false;
     } else if (a == "--isa") {
       const std::string isa = next();
       if (!md::detail::gemv_force_isa(isa.c_str())) {
@@ -225,11 +280,11 @@ int main(int argc, char** argv) {
         return 2;
       }
     } else {
-      std::fprintf(
-          stderr,
-          "usage: gemv_bench [--threads 2,1] [--formats f32,bf16,f16,q8,q4] [--rounds N]\n"
-          "                  [--pool-mb MB] [--hugepages] [--no-quant] [--no-gemm] [--isa avx512|avx2|scalar]\n"
-          "                  [--shapes i,j (0..4)]\n");
+      std::fprintf(stderr,
+                   "usage: gemv_bench [--threads 2,1] [--formats f32,bf16,f16,q8,q4] [--rounds N]\n"
+                   "                  [--pool-mb MB] [--hugepages] [--no-quant] [--no-gemm] [--no-attention] [--isa "
+                   "avx512|avx2|scalar]\n"
+                   "                  [--shapes i,j (0..4)]\n");
       return 2;
     }
   }
@@ -281,6 +336,8 @@ int main(int argc, char** argv) {
           100.0 * token_bytes / token_s / 1e9 / bw, 1.0 / token_s, 1.0 / token_med, bw * 1e9 / token_bytes);
     }
   }
+
+  if (attention_section) time_decode_attention(threads, rounds, huge);
 
   if (gemm_section) {
     // A few input rows at once (short prompts): gemm_rows through md::gemm,

@@ -147,10 +147,17 @@ TEST(Attention, Bf16RowsEqualFp32AttentionOverTheRoundedValues) {
     if (ak) {
       EXPECT_STREQ(ak->name, "avx512");
     }
-    for (const int n_q : {1, 3, kDirectAttentionRows, kDirectAttentionRows + 5}) {
+    // n_q = 1, long: decoding's key-split path with several blocks per
+    // thread, a block boundary inside the base rows and one across them.
+    const std::pair<int, int> cases[] = {{1, 41},
+                                         {1, 301},
+                                         {3, 43},
+                                         {kDirectAttentionRows, kDirectAttentionRows + 40},
+                                         {kDirectAttentionRows + 5, kDirectAttentionRows + 45}};
+    for (const auto& [n_q, n_k] : cases) {
       AttentionShape s;
       s.n_q = n_q;
-      s.n_k = 40 + n_q;
+      s.n_k = n_k;
       s.n_heads = 8;
       s.n_kv_heads = 2;
       s.head_dim = 64;
@@ -172,11 +179,14 @@ TEST(Attention, Bf16RowsEqualFp32AttentionOverTheRoundedValues) {
       mask.prefix = 20;
       std::vector<float> ref(size_t(s.n_q) * s.n_heads * s.head_dim), got(ref.size());
       attention(s, mask, q.data(), k.data(), v.data(), ref.data());
-      for (int base_rows : {0, 17}) {
+      for (int base_rows : {0, 17, 211}) {
+        if (base_rows >= s.n_k) continue;
         const size_t off = size_t(base_rows) * s.kv_stride;
         std::fill(got.begin(), got.end(), -1.0f);
+        const uint64_t split_before = detail::decode_split_attention_count();
         attention(s, mask, q.data(), KVRows{k16.data(), v16.data(), base_rows, KVFormat::BF16},
                   KVRows{k16.data() + off, v16.data() + off, s.n_k - base_rows, KVFormat::BF16}, got.data());
+        EXPECT_EQ(detail::decode_split_attention_count() - split_before, n_q == 1 ? 1u : 0u) << isa << " n_q " << n_q;
         float worst = 0;
         for (size_t i = 0; i < ref.size(); ++i) worst = std::max(worst, std::abs(got[i] - ref[i]));
         EXPECT_LE(worst, 2e-6f) << isa << " n_q " << n_q << " base " << base_rows;

@@ -117,6 +117,7 @@ void widen_rows(const WeightMatrix& w, int r0, int n, float* out) {
 }
 
 std::atomic<uint64_t> g_linear_paths[4];
+std::atomic<uint64_t> g_decode_split_attention;
 
 // Q8 with one scale per row (group == cols): the layout the int8 GEMM reads.
 bool is_q8_per_row(const WeightMatrix& w) { return w.format == WeightFormat::Q8 && w.group == w.cols; }
@@ -604,6 +605,7 @@ void linear_impl(const Linear& l, const float* x, int m, bool gelu, float* y) {
 void linear(const Linear& l, const float* x, int m, float* y) { linear_impl(l, x, m, false, y); }
 
 uint64_t detail::linear_path_count(LinearPath p) { return g_linear_paths[int(p)].load(std::memory_order_relaxed); }
+uint64_t detail::decode_split_attention_count() { return g_decode_split_attention.load(std::memory_order_relaxed); }
 
 void linear_gelu(const Linear& l, const float* x, int m, float* y) { linear_impl(l, x, m, true, y); }
 
@@ -725,6 +727,117 @@ void bf16_query_row(const gemv_detail::AttentionKernels* ak, const float* q, int
   for (int d = 0; d < head_dim; ++d) out[d] *= inv;
 }
 
+// One decode query (n_q = 1) over bf16 keys, split by key range instead of
+// by head: each thread streams a contiguous run of cache rows (every head's
+// keys of a position are one 4 KB row; a head-by-head walk touches 128 bytes
+// of each row per pass, which memory serves at a quarter of its streaming
+// rate — bench/gemv_bench "decode attention"). Per thread and head, an online
+// softmax over blocks of kBlock keys (running max m, sum l, Σ p·v); the
+// threads' partial results are merged once at the end.
+void bf16_decode_split(const gemv_detail::AttentionKernels* ak, const AttentionShape& s, const float* q, KVRows base,
+                       KVRows own, int visible, float* out) {
+  g_decode_split_attention.fetch_add(1, std::memory_order_relaxed);
+  constexpr int kBlock = 32;
+  const int H = s.n_heads, hd = s.head_dim, group = s.n_heads / s.n_kv_heads;
+  const float scale = 1.0f / std::sqrt(float(hd));
+  const int slices = std::max(1, std::min(num_threads(), (visible + kBlock - 1) / kBlock));
+  // Per slice: m[H], l[H], acc[H * hd].
+  const size_t per = size_t(H) * (2 + size_t(hd));
+  static thread_local std::vector<float> t_parts;
+  float* parts = scratch(t_parts, per * size_t(slices));
+  const bool fast = ak && ak->head_dim == hd;
+  parallel_for(size_t(slices), [&](size_t b, size_t e) {
+    static thread_local std::vector<float> t_sc, t_part;
+    float* sc = scratch(t_sc, size_t(kBlock));
+    float* part = scratch(t_part, size_t(hd));
+    for (size_t sl = b; sl < e; ++sl) {
+      float* m = parts + sl * per;
+      float* l = m + H;
+      float* acc = l + H;
+      for (int h = 0; h < H; ++h) {
+        m[h] = -INFINITY;
+        l[h] = 0.0f;
+      }
+      std::fill(acc, acc + size_t(H) * size_t(hd), 0.0f);
+      const int j_begin = int(int64_t(visible) * int64_t(sl) / slices);
+      const int j_end = int(int64_t(visible) * int64_t(sl + 1) / slices);
+      for (int j0 = j_begin; j0 < j_end;) {
+        // A block stays inside one of the two row ranges.
+        const bool in_base = j0 < base.rows;
+        const int range_end = in_base ? std::min(j_end, base.rows) : j_end;
+        const int n = std::min(kBlock, range_end - j0);
+        const size_t row0 = size_t(in_base ? j0 : j0 - base.rows) * size_t(s.kv_stride);
+        const uint16_t* kb = static_cast<const uint16_t*>(in_base ? base.k : own.k) + row0;
+        const uint16_t* vb = static_cast<const uint16_t*>(in_base ? base.v : own.v) + row0;
+        // The next block's rows into L2, whole 4 KB rows in address order
+        // (a few per head step), while this block is computed from there.
+        const bool next_in_base = j0 + n < base.rows;
+        const int next = std::max(0, std::min(kBlock, (next_in_base ? std::min(j_end, base.rows) : j_end) - (j0 + n)));
+        const size_t next_row0 = size_t(next_in_base ? j0 + n : j0 + n - base.rows) * size_t(s.kv_stride);
+        const char* nk =
+            reinterpret_cast<const char*>(static_cast<const uint16_t*>(next_in_base ? base.k : own.k) + next_row0);
+        const char* nv =
+            reinterpret_cast<const char*>(static_cast<const uint16_t*>(next_in_base ? base.v : own.v) + next_row0);
+        const size_t row_bytes = size_t(s.kv_stride) * 2, used_bytes = size_t(s.n_kv_heads) * size_t(hd) * 2;
+        const int rows_per_head = (next + H - 1) / H;
+        for (int h = 0; h < H; ++h) {
+          for (int r = h * rows_per_head; r < std::min(next, (h + 1) * rows_per_head); ++r)
+            for (size_t off = 0; off < used_bytes; off += 64) {
+              __builtin_prefetch(nk + size_t(r) * row_bytes + off, 0, 2);
+              __builtin_prefetch(nv + size_t(r) * row_bytes + off, 0, 2);
+            }
+          const size_t col = size_t(h / group) * size_t(hd);
+          const float* qh = q + size_t(h) * size_t(hd);
+          if (fast)
+            ak->scores(qh, kb + col, s.kv_stride, n, scale, sc);
+          else
+            bf16_scores_portable(qh, kb + col, s.kv_stride, n, hd, scale, sc);
+          float mx = sc[0];
+          for (int j = 1; j < n; ++j) mx = std::max(mx, sc[j]);
+          float* ah = acc + size_t(h) * size_t(hd);
+          if (mx > m[h]) {
+            const float f = m[h] == -INFINITY ? 0.0f : fast_exp(m[h] - mx);
+            for (int d = 0; d < hd; ++d) ah[d] *= f;
+            l[h] *= f;
+            m[h] = mx;
+          }
+          float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+          for (int j = 0; j < n; ++j) {
+            sc[j] = fast_exp(sc[j] - m[h]);
+            sum += sc[j];
+          }
+          l[h] += sum;
+          if (fast)
+            ak->pv(sc, vb + col, s.kv_stride, n, part);
+          else
+            bf16_pv_portable(sc, vb + col, s.kv_stride, n, hd, part);
+#pragma omp simd
+          for (int d = 0; d < hd; ++d) ah[d] += part[d];
+        }
+        j0 += n;
+      }
+    }
+  });
+  for (int h = 0; h < H; ++h) {
+    float M = -INFINITY;
+    for (int sl = 0; sl < slices; ++sl) M = std::max(M, parts[size_t(sl) * per + size_t(h)]);
+    float L = 0.0f;
+    float* o = out + size_t(h) * size_t(hd);
+    std::fill(o, o + hd, 0.0f);
+    for (int sl = 0; sl < slices; ++sl) {
+      const float* m = parts + size_t(sl) * per;
+      if (m[h] == -INFINITY) continue;
+      const float f = fast_exp(m[h] - M);
+      L += f * m[H + h];
+      const float* ah = m + 2 * H + size_t(h) * size_t(hd);
+      for (int d = 0; d < hd; ++d) o[d] += f * ah[d];
+    }
+    const float inv = 1.0f / L;
+    for (int d = 0; d < hd; ++d) o[d] *= inv;
+  }
+}
+
 // bf16 rows → fp32 (exact), rows × kv_stride elements.
 void widen_kv(const void* src, int rows, int stride, std::vector<float>& dst) {
   const size_t n = size_t(rows) * size_t(stride);
@@ -762,6 +875,10 @@ void attention(const AttentionShape& s, const AttentionMask& mask, const float* 
     const float scale = 1.0f / std::sqrt(float(s.head_dim));
     const int out_stride = s.n_heads * s.head_dim;
     const gemv_detail::AttentionKernels* ak = gemv_detail::attention_kernels();
+    if (s.n_q == 1) {
+      bf16_decode_split(ak, s, q, base, own, mask.visible_keys(0, s.n_k), out);
+      return;
+    }
     parallel_for(size_t(s.n_heads) * size_t(s.n_q), [&](size_t b, size_t e) {
       static thread_local std::vector<float> t_scores, t_part;
       float* scores = scratch(t_scores, size_t(s.n_k));

@@ -109,6 +109,10 @@ struct KVRows {
 // they go; more (a prompt) widen the rows to fp32 once and take the fp32
 // path.
 void attention(const AttentionShape& s, const AttentionMask& mask, const float* q, KVRows base, KVRows own, float* out);
+namespace detail {
+// Calls so far of the key-split decode path (one bf16 query row), process-wide.
+uint64_t decode_split_attention_count();
+}  // namespace detail
 inline constexpr int kDirectAttentionRows = 32;
 
 }  // namespace md
