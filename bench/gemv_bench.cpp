@@ -5,7 +5,7 @@
 // GB/s, the ratio to this machine's memory-read bandwidth measured in the same
 // run, and the decode tokens/s the GEMVs alone would allow for the full model.
 //
-//   gemv_bench [--threads 2,1] [--formats f32,bf16,f16,q8,q4] [--rounds 5]
+//   gemv_bench [--threads 2,1] [--formats f32,bf16,f16,q8,q8row,q4] [--rounds 5]
 //              [--pool-mb 768] [--hugepages] [--no-quant] [--no-gemm] [--no-attention] [--isa avx512|avx2|scalar]
 //              [--shapes 0,4]  (a subset of the five shapes: no projection)
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -105,7 +105,9 @@ struct Matrices {
   std::vector<md::WeightMatrix> views;
 };
 
-Matrices make(WeightFormat f, const Shape& s, size_t pool_bytes, bool huge, uint64_t seed) {
+// group: Q8/Q4 scale group (0: the format's default, 32); q8row = Q8 with
+// one scale per row, the int8 mode's layout.
+Matrices make(WeightFormat f, const Shape& s, size_t pool_bytes, bool huge, uint64_t seed, int group = 32) {
   md::WeightMatrix proto;
   proto.format = f;
   proto.rows = s.rows;
@@ -117,9 +119,9 @@ Matrices make(WeightFormat f, const Shape& s, size_t pool_bytes, bool huge, uint
     case WeightFormat::F16: dbytes = size_t(s.rows) * size_t(s.cols) * 2; break;
     case WeightFormat::Q8:
     case WeightFormat::Q4:
-      proto.group = 32;
+      proto.group = group > 0 ? group : s.cols;
       dbytes = md::quant_data_bytes(f, s.rows, s.cols);
-      abytes = md::quant_aux_bytes(s.rows, s.cols, 32);
+      abytes = md::quant_aux_bytes(s.rows, s.cols, proto.group);
       break;
   }
   const size_t one = dbytes + abytes;
@@ -176,6 +178,10 @@ std::vector<std::string> split(const std::string& s) {
 }
 
 bool parse_format(const std::string& s, WeightFormat* f) {
+  if (s == "q8row") {
+    *f = WeightFormat::Q8;
+    return true;
+  }
   for (WeightFormat g : {WeightFormat::F32, WeightFormat::BF16, WeightFormat::F16, WeightFormat::Q8, WeightFormat::Q4})
     if (s == md::weight_format_name(g)) {
       *f = g;
@@ -240,7 +246,7 @@ void time_decode_attention(const std::vector<int>& threads, int rounds, bool hug
 
 int main(int argc, char** argv) {
   std::vector<int> threads = {2, 1};
-  std::vector<std::string> formats = {"f32", "bf16", "f16", "q8", "q4"};
+  std::vector<std::string> formats = {"f32", "bf16", "f16", "q8", "q8row", "q4"};
   int rounds = 5;
   size_t pool_mb = 768;
   bool huge = false, quant_speed = true, gemm_section = true, attention_section = true;
@@ -281,7 +287,7 @@ int main(int argc, char** argv) {
       }
     } else {
       std::fprintf(stderr,
-                   "usage: gemv_bench [--threads 2,1] [--formats f32,bf16,f16,q8,q4] [--rounds N]\n"
+                   "usage: gemv_bench [--threads 2,1] [--formats f32,bf16,f16,q8,q8row,q4] [--rounds N]\n"
                    "                  [--pool-mb MB] [--hugepages] [--no-quant] [--no-gemm] [--no-attention] [--isa "
                    "avx512|avx2|scalar]\n"
                    "                  [--shapes i,j (0..4)]\n");
@@ -318,7 +324,7 @@ int main(int argc, char** argv) {
       for (const Shape& s : kShapes) {
         ++si;
         if (!only.empty() && std::find(only.begin(), only.end(), si) == only.end()) continue;
-        const Matrices m = make(f, s, pool_mb << 20, huge, ++seed);
+        const Matrices m = make(f, s, pool_mb << 20, huge, ++seed, fs == "q8row" ? 0 : 32);
         const Timing tm = time_gemv(m, x.data(), y.data(), rounds);
         const double t = tm.best;
         const double bytes = double(md::weight_bytes(m.views[0]));
@@ -351,7 +357,7 @@ int main(int argc, char** argv) {
     for (const std::string& fs : formats) {
       WeightFormat f;
       parse_format(fs, &f);
-      const Matrices m = make(f, s, pool_mb << 20, huge, 77);
+      const Matrices m = make(f, s, pool_mb << 20, huge, 77, fs == "q8row" ? 0 : 32);
       const double t1 = time_gemv(m, x.data(), y.data(), rounds).best;
       std::printf("%-5s m=1 %8.1f us", fs.c_str(), t1 * 1e6);
       for (int mm : {4, 16}) {

@@ -146,9 +146,27 @@ std::vector<Shape> shapes_for(WeightFormat f) {
             {16, 2048, 0}, {33, 257, 0}, {70, 2048, 0}, {5, 8192, 0}};
   // cols: multiples of the group only, with 32/64/96-column tails after the
   // 128-column blocks; rows: not multiples of the kernels' row tiles.
-  return {{1, 32, 32},     {7, 96, 32},   {9, 160, 32},   {13, 224, 32},  {33, 2080, 32}, {70, 2048, 32},
-          {5, 8192, 32},   {3, 64, 64},   {11, 192, 64},  {17, 2048, 64}, {6, 128, 128},  {10, 384, 128},
-          {19, 2048, 128}, {4, 768, 256}, {9, 2048, 256}, {5, 1152, 384}};
+  return {{1, 32, 32},
+          {7, 96, 32},
+          {9, 160, 32},
+          {13, 224, 32},
+          {33, 2080, 32},
+          {70, 2048, 32},
+          {5, 8192, 32},
+          {3, 64, 64},
+          {11, 192, 64},
+          {17, 2048, 64},
+          {6, 128, 128},
+          {10, 384, 128},
+          {19, 2048, 128},
+          {4, 768, 256},
+          {9, 2048, 256},
+          {5, 1152, 384},
+          // One scale per row (the int8 mode's layout; AVX-512 keeps int32
+          // sums over the row): a 4-chunk unroll with and without a tail.
+          {7, 2048, 2048},
+          {5, 640, 640},
+          {3, 8192, 8192}};
 }
 
 TEST(Gemv, DispatchNames) {
@@ -263,9 +281,11 @@ TEST(Gemv, ScalarEqualsSimdUpToReassociation) {
 TEST(Gemv, GemmRowsEqualsRepeatedGemvRows) {
   for (const std::string& isa : isas()) {
     IsaGuard guard(isa);
-    for (WeightFormat f : kFormats) {
-      const int rows = 23, cols = is_quant(f) ? 416 : 419;
-      const TestMatrix t(f, rows, cols, 41, 32);
+    for (const auto& [f, per_row] : {std::pair{WeightFormat::F32, false}, std::pair{WeightFormat::BF16, false},
+                                     std::pair{WeightFormat::F16, false}, std::pair{WeightFormat::Q8, false},
+                                     std::pair{WeightFormat::Q8, true}, std::pair{WeightFormat::Q4, false}}) {
+      const int rows = 23, cols = per_row ? 640 : is_quant(f) ? 416 : 419;
+      const TestMatrix t(f, rows, cols, 41, per_row ? cols : 32);
       for (int m : {1, 2, 3, 4, 5, 7, 8, 16}) {
         const std::vector<float> X = gaussian(size_t(m) * size_t(cols), 100 + uint32_t(m));
         const int ldy = rows + 3;

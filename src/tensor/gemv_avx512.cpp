@@ -342,8 +342,76 @@ inline void q_rows(const QCtx& q, const WeightMatrix& w, const XQuant* x, float*
     }
 }
 
+// Q8 with one scale per row (the int8 mode's text matrices), input rows
+// [0, M): weight and activation scales are constant along the row, so the
+// whole dot product stays in int32 (exact: ≤ 255·127 per product, < 2^31
+// for any row width read here) and converts once. Per 64 columns one weight
+// load, one activation load and one vpdpbusd per input row; U independent
+// accumulators per input row hide its latency. The zero-point correction is
+// the row total `corr` (−128·Σ q_x, the sum of x.hc).
+template <int M>
+inline void q8_row_scale_rows(const WeightMatrix& w, const XQuant* x, const int32_t* corr, float* y, size_t ldy,
+                              int r) {
+  constexpr int U = M == 1 ? 4 : M == 2 ? 2 : 1;
+  const size_t cols = size_t(w.cols);
+  const uint8_t* wr = static_cast<const uint8_t*>(w.data) + size_t(r) * cols;
+  __m512i acc[M][U];
+#pragma GCC unroll 16
+  for (int m = 0; m < M; ++m)
+#pragma GCC unroll 4
+    for (int u = 0; u < U; ++u) acc[m][u] = _mm512_setzero_si512();
+  size_t c = 0;
+  for (; c + 64 * U <= cols; c += 64 * U)
+#pragma GCC unroll 4
+    for (int u = 0; u < U; ++u) {
+      const __m512i wv = _mm512_loadu_si512(wr + c + 64 * u);
+#pragma GCC unroll 16
+      for (int m = 0; m < M; ++m)
+        acc[m][u] = _mm512_dpbusd_epi32(acc[m][u], wv, _mm512_loadu_si512(x[m].q + c + 64 * u));
+    }
+  for (; c < cols; c += 64) {
+    const __m512i wv = _mm512_loadu_si512(wr + c);
+#pragma GCC unroll 16
+    for (int m = 0; m < M; ++m) acc[m][0] = _mm512_dpbusd_epi32(acc[m][0], wv, _mm512_loadu_si512(x[m].q + c));
+  }
+  const float dw = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<const uint16_t*>(w.aux)[r])));
+#pragma GCC unroll 16
+  for (int m = 0; m < M; ++m) {
+    __m512i t = acc[m][0];
+#pragma GCC unroll 4
+    for (int u = 1; u < U; ++u) t = _mm512_add_epi32(t, acc[m][u]);
+    y[size_t(m) * ldy] = float(_mm512_reduce_add_epi32(t) + corr[m]) * (dw * x[m].s[0]);
+  }
+}
+
 template <bool Q4>
 void q_avx512(const WeightMatrix& w, const XQuant* x, int m, float* Y, int ldy, int r0, int r1) {
+  if (!Q4 && w.group == w.cols && w.cols % 64 == 0) {
+    // Row totals of the zero-point corrections, once per call and thread,
+    // for up to 64 input rows at a time (GEMV callers pass at most 16).
+    constexpr int kRowsPerPass = 64;
+    for (int m0 = 0; m0 < m; m0 += kRowsPerPass) {
+      const int mc = m - m0 < kRowsPerPass ? m - m0 : kRowsPerPass;
+      int32_t corr[kRowsPerPass];
+      for (int i = 0; i < mc; ++i) {
+        __m512i t = _mm512_setzero_si512();
+        for (int c = 0; c < w.cols / 4; c += 16) t = _mm512_add_epi32(t, _mm512_loadu_si512(x[m0 + i].hc + c));
+        corr[i] = _mm512_reduce_add_epi32(t);
+      }
+      for (int r = r0; r < r1; ++r)
+        for (int mb = 0; mb < mc; mb += 4) {
+          float* y = Y + size_t(m0 + mb) * size_t(ldy) + size_t(r);
+          const XQuant* xb = x + m0 + mb;
+          switch (mc - mb < 4 ? mc - mb : 4) {
+            case 1: q8_row_scale_rows<1>(w, xb, corr + mb, y, size_t(ldy), r); break;
+            case 2: q8_row_scale_rows<2>(w, xb, corr + mb, y, size_t(ldy), r); break;
+            case 3: q8_row_scale_rows<3>(w, xb, corr + mb, y, size_t(ldy), r); break;
+            default: q8_row_scale_rows<4>(w, xb, corr + mb, y, size_t(ldy), r); break;
+          }
+        }
+    }
+    return;
+  }
   const QCtx q = make_ctx(w);
   for (int r = r0; r < r1; ++r)
     for (int mb = 0; mb < m; mb += 4) {
