@@ -165,6 +165,42 @@ inline void q8_row(const WeightMatrix& w, const XQuant* x, float* y, size_t ldy,
   for (int m = 0; m < M; ++m) y[size_t(m) * ldy] = hsum(_mm256_add_ps(acc[m][0], acc[m][1]));
 }
 
+// Q8 with one scale per row: the scales are constant along the row, so the
+// int32 pair sums accumulate over the whole row (exact) and convert once.
+template <int M>
+inline void q8_row_scale_row(const WeightMatrix& w, const XQuant* x, float* y, size_t ldy, int r) {
+  const int cols = w.cols;
+  const uint8_t* wr = static_cast<const uint8_t*>(w.data) + size_t(r) * size_t(cols);
+  const __m256i ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8(char(0x80));
+  __m256i acc[M][2];
+#pragma GCC unroll 16
+  for (int m = 0; m < M; ++m) acc[m][0] = acc[m][1] = _mm256_setzero_si256();
+  auto chunk = [&](int c, int a) {
+    const __m256i wv = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + size_t(c))), flip);
+#pragma GCC unroll 16
+    for (int m = 0; m < M; ++m) {
+      const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[m].q + c));
+      const __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(xv), _mm256_sign_epi8(wv, xv));
+      acc[m][a] = _mm256_add_epi32(acc[m][a], _mm256_madd_epi16(p, ones));
+    }
+  };
+  int c = 0;
+  for (; c + 64 <= cols; c += 64) {
+    chunk(c, 0);
+    chunk(c + 32, 1);
+  }
+  if (c < cols) chunk(c, 0);
+  const float dw = _cvtsh_ss(static_cast<const uint16_t*>(w.aux)[r]);
+#pragma GCC unroll 16
+  for (int m = 0; m < M; ++m) {
+    const __m256i t = _mm256_add_epi32(acc[m][0], acc[m][1]);
+    __m128i h = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+    h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4e));
+    h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0xb1));
+    y[size_t(m) * ldy] = float(_mm_cvtsi128_si32(h)) * (dw * x[m].s[0]);
+  }
+}
+
 template <int M>
 inline void q4_row(const WeightMatrix& w, const XQuant* x, float* y, size_t ldy, int r) {
   const int cols = w.cols, G = w.group, ng = cols / G, nb = cols / 128;
@@ -205,6 +241,17 @@ inline void q4_row(const WeightMatrix& w, const XQuant* x, float* y, size_t ldy,
 
 template <bool Q4>
 void q_avx2(const WeightMatrix& w, const XQuant* x, int m, float* Y, int ldy, int r0, int r1) {
+  if (!Q4 && w.group == w.cols && w.cols % 32 == 0) {
+    for (int r = r0; r < r1; ++r)
+      for (int mb = 0; mb < m; mb += 2) {
+        float* y = Y + size_t(mb) * size_t(ldy) + size_t(r);
+        if (m - mb >= 2)
+          q8_row_scale_row<2>(w, x + mb, y, size_t(ldy), r);
+        else
+          q8_row_scale_row<1>(w, x + mb, y, size_t(ldy), r);
+      }
+    return;
+  }
   for (int r = r0; r < r1; ++r)
     for (int mb = 0; mb < m; mb += 2) {
       float* y = Y + size_t(mb) * size_t(ldy) + size_t(r);
