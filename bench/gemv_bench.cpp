@@ -195,21 +195,21 @@ bool parse_format(const std::string& s, WeightFormat* f) {
 // 24 layers' caches cycled (cold, as in a decode step). GB/s of K and V read.
 void time_decode_attention(const std::vector<int>& threads, int rounds, bool huge) {
   const int n_heads = 32, hd = 64, kv_dim = n_heads * hd, prefix = 730;
-  const int layers = std::getenv("ATT_LAYERS") ? std::atoi(std::getenv("ATT_LAYERS")) : 24;
+  const int layers = 24;
   for (int nt : threads) {
     md::set_num_threads(nt);
     const double bw = md::bench::measure_read_bandwidth(nt).gbps;
     std::printf(
         "\n== decode attention, bf16 KV, %d heads x %d, %d thread%s (24 layers' caches cycled; probe %.1f GB/s)\n",
         n_heads, hd, nt, nt == 1 ? "" : "s", bw);
-    for (int n_k : {745, 1500}) {
+    for (const auto& [n_q, n_k] : {std::pair{1, 745}, std::pair{1, 1500}, std::pair{14, 745}}) {
       const size_t base_bytes = size_t(prefix) * kv_dim * 2, own_bytes = size_t(n_k - prefix) * kv_dim * 2;
       Buffer kv(size_t(layers) * 2 * (base_bytes + own_bytes), huge);
       fill(kv.p, kv.n, WeightFormat::BF16, 5);
-      std::vector<float> q(size_t(3) * kv_dim), out(kv_dim);
+      std::vector<float> q(size_t(n_q) * 3 * kv_dim), out(size_t(n_q) * kv_dim);
       for (size_t i = 0; i < q.size(); ++i) q[i] = float(int(i * 7919 % 2001) - 1000) * 1e-3f;
       md::AttentionShape sh;
-      sh.n_q = 1;
+      sh.n_q = n_q;
       sh.n_k = n_k;
       sh.n_heads = sh.n_kv_heads = n_heads;
       sh.head_dim = hd;
@@ -217,7 +217,7 @@ void time_decode_attention(const std::vector<int>& threads, int rounds, bool hug
       sh.kv_stride = kv_dim;
       md::AttentionMask mask;
       mask.full = false;
-      mask.q_pos0 = n_k - 1;
+      mask.q_pos0 = n_k - n_q;
       mask.prefix = prefix;
       auto layer = [&](int l) {
         const uint8_t* b = kv.p + size_t(l) * 2 * (base_bytes + own_bytes);
@@ -235,9 +235,10 @@ void time_decode_attention(const std::vector<int>& threads, int rounds, bool hug
       } while (seconds_since(start) < 0.1 * rounds || t.size() < 10);
       std::sort(t.begin(), t.end());
       const double bytes = double(layers) * 2.0 * double(n_k) * kv_dim * 2;
-      std::printf("attention n_k %5d: %.2f MB per step, best %.2f ms (median %.2f) = %.1f GB/s, %.1f%% of BW\n", n_k,
-                  bytes / 1e6, t.front() * 1e3, t[t.size() / 2] * 1e3, bytes / t.front() / 1e9,
-                  100.0 * bytes / t.front() / 1e9 / bw);
+      std::printf(
+          "attention %2d quer%s, n_k %5d: %.2f MB per step, best %.2f ms (median %.2f) = %.1f GB/s, %.1f%% of BW\n",
+          n_q, n_q == 1 ? "y" : "ies", n_k, bytes / 1e6, t.front() * 1e3, t[t.size() / 2] * 1e3,
+          bytes / t.front() / 1e9, 100.0 * bytes / t.front() / 1e9 / bw);
     }
   }
 }

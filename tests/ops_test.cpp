@@ -148,10 +148,12 @@ TEST(Attention, Bf16RowsEqualFp32AttentionOverTheRoundedValues) {
       EXPECT_STREQ(ak->name, "avx512");
     }
     // n_q = 1, long: decoding's key-split path with several blocks per
-    // thread, a block boundary inside the base rows and one across them.
+    // thread, a block boundary inside the base rows and one across them;
+    // 14 and 32+: the query-lanes path (a partial and full lane groups).
     const std::pair<int, int> cases[] = {{1, 41},
                                          {1, 301},
                                          {3, 43},
+                                         {14, 300},
                                          {kDirectAttentionRows, kDirectAttentionRows + 40},
                                          {kDirectAttentionRows + 5, kDirectAttentionRows + 45}};
     for (const auto& [n_q, n_k] : cases) {
@@ -183,10 +185,15 @@ TEST(Attention, Bf16RowsEqualFp32AttentionOverTheRoundedValues) {
         if (base_rows >= s.n_k) continue;
         const size_t off = size_t(base_rows) * s.kv_stride;
         std::fill(got.begin(), got.end(), -1.0f);
-        const uint64_t split_before = detail::decode_split_attention_count();
+        const uint64_t split_before = detail::attention_path_count(AttentionPath::DecodeSplit);
+        const uint64_t lanes_before = detail::attention_path_count(AttentionPath::QueryLanes);
         attention(s, mask, q.data(), KVRows{k16.data(), v16.data(), base_rows, KVFormat::BF16},
                   KVRows{k16.data() + off, v16.data() + off, s.n_k - base_rows, KVFormat::BF16}, got.data());
-        EXPECT_EQ(detail::decode_split_attention_count() - split_before, n_q == 1 ? 1u : 0u) << isa << " n_q " << n_q;
+        EXPECT_EQ(detail::attention_path_count(AttentionPath::DecodeSplit) - split_before, n_q == 1 ? 1u : 0u)
+            << isa << " n_q " << n_q;
+        EXPECT_EQ(detail::attention_path_count(AttentionPath::QueryLanes) - lanes_before,
+                  n_q >= 4 && n_q <= kDirectAttentionRows ? 1u : 0u)
+            << isa << " n_q " << n_q;
         float worst = 0;
         for (size_t i = 0; i < ref.size(); ++i) worst = std::max(worst, std::abs(got[i] - ref[i]));
         EXPECT_LE(worst, 2e-6f) << isa << " n_q " << n_q << " base " << base_rows;

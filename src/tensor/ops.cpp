@@ -117,7 +117,7 @@ void widen_rows(const WeightMatrix& w, int r0, int n, float* out) {
 }
 
 std::atomic<uint64_t> g_linear_paths[4];
-std::atomic<uint64_t> g_decode_split_attention;
+std::atomic<uint64_t> g_attention_paths[2];
 
 // Q8 with one scale per row (group == cols): the layout the int8 GEMM reads.
 bool is_q8_per_row(const WeightMatrix& w) { return w.format == WeightFormat::Q8 && w.group == w.cols; }
@@ -605,7 +605,9 @@ void linear_impl(const Linear& l, const float* x, int m, bool gelu, float* y) {
 void linear(const Linear& l, const float* x, int m, float* y) { linear_impl(l, x, m, false, y); }
 
 uint64_t detail::linear_path_count(LinearPath p) { return g_linear_paths[int(p)].load(std::memory_order_relaxed); }
-uint64_t detail::decode_split_attention_count() { return g_decode_split_attention.load(std::memory_order_relaxed); }
+uint64_t detail::attention_path_count(AttentionPath p) {
+  return g_attention_paths[int(p)].load(std::memory_order_relaxed);
+}
 
 void linear_gelu(const Linear& l, const float* x, int m, float* y) { linear_impl(l, x, m, true, y); }
 
@@ -727,6 +729,11 @@ void bf16_query_row(const gemv_detail::AttentionKernels* ak, const float* q, int
   for (int d = 0; d < head_dim; ++d) out[d] *= inv;
 }
 
+// bf16 prompts of this many rows or more (up to kDirectAttentionRows) run
+// with the queries in vector lanes (bf16_few_queries: its cost barely grows
+// up to 16 queries); fewer run the per-query kernels.
+constexpr int kFewQueryMinRows = 4;
+
 // One decode query (n_q = 1) over bf16 keys, split by key range instead of
 // by head: each thread streams a contiguous run of cache rows (every head's
 // keys of a position are one 4 KB row; a head-by-head walk touches 128 bytes
@@ -736,7 +743,7 @@ void bf16_query_row(const gemv_detail::AttentionKernels* ak, const float* q, int
 // threads' partial results are merged once at the end.
 void bf16_decode_split(const gemv_detail::AttentionKernels* ak, const AttentionShape& s, const float* q, KVRows base,
                        KVRows own, int visible, float* out) {
-  g_decode_split_attention.fetch_add(1, std::memory_order_relaxed);
+  g_attention_paths[int(AttentionPath::DecodeSplit)].fetch_add(1, std::memory_order_relaxed);
   constexpr int kBlock = 32;
   const int H = s.n_heads, hd = s.head_dim, group = s.n_heads / s.n_kv_heads;
   const float scale = 1.0f / std::sqrt(float(hd));
@@ -838,6 +845,244 @@ void bf16_decode_split(const gemv_detail::AttentionKernels* ak, const AttentionS
   }
 }
 
+// One head's keys and values in fp32: rows × head_dim at a row stride.
+struct HeadRows {
+  const float* k;
+  const float* v;
+  int rows, stride;
+};
+
+// One head, all n_q queries, on single-threaded SGEMMs: scores against each
+// key range side by side in one row per query (scores: n_q × n_k scratch),
+// masked softmax, then P·V into oh (row stride out_stride).
+void f32_head_attention(const AttentionShape& s, const AttentionMask& mask, float scale, const float* qh, HeadRows base,
+                        HeadRows own, float* scores, float* oh, int out_stride) {
+  if (base.rows > 0)
+    sgemm(true, s.n_q, base.rows, s.head_dim, scale, qh, s.q_stride, base.k, base.stride, 0.0f, scores, s.n_k);
+  if (own.rows > 0)
+    sgemm(true, s.n_q, own.rows, s.head_dim, scale, qh, s.q_stride, own.k, own.stride, 0.0f, scores + base.rows, s.n_k);
+  for (int i = 0; i < s.n_q; ++i) {
+    float* row = scores + size_t(i) * s.n_k;
+    const int visible = mask.visible_keys(i, s.n_k);
+    softmax(row, visible);
+    std::fill(row + visible, row + s.n_k, 0.0f);
+  }
+  float beta = 0.0f;
+  if (base.rows > 0) {
+    sgemm(false, s.n_q, s.head_dim, base.rows, 1.0f, scores, s.n_k, base.v, base.stride, 0.0f, oh, out_stride);
+    beta = 1.0f;
+  }
+  if (own.rows > 0)
+    sgemm(false, s.n_q, s.head_dim, own.rows, 1.0f, scores + base.rows, s.n_k, own.v, own.stride, beta, oh, out_stride);
+}
+
+// A few bf16 query rows (a short prompt over a cached image), up to 16 at a
+// time with the queries in the vector lanes: per head its keys and values
+// widened to contiguous fp32 once (they stay in L2), then S^T[j] = Σ_d
+// K[j][d]·Q^T[d] and O^T[d] = Σ_j V[j][d]·P^T[j] — one broadcast and one
+// FMA per key, dimension and 16 queries; no horizontal sums, and each key is
+// unpacked once for all the queries instead of once per query.
+constexpr int kLanes = 16;
+
+MD_VECTOR_CLONES void lanes_scores(const float* qT, const float* kf, int n, int hd, float scale, float* sT) {
+  int j = 0;
+  for (; j + 4 <= n; j += 4) {
+    float acc[4][kLanes] = {};
+    for (int d = 0; d < hd; ++d) {
+      const float* qd = qT + size_t(d) * kLanes;
+#pragma GCC unroll 4
+      for (int u = 0; u < 4; ++u) {
+        const float kv = kf[size_t(j + u) * size_t(hd) + size_t(d)];
+#pragma omp simd
+        for (int i = 0; i < kLanes; ++i) acc[u][i] += kv * qd[i];
+      }
+    }
+    for (int u = 0; u < 4; ++u)
+#pragma omp simd
+      for (int i = 0; i < kLanes; ++i) sT[size_t(j + u) * kLanes + size_t(i)] = acc[u][i] * scale;
+  }
+  for (; j < n; ++j) {
+    float acc[kLanes] = {};
+    for (int d = 0; d < hd; ++d) {
+      const float kv = kf[size_t(j) * size_t(hd) + size_t(d)];
+#pragma omp simd
+      for (int i = 0; i < kLanes; ++i) acc[i] += kv * qT[size_t(d) * kLanes + size_t(i)];
+    }
+#pragma omp simd
+    for (int i = 0; i < kLanes; ++i) sT[size_t(j) * kLanes + size_t(i)] = acc[i] * scale;
+  }
+}
+
+// Masked softmax down the columns of S^T [n][16]: lane i sees keys < vis[i].
+// Leaves P^T in sT and returns the per-lane sums in l.
+// One block of keys of the online softmax down the columns of S^T [n][16]
+// (lane i sees keys j < vis[i], j counted from the block's first key j0):
+// updates the running max m and sum l, rescales O^T [hd][16] when a lane's
+// max grows, and leaves P^T in sT.
+MD_VECTOR_CLONES void lanes_online_softmax(float* sT, int n, int j0, const int* vis, float* m, float* l, float* oT,
+                                           int hd) {
+  float mx[kLanes];
+#pragma omp simd
+  for (int i = 0; i < kLanes; ++i) mx[i] = m[i];
+  for (int j = 0; j < n; ++j)
+#pragma omp simd
+    for (int i = 0; i < kLanes; ++i) {
+      const float v = j0 + j < vis[i] ? sT[size_t(j) * kLanes + size_t(i)] : -INFINITY;
+      mx[i] = v > mx[i] ? v : mx[i];
+    }
+  float f[kLanes];
+#pragma omp simd
+  for (int i = 0; i < kLanes; ++i) {
+    f[i] = mx[i] == m[i] ? 1.0f : fast_exp(m[i] - mx[i]);  // m = -inf: e^-inf = 0 (clamped input)
+    m[i] = mx[i];
+  }
+  for (int d = 0; d < hd; ++d)
+#pragma omp simd
+    for (int i = 0; i < kLanes; ++i) oT[size_t(d) * kLanes + size_t(i)] *= f[i];
+  float sum[kLanes];
+#pragma omp simd
+  for (int i = 0; i < kLanes; ++i) sum[i] = l[i] * f[i];
+  for (int j = 0; j < n; ++j)
+#pragma omp simd
+    for (int i = 0; i < kLanes; ++i) {
+      float& v = sT[size_t(j) * kLanes + size_t(i)];
+      v = j0 + j < vis[i] ? fast_exp(v - m[i]) : 0.0f;
+      sum[i] += v;
+    }
+#pragma omp simd
+  for (int i = 0; i < kLanes; ++i) l[i] = sum[i];
+}
+
+// O^T [hd][16] += Σ_j V[j][d]·P^T[j].
+MD_VECTOR_CLONES void lanes_pv(const float* pT, const float* vf, int n, int hd, float* oT) {
+  for (int d0 = 0; d0 < hd; d0 += 8) {
+    float acc[8][kLanes];
+    for (int u = 0; u < 8; ++u)
+#pragma omp simd
+      for (int i = 0; i < kLanes; ++i) acc[u][i] = oT[size_t(d0 + u) * kLanes + size_t(i)];
+    for (int j = 0; j < n; ++j) {
+      const float* pj = pT + size_t(j) * kLanes;
+      const float* vj = vf + size_t(j) * size_t(hd) + size_t(d0);
+#pragma GCC unroll 8
+      for (int u = 0; u < 8; ++u) {
+        const float vv = vj[u];
+#pragma omp simd
+        for (int i = 0; i < kLanes; ++i) acc[u][i] += vv * pj[i];
+      }
+    }
+    for (int u = 0; u < 8; ++u)
+#pragma omp simd
+      for (int i = 0; i < kLanes; ++i) oT[size_t(d0 + u) * kLanes + size_t(i)] = acc[u][i];
+  }
+}
+
+// bf16 → fp32 of n rows of hd values at a row stride (exact).
+MD_VECTOR_CLONES void widen_bf16_rows(const uint16_t* src, int n, int stride, int hd, float* dst) {
+  for (int j = 0; j < n; ++j)
+#pragma omp simd
+    for (int d = 0; d < hd; ++d)
+      dst[size_t(j) * size_t(hd) + size_t(d)] =
+          std::bit_cast<float>(uint32_t(src[size_t(j) * size_t(stride) + size_t(d)]) << 16);
+}
+
+// Up to 16 query rows (lanes) of every head; keys split across threads by
+// range as in bf16_decode_split (contiguous rows per thread, the next block
+// prefetched into L2), per head and block an online softmax.
+void bf16_lane_group(const AttentionShape& s, const AttentionMask& mask, const float* q, int i0, int nq, KVRows base,
+                     KVRows own, float* out) {
+  constexpr int kBlock = 32;
+  const int H = s.n_heads, hd = s.head_dim, group = s.n_heads / s.n_kv_heads;
+  const float scale = 1.0f / std::sqrt(float(hd));
+  const int out_stride = H * hd;
+  int vis[kLanes];
+  for (int i = 0; i < kLanes; ++i) vis[i] = i < nq ? mask.visible_keys(i0 + i, s.n_k) : 0;
+  const int visible = *std::max_element(vis, vis + nq);
+  // Q^T per head: [hd][16].
+  static thread_local std::vector<float> t_qT, t_parts;
+  float* qT = scratch(t_qT, size_t(H) * size_t(hd) * kLanes);
+  for (int h = 0; h < H; ++h)
+    for (int d = 0; d < hd; ++d)
+      for (int i = 0; i < kLanes; ++i)
+        qT[(size_t(h) * size_t(hd) + size_t(d)) * kLanes + size_t(i)] =
+            i < nq ? q[size_t(i0 + i) * size_t(s.q_stride) + size_t(h) * size_t(hd) + size_t(d)] : 0.0f;
+  const int slices = std::max(1, std::min(num_threads(), (visible + kBlock - 1) / kBlock));
+  // Per slice and head: m[16], l[16], O^T[hd][16].
+  const size_t per_head = size_t(2 + hd) * kLanes, per = size_t(H) * per_head;
+  float* parts = scratch(t_parts, per * size_t(slices));
+  parallel_for(size_t(slices), [&](size_t b, size_t e) {
+    static thread_local std::vector<float> t_kf, t_sT;
+    float* kf = scratch(t_kf, size_t(2) * kBlock * size_t(hd));
+    float* vf = kf + size_t(kBlock) * size_t(hd);
+    float* sT = scratch(t_sT, size_t(kBlock) * kLanes);
+    for (size_t sl = b; sl < e; ++sl) {
+      float* P = parts + sl * per;
+      for (int h = 0; h < H; ++h) {
+        float* st = P + size_t(h) * per_head;
+        std::fill(st, st + kLanes, -INFINITY);
+        std::fill(st + kLanes, st + per_head, 0.0f);
+      }
+      const int j_begin = int(int64_t(visible) * int64_t(sl) / slices);
+      const int j_end = int(int64_t(visible) * int64_t(sl + 1) / slices);
+      const size_t row_bytes = size_t(s.kv_stride) * 2, used_bytes = size_t(s.n_kv_heads) * size_t(hd) * 2;
+      for (int j0 = j_begin; j0 < j_end;) {
+        const bool in_base = j0 < base.rows;
+        const int n = std::min(kBlock, (in_base ? std::min(j_end, base.rows) : j_end) - j0);
+        const size_t row0 = size_t(in_base ? j0 : j0 - base.rows) * size_t(s.kv_stride);
+        const uint16_t* kb = static_cast<const uint16_t*>(in_base ? base.k : own.k) + row0;
+        const uint16_t* vb = static_cast<const uint16_t*>(in_base ? base.v : own.v) + row0;
+        // The next block's rows into L2 in address order.
+        const bool next_in_base = j0 + n < base.rows;
+        const int next = std::max(0, std::min(kBlock, (next_in_base ? std::min(j_end, base.rows) : j_end) - (j0 + n)));
+        const size_t next_row0 = size_t(next_in_base ? j0 + n : j0 + n - base.rows) * size_t(s.kv_stride);
+        const char* nk =
+            reinterpret_cast<const char*>(static_cast<const uint16_t*>(next_in_base ? base.k : own.k) + next_row0);
+        const char* nv =
+            reinterpret_cast<const char*>(static_cast<const uint16_t*>(next_in_base ? base.v : own.v) + next_row0);
+        const int rows_per_head = (next + H - 1) / H;
+        for (int h = 0; h < H; ++h) {
+          for (int r = h * rows_per_head; r < std::min(next, (h + 1) * rows_per_head); ++r)
+            for (size_t off = 0; off < used_bytes; off += 64) {
+              __builtin_prefetch(nk + size_t(r) * row_bytes + off, 0, 2);
+              __builtin_prefetch(nv + size_t(r) * row_bytes + off, 0, 2);
+            }
+          const size_t col = size_t(h / group) * size_t(hd);
+          float* st = P + size_t(h) * per_head;
+          widen_bf16_rows(kb + col, n, s.kv_stride, hd, kf);
+          widen_bf16_rows(vb + col, n, s.kv_stride, hd, vf);
+          lanes_scores(qT + size_t(h) * size_t(hd) * kLanes, kf, n, hd, scale, sT);
+          lanes_online_softmax(sT, n, j0, vis, st, st + kLanes, st + 2 * kLanes, hd);
+          lanes_pv(sT, vf, n, hd, st + 2 * kLanes);
+        }
+        j0 += n;
+      }
+    }
+  });
+  for (int h = 0; h < H; ++h)
+    for (int i = 0; i < nq; ++i) {
+      float M = -INFINITY;
+      for (int sl = 0; sl < slices; ++sl) M = std::max(M, parts[size_t(sl) * per + size_t(h) * per_head + size_t(i)]);
+      float L = 0.0f;
+      float* o = out + size_t(i0 + i) * size_t(out_stride) + size_t(h) * size_t(hd);
+      std::fill(o, o + hd, 0.0f);
+      for (int sl = 0; sl < slices; ++sl) {
+        const float* st = parts + size_t(sl) * per + size_t(h) * per_head;
+        if (st[i] == -INFINITY) continue;
+        const float f = fast_exp(st[i] - M);
+        L += f * st[kLanes + i];
+        for (int d = 0; d < hd; ++d) o[d] += f * st[2 * kLanes + size_t(d) * kLanes + size_t(i)];
+      }
+      const float inv = 1.0f / L;
+      for (int d = 0; d < hd; ++d) o[d] *= inv;
+    }
+}
+
+void bf16_few_queries(const AttentionShape& s, const AttentionMask& mask, const float* q, KVRows base, KVRows own,
+                      float* out) {
+  g_attention_paths[int(AttentionPath::QueryLanes)].fetch_add(1, std::memory_order_relaxed);
+  for (int i0 = 0; i0 < s.n_q; i0 += kLanes)
+    bf16_lane_group(s, mask, q, i0, std::min(kLanes, s.n_q - i0), base, own, out);
+}
+
 // bf16 rows → fp32 (exact), rows × kv_stride elements.
 void widen_kv(const void* src, int rows, int stride, std::vector<float>& dst) {
   const size_t n = size_t(rows) * size_t(stride);
@@ -877,6 +1122,10 @@ void attention(const AttentionShape& s, const AttentionMask& mask, const float* 
     const gemv_detail::AttentionKernels* ak = gemv_detail::attention_kernels();
     if (s.n_q == 1) {
       bf16_decode_split(ak, s, q, base, own, mask.visible_keys(0, s.n_k), out);
+      return;
+    }
+    if (s.n_q >= kFewQueryMinRows) {
+      bf16_few_queries(s, mask, q, base, own, out);
       return;
     }
     parallel_for(size_t(s.n_heads) * size_t(s.n_q), [&](size_t b, size_t e) {
@@ -919,28 +1168,8 @@ void attention(const AttentionShape& s, const AttentionMask& mask, const float* 
     float* scores = scratch(t_scores, size_t(s.n_q) * s.n_k);
     for (size_t h = hb; h < he; ++h) {
       const size_t col = h / size_t(group) * size_t(s.head_dim);
-      const float* qh = q + h * s.head_dim;
-      float* oh = out + h * s.head_dim;
-      // Scores against each key range, side by side in one row per query.
-      if (base.rows > 0)
-        sgemm(true, s.n_q, base.rows, s.head_dim, scale, qh, s.q_stride, bk + col, s.kv_stride, 0.0f, scores, s.n_k);
-      if (own.rows > 0)
-        sgemm(true, s.n_q, own.rows, s.head_dim, scale, qh, s.q_stride, ok + col, s.kv_stride, 0.0f, scores + base.rows,
-              s.n_k);
-      for (int i = 0; i < s.n_q; ++i) {
-        float* row = scores + size_t(i) * s.n_k;
-        const int visible = mask.visible_keys(i, s.n_k);
-        softmax(row, visible);
-        std::fill(row + visible, row + s.n_k, 0.0f);
-      }
-      float beta = 0.0f;
-      if (base.rows > 0) {
-        sgemm(false, s.n_q, s.head_dim, base.rows, 1.0f, scores, s.n_k, bv + col, s.kv_stride, 0.0f, oh, out_stride);
-        beta = 1.0f;
-      }
-      if (own.rows > 0)
-        sgemm(false, s.n_q, s.head_dim, own.rows, 1.0f, scores + base.rows, s.n_k, ov + col, s.kv_stride, beta, oh,
-              out_stride);
+      f32_head_attention(s, mask, scale, q + h * s.head_dim, HeadRows{bk + col, bv + col, base.rows, s.kv_stride},
+                         HeadRows{ok + col, ov + col, own.rows, s.kv_stride}, scores, out + h * s.head_dim, out_stride);
     }
   });
 }

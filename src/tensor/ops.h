@@ -109,9 +109,12 @@ struct KVRows {
 // they go; more (a prompt) widen the rows to fp32 once and take the fp32
 // path.
 void attention(const AttentionShape& s, const AttentionMask& mask, const float* q, KVRows base, KVRows own, float* out);
+// bf16 KV paths of attention() for up to kDirectAttentionRows queries:
+// one query split by key range (decoding), 4+ queries in vector lanes.
+enum class AttentionPath { DecodeSplit, QueryLanes };
 namespace detail {
-// Calls so far of the key-split decode path (one bf16 query row), process-wide.
-uint64_t decode_split_attention_count();
+// Calls so far that took path p, process-wide (tests: the fast path ran).
+uint64_t attention_path_count(AttentionPath p);
 }  // namespace detail
 inline constexpr int kDirectAttentionRows = 32;
 
