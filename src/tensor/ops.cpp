@@ -766,6 +766,30 @@ __attribute__((always_inline)) inline void prefetch_block_share(const KVBlock& b
     }
 }
 
+// Walks slice `sl` of `slices` of the visible keys in blocks of at most
+// `block` keys and, per block, every head: fn(h, j0, n, k, v) with the
+// head's first key and value of the block (row stride kv_stride), after
+// prefetching the head's share of the next block.
+template <class Fn>
+__attribute__((always_inline)) inline void for_each_block_and_head(const AttentionShape& s, KVRows base, KVRows own,
+                                                                   int visible, size_t sl, int slices, int block,
+                                                                   Fn&& fn) {
+  const int H = s.n_heads, group = s.n_heads / s.n_kv_heads;
+  const size_t used_bytes = size_t(s.n_kv_heads) * size_t(s.head_dim) * 2;
+  const int j_begin = int(int64_t(visible) * int64_t(sl) / slices);
+  const int j_end = int(int64_t(visible) * int64_t(sl + 1) / slices);
+  for (int j0 = j_begin; j0 < j_end;) {
+    const KVBlock blk = kv_block(base, own, s.kv_stride, j0, j_end, block);
+    const KVBlock next = kv_block(base, own, s.kv_stride, j0 + blk.n, j_end, block);
+    for (int h = 0; h < H; ++h) {
+      prefetch_block_share(next, s.kv_stride, used_bytes, h, H);
+      const size_t col = size_t(h / group) * size_t(s.head_dim);
+      fn(h, j0, blk.n, blk.k + col, blk.v + col);
+    }
+    j0 += blk.n;
+  }
+}
+
 // bf16 prompts of this many rows or more (up to kDirectAttentionRows) run
 // with the queries in vector lanes (bf16_few_queries: its cost barely grows
 // up to 16 queries); fewer run the per-query kernels.
@@ -782,7 +806,7 @@ void bf16_decode_split(const gemv_detail::AttentionKernels* ak, const AttentionS
                        KVRows own, int visible, float* out) {
   g_attention_paths[int(AttentionPath::DecodeSplit)].fetch_add(1, std::memory_order_relaxed);
   constexpr int kBlock = 32;
-  const int H = s.n_heads, hd = s.head_dim, group = s.n_heads / s.n_kv_heads;
+  const int H = s.n_heads, hd = s.head_dim;
   const float scale = 1.0f / std::sqrt(float(hd));
   const int slices = std::max(1, std::min(num_threads(), (visible + kBlock - 1) / kBlock));
   // Per slice: m[H], l[H], acc[H * hd].
@@ -803,48 +827,36 @@ void bf16_decode_split(const gemv_detail::AttentionKernels* ak, const AttentionS
         l[h] = 0.0f;
       }
       std::fill(acc, acc + size_t(H) * size_t(hd), 0.0f);
-      const int j_begin = int(int64_t(visible) * int64_t(sl) / slices);
-      const int j_end = int(int64_t(visible) * int64_t(sl + 1) / slices);
-      const size_t used_bytes = size_t(s.n_kv_heads) * size_t(hd) * 2;
-      for (int j0 = j_begin; j0 < j_end;) {
-        const KVBlock blk = kv_block(base, own, s.kv_stride, j0, j_end, kBlock);
-        const KVBlock next = kv_block(base, own, s.kv_stride, j0 + blk.n, j_end, kBlock);
-        const int n = blk.n;
-        const uint16_t* kb = blk.k;
-        const uint16_t* vb = blk.v;
-        for (int h = 0; h < H; ++h) {
-          prefetch_block_share(next, s.kv_stride, used_bytes, h, H);
-          const size_t col = size_t(h / group) * size_t(hd);
-          const float* qh = q + size_t(h) * size_t(hd);
-          if (fast)
-            ak->scores(qh, kb + col, s.kv_stride, n, scale, sc);
-          else
-            bf16_scores_portable(qh, kb + col, s.kv_stride, n, hd, scale, sc);
-          float mx = sc[0];
-          for (int j = 1; j < n; ++j) mx = std::max(mx, sc[j]);
-          float* ah = acc + size_t(h) * size_t(hd);
-          if (mx > m[h]) {
-            const float f = m[h] == -INFINITY ? 0.0f : fast_exp(m[h] - mx);
-            for (int d = 0; d < hd; ++d) ah[d] *= f;
-            l[h] *= f;
-            m[h] = mx;
-          }
-          float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-          for (int j = 0; j < n; ++j) {
-            sc[j] = fast_exp(sc[j] - m[h]);
-            sum += sc[j];
-          }
-          l[h] += sum;
-          if (fast)
-            ak->pv(sc, vb + col, s.kv_stride, n, part);
-          else
-            bf16_pv_portable(sc, vb + col, s.kv_stride, n, hd, part);
-#pragma omp simd
-          for (int d = 0; d < hd; ++d) ah[d] += part[d];
+      auto head_block = [&](int h, int, int n, const uint16_t* kh, const uint16_t* vh) {
+        const float* qh = q + size_t(h) * size_t(hd);
+        if (fast)
+          ak->scores(qh, kh, s.kv_stride, n, scale, sc);
+        else
+          bf16_scores_portable(qh, kh, s.kv_stride, n, hd, scale, sc);
+        float mx = sc[0];
+        for (int j = 1; j < n; ++j) mx = std::max(mx, sc[j]);
+        float* ah = acc + size_t(h) * size_t(hd);
+        if (mx > m[h]) {
+          const float f = m[h] == -INFINITY ? 0.0f : fast_exp(m[h] - mx);
+          for (int d = 0; d < hd; ++d) ah[d] *= f;
+          l[h] *= f;
+          m[h] = mx;
         }
-        j0 += n;
-      }
+        float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+        for (int j = 0; j < n; ++j) {
+          sc[j] = fast_exp(sc[j] - m[h]);
+          sum += sc[j];
+        }
+        l[h] += sum;
+        if (fast)
+          ak->pv(sc, vh, s.kv_stride, n, part);
+        else
+          bf16_pv_portable(sc, vh, s.kv_stride, n, hd, part);
+#pragma omp simd
+        for (int d = 0; d < hd; ++d) ah[d] += part[d];
+      };
+      for_each_block_and_head(s, base, own, visible, sl, slices, kBlock, head_block);
     }
   });
   for (int h = 0; h < H; ++h) {
@@ -1012,7 +1024,7 @@ MD_VECTOR_CLONES void widen_bf16_rows(const uint16_t* src, int n, int stride, in
 void bf16_lane_group(const AttentionShape& s, const AttentionMask& mask, const float* q, int i0, int nq, KVRows base,
                      KVRows own, float* out) {
   constexpr int kBlock = 32;
-  const int H = s.n_heads, hd = s.head_dim, group = s.n_heads / s.n_kv_heads;
+  const int H = s.n_heads, hd = s.head_dim;
   const float scale = 1.0f / std::sqrt(float(hd));
   const int out_stride = H * hd;
   int vis[kLanes];
@@ -1042,27 +1054,15 @@ void bf16_lane_group(const AttentionShape& s, const AttentionMask& mask, const f
         std::fill(st, st + kLanes, -INFINITY);
         std::fill(st + kLanes, st + per_head, 0.0f);
       }
-      const int j_begin = int(int64_t(visible) * int64_t(sl) / slices);
-      const int j_end = int(int64_t(visible) * int64_t(sl + 1) / slices);
-      const size_t used_bytes = size_t(s.n_kv_heads) * size_t(hd) * 2;
-      for (int j0 = j_begin; j0 < j_end;) {
-        const KVBlock blk = kv_block(base, own, s.kv_stride, j0, j_end, kBlock);
-        const KVBlock next = kv_block(base, own, s.kv_stride, j0 + blk.n, j_end, kBlock);
-        const int n = blk.n;
-        const uint16_t* kb = blk.k;
-        const uint16_t* vb = blk.v;
-        for (int h = 0; h < H; ++h) {
-          prefetch_block_share(next, s.kv_stride, used_bytes, h, H);
-          const size_t col = size_t(h / group) * size_t(hd);
-          float* st = P + size_t(h) * per_head;
-          widen_bf16_rows(kb + col, n, s.kv_stride, hd, kf);
-          widen_bf16_rows(vb + col, n, s.kv_stride, hd, vf);
-          lanes_scores(qT + size_t(h) * size_t(hd) * kLanes, kf, n, hd, scale, sT);
-          lanes_online_softmax(sT, n, j0, vis, st, st + kLanes, st + 2 * kLanes, hd);
-          lanes_pv(sT, vf, n, hd, st + 2 * kLanes);
-        }
-        j0 += n;
-      }
+      auto head_block = [&](int h, int j0, int n, const uint16_t* kh, const uint16_t* vh) {
+        float* st = P + size_t(h) * per_head;
+        widen_bf16_rows(kh, n, s.kv_stride, hd, kf);
+        widen_bf16_rows(vh, n, s.kv_stride, hd, vf);
+        lanes_scores(qT + size_t(h) * size_t(hd) * kLanes, kf, n, hd, scale, sT);
+        lanes_online_softmax(sT, n, j0, vis, st, st + kLanes, st + 2 * kLanes, hd);
+        lanes_pv(sT, vf, n, hd, st + 2 * kLanes);
+      };
+      for_each_block_and_head(s, base, own, visible, sl, slices, kBlock, head_block);
     }
   });
   for (int h = 0; h < H; ++h)
