@@ -790,6 +790,26 @@ __attribute__((always_inline)) inline void for_each_block_and_head(const Attenti
   }
 }
 
+// Merges the threads' partial results of an online softmax for one output
+// row: per slice sl a running max m[sl·slice], sum l[sl·slice] and Σ p·v in
+// acc[sl·slice + d·step] (d < hd); o = Σ e^(m−M)·acc / Σ e^(m−M)·l.
+void merge_softmax_slices(const float* m, const float* l, const float* acc, size_t slice, size_t step, int slices,
+                          int hd, float* o) {
+  float M = -INFINITY;
+  for (int sl = 0; sl < slices; ++sl) M = std::max(M, m[size_t(sl) * slice]);
+  float L = 0.0f;
+  std::fill(o, o + hd, 0.0f);
+  for (int sl = 0; sl < slices; ++sl) {
+    const size_t at = size_t(sl) * slice;
+    if (m[at] == -INFINITY) continue;  // this slice saw none of the row's keys
+    const float f = fast_exp(m[at] - M);
+    L += f * l[at];
+    for (int d = 0; d < hd; ++d) o[d] += f * acc[at + size_t(d) * step];
+  }
+  const float inv = 1.0f / L;
+  for (int d = 0; d < hd; ++d) o[d] *= inv;
+}
+
 // bf16 prompts of this many rows or more (up to kDirectAttentionRows) run
 // with the queries in vector lanes (bf16_few_queries: its cost barely grows
 // up to 16 queries); fewer run the per-query kernels.
@@ -859,59 +879,14 @@ void bf16_decode_split(const gemv_detail::AttentionKernels* ak, const AttentionS
       for_each_block_and_head(s, base, own, visible, sl, slices, kBlock, head_block);
     }
   });
-  for (int h = 0; h < H; ++h) {
-    float M = -INFINITY;
-    for (int sl = 0; sl < slices; ++sl) M = std::max(M, parts[size_t(sl) * per + size_t(h)]);
-    float L = 0.0f;
-    float* o = out + size_t(h) * size_t(hd);
-    std::fill(o, o + hd, 0.0f);
-    for (int sl = 0; sl < slices; ++sl) {
-      const float* m = parts + size_t(sl) * per;
-      if (m[h] == -INFINITY) continue;
-      const float f = fast_exp(m[h] - M);
-      L += f * m[H + h];
-      const float* ah = m + 2 * H + size_t(h) * size_t(hd);
-      for (int d = 0; d < hd; ++d) o[d] += f * ah[d];
-    }
-    const float inv = 1.0f / L;
-    for (int d = 0; d < hd; ++d) o[d] *= inv;
-  }
-}
-
-// One head's keys and values in fp32: rows × head_dim at a row stride.
-struct HeadRows {
-  const float* k;
-  const float* v;
-  int rows, stride;
-};
-
-// One head, all n_q queries, on single-threaded SGEMMs: scores against each
-// key range side by side in one row per query (scores: n_q × n_k scratch),
-// masked softmax, then P·V into oh (row stride out_stride).
-void f32_head_attention(const AttentionShape& s, const AttentionMask& mask, float scale, const float* qh, HeadRows base,
-                        HeadRows own, float* scores, float* oh, int out_stride) {
-  if (base.rows > 0)
-    sgemm(true, s.n_q, base.rows, s.head_dim, scale, qh, s.q_stride, base.k, base.stride, 0.0f, scores, s.n_k);
-  if (own.rows > 0)
-    sgemm(true, s.n_q, own.rows, s.head_dim, scale, qh, s.q_stride, own.k, own.stride, 0.0f, scores + base.rows, s.n_k);
-  for (int i = 0; i < s.n_q; ++i) {
-    float* row = scores + size_t(i) * s.n_k;
-    const int visible = mask.visible_keys(i, s.n_k);
-    softmax(row, visible);
-    std::fill(row + visible, row + s.n_k, 0.0f);
-  }
-  float beta = 0.0f;
-  if (base.rows > 0) {
-    sgemm(false, s.n_q, s.head_dim, base.rows, 1.0f, scores, s.n_k, base.v, base.stride, 0.0f, oh, out_stride);
-    beta = 1.0f;
-  }
-  if (own.rows > 0)
-    sgemm(false, s.n_q, s.head_dim, own.rows, 1.0f, scores + base.rows, s.n_k, own.v, own.stride, beta, oh, out_stride);
+  for (int h = 0; h < H; ++h)
+    merge_softmax_slices(parts + h, parts + H + h, parts + 2 * H + size_t(h) * size_t(hd), per, 1, slices, hd,
+                         out + size_t(h) * size_t(hd));
 }
 
 // A few bf16 query rows (a short prompt over a cached image), up to 16 at a
-// time with the queries in the vector lanes: per head its keys and values
-// widened to contiguous fp32 once (they stay in L2), then S^T[j] = Σ_d
+// time with the queries in the vector lanes: per head and block of keys the
+// block's keys and values widened to fp32 (from L2), then S^T[j] = Σ_d
 // K[j][d]·Q^T[d] and O^T[d] = Σ_j V[j][d]·P^T[j] — one broadcast and one
 // FMA per key, dimension and 16 queries; no horizontal sums, and each key is
 // unpacked once for all the queries instead of once per query.
@@ -946,8 +921,6 @@ MD_VECTOR_CLONES void lanes_scores(const float* qT, const float* kf, int n, int 
   }
 }
 
-// Masked softmax down the columns of S^T [n][16]: lane i sees keys < vis[i].
-// Leaves P^T in sT and returns the per-lane sums in l.
 // One block of keys of the online softmax down the columns of S^T [n][16]
 // (lane i sees keys j < vis[i], j counted from the block's first key j0):
 // updates the running max m and sum l, rescales O^T [hd][16] when a lane's
@@ -1067,20 +1040,9 @@ void bf16_lane_group(const AttentionShape& s, const AttentionMask& mask, const f
   });
   for (int h = 0; h < H; ++h)
     for (int i = 0; i < nq; ++i) {
-      float M = -INFINITY;
-      for (int sl = 0; sl < slices; ++sl) M = std::max(M, parts[size_t(sl) * per + size_t(h) * per_head + size_t(i)]);
-      float L = 0.0f;
-      float* o = out + size_t(i0 + i) * size_t(out_stride) + size_t(h) * size_t(hd);
-      std::fill(o, o + hd, 0.0f);
-      for (int sl = 0; sl < slices; ++sl) {
-        const float* st = parts + size_t(sl) * per + size_t(h) * per_head;
-        if (st[i] == -INFINITY) continue;
-        const float f = fast_exp(st[i] - M);
-        L += f * st[kLanes + i];
-        for (int d = 0; d < hd; ++d) o[d] += f * st[2 * kLanes + size_t(d) * kLanes + size_t(i)];
-      }
-      const float inv = 1.0f / L;
-      for (int d = 0; d < hd; ++d) o[d] *= inv;
+      const float* st = parts + size_t(h) * per_head + size_t(i);
+      merge_softmax_slices(st, st + kLanes, st + 2 * kLanes, per, kLanes, slices, hd,
+                           out + size_t(i0 + i) * size_t(out_stride) + size_t(h) * size_t(hd));
     }
 }
 
@@ -1176,8 +1138,28 @@ void attention(const AttentionShape& s, const AttentionMask& mask, const float* 
     float* scores = scratch(t_scores, size_t(s.n_q) * s.n_k);
     for (size_t h = hb; h < he; ++h) {
       const size_t col = h / size_t(group) * size_t(s.head_dim);
-      f32_head_attention(s, mask, scale, q + h * s.head_dim, HeadRows{bk + col, bv + col, base.rows, s.kv_stride},
-                         HeadRows{ok + col, ov + col, own.rows, s.kv_stride}, scores, out + h * s.head_dim, out_stride);
+      const float* qh = q + h * s.head_dim;
+      float* oh = out + h * s.head_dim;
+      // Scores against each key range, side by side in one row per query.
+      if (base.rows > 0)
+        sgemm(true, s.n_q, base.rows, s.head_dim, scale, qh, s.q_stride, bk + col, s.kv_stride, 0.0f, scores, s.n_k);
+      if (own.rows > 0)
+        sgemm(true, s.n_q, own.rows, s.head_dim, scale, qh, s.q_stride, ok + col, s.kv_stride, 0.0f, scores + base.rows,
+              s.n_k);
+      for (int i = 0; i < s.n_q; ++i) {
+        float* row = scores + size_t(i) * s.n_k;
+        const int visible = mask.visible_keys(i, s.n_k);
+        softmax(row, visible);
+        std::fill(row + visible, row + s.n_k, 0.0f);
+      }
+      float beta = 0.0f;
+      if (base.rows > 0) {
+        sgemm(false, s.n_q, s.head_dim, base.rows, 1.0f, scores, s.n_k, bv + col, s.kv_stride, 0.0f, oh, out_stride);
+        beta = 1.0f;
+      }
+      if (own.rows > 0)
+        sgemm(false, s.n_q, s.head_dim, own.rows, 1.0f, scores + base.rows, s.n_k, ov + col, s.kv_stride, beta, oh,
+              out_stride);
     }
   });
 }
