@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -335,6 +336,40 @@ TEST(Gemv, ThreadedEqualsSingleThreaded) {
     }
   }
   md::set_num_threads(saved);
+}
+
+// gemm_chunked: every chunk computed once (its epilogue sees exactly the
+// rows it covers, each row once) and the result equal to the serial rows,
+// for chunk sizes that do and do not divide the rows, on 1-3 threads.
+TEST(Gemv, ChunkedEqualsRowsAndRunsEachChunkOnce) {
+  const int saved = md::num_threads();
+  const int rows = 301, cols = 512, m = 3;
+  for (WeightFormat f : {WeightFormat::Q8, WeightFormat::BF16}) {
+    const TestMatrix t(f, rows, cols, 58, 64);
+    const std::vector<float> X = gaussian(size_t(m) * size_t(cols), 59);
+    std::vector<float> want(size_t(m) * size_t(rows));
+    md::gemm_rows(t.w, X.data(), m, want.data(), rows, 0, rows);
+    for (int threads : {1, 2, 3})
+      for (int chunk : {1, 7, 64, 400}) {
+        md::set_num_threads(threads);
+        std::vector<float> Y(size_t(m) * size_t(rows), -1.0f);
+        std::vector<std::atomic<int>> seen(static_cast<size_t>(rows));
+        std::atomic<int> calls{0};
+        md::gemm_chunked(t.w, X.data(), m, Y.data(), rows, chunk, [&](int r0, int r1) {
+          calls.fetch_add(1);
+          EXPECT_EQ(r0 % chunk, 0);
+          EXPECT_EQ(r1, std::min(rows, r0 + chunk));
+          for (int r = r0; r < r1; ++r) seen[size_t(r)].fetch_add(1);
+        });
+        EXPECT_EQ(calls.load(), (rows + chunk - 1) / chunk) << threads << " threads, chunk " << chunk;
+        for (int r = 0; r < rows; ++r) ASSERT_EQ(seen[size_t(r)].load(), 1) << "row " << r;
+        EXPECT_EQ(Y, want) << md::weight_format_name(f) << " " << threads << " threads, chunk " << chunk;
+      }
+  }
+  md::set_num_threads(saved);
+  const TestMatrix t(WeightFormat::Q8, 4, 64, 3, 32);
+  std::vector<float> x(64), y(4);
+  EXPECT_THROW(md::gemm_chunked(t.w, x.data(), 1, y.data(), 4, 0), md::Error);
 }
 
 TEST(Gemv, RejectsBadArguments) {

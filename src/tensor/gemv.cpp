@@ -366,20 +366,27 @@ void gemv_rows(const WeightMatrix& w, const float* x, float* y, int r0, int r1) 
   gemm_rows(w, x, 1, y, w.rows, r0, r1);
 }
 
-void gemm(const WeightMatrix& w, const float* X, int m, float* Y, int ldy) {
+void gemm_chunked(const WeightMatrix& w, const float* X, int m, float* Y, int ldy, int chunk,
+                  const std::function<void(int r0, int r1)>& done) {
   check(w, 0, w.rows);
   if (m <= 0) return;
+  if (chunk <= 0) throw Error("gemm_chunked: chunk must be positive");
   const Kernels& k = kernels();
-  const XQuant* xq = nullptr;
-  const float* xk = prepare_x(k, w, X, m, &xq);
-  constexpr int kBlock = 16;
-  const int nblocks = (w.rows + kBlock - 1) / kBlock;
-  parallel_for(size_t(nblocks), [&](size_t b, size_t e) {
-    const int r0 = int(b) * kBlock;
-    const int r1 = std::min(w.rows, int(e) * kBlock);
-    run_rows(k, w, xk, xq, m, Y, ldy, r0, r1);
+  const int chunks = (w.rows + chunk - 1) / chunk;
+  std::atomic<int> counter{0};
+  parallel_for(size_t(std::min(chunks, num_threads())), [&](size_t, size_t) {
+    const XQuant* xq = nullptr;
+    const float* xk = prepare_x(k, w, X, m, &xq);
+    for (int c = counter.fetch_add(1, std::memory_order_relaxed); c < chunks;
+         c = counter.fetch_add(1, std::memory_order_relaxed)) {
+      const int r0 = c * chunk, r1 = std::min(w.rows, r0 + chunk);
+      run_rows(k, w, xk, xq, m, Y, ldy, r0, r1);
+      if (done) done(r0, r1);
+    }
   });
 }
+
+void gemm(const WeightMatrix& w, const float* X, int m, float* Y, int ldy) { gemm_chunked(w, X, m, Y, ldy, 64); }
 
 void gemv(const WeightMatrix& w, const float* x, float* y) { gemm(w, x, 1, y, w.rows); }
 

@@ -11,6 +11,7 @@
 // MOONDREAM_ISA=avx2|scalar (or generic, = scalar) forces a lower one.
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 
 namespace md {
 
@@ -43,10 +44,16 @@ void gemv_rows(const WeightMatrix& w, const float* x, float* y, int r0, int r1);
 // Row i of Y equals gemv_rows on row i of X exactly.
 void gemm_rows(const WeightMatrix& w, const float* X, int m, float* Y, int ldy, int r0, int r1);
 
-// Whole product, parallel over rows with md::parallel_for.
+// Whole product, parallel over rows (as gemm_chunked).
 void gemv(const WeightMatrix& w, const float* x, float* y);
-// Whole product for m input rows, parallel over rows.
+// Whole product for m input rows, parallel over rows (as gemm_chunked).
 void gemm(const WeightMatrix& w, const float* X, int m, float* Y, int ldy);
+// The whole product on all threads, each preparing X once and then taking
+// runs of `chunk` rows from a shared counter: a fixed split of the rows left
+// the faster thread of a shared VM waiting for the slower one. done(r0, r1),
+// if given, runs on the thread that computed rows [r0, r1) (an epilogue).
+void gemm_chunked(const WeightMatrix& w, const float* X, int m, float* Y, int ldy, int chunk,
+                  const std::function<void(int r0, int r1)>& done = {});
 
 // What dispatch picked: "avx512", "avx2" or "scalar".
 const char* gemv_isa();

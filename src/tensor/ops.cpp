@@ -571,10 +571,7 @@ void linear_impl(const Linear& l, const float* x, int m, bool gelu, float* y) {
     linear_int8_fused(q4_kernel, w, x, m, l.b, gelu, y);
   } else if (m <= kMaxGemvRows) {
     g_linear_paths[int(LinearPath::Gemv)].fetch_add(1, std::memory_order_relaxed);
-    const int chunks = (l.out + 63) / 64;
-    parallel_for(size_t(chunks), [&](size_t b, size_t e) {
-      const int c0 = int(b) * 64, c1 = std::min(l.out, int(e) * 64);
-      gemm_rows(w, x, m, y, l.out, c0, c1);
+    gemm_chunked(w, x, m, y, l.out, 64, [&](int c0, int c1) {
       finish_tile(l.b ? l.b + c0 : nullptr, gelu, m, c1 - c0, y + c0, size_t(l.out));
     });
   } else {
@@ -766,21 +763,57 @@ __attribute__((always_inline)) inline void prefetch_block_share(const KVBlock& b
     }
 }
 
+// Key slices of an attention pass: a few per thread, taken from a shared
+// counter, so a thread slowed by its VM neighbours does not hold the others
+// at the end of every layer's attention.
+constexpr int kKeySlicesPerThread = 2;
+inline int key_slices(int visible, int block) {
+  return std::max(1, std::min(kKeySlicesPerThread * num_threads(), (visible + block - 1) / block));
+}
+inline int slice_begin(int visible, int sl, int slices) { return int(int64_t(visible) * sl / slices); }
+
+// Runs fn(sl, claim_next) for every slice on all threads. A thread takes its
+// next slice when fn calls claim_next() — at its slice's last block, whose
+// prefetch then fetches the next slice's first rows — or after fn returns.
+// Claimed that late (not on starting a slice, as parallel_for_each does),
+// the slices stay balanced across threads.
+template <class Fn>
+void for_each_key_slice(int slices, Fn&& fn) {
+  std::atomic<int> counter{0};
+  parallel_for(size_t(std::min(slices, num_threads())), [&](size_t, size_t) {
+    for (int sl = counter.fetch_add(1, std::memory_order_relaxed); sl < slices;) {
+      int next = -1;
+      auto claim_next = [&] {
+        if (next < 0) next = counter.fetch_add(1, std::memory_order_relaxed);
+        return next;
+      };
+      fn(sl, claim_next);
+      sl = claim_next();
+    }
+  });
+}
+
 // Walks slice `sl` of `slices` of the visible keys in blocks of at most
 // `block` keys and, per block, every head: fn(h, j0, n, k, v) with the
 // head's first key and value of the block (row stride kv_stride), after
-// prefetching the head's share of the next block.
-template <class Fn>
+// prefetching the head's share of the next block — at the slice's last
+// block, the first block of the slice claim_next() hands this thread.
+template <class Claim, class Fn>
 __attribute__((always_inline)) inline void for_each_block_and_head(const AttentionShape& s, KVRows base, KVRows own,
-                                                                   int visible, size_t sl, int slices, int block,
-                                                                   Fn&& fn) {
+                                                                   int visible, int sl, int slices, int block,
+                                                                   Claim&& claim_next, Fn&& fn) {
   const int H = s.n_heads, group = s.n_heads / s.n_kv_heads;
   const size_t used_bytes = size_t(s.n_kv_heads) * size_t(s.head_dim) * 2;
-  const int j_begin = int(int64_t(visible) * int64_t(sl) / slices);
-  const int j_end = int(int64_t(visible) * int64_t(sl + 1) / slices);
+  const int j_begin = slice_begin(visible, sl, slices), j_end = slice_begin(visible, sl + 1, slices);
   for (int j0 = j_begin; j0 < j_end;) {
     const KVBlock blk = kv_block(base, own, s.kv_stride, j0, j_end, block);
-    const KVBlock next = kv_block(base, own, s.kv_stride, j0 + blk.n, j_end, block);
+    KVBlock next = kv_block(base, own, s.kv_stride, j0 + blk.n, j_end, block);
+    if (next.n == 0) {
+      const int ns = claim_next();
+      if (ns < slices)
+        next = kv_block(base, own, s.kv_stride, slice_begin(visible, ns, slices), slice_begin(visible, ns + 1, slices),
+                        block);
+    }
     for (int h = 0; h < H; ++h) {
       prefetch_block_share(next, s.kv_stride, used_bytes, h, H);
       const size_t col = size_t(h / group) * size_t(s.head_dim);
@@ -828,56 +861,54 @@ void bf16_decode_split(const gemv_detail::AttentionKernels* ak, const AttentionS
   constexpr int kBlock = 32;
   const int H = s.n_heads, hd = s.head_dim;
   const float scale = 1.0f / std::sqrt(float(hd));
-  const int slices = std::max(1, std::min(num_threads(), (visible + kBlock - 1) / kBlock));
+  const int slices = key_slices(visible, kBlock);
   // Per slice: m[H], l[H], acc[H * hd].
   const size_t per = size_t(H) * (2 + size_t(hd));
   static thread_local std::vector<float> t_parts;
   float* parts = scratch(t_parts, per * size_t(slices));
   const bool fast = ak && ak->head_dim == hd;
-  parallel_for(size_t(slices), [&](size_t b, size_t e) {
+  for_each_key_slice(slices, [&](int sl, auto& claim_next) {
     static thread_local std::vector<float> t_sc, t_part;
     float* sc = scratch(t_sc, size_t(kBlock));
     float* part = scratch(t_part, size_t(hd));
-    for (size_t sl = b; sl < e; ++sl) {
-      float* m = parts + sl * per;
-      float* l = m + H;
-      float* acc = l + H;
-      for (int h = 0; h < H; ++h) {
-        m[h] = -INFINITY;
-        l[h] = 0.0f;
-      }
-      std::fill(acc, acc + size_t(H) * size_t(hd), 0.0f);
-      auto head_block = [&](int h, int, int n, const uint16_t* kh, const uint16_t* vh) {
-        const float* qh = q + size_t(h) * size_t(hd);
-        if (fast)
-          ak->scores(qh, kh, s.kv_stride, n, scale, sc);
-        else
-          bf16_scores_portable(qh, kh, s.kv_stride, n, hd, scale, sc);
-        float mx = sc[0];
-        for (int j = 1; j < n; ++j) mx = std::max(mx, sc[j]);
-        float* ah = acc + size_t(h) * size_t(hd);
-        if (mx > m[h]) {
-          const float f = m[h] == -INFINITY ? 0.0f : fast_exp(m[h] - mx);
-          for (int d = 0; d < hd; ++d) ah[d] *= f;
-          l[h] *= f;
-          m[h] = mx;
-        }
-        float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-        for (int j = 0; j < n; ++j) {
-          sc[j] = fast_exp(sc[j] - m[h]);
-          sum += sc[j];
-        }
-        l[h] += sum;
-        if (fast)
-          ak->pv(sc, vh, s.kv_stride, n, part);
-        else
-          bf16_pv_portable(sc, vh, s.kv_stride, n, hd, part);
-#pragma omp simd
-        for (int d = 0; d < hd; ++d) ah[d] += part[d];
-      };
-      for_each_block_and_head(s, base, own, visible, sl, slices, kBlock, head_block);
+    float* m = parts + size_t(sl) * per;
+    float* l = m + H;
+    float* acc = l + H;
+    for (int h = 0; h < H; ++h) {
+      m[h] = -INFINITY;
+      l[h] = 0.0f;
     }
+    std::fill(acc, acc + size_t(H) * size_t(hd), 0.0f);
+    auto head_block = [&](int h, int, int n, const uint16_t* kh, const uint16_t* vh) {
+      const float* qh = q + size_t(h) * size_t(hd);
+      if (fast)
+        ak->scores(qh, kh, s.kv_stride, n, scale, sc);
+      else
+        bf16_scores_portable(qh, kh, s.kv_stride, n, hd, scale, sc);
+      float mx = sc[0];
+      for (int j = 1; j < n; ++j) mx = std::max(mx, sc[j]);
+      float* ah = acc + size_t(h) * size_t(hd);
+      if (mx > m[h]) {
+        const float f = m[h] == -INFINITY ? 0.0f : fast_exp(m[h] - mx);
+        for (int d = 0; d < hd; ++d) ah[d] *= f;
+        l[h] *= f;
+        m[h] = mx;
+      }
+      float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+      for (int j = 0; j < n; ++j) {
+        sc[j] = fast_exp(sc[j] - m[h]);
+        sum += sc[j];
+      }
+      l[h] += sum;
+      if (fast)
+        ak->pv(sc, vh, s.kv_stride, n, part);
+      else
+        bf16_pv_portable(sc, vh, s.kv_stride, n, hd, part);
+#pragma omp simd
+      for (int d = 0; d < hd; ++d) ah[d] += part[d];
+    };
+    for_each_block_and_head(s, base, own, visible, sl, slices, kBlock, claim_next, head_block);
   });
   for (int h = 0; h < H; ++h)
     merge_softmax_slices(parts + h, parts + H + h, parts + 2 * H + size_t(h) * size_t(hd), per, 1, slices, hd,
@@ -1011,32 +1042,30 @@ void bf16_lane_group(const AttentionShape& s, const AttentionMask& mask, const f
       for (int i = 0; i < kLanes; ++i)
         qT[(size_t(h) * size_t(hd) + size_t(d)) * kLanes + size_t(i)] =
             i < nq ? q[size_t(i0 + i) * size_t(s.q_stride) + size_t(h) * size_t(hd) + size_t(d)] : 0.0f;
-  const int slices = std::max(1, std::min(num_threads(), (visible + kBlock - 1) / kBlock));
+  const int slices = key_slices(visible, kBlock);
   // Per slice and head: m[16], l[16], O^T[hd][16].
   const size_t per_head = size_t(2 + hd) * kLanes, per = size_t(H) * per_head;
   float* parts = scratch(t_parts, per * size_t(slices));
-  parallel_for(size_t(slices), [&](size_t b, size_t e) {
+  for_each_key_slice(slices, [&](int sl, auto& claim_next) {
     static thread_local std::vector<float> t_kf, t_sT;
     float* kf = scratch(t_kf, size_t(2) * kBlock * size_t(hd));
     float* vf = kf + size_t(kBlock) * size_t(hd);
     float* sT = scratch(t_sT, size_t(kBlock) * kLanes);
-    for (size_t sl = b; sl < e; ++sl) {
-      float* P = parts + sl * per;
-      for (int h = 0; h < H; ++h) {
-        float* st = P + size_t(h) * per_head;
-        std::fill(st, st + kLanes, -INFINITY);
-        std::fill(st + kLanes, st + per_head, 0.0f);
-      }
-      auto head_block = [&](int h, int j0, int n, const uint16_t* kh, const uint16_t* vh) {
-        float* st = P + size_t(h) * per_head;
-        widen_bf16_rows(kh, n, s.kv_stride, hd, kf);
-        widen_bf16_rows(vh, n, s.kv_stride, hd, vf);
-        lanes_scores(qT + size_t(h) * size_t(hd) * kLanes, kf, n, hd, scale, sT);
-        lanes_online_softmax(sT, n, j0, vis, st, st + kLanes, st + 2 * kLanes, hd);
-        lanes_pv(sT, vf, n, hd, st + 2 * kLanes);
-      };
-      for_each_block_and_head(s, base, own, visible, sl, slices, kBlock, head_block);
+    float* P = parts + size_t(sl) * per;
+    for (int h = 0; h < H; ++h) {
+      float* st = P + size_t(h) * per_head;
+      std::fill(st, st + kLanes, -INFINITY);
+      std::fill(st + kLanes, st + per_head, 0.0f);
     }
+    auto head_block = [&](int h, int j0, int n, const uint16_t* kh, const uint16_t* vh) {
+      float* st = P + size_t(h) * per_head;
+      widen_bf16_rows(kh, n, s.kv_stride, hd, kf);
+      widen_bf16_rows(vh, n, s.kv_stride, hd, vf);
+      lanes_scores(qT + size_t(h) * size_t(hd) * kLanes, kf, n, hd, scale, sT);
+      lanes_online_softmax(sT, n, j0, vis, st, st + kLanes, st + 2 * kLanes, hd);
+      lanes_pv(sT, vf, n, hd, st + 2 * kLanes);
+    };
+    for_each_block_and_head(s, base, own, visible, sl, slices, kBlock, claim_next, head_block);
   });
   for (int h = 0; h < H; ++h)
     for (int i = 0; i < nq; ++i) {
