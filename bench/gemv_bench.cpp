@@ -8,6 +8,8 @@
 //   gemv_bench [--threads 2,1] [--formats f32,bf16,f16,q8,q8row,q4] [--rounds 5]
 //              [--pool-mb 768] [--hugepages] [--no-quant] [--no-gemm] [--no-attention] [--isa avx512|avx2|scalar]
 //              [--shapes 0,4]  (a subset of the five shapes: no projection)
+//              [--attention-layers 24]  (1: one layer's cache, from L3 — the
+//              kernels' compute floor instead of the cold, memory-bound step)
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
@@ -193,15 +195,14 @@ bool parse_format(const std::string& s, WeightFormat* f) {
 // Decode attention over a bf16 KV cache: one query row, 32 heads of 64, the
 // image prefix (730 rows, a base cache) plus the rows decoded since, the
 // 24 layers' caches cycled (cold, as in a decode step). GB/s of K and V read.
-void time_decode_attention(const std::vector<int>& threads, int rounds, bool huge) {
+void time_decode_attention(const std::vector<int>& threads, int rounds, bool huge, int layers) {
   const int n_heads = 32, hd = 64, kv_dim = n_heads * hd, prefix = 730;
-  const int layers = 24;
   for (int nt : threads) {
     md::set_num_threads(nt);
     const double bw = md::bench::measure_read_bandwidth(nt).gbps;
     std::printf(
-        "\n== decode attention, bf16 KV, %d heads x %d, %d thread%s (24 layers' caches cycled; probe %.1f GB/s)\n",
-        n_heads, hd, nt, nt == 1 ? "" : "s", bw);
+        "\n== decode attention, bf16 KV, %d heads x %d, %d thread%s (%d layers' caches cycled; probe %.1f GB/s)\n",
+        n_heads, hd, nt, nt == 1 ? "" : "s", layers, bw);
     for (const auto& [n_q, n_k] : {std::pair{1, 745}, std::pair{1, 1500}, std::pair{14, 745}}) {
       const size_t base_bytes = size_t(prefix) * kv_dim * 2, own_bytes = size_t(n_k - prefix) * kv_dim * 2;
       Buffer kv(size_t(layers) * 2 * (base_bytes + own_bytes), huge);
@@ -251,6 +252,7 @@ int main(int argc, char** argv) {
   int rounds = 5;
   size_t pool_mb = 768;
   bool huge = false, quant_speed = true, gemm_section = true, attention_section = true;
+  int attention_layers = 24;
   std::vector<int> only;  // --shapes: indices into kShapes (the projection needs all five)
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -280,6 +282,8 @@ int main(int argc, char** argv) {
       gemm_section = false;
     } else if (a == "--no-attention") {
       attention_section = false;
+    } else if (a == "--attention-layers") {
+      attention_layers = std::max(1, std::atoi(next().c_str()));
     } else if (a == "--isa") {
       const std::string isa = next();
       if (!md::detail::gemv_force_isa(isa.c_str())) {
@@ -291,7 +295,7 @@ int main(int argc, char** argv) {
                    "usage: gemv_bench [--threads 2,1] [--formats f32,bf16,f16,q8,q8row,q4] [--rounds N]\n"
                    "                  [--pool-mb MB] [--hugepages] [--no-quant] [--no-gemm] [--no-attention] [--isa "
                    "avx512|avx2|scalar]\n"
-                   "                  [--shapes i,j (0..4)]\n");
+                   "                  [--shapes i,j (0..4)] [--attention-layers N]\n");
       return 2;
     }
   }
@@ -344,7 +348,7 @@ int main(int argc, char** argv) {
     }
   }
 
-  if (attention_section) time_decode_attention(threads, rounds, huge);
+  if (attention_section) time_decode_attention(threads, rounds, huge, attention_layers);
 
   if (gemm_section) {
     // A few input rows at once (short prompts): gemm_rows through md::gemm,

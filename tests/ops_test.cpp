@@ -215,6 +215,60 @@ TEST(Attention, Bf16RowsEqualFp32AttentionOverTheRoundedValues) {
                Error);
 }
 
+// The decode block kernel is one step of an online softmax: two steps over
+// consecutive blocks (the second with a larger maximum, so it rescales the
+// first's sums, and with a smaller one, so it does not) leave m, l and acc
+// equal to the direct computation over both blocks' keys.
+TEST(Attention, Bf16BlockKernelIsOneOnlineSoftmaxStep) {
+  if (!detail::gemv_force_isa("avx512")) GTEST_SKIP() << "this CPU has no AVX-512 attention kernels";
+  const gemv_detail::AttentionKernels* ak = gemv_detail::attention_kernels();
+  ASSERT_NE(ak, nullptr);
+  ASSERT_EQ(ak->head_dim, 64);
+  const int hd = 64, stride = 200, max_n = ak->max_block;
+  std::vector<uint16_t> kv(size_t(2) * 2 * max_n * stride);
+  for (int n1 : {1, 5, 16, 17, max_n})
+    for (float second_scale : {4.0f, 0.25f}) {
+      const int n2 = max_n - n1 / 2;
+      const auto q = random_vec(hd, 21);
+      const auto raw = random_vec(kv.size(), 22);
+      for (size_t i = 0; i < kv.size(); ++i) kv[i] = f32_to_bf16(raw[i] * (i >= kv.size() / 2 ? second_scale : 1.0f));
+      // Block b: keys at kv + b·(2·max_n·stride), values max_n rows further.
+      auto key = [&](int b, int j) { return kv.data() + size_t(b) * 2 * max_n * stride + size_t(j) * stride; };
+      auto val = [&](int b, int j) { return key(b, j) + size_t(max_n) * stride; };
+      const float scale = 0.125f;
+      std::vector<float> ql(hd), acc(hd, 0.0f), out(hd);
+      ak->to_lanes(q.data(), ql.data());
+      float m = -INFINITY, l = 0.0f;
+      const gemv_detail::RowPrefetch pf{reinterpret_cast<const char*>(key(1, 0)),
+                                        reinterpret_cast<const char*>(val(1, 0)), 3, size_t(stride) * 2, 128};
+      ak->block(ql.data(), key(0, 0), val(0, 0), stride, n1, scale, &m, &l, acc.data(), pf);
+      ak->block(ql.data(), key(1, 0), val(1, 0), stride, n2, scale, &m, &l, acc.data(), gemv_detail::RowPrefetch{});
+      ak->from_lanes(acc.data(), out.data());
+      // Direct: scores of both blocks, their max, Σ e^(s−M) and Σ e^(s−M)·v.
+      std::vector<double> sc;
+      std::vector<const uint16_t*> vs;
+      for (int b = 0; b < 2; ++b)
+        for (int j = 0; j < (b ? n2 : n1); ++j) {
+          double d = 0;
+          for (int c = 0; c < hd; ++c) d += double(q[c]) * bf16_to_f32(key(b, j)[c]);
+          sc.push_back(d * scale);
+          vs.push_back(val(b, j));
+        }
+      const double M = *std::max_element(sc.begin(), sc.end());
+      double L = 0;
+      std::vector<double> o(hd, 0.0);
+      for (size_t j = 0; j < sc.size(); ++j) {
+        const double p = std::exp(sc[j] - M);
+        L += p;
+        for (int c = 0; c < hd; ++c) o[c] += p * bf16_to_f32(vs[j][c]);
+      }
+      EXPECT_NEAR(m, M, 1e-4 * std::max(1.0, std::abs(M))) << n1 << " " << second_scale;
+      EXPECT_NEAR(l, L, 1e-4 * L) << n1 << " " << second_scale;
+      for (int c = 0; c < hd; ++c) EXPECT_NEAR(out[c], o[c], 1e-4 * L) << n1 << " " << second_scale << " col " << c;
+    }
+  detail::gemv_force_isa(nullptr);
+}
+
 TEST(Rotary, RotatesPairsIAndIPlus16ByPositionTimesFrequency) {
   RotaryTable rt(32, 2048);
   for (int p : {0, 1, 7, 730, 2047}) {

@@ -21,6 +21,7 @@
 
 #include "tensor/simd_target_avx512_begin.h"
 
+#include "tensor/exp_avx512.h"
 #include "tensor/sum16_avx512.h"
 
 namespace md::gemv_detail {
@@ -93,9 +94,108 @@ void bf16_pv_avx512(const float* p, const uint16_t* v, int stride, int n, float*
     }
 }
 
+// The block kernel's element order of a 64-float row: per 32-column half,
+// its 16 even columns, then its 16 odd ones (as even_cols / odd_cols split
+// a bf16 row).
+void to_lanes_avx512(const float* row, float* lanes) {
+  for (int h = 0; h < 2; ++h)
+    for (int j = 0; j < 16; ++j) {
+      lanes[32 * h + j] = row[32 * h + 2 * j];
+      lanes[32 * h + 16 + j] = row[32 * h + 2 * j + 1];
+    }
+}
+void from_lanes_avx512(const float* lanes, float* row) {
+  for (int h = 0; h < 2; ++h)
+    for (int j = 0; j < 16; ++j) {
+      row[32 * h + 2 * j] = lanes[32 * h + j];
+      row[32 * h + 2 * j + 1] = lanes[32 * h + 16 + j];
+    }
+}
+
+constexpr int kMaxBlock = 32;
+
+// Decode attention's per-head step in one pass (gemv_impl.h): the block's
+// scores stay in two registers, max, rescale, exponentials and their sum
+// are vector operations, and p·V accumulates into acc in the lanes order,
+// so nothing is reordered or spilled per call. The prefetch lines are spread
+// over the key loops (a burst of them stalled the loads behind it).
+void bf16_block_avx512(const float* q, const uint16_t* k, const uint16_t* v, int stride, int n, float scale, float* m,
+                       float* l, float* acc, const RowPrefetch& pf) {
+  PrefetchCursor prefetch(pf);
+  const int per_key = (prefetch.lines() + 2 * n - 1) / (2 * n);
+  const __m512 qe0 = _mm512_loadu_ps(q), qo0 = _mm512_loadu_ps(q + 16);
+  const __m512 qe1 = _mm512_loadu_ps(q + 32), qo1 = _mm512_loadu_ps(q + 48);
+  const __m512 minus_inf = _mm512_set1_ps(-__builtin_inff());
+  __m512 s[2];
+  __mmask16 live[2];
+  for (int g = 0; g < 2; ++g) {
+    const int j0 = 16 * g, m16 = n - j0 < 16 ? (n - j0 > 0 ? n - j0 : 0) : 16;
+    live[g] = __mmask16((1u << m16) - 1u);
+    if (m16 == 0) {
+      s[g] = minus_inf;
+      continue;
+    }
+    __m512 dot[16];
+    for (int i = 0; i < 16; ++i) {
+      if (i >= m16) {
+        dot[i] = _mm512_setzero_ps();
+        continue;
+      }
+      prefetch.issue(per_key);
+      const uint16_t* row = k + size_t(j0 + i) * size_t(stride);
+      const __m512i w0 = _mm512_loadu_si512(row), w1 = _mm512_loadu_si512(row + 32);
+      dot[i] = _mm512_fmadd_ps(
+          even_cols(w0), qe0,
+          _mm512_fmadd_ps(odd_cols(w0), qo0, _mm512_fmadd_ps(even_cols(w1), qe1, _mm512_mul_ps(odd_cols(w1), qo1))));
+    }
+    s[g] = _mm512_mask_mov_ps(minus_inf, live[g], _mm512_mul_ps(sum16(dot), _mm512_set1_ps(scale)));
+  }
+  const float mx = _mm512_reduce_max_ps(_mm512_max_ps(s[0], s[1]));
+  __m512 a[4];
+  for (int u = 0; u < 4; ++u) a[u] = _mm512_loadu_ps(acc + 16 * u);
+  if (mx > *m) {
+    // Rescale what the earlier blocks accumulated (nothing on the first).
+    const float f = *m == -__builtin_inff() ? 0.0f : _mm512_cvtss_f32(exp16(_mm512_set1_ps(*m - mx)));
+    const __m512 vf = _mm512_set1_ps(f);
+    for (int u = 0; u < 4; ++u) a[u] = _mm512_mul_ps(a[u], vf);
+    *l *= f;
+    *m = mx;
+  }
+  const __m512 vm = _mm512_set1_ps(*m);
+  alignas(64) float p[kMaxBlock];
+  const __m512 p0 = _mm512_maskz_mov_ps(live[0], exp16(_mm512_sub_ps(s[0], vm)));
+  const __m512 p1 = _mm512_maskz_mov_ps(live[1], exp16(_mm512_sub_ps(s[1], vm)));
+  _mm512_store_ps(p, p0);
+  _mm512_store_ps(p + 16, p1);
+  *l += _mm512_reduce_add_ps(_mm512_add_ps(p0, p1));
+  // p·V: two sets of accumulators (even / odd keys) hide the FMA latency.
+  __m512 b[2][4];
+  for (int t = 0; t < 2; ++t)
+    for (int u = 0; u < 4; ++u) b[t][u] = _mm512_setzero_ps();
+  auto key = [&](__m512 * c, int j) __attribute__((always_inline)) {
+    prefetch.issue(per_key);
+    const uint16_t* row = v + size_t(j) * size_t(stride);
+    const __m512 pj = _mm512_set1_ps(p[j]);
+    const __m512i w0 = _mm512_loadu_si512(row), w1 = _mm512_loadu_si512(row + 32);
+    c[0] = _mm512_fmadd_ps(even_cols(w0), pj, c[0]);
+    c[1] = _mm512_fmadd_ps(odd_cols(w0), pj, c[1]);
+    c[2] = _mm512_fmadd_ps(even_cols(w1), pj, c[2]);
+    c[3] = _mm512_fmadd_ps(odd_cols(w1), pj, c[3]);
+  };
+  int j = 0;
+  for (; j + 2 <= n; j += 2) {
+    key(b[0], j);
+    key(b[1], j + 1);
+  }
+  if (j < n) key(b[0], j);
+  for (int u = 0; u < 4; ++u) _mm512_storeu_ps(acc + 16 * u, _mm512_add_ps(a[u], _mm512_add_ps(b[0][u], b[1][u])));
+  prefetch.issue_rest();
+}
+
 }  // namespace
 
-const AttentionKernels kAttentionAvx512 = {"avx512", 64, bf16_scores_avx512, bf16_pv_avx512};
+const AttentionKernels kAttentionAvx512 = {
+    "avx512", 64, bf16_scores_avx512, bf16_pv_avx512, kMaxBlock, bf16_block_avx512, to_lanes_avx512, from_lanes_avx512};
 
 }  // namespace md::gemv_detail
 

@@ -36,6 +36,8 @@
 
 #include "tensor/simd_target_avx512_begin.h"
 
+#include "tensor/exp_avx512.h"
+
 namespace md::gemv_detail {
 namespace {
 
@@ -92,16 +94,7 @@ inline __m512 gelu16(__m512 v) {
   using namespace fast_math;
   const __m512 v3 = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(kGeluCubic), v), v), v);
   const __m512 u = _mm512_mul_ps(_mm512_set1_ps(kGeluScale), _mm512_add_ps(v, v3));
-  __m512 x = _mm512_mul_ps(_mm512_set1_ps(-2.0f), u);
-  x = _mm512_min_ps(_mm512_set1_ps(kExpMax), _mm512_max_ps(_mm512_set1_ps(kExpMin), x));
-  const __m512 n =
-      _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 r = _mm512_sub_ps(_mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(kLn2Hi))),
-                                 _mm512_mul_ps(n, _mm512_set1_ps(kLn2Lo)));
-  __m512 p = _mm512_set1_ps(kExpPoly[0]);
-  for (int i = 1; i < 7; ++i) p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(kExpPoly[i]));
-  const __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-  const __m512 e = _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
+  const __m512 e = exp16(_mm512_mul_ps(_mm512_set1_ps(-2.0f), u));
   return _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
 }
 

@@ -72,11 +72,59 @@ void int8_gemm_avx512(const Int8GemmArgs& a, uint8_t* panel);
 // Rows are head_dim elements, `stride` elements apart.
 using Bf16ScoresKernel = void (*)(const float* q, const uint16_t* k, int stride, int n, float scale, float* scores);
 using Bf16PvKernel = void (*)(const float* p, const uint16_t* v, int stride, int n, float* out);
+
+// Cache lines to bring into L2 while a kernel computes: the first used_bytes
+// of `rows` key rows and as many value rows, row_bytes apart.
+struct RowPrefetch {
+  const char* k = nullptr;
+  const char* v = nullptr;
+  int rows = 0;
+  size_t row_bytes = 0, used_bytes = 0;
+};
+
+// Walks a RowPrefetch line by line in address order (per row: K and V line
+// 0, K and V line 1, ...), so a kernel can spread its prefetches over its
+// loop instead of issuing them in one burst the memory system cannot take.
+class PrefetchCursor {
+ public:
+  explicit PrefetchCursor(const RowPrefetch& p) : p_(p) {}
+  int lines() const { return p_.rows * 2 * int((p_.used_bytes + 63) / 64); }
+  __attribute__((always_inline)) void issue(int count) {
+    for (; count > 0 && row_ < p_.rows; --count) {
+      __builtin_prefetch((v_ ? p_.v : p_.k) + size_t(row_) * p_.row_bytes + off_, 0, 2);
+      v_ = !v_;
+      if (!v_ && (off_ += 64) >= p_.used_bytes) {
+        off_ = 0;
+        ++row_;
+      }
+    }
+  }
+  void issue_rest() { issue(lines()); }
+
+ private:
+  const RowPrefetch& p_;
+  int row_ = 0;
+  size_t off_ = 0;
+  bool v_ = false;
+};
+
+// One head's step of decode's online softmax over a block of n <= max_block
+// keys: s_j = scale·q·k_j; M = max(m, max_j s_j); acc = acc·e^(m−M) +
+// Σ_j e^(s_j−M)·v_j; l = l·e^(m−M) + Σ_j e^(s_j−M); m = M — issuing the
+// prefetches of pf spread over its loops. q and acc are in the kernel's
+// element order: to_lanes puts a query row (head_dim) into it, from_lanes
+// puts an accumulator back.
+using Bf16BlockKernel = void (*)(const float* q, const uint16_t* k, const uint16_t* v, int stride, int n, float scale,
+                                 float* m, float* l, float* acc, const RowPrefetch& pf);
 struct AttentionKernels {
   const char* name;
   int head_dim;  // the only head size these kernels take
   Bf16ScoresKernel scores;
   Bf16PvKernel pv;
+  int max_block;
+  Bf16BlockKernel block;
+  void (*to_lanes)(const float* row, float* lanes);
+  void (*from_lanes)(const float* lanes, float* row);
 };
 extern const AttentionKernels kAttentionAvx512;
 // The table for the active ISA (gemv_force_isa / MOONDREAM_ISA), or null

@@ -745,22 +745,16 @@ __attribute__((always_inline)) inline KVBlock kv_block(KVRows base, KVRows own, 
   return b;
 }
 
-// Prefetches share `part` of `parts` of a block's rows into L2: whole rows
-// (their first used_bytes) in address order. Called once per head step with
-// the next block, so that block arrives while the current one is computed.
-// (Both helpers forced inline: as calls, gemv_bench's attention rows ran
-// 20-30 % slower.)
-__attribute__((always_inline)) inline void prefetch_block_share(const KVBlock& b, int stride, size_t used_bytes,
-                                                                int part, int parts) {
+// Share `part` of `parts` of a block's rows (their first used_bytes), to
+// prefetch into L2 while the current block is computed: one share per head
+// step, so the next block arrives in time.
+__attribute__((always_inline)) inline gemv_detail::RowPrefetch block_share(const KVBlock& b, int stride,
+                                                                           size_t used_bytes, int part, int parts) {
   const int per = (b.n + parts - 1) / parts;
+  const int r0 = std::min(b.n, part * per), r1 = std::min(b.n, r0 + per);
   const size_t row_bytes = size_t(stride) * 2;
-  const char* k = reinterpret_cast<const char*>(b.k);
-  const char* v = reinterpret_cast<const char*>(b.v);
-  for (int r = part * per; r < std::min(b.n, (part + 1) * per); ++r)
-    for (size_t off = 0; off < used_bytes; off += 64) {
-      __builtin_prefetch(k + size_t(r) * row_bytes + off, 0, 2);
-      __builtin_prefetch(v + size_t(r) * row_bytes + off, 0, 2);
-    }
+  return {reinterpret_cast<const char*>(b.k) + size_t(r0) * row_bytes,
+          reinterpret_cast<const char*>(b.v) + size_t(r0) * row_bytes, r1 - r0, row_bytes, used_bytes};
 }
 
 // Key slices of an attention pass: a few per thread, taken from a shared
@@ -794,10 +788,12 @@ void for_each_key_slice(int slices, Fn&& fn) {
 }
 
 // Walks slice `sl` of `slices` of the visible keys in blocks of at most
-// `block` keys and, per block, every head: fn(h, j0, n, k, v) with the
-// head's first key and value of the block (row stride kv_stride), after
-// prefetching the head's share of the next block — at the slice's last
-// block, the first block of the slice claim_next() hands this thread.
+// `block` keys and, per block, every head: fn(h, j0, n, k, v, share) with
+// the head's first key and value of the block (row stride kv_stride) and the
+// head's share of the next block's rows, which fn prefetches — at the
+// slice's last block, the first block of the slice claim_next() hands this
+// thread. (Both helpers forced inline: as calls, gemv_bench's attention rows
+// ran 20-30 % slower.)
 template <class Claim, class Fn>
 __attribute__((always_inline)) inline void for_each_block_and_head(const AttentionShape& s, KVRows base, KVRows own,
                                                                    int visible, int sl, int slices, int block,
@@ -815,9 +811,8 @@ __attribute__((always_inline)) inline void for_each_block_and_head(const Attenti
                         block);
     }
     for (int h = 0; h < H; ++h) {
-      prefetch_block_share(next, s.kv_stride, used_bytes, h, H);
       const size_t col = size_t(h / group) * size_t(s.head_dim);
-      fn(h, j0, blk.n, blk.k + col, blk.v + col);
+      fn(h, j0, blk.n, blk.k + col, blk.v + col, block_share(next, s.kv_stride, used_bytes, h, H));
     }
     j0 += blk.n;
   }
@@ -858,15 +853,22 @@ constexpr int kFewQueryMinRows = 4;
 void bf16_decode_split(const gemv_detail::AttentionKernels* ak, const AttentionShape& s, const float* q, KVRows base,
                        KVRows own, int visible, float* out) {
   g_attention_paths[int(AttentionPath::DecodeSplit)].fetch_add(1, std::memory_order_relaxed);
-  constexpr int kBlock = 32;
+  const bool fast = ak && ak->head_dim == s.head_dim;
+  const int kBlock = fast ? ak->max_block : 32;
   const int H = s.n_heads, hd = s.head_dim;
   const float scale = 1.0f / std::sqrt(float(hd));
   const int slices = key_slices(visible, kBlock);
-  // Per slice: m[H], l[H], acc[H * hd].
+  // Per slice: m[H], l[H], acc[H * hd] (in the kernel's lanes order).
   const size_t per = size_t(H) * (2 + size_t(hd));
-  static thread_local std::vector<float> t_parts;
+  static thread_local std::vector<float> t_parts, t_q, t_merged;
   float* parts = scratch(t_parts, per * size_t(slices));
-  const bool fast = ak && ak->head_dim == hd;
+  // The query rows in the kernel's order, once for all the slices.
+  const float* qk = q;
+  if (fast) {
+    float* ql = scratch(t_q, size_t(H) * size_t(hd));
+    for (int h = 0; h < H; ++h) ak->to_lanes(q + size_t(h) * size_t(hd), ql + size_t(h) * size_t(hd));
+    qk = ql;
+  }
   for_each_key_slice(slices, [&](int sl, auto& claim_next) {
     static thread_local std::vector<float> t_sc, t_part;
     float* sc = scratch(t_sc, size_t(kBlock));
@@ -879,15 +881,15 @@ void bf16_decode_split(const gemv_detail::AttentionKernels* ak, const AttentionS
       l[h] = 0.0f;
     }
     std::fill(acc, acc + size_t(H) * size_t(hd), 0.0f);
-    auto head_block = [&](int h, int, int n, const uint16_t* kh, const uint16_t* vh) {
-      const float* qh = q + size_t(h) * size_t(hd);
-      if (fast)
-        ak->scores(qh, kh, s.kv_stride, n, scale, sc);
-      else
-        bf16_scores_portable(qh, kh, s.kv_stride, n, hd, scale, sc);
+    auto head_block = [&](int h, int, int n, const uint16_t* kh, const uint16_t* vh,
+                          const gemv_detail::RowPrefetch& share) {
+      const float* qh = qk + size_t(h) * size_t(hd);
+      float* ah = acc + size_t(h) * size_t(hd);
+      if (fast) return ak->block(qh, kh, vh, s.kv_stride, n, scale, m + h, l + h, ah, share);
+      gemv_detail::PrefetchCursor(share).issue_rest();
+      bf16_scores_portable(qh, kh, s.kv_stride, n, hd, scale, sc);
       float mx = sc[0];
       for (int j = 1; j < n; ++j) mx = std::max(mx, sc[j]);
-      float* ah = acc + size_t(h) * size_t(hd);
       if (mx > m[h]) {
         const float f = m[h] == -INFINITY ? 0.0f : fast_exp(m[h] - mx);
         for (int d = 0; d < hd; ++d) ah[d] *= f;
@@ -901,18 +903,19 @@ void bf16_decode_split(const gemv_detail::AttentionKernels* ak, const AttentionS
         sum += sc[j];
       }
       l[h] += sum;
-      if (fast)
-        ak->pv(sc, vh, s.kv_stride, n, part);
-      else
-        bf16_pv_portable(sc, vh, s.kv_stride, n, hd, part);
+      bf16_pv_portable(sc, vh, s.kv_stride, n, hd, part);
 #pragma omp simd
       for (int d = 0; d < hd; ++d) ah[d] += part[d];
     };
     for_each_block_and_head(s, base, own, visible, sl, slices, kBlock, claim_next, head_block);
   });
-  for (int h = 0; h < H; ++h)
+  float* merged = fast ? scratch(t_merged, size_t(hd)) : nullptr;
+  for (int h = 0; h < H; ++h) {
+    float* oh = out + size_t(h) * size_t(hd);
     merge_softmax_slices(parts + h, parts + H + h, parts + 2 * H + size_t(h) * size_t(hd), per, 1, slices, hd,
-                         out + size_t(h) * size_t(hd));
+                         fast ? merged : oh);
+    if (fast) ak->from_lanes(merged, oh);
+  }
 }
 
 // A few bf16 query rows (a short prompt over a cached image), up to 16 at a
@@ -1057,7 +1060,9 @@ void bf16_lane_group(const AttentionShape& s, const AttentionMask& mask, const f
       std::fill(st, st + kLanes, -INFINITY);
       std::fill(st + kLanes, st + per_head, 0.0f);
     }
-    auto head_block = [&](int h, int j0, int n, const uint16_t* kh, const uint16_t* vh) {
+    auto head_block = [&](int h, int j0, int n, const uint16_t* kh, const uint16_t* vh,
+                          const gemv_detail::RowPrefetch& share) {
+      gemv_detail::PrefetchCursor(share).issue_rest();
       float* st = P + size_t(h) * per_head;
       widen_bf16_rows(kh, n, s.kv_stride, hd, kf);
       widen_bf16_rows(vh, n, s.kv_stride, hd, vf);
