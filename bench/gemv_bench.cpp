@@ -193,8 +193,8 @@ bool parse_format(const std::string& s, WeightFormat* f) {
 }
 
 // Decode attention over a bf16 KV cache: one query row, 32 heads of 64, the
-// image prefix (730 rows, a base cache) plus the rows decoded since, the
-// 24 layers' caches cycled (cold, as in a decode step). GB/s of K and V read.
+// image prefix (730 rows, a base cache) plus the rows decoded since, `layers`
+// layers' caches cycled (24: cold, as in a decode step). GB/s of K and V read.
 void time_decode_attention(const std::vector<int>& threads, int rounds, bool huge, int layers) {
   const int n_heads = 32, hd = 64, kv_dim = n_heads * hd, prefix = 730;
   for (int nt : threads) {

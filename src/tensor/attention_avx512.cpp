@@ -32,14 +32,28 @@ inline __m512 odd_cols(__m512i w) {
   return _mm512_castsi512_ps(_mm512_and_si512(w, _mm512_set1_epi32(int(0xffff0000u))));
 }
 
+// The kernels' element order of a 64-float row: per 32-column half,
+// its 16 even columns, then its 16 odd ones (as even_cols / odd_cols split
+// a bf16 row).
+void to_lanes_avx512(const float* row, float* lanes) {
+  for (int h = 0; h < 2; ++h)
+    for (int j = 0; j < 16; ++j) {
+      lanes[32 * h + j] = row[32 * h + 2 * j];
+      lanes[32 * h + 16 + j] = row[32 * h + 2 * j + 1];
+    }
+}
+void from_lanes_avx512(const float* lanes, float* row) {
+  for (int h = 0; h < 2; ++h)
+    for (int j = 0; j < 16; ++j) {
+      row[32 * h + 2 * j] = lanes[32 * h + j];
+      row[32 * h + 2 * j + 1] = lanes[32 * h + 16 + j];
+    }
+}
+
 void bf16_scores_avx512(const float* q, const uint16_t* k, int stride, int n, float scale, float* scores) {
   // q de-interleaved: even / odd columns of each 32-column half.
   alignas(64) float qd[64];
-  for (int h = 0; h < 2; ++h)
-    for (int j = 0; j < 16; ++j) {
-      qd[32 * h + j] = q[32 * h + 2 * j];
-      qd[32 * h + 16 + j] = q[32 * h + 2 * j + 1];
-    }
+  to_lanes_avx512(q, qd);
   const __m512 qe0 = _mm512_load_ps(qd), qo0 = _mm512_load_ps(qd + 16);
   const __m512 qe1 = _mm512_load_ps(qd + 32), qo1 = _mm512_load_ps(qd + 48);
   const __m512 vscale = _mm512_set1_ps(scale);
@@ -87,29 +101,7 @@ void bf16_pv_avx512(const float* p, const uint16_t* v, int stride, int n, float*
   }
   alignas(64) float d[64];
   for (int u = 0; u < 4; ++u) _mm512_store_ps(d + 16 * u, _mm512_add_ps(acc[0][u], acc[1][u]));
-  for (int h = 0; h < 2; ++h)
-    for (int i = 0; i < 16; ++i) {
-      out[32 * h + 2 * i] = d[32 * h + i];
-      out[32 * h + 2 * i + 1] = d[32 * h + 16 + i];
-    }
-}
-
-// The block kernel's element order of a 64-float row: per 32-column half,
-// its 16 even columns, then its 16 odd ones (as even_cols / odd_cols split
-// a bf16 row).
-void to_lanes_avx512(const float* row, float* lanes) {
-  for (int h = 0; h < 2; ++h)
-    for (int j = 0; j < 16; ++j) {
-      lanes[32 * h + j] = row[32 * h + 2 * j];
-      lanes[32 * h + 16 + j] = row[32 * h + 2 * j + 1];
-    }
-}
-void from_lanes_avx512(const float* lanes, float* row) {
-  for (int h = 0; h < 2; ++h)
-    for (int j = 0; j < 16; ++j) {
-      row[32 * h + 2 * j] = lanes[32 * h + j];
-      row[32 * h + 2 * j + 1] = lanes[32 * h + 16 + j];
-    }
+  from_lanes_avx512(d, out);
 }
 
 constexpr int kMaxBlock = 32;

@@ -854,10 +854,10 @@ void bf16_decode_split(const gemv_detail::AttentionKernels* ak, const AttentionS
                        KVRows own, int visible, float* out) {
   g_attention_paths[int(AttentionPath::DecodeSplit)].fetch_add(1, std::memory_order_relaxed);
   const bool fast = ak && ak->head_dim == s.head_dim;
-  const int kBlock = fast ? ak->max_block : 32;
+  const int block = fast ? ak->max_block : 32;
   const int H = s.n_heads, hd = s.head_dim;
   const float scale = 1.0f / std::sqrt(float(hd));
-  const int slices = key_slices(visible, kBlock);
+  const int slices = key_slices(visible, block);
   // Per slice: m[H], l[H], acc[H * hd] (in the kernel's lanes order).
   const size_t per = size_t(H) * (2 + size_t(hd));
   static thread_local std::vector<float> t_parts, t_q, t_merged;
@@ -871,7 +871,7 @@ void bf16_decode_split(const gemv_detail::AttentionKernels* ak, const AttentionS
   }
   for_each_key_slice(slices, [&](int sl, auto& claim_next) {
     static thread_local std::vector<float> t_sc, t_part;
-    float* sc = scratch(t_sc, size_t(kBlock));
+    float* sc = scratch(t_sc, size_t(block));
     float* part = scratch(t_part, size_t(hd));
     float* m = parts + size_t(sl) * per;
     float* l = m + H;
@@ -907,7 +907,7 @@ void bf16_decode_split(const gemv_detail::AttentionKernels* ak, const AttentionS
 #pragma omp simd
       for (int d = 0; d < hd; ++d) ah[d] += part[d];
     };
-    for_each_block_and_head(s, base, own, visible, sl, slices, kBlock, claim_next, head_block);
+    for_each_block_and_head(s, base, own, visible, sl, slices, block, claim_next, head_block);
   });
   float* merged = fast ? scratch(t_merged, size_t(hd)) : nullptr;
   for (int h = 0; h < H; ++h) {
