@@ -1,9 +1,8 @@
-// Decode-GEMV benchmark: for each weight format, the five Moondream2 text
-// decoder shapes (y = W·x, W [out, in]) with 2 threads and 1, timed on cold
-// weights (enough copies of each matrix are cycled that nothing is reused
-// from the caches, as in a real decode step). Prints time per call, weight
-// GB/s, the ratio to this machine's memory-read bandwidth measured in the same
-// run, and the decode tokens/s the GEMVs alone would allow for the full model.
+// Decode-GEMV benchmark (and the attention kernels, see the sections below): for each weight format, the five
+// Moondream2 text decoder shapes (y = W·x, W [out, in]) with 2 threads and 1, timed on cold weights (enough copies of
+// each matrix are cycled that nothing is reused from the caches, as in a real decode step). Prints time per call,
+// weight GB/s, the ratio to this machine's memory-read bandwidth measured in the same run, and the decode tokens/s the
+// GEMVs alone would allow for the full model.
 //
 //   gemv_bench [--threads 2,1] [--formats f32,bf16,f16,q8,q8row,q4] [--rounds 5]
 //              [--pool-mb 768] [--hugepages] [--no-quant] [--no-gemm] [--no-attention] [--isa avx512|avx2|scalar]
@@ -244,6 +243,57 @@ void time_decode_attention(const std::vector<int>& threads, int rounds, bool hug
   }
 }
 
+// A prompt's attention in the int8 modes, one layer (all heads, activations
+// in cache as in the model): the vision tower's 729 patches (16 heads of 72,
+// full mask) and the text model's 730-position image prefix (32 of 64,
+// bidirectional), on the fused int8 head kernel where the ISA has it and on
+// oneDNN's GEMMs (the path of the other ISAs), interleaved. GOP/s of the two
+// products (4 · n² · head_dim per head) against the int8 VNNI peak.
+void time_prompt_attention(int nt, int rounds) {
+  md::set_num_threads(nt);
+  const double peak = md::bench::measure_machine_limits(nt).int8_gops;
+  std::printf("\n== prompt attention, int8 modes, one layer, %d thread%s (int8 peak %.0f GOP/s)\n", nt,
+              nt == 1 ? "" : "s", peak);
+  struct Case {
+    const char* name;
+    int n, heads, hd;
+    bool full;
+  };
+  for (const Case& c : {Case{"vision 729, 16x72", 729, 16, 72, true}, Case{"prefix 730, 32x64", 730, 32, 64, false}}) {
+    const int dim = c.heads * c.hd;
+    std::vector<float> qkv(size_t(c.n) * 3 * dim), out(size_t(c.n) * dim);
+    for (size_t i = 0; i < qkv.size(); ++i) qkv[i] = float(int(i * 7919 % 2001) - 1000) * 2e-3f;
+    md::AttentionShape sh;
+    sh.n_q = sh.n_k = c.n;
+    sh.n_heads = sh.n_kv_heads = c.heads;
+    sh.head_dim = c.hd;
+    sh.q_stride = sh.kv_stride = 3 * dim;
+    sh.int8_scores = true;
+    md::AttentionMask mask;
+    mask.full = c.full;
+    mask.prefix = c.full ? 0 : c.n;
+    const double ops = 4.0 * double(c.n) * c.n * c.hd * c.heads;
+    const char* isas[2] = {md::detail::gemv_best_isa(), "avx2"};
+    double best[2] = {1e30, 1e30};
+    const auto start = Clock::now();
+    int reps = 0;
+    do {
+      for (int v = 0; v < 2; ++v) {
+        if (!md::detail::gemv_force_isa(isas[v])) continue;
+        const auto t0 = Clock::now();
+        md::attention(sh, mask, qkv.data(), qkv.data() + dim, qkv.data() + 2 * dim, out.data());
+        if (reps > 0) best[v] = std::min(best[v], seconds_since(t0));
+      }
+      ++reps;
+    } while (seconds_since(start) < 0.2 * rounds || reps < 4);
+    md::detail::gemv_force_isa(nullptr);
+    const bool fused = std::string(isas[0]) == "avx512";
+    std::printf("%-18s %s %.2f ms = %.0f GOP/s, %.1f%% of int8 peak | oneDNN GEMMs %.2f ms = %.0f GOP/s (%.2fx)\n",
+                c.name, fused ? "fused kernel" : "(no fused kernel)", best[0] * 1e3, ops / best[0] / 1e9,
+                100.0 * ops / best[0] / 1e9 / peak, best[1] * 1e3, ops / best[1] / 1e9, best[1] / best[0]);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -348,7 +398,10 @@ int main(int argc, char** argv) {
     }
   }
 
-  if (attention_section) time_decode_attention(threads, rounds, huge, attention_layers);
+  if (attention_section) {
+    time_decode_attention(threads, rounds, huge, attention_layers);
+    for (int nt : threads) time_prompt_attention(nt, rounds);
+  }
 
   if (gemm_section) {
     // A few input rows at once (short prompts): gemm_rows through md::gemm,

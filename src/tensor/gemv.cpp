@@ -309,6 +309,8 @@ const char* gemv_isa() { return kernels().name; }
 
 Int8GemmKernel int8_gemm_kernel() { return kernels().int8_gemm; }
 
+Int8HeadKernel int8_head_kernel() { return kernels().int8_head; }
+
 namespace {
 
 bool is_quant(WeightFormat f) { return f == WeightFormat::Q8 || f == WeightFormat::Q4; }

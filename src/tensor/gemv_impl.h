@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "tensor/attention_int8.h"
 #include "tensor/gemm_int8.h"
 #include "tensor/gemv.h"
 
@@ -62,9 +63,11 @@ struct Kernels {
   PrepRow prep_row;
   Int8GemmKernel int8_gemm;  // null where the ISA has no fused int8 GEMM (oneDNN's is used)
   BF16XLayout bf16_x = kBf16PlainX;
+  Int8HeadKernel int8_head = nullptr;  // null: ops.cpp runs the head on oneDNN GEMMs
 };
 
 void int8_gemm_avx512(const Int8GemmArgs& a, uint8_t* panel);
+void int8_head_avx512(const Int8HeadAttention& a, void* scratch);  // attention_int8_avx512.cpp
 
 // Decode attention over bf16 KV rows, one query row × one head
 // (attention_avx512.cpp; ops.cpp has the portable loops):

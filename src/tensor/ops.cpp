@@ -10,6 +10,7 @@
 #include <limits>
 #include <vector>
 
+#include "tensor/attention_int8.h"
 #include "tensor/dtype.h"
 #include "tensor/error.h"
 #include "tensor/fast_math.h"
@@ -117,7 +118,7 @@ void widen_rows(const WeightMatrix& w, int r0, int n, float* out) {
 }
 
 std::atomic<uint64_t> g_linear_paths[4];
-std::atomic<uint64_t> g_attention_paths[2];
+std::atomic<uint64_t> g_attention_paths[3];
 
 // Q8 with one scale per row (group == cols): the layout the int8 GEMM reads.
 bool is_q8_per_row(const WeightMatrix& w) { return w.format == WeightFormat::Q8 && w.group == w.cols; }
@@ -1159,6 +1160,33 @@ void attention(const AttentionShape& s, const AttentionMask& mask, const float* 
   const float* ov = static_cast<const float*>(own.v);
   // Heads in parallel, each with single-threaded GEMMs and its own scores.
   if (s.int8_scores && base.rows == 0) {
+    const Int8HeadKernel fused =
+        s.head_dim % 4 == 0 && s.head_dim <= kInt8HeadMaxDim && s.n_k > 0 ? int8_head_kernel() : nullptr;
+    if (fused) {
+      g_attention_paths[int(AttentionPath::Int8Fused)].fetch_add(1, std::memory_order_relaxed);
+      std::vector<int> visible(size_t(s.n_q));
+      for (int i = 0; i < s.n_q; ++i) visible[size_t(i)] = mask.visible_keys(i, s.n_k);
+      const size_t bytes = int8_head_scratch_bytes(s.n_q, s.n_k, s.head_dim);
+      parallel_for_each(size_t(s.n_heads), [&](size_t h, size_t) {
+        static thread_local std::vector<uint8_t> t_scratch;
+        uint8_t* raw = scratch(t_scratch, bytes + 64);
+        Int8HeadAttention a;
+        a.n_q = s.n_q;
+        a.n_k = s.n_k;
+        a.head_dim = s.head_dim;
+        a.q = q + h * s.head_dim;
+        a.q_stride = s.q_stride;
+        a.k = ok + h / size_t(group) * size_t(s.head_dim);
+        a.v = ov + h / size_t(group) * size_t(s.head_dim);
+        a.kv_stride = s.kv_stride;
+        a.scale = scale;
+        a.visible = visible.data();
+        a.out = out + h * s.head_dim;
+        a.out_stride = out_stride;
+        fused(a, raw + (64 - reinterpret_cast<uintptr_t>(raw) % 64) % 64);
+      });
+      return;
+    }
     parallel_for_each(size_t(s.n_heads), [&](size_t h, size_t) {
       head_attention_int8(s, mask, scale, q + h * s.head_dim, ok + h / size_t(group) * size_t(s.head_dim),
                           ov + h / size_t(group) * size_t(s.head_dim), out + h * s.head_dim, out_stride);

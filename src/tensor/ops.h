@@ -110,8 +110,9 @@ struct KVRows {
 // path.
 void attention(const AttentionShape& s, const AttentionMask& mask, const float* q, KVRows base, KVRows own, float* out);
 // bf16 KV paths of attention() for up to kDirectAttentionRows queries:
-// one query split by key range (decoding), 4+ queries in vector lanes.
-enum class AttentionPath { DecodeSplit, QueryLanes };
+// one query split by key range (decoding), 4+ queries in vector lanes; and
+// int8_scores prompts on the fused int8 head kernel (attention_int8.h).
+enum class AttentionPath { DecodeSplit, QueryLanes, Int8Fused };
 namespace detail {
 // Calls so far that took path p, process-wide (tests: the fast path ran).
 uint64_t attention_path_count(AttentionPath p);
