@@ -122,7 +122,7 @@ Matrices make(WeightFormat f, const Shape& s, size_t pool_bytes, bool huge, uint
     case WeightFormat::Q4:
       proto.group = group > 0 ? group : s.cols;
       dbytes = md::quant_data_bytes(f, s.rows, s.cols);
-      abytes = md::quant_aux_bytes(s.rows, s.cols, proto.group);
+      abytes = md::quant_aux_bytes(f, s.rows, s.cols, proto.group);
       break;
   }
   const size_t one = dbytes + abytes;

@@ -534,14 +534,21 @@ TEST(Quant, SpecialValuesAndLayout) {
     for (int c = 0; c < cols; ++c) EXPECT_NEAR(row[size_t(c)], float(c % 16) - 8.0f, 0.04f) << c;
   }
   const auto q4 = md::quantize(f.data(), WeightFormat::F32, rows, cols, WeightFormat::Q4, 32);
-  ASSERT_EQ(q4.data.size(), size_t(rows * cols / 2));
-  ASSERT_EQ(q4.aux.size(), size_t(rows * cols / 32 * 2));
-  ASSERT_EQ(md::weight_bytes(q4.view()), size_t(rows * cols / 2 + rows * cols / 32 * 2));
-  // Row 1: scale 1, q = value + 8; block 0 byte j = col j | col j+64 << 4,
-  // the 96-column tail block byte j = col 128+j | col 176+j << 4.
-  const uint8_t* r1 = q4.data.data() + cols / 2;
-  EXPECT_EQ(r1[3], uint8_t((3 % 16) | ((67 % 16) << 4)));
-  EXPECT_EQ(r1[64 + 10], uint8_t((138 % 16) | ((186 % 16) << 4)));
+  // One 16-row panel (rows 2…15 padding): 28 lines of 64 bytes, scales
+  // [7 groups][16 rows].
+  ASSERT_EQ(q4.data.size(), size_t(16 * cols / 2));
+  ASSERT_EQ(q4.aux.size(), size_t(16 * cols / 32 * 2));
+  ASSERT_EQ(md::weight_bytes(q4.view()), q4.data.size() + q4.aux.size());
+  // Row 1: scale 1, q = value + 8 = column % 16; line b byte 4·1 + j holds
+  // column 8b + j (low nibble) and 8b + 4 + j (high).
+  EXPECT_EQ(q4.data[4 + 3], uint8_t(3 | (7 << 4)));
+  EXPECT_EQ(q4.data[17 * 64 + 4 + 2], uint8_t((138 % 16) | ((142 % 16) << 4)));
+  const auto* d = reinterpret_cast<const uint16_t*>(q4.aux.data());
+  EXPECT_NEAR(md::f16_to_f32(d[md::q4_scale_index(cols, 32, 1, 2)]), 1.0f, 0.01f);
+  EXPECT_EQ(d[2 * 16 + 1], d[md::q4_scale_index(cols, 32, 1, 2)]);
+  // Padding rows: q = 8 (zero), scale 0.
+  EXPECT_EQ(q4.data[5 * 64 + 4 * 9 + 1], 0x88);
+  EXPECT_EQ(d[md::q4_scale_index(cols, 32, 9, 6)], 0);
   const auto q8 = md::quantize(f.data(), WeightFormat::F32, rows, cols, WeightFormat::Q8, 32);
   EXPECT_EQ(q8.data[5], uint8_t(127 + 128));
   EXPECT_EQ(q8.data[6], uint8_t(128));

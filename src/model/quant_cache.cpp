@@ -21,7 +21,7 @@ namespace {
 
 constexpr char kMagic[8] = {'M', 'D', 'Q', 'C', 'A', 'C', 'H', 'E'};
 // Bump whenever quant.h's packed Q8/Q4 layout or scale format changes.
-constexpr uint32_t kLayoutVersion = 3;  // 3: each entry names its format
+constexpr uint32_t kLayoutVersion = 4;  // 3: each entry names its format; 4: Q4 in 16-row panels
 constexpr size_t kAlign = 64;
 
 size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
@@ -125,7 +125,8 @@ std::unique_ptr<QuantCache> QuantCache::open(const std::string& path, const Quan
       w.cols = e.at("cols");
       w.group = e.at("group");
       if (w.rows <= 0 || w.cols <= 0 || !quant_layout_ok(w.format, w.cols, w.group)) return nullptr;
-      if (data_len != quant_data_bytes(w.format, w.rows, w.cols) || aux_len != quant_aux_bytes(w.rows, w.cols, w.group))
+      if (data_len != quant_data_bytes(w.format, w.rows, w.cols) ||
+          aux_len != quant_aux_bytes(w.format, w.rows, w.cols, w.group))
         return nullptr;
       if (data_off > size || data_len > size - data_off || aux_off > size || aux_len > size - aux_off ||
           data_off % kAlign || aux_off % kAlign)

@@ -18,8 +18,17 @@ struct Int8GemmArgs {
   int m = 0, k = 0;               // k % 4 == 0
   const uint8_t* w = nullptr;     // [n, k] row-major, q + 128
   const float* ws = nullptr;      // [n]
-  const float* bias = nullptr;    // [n] or null
-  int n = 0;                      // n % 16 == 0
+  // Instead of w and ws: Q4 weights in 16-row panels (quant.h) starting at
+  // this call's first output, with their fp16 scales and group size (n ≤ 64:
+  // one repacked panel). The kernel widens them straight into its repacked
+  // panel, each row on its own int8 grid: s = max |d| · 8/127 over the row's
+  // groups, byte = round((q − 8) · d / s) + 128 (a rounding of ≤ s/2 per
+  // weight on top of Q4's own step, which is d).
+  const uint8_t* w_q4 = nullptr;
+  const uint16_t* w_q4_scales = nullptr;
+  int q4_group = 0;
+  const float* bias = nullptr;  // [n] or null
+  int n = 0;                    // n % 16 == 0
   bool gelu = false;
   float* y = nullptr;  // y[i·ldy + j]
   size_t ldy = 0;

@@ -88,6 +88,53 @@ void pack_panel(const uint8_t* w, int k, int vecs, uint8_t* panel) {
   }
 }
 
+// Q4 panels (quant.h) → the repacked panel, widened to int8 on each row's
+// own grid (gemm_int8.h): line (g·vecs + v) of the repacked panel, columns
+// 4g…4g+3 of rows 16v…16v+15, is exactly the low (g even) or high (g odd)
+// nibbles of line g/2 of Q4 panel v, so no transpose is needed: per 16-byte
+// quarter (4 rows × 4 columns) the nibbles are widened to fp32, scaled by
+// their row's d/s and rounded. Row scales s go to ws (16·vecs floats).
+void widen_q4_panel(const Int8GemmArgs& a, int vecs, uint8_t* panel, float* ws) {
+  const int k = a.k, lines = k / 8, group = a.q4_group, ng = k / group, lpg = group / 8;
+  const __m512i low4 = _mm512_set1_epi8(0x0f), eight = _mm512_set1_epi32(8), offset = _mm512_set1_epi32(128);
+  for (int v = 0; v < vecs; ++v) {
+    const uint8_t* src = a.w_q4 + size_t(v) * size_t(lines) * 64;
+    const uint16_t* sc = a.w_q4_scales + size_t(v) * size_t(ng) * 16;
+    __m512 dmax = _mm512_setzero_ps();
+    for (int g = 0; g < ng; ++g)
+      dmax = _mm512_max_ps(
+          dmax,
+          _mm512_abs_ps(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc + size_t(g) * 16)))));
+    const __m512 s = _mm512_mul_ps(dmax, _mm512_set1_ps(8.0f / 127.0f));
+    _mm512_storeu_ps(ws + 16 * v, s);
+    const __mmask16 live = _mm512_cmp_ps_mask(s, _mm512_setzero_ps(), _CMP_GT_OQ);
+    for (int g = 0; g < ng; ++g) {
+      const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc + size_t(g) * 16)));
+      const __m512 f = _mm512_maskz_div_ps(live, d, s);
+      __m512 fq[4];  // quarter t: lane i is row 4t + i/4
+      for (int t = 0; t < 4; ++t) {
+        const __m512i idx = _mm512_add_epi32(
+            _mm512_set1_epi32(4 * t),
+            _mm512_srli_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), 2));
+        fq[t] = _mm512_permutexvar_ps(idx, f);
+      }
+      for (int b = g * lpg; b < (g + 1) * lpg; ++b) {
+        const __m512i raw = _mm512_loadu_si512(src + size_t(b) * 64);
+        for (int nib = 0; nib < 2; ++nib) {
+          const __m512i q = nib == 0 ? _mm512_and_si512(raw, low4) : _mm512_and_si512(_mm512_srli_epi16(raw, 4), low4);
+          uint8_t* out = panel + (size_t(2 * b + nib) * size_t(vecs) + size_t(v)) * 64;
+          for (int t = 0; t < 4; ++t) {
+            const __m512i qi = _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(q, t)), eight);
+            const __m512i r = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_cvtepi32_ps(qi), fq[t]));
+            _mm_store_si128(reinterpret_cast<__m128i*>(out + 16 * t),
+                            _mm512_cvtepi32_epi8(_mm512_add_epi32(r, offset)));
+          }
+        }
+      }
+    }
+  }
+}
+
 // GELU as ops.cpp's gelu_body (the constants of fast_math.h, the same
 // operations in the same order), on 16 lanes.
 inline __m512 gelu16(__m512 v) {
@@ -190,17 +237,24 @@ void int8_gemm_avx512(const Int8GemmArgs& a, uint8_t* panel) {
   for (int p = 0; p < panels; ++p) {
     const int j0 = p * panel_cols;
     const int vecs = (a.n - j0) / 16 < kPanelVecs ? (a.n - j0) / 16 : kPanelVecs;
-    pack_panel(a.w + size_t(j0) * size_t(a.k), a.k, vecs, panel);
+    alignas(64) float q4_ws[kInt8GemmPanel];
+    const float* ws = q4_ws;
+    if (a.w_q4) {  // (one panel per call, gemm_int8.h)
+      widen_q4_panel(a, vecs, panel, q4_ws);
+    } else {
+      ws = a.ws + j0;
+      pack_panel(a.w + size_t(j0) * size_t(a.k), a.k, vecs, panel);
+    }
     // While this panel computes: the next one's rows, or the caller's range.
     const uint8_t* pf = a.prefetch;
     size_t pf_bytes = a.prefetch_bytes;
-    if (p + 1 < panels) {
+    if (p + 1 < panels && !a.w_q4) {
       const int j1 = j0 + panel_cols;
       pf = a.w + size_t(j1) * size_t(a.k);
       pf_bytes = size_t(a.n - j1 < panel_cols ? a.n - j1 : panel_cols) * size_t(a.k);
     }
     const size_t pf_lines = pf ? (pf_bytes + 63) / 64 : 0;
-    const Epilogue ep{a.xs, a.xsum, a.ws + j0, a.bias ? a.bias + j0 : nullptr, a.gelu};
+    const Epilogue ep{a.xs, a.xsum, ws, a.bias ? a.bias + j0 : nullptr, a.gelu};
     float* y = a.y + j0;
     if (vecs == 4)
       row_tiles<4>(a.x, a.m, a.k, panel, ep, y, a.ldy, pf, pf_lines);

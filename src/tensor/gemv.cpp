@@ -14,6 +14,7 @@
 #include "tensor/error.h"
 #include "tensor/gemv_impl.h"
 #include "tensor/parallel.h"
+#include "tensor/quant.h"
 
 namespace md {
 
@@ -36,7 +37,8 @@ size_t weight_bytes(const WeightMatrix& w) {
     case WeightFormat::BF16:
     case WeightFormat::F16: return n * 2;
     case WeightFormat::Q8: return n + scales;
-    case WeightFormat::Q4: return n / 2 + scales;
+    case WeightFormat::Q4:
+      return quant_data_bytes(w.format, w.rows, w.cols) + quant_aux_bytes(w.format, w.rows, w.cols, w.group);
   }
   return 0;
 }
@@ -119,23 +121,8 @@ inline float load_f16(const uint8_t* p) {
   return f16_to_f32(h);
 }
 
-// Unpacks Q4 columns [c0, c1) of a row (c0 a multiple of 128; c1 = cols or a
-// multiple of 128) to signed values q - 8.
-void q4_unpack(const uint8_t* row, int cols, int c0, int c1, int8_t* out) {
-  for (int b = c0; b < c1; b += 128) {
-    const int n = std::min(128, cols - b);
-    const int h = n / 2;
-    const uint8_t* p = row + b / 2;
-    int8_t* o = out + (b - c0);
-    for (int j = 0; j < h; ++j) {
-      o[j] = int8_t((p[j] & 0x0f) - 8);
-      o[j + h] = int8_t((p[j] >> 4) - 8);
-    }
-  }
-}
-
 // Σ over groups [g0, g1) of d_w · s_x · Σ q_w·q_x with signed weights wq
-// (indexed from column g0·group).
+// (indexed from column g0·group); scales: fp16, one per group.
 float qdot_groups(const int8_t* wq, const uint8_t* scales, const XQuant& x, int group, int g0, int g1) {
   float acc = 0.0f;
   for (int g = g0; g < g1; ++g) {
@@ -192,11 +179,15 @@ void q8_scalar(const WeightMatrix& w, const XQuant* x, int m, float* Y, int ldy,
 void q4_scalar(const WeightMatrix& w, const XQuant* x, int m, float* Y, int ldy, int r0, int r1) {
   const int cols = w.cols, ng = cols / w.group;
   t_qrow.resize(size_t(cols));
+  thread_local std::vector<uint8_t> t_values;
+  thread_local std::vector<uint16_t> t_scales;
+  t_values.resize(size_t(cols));
+  t_scales.resize(size_t(ng));
   int8_t* wq = t_qrow.data();
   for (int r = r0; r < r1; ++r) {
-    const uint8_t* row = static_cast<const uint8_t*>(w.data) + size_t(r) * size_t(cols / 2);
-    q4_unpack(row, cols, 0, cols, wq);
-    const uint8_t* sc = static_cast<const uint8_t*>(w.aux) + 2 * size_t(r) * size_t(ng);
+    q4_row(w, r, t_values.data(), t_scales.data());
+    for (int c = 0; c < cols; ++c) wq[c] = int8_t(int(t_values[size_t(c)]) - 8);
+    const auto* sc = reinterpret_cast<const uint8_t*>(t_scales.data());
     for (int i = 0; i < m; ++i) Y[size_t(i) * size_t(ldy) + size_t(r)] = qdot_groups(wq, sc, x[i], w.group, 0, ng);
   }
 }
@@ -208,15 +199,6 @@ float q8_dot_tail(const WeightMatrix& w, int r, const XQuant& x, int c0) {
   int8_t wq[128];
   const uint8_t* row = static_cast<const uint8_t*>(w.data) + size_t(r) * size_t(cols);
   for (int c = c0; c < cols; ++c) wq[c - c0] = int8_t(int(row[c]) - 128);
-  const uint8_t* sc = static_cast<const uint8_t*>(w.aux) + 2 * size_t(r) * size_t(ng);
-  return qdot_groups(wq, sc, x, w.group, c0 / w.group, ng);
-}
-
-float q4_dot_tail(const WeightMatrix& w, int r, const XQuant& x, int c0) {
-  const int cols = w.cols, ng = cols / w.group;
-  int8_t wq[128];
-  const uint8_t* row = static_cast<const uint8_t*>(w.data) + size_t(r) * size_t(cols / 2);
-  q4_unpack(row, cols, c0, cols, wq);
   const uint8_t* sc = static_cast<const uint8_t*>(w.aux) + 2 * size_t(r) * size_t(ng);
   return qdot_groups(wq, sc, x, w.group, c0 / w.group, ng);
 }

@@ -2,14 +2,14 @@
 // that target only inside this file; reached through gemv.cpp's dispatch. No
 // standard-library templates are instantiated under the target pragma.
 //
-// One weight row at a time (a single sequential stream per thread), up to 2
-// input rows per pass sharing each weight load.
+// Q8: one weight row at a time (a single sequential stream per thread), up
+// to 2 input rows per pass sharing each weight load.
 // fp kernels: 32 columns per step, four accumulators.
 // Q8: per 32 columns (one group or part of one) the signed int8 dot via the
 // sign trick: maddubs(|x|, sign(w, x)) — |x|, |w| ≤ 127, so the int16 pair
 // sums cannot saturate — then madd(·, 1) to int32.
-// Q4: maddubs(q, x) with the unsigned nibbles q ≤ 15 directly, plus the
-// zero-point correction -8·Σx precomputed per 4 columns.
+// Q4: maddubs(q, x) with the unsigned nibbles q ≤ 15 directly, 16 rows of a
+// panel at a time (q4_panel), plus the zero-point correction -8·Σx per group.
 
 #include "tensor/simd_intrinsics.h"
 
@@ -132,7 +132,7 @@ void fp_avx2(const WeightMatrix& w, const float* X, int m, float* Y, int ldy, in
 }
 
 // ---------------------------------------------------------------------------
-// Q8 / Q4: one weight row × input rows [0, M), two accumulators per input row
+// Q8: one weight row × input rows [0, M), two accumulators per input row
 // (alternating 32-column chunks).
 
 template <int M>
@@ -201,47 +201,62 @@ inline void q8_row_scale_row(const WeightMatrix& w, const XQuant* x, float* y, s
   }
 }
 
-template <int M>
-inline void q4_row(const WeightMatrix& w, const XQuant* x, float* y, size_t ldy, int r) {
-  const int cols = w.cols, G = w.group, ng = cols / G, nb = cols / 128;
-  const uint8_t* wr = static_cast<const uint8_t*>(w.data) + size_t(r) * (size_t(cols) / 2);
-  const uint16_t* sr = static_cast<const uint16_t*>(w.aux) + size_t(r) * size_t(ng);
+// Q4 in 16-row panels (quant.h): a 64-byte line is rows 0–7 (first 32
+// bytes) and rows 8–15 (last 32), a row's 4 bytes in one 32-bit lane.
+// maddubs of the nibbles (unsigned, ≤ 15) with 4 activations broadcast gives
+// two int16 per row; the low- and high-nibble products and up to 4 lines add
+// in int16 (≤ 16·15·127 = 30480 < 2^15), then madd(·, 1) to int32. Per group
+// one conversion and one multiply-add with the rows' scales × x's scale.
+inline void q4_panel(const WeightMatrix& w, const XQuant& x, int panel, float* out) {
+  const int cols = w.cols, group = w.group, ng = cols / group, lines = cols / 8, lpg = group / 8;
+  const uint8_t* base = static_cast<const uint8_t*>(w.data) + size_t(panel) * size_t(lines) * 64;
+  const uint16_t* sc = static_cast<const uint16_t*>(w.aux) + size_t(panel) * size_t(ng) * 16;
   const __m256i ones = _mm256_set1_epi16(1), low4 = _mm256_set1_epi8(0x0f);
-  __m256 acc[M][2];
-#pragma GCC unroll 16
-  for (int m = 0; m < M; ++m) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
-  for (int b = 0; b < nb; ++b) {
-    const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + size_t(b) * 64));
-    const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + size_t(b) * 64 + 32));
-    // Sub-chunk s covers columns b·128 + 32·s: s = 0, 1 the low nibbles of
-    // the two halves, s = 2, 3 their high nibbles.
-#pragma GCC unroll 4
-    for (int s = 0; s < 4; ++s) {
-      const int c = b * 128 + 32 * s;
-      const __m256i raw = (s & 1) ? v1 : v0;
-      const __m256i qv = s < 2 ? _mm256_and_si256(raw, low4) : _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
-      const float sw = _cvtsh_ss(sr[c / G]);
-#pragma GCC unroll 16
-      for (int m = 0; m < M; ++m) {
-        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[m].q + c));
-        // -8·Σx of these 32 columns in lane 0.
-        const __m256i cv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[m].hc + c / 4));
-        const __m256i d = _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(qv, xv), ones), cv);
-        acc[m][s & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(sw * x[m].s[c / G]), acc[m][s & 1]);
+  __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+  for (int g = 0; g < ng; ++g) {
+    const __m256i z = _mm256_set1_epi32(q4_group_correction(x, g, group));
+    __m256i sum[2] = {z, z};
+    const uint8_t* line = base + size_t(g) * size_t(lpg) * 64;
+    const int8_t* xg = x.q + size_t(g) * size_t(group);
+    for (int b0 = 0; b0 < lpg; b0 += 4) {
+      __m256i s16[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+      const int b1 = b0 + 4 < lpg ? b0 + 4 : lpg;
+      for (int b = b0; b < b1; ++b, line += 64, xg += 8) {
+        int32_t x4[2];
+        std::memcpy(x4, xg, 8);
+        const __m256i xl = _mm256_set1_epi32(x4[0]), xh = _mm256_set1_epi32(x4[1]);
+        for (int h = 0; h < 2; ++h) {
+          const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(line + 32 * h));
+          const __m256i pl = _mm256_maddubs_epi16(_mm256_and_si256(raw, low4), xl);
+          const __m256i ph = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(raw, 4), low4), xh);
+          s16[h] = _mm256_add_epi16(s16[h], _mm256_add_epi16(pl, ph));
+        }
       }
+      for (int h = 0; h < 2; ++h) sum[h] = _mm256_add_epi32(sum[h], _mm256_madd_epi16(s16[h], ones));
+    }
+    const __m256 sx = _mm256_set1_ps(x.s[g]);
+    for (int h = 0; h < 2; ++h) {
+      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + size_t(g) * 16 + 8 * h)));
+      acc[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[h]), _mm256_mul_ps(d, sx), acc[h]);
     }
   }
-#pragma GCC unroll 16
-  for (int m = 0; m < M; ++m) {
-    float v = hsum(_mm256_add_ps(acc[m][0], acc[m][1]));
-    if (nb * 128 < cols) v += q4_dot_tail(w, r, x[m], nb * 128);
-    y[size_t(m) * ldy] = v;
+  _mm256_storeu_ps(out, acc[0]);
+  _mm256_storeu_ps(out + 8, acc[1]);
+}
+
+void q4_avx2(const WeightMatrix& w, const XQuant* x, int m, float* Y, int ldy, int r0, int r1) {
+  for (int p = r0 / 16; p < (r1 + 15) / 16; ++p) {
+    const int first = 16 * p, lo = r0 > first ? r0 : first, hi = r1 < first + 16 ? r1 : first + 16;
+    for (int i = 0; i < m; ++i) {
+      alignas(32) float v[16];
+      q4_panel(w, x[i], p, v);
+      for (int r = lo; r < hi; ++r) Y[size_t(i) * size_t(ldy) + size_t(r)] = v[r - first];
+    }
   }
 }
 
-template <bool Q4>
-void q_avx2(const WeightMatrix& w, const XQuant* x, int m, float* Y, int ldy, int r0, int r1) {
-  if (!Q4 && w.group == w.cols && w.cols % 32 == 0) {
+void q8_avx2(const WeightMatrix& w, const XQuant* x, int m, float* Y, int ldy, int r0, int r1) {
+  if (w.group == w.cols && w.cols % 32 == 0) {
     for (int r = r0; r < r1; ++r)
       for (int mb = 0; mb < m; mb += 2) {
         float* y = Y + size_t(mb) * size_t(ldy) + size_t(r);
@@ -255,25 +270,11 @@ void q_avx2(const WeightMatrix& w, const XQuant* x, int m, float* Y, int ldy, in
   for (int r = r0; r < r1; ++r)
     for (int mb = 0; mb < m; mb += 2) {
       float* y = Y + size_t(mb) * size_t(ldy) + size_t(r);
-      if (m - mb >= 2) {
-        if (Q4)
-          q4_row<2>(w, x + mb, y, size_t(ldy), r);
-        else
-          q8_row<2>(w, x + mb, y, size_t(ldy), r);
-      } else {
-        if (Q4)
-          q4_row<1>(w, x + mb, y, size_t(ldy), r);
-        else
-          q8_row<1>(w, x + mb, y, size_t(ldy), r);
-      }
+      if (m - mb >= 2)
+        q8_row<2>(w, x + mb, y, size_t(ldy), r);
+      else
+        q8_row<1>(w, x + mb, y, size_t(ldy), r);
     }
-}
-
-void q8_avx2(const WeightMatrix& w, const XQuant* x, int m, float* Y, int ldy, int r0, int r1) {
-  q_avx2<false>(w, x, m, Y, ldy, r0, r1);
-}
-void q4_avx2(const WeightMatrix& w, const XQuant* x, int m, float* Y, int ldy, int r0, int r1) {
-  q_avx2<true>(w, x, m, Y, ldy, r0, r1);
 }
 
 // ---------------------------------------------------------------------------

@@ -9,11 +9,12 @@
 // fp kernels: 64 columns per step, four accumulators; bf16 reads 32 columns
 // per load as even/odd pairs (shift / mask, x de-interleaved to match), fp16
 // widens by vcvtph2ps.
-// Q8/Q4 kernels: activations quantised per group to int8 once per call; per
-// 64 columns one vpdpbusd of the unsigned weights (Q8: q+128, Q4: nibble q)
-// with the signed activations into an accumulator preloaded with the
-// zero-point correction -Z·Σx, then fp32: acc += float(dot)·s_x·d_w, the
-// per-lane weight scales spread from the row's fp16 group scales by vpermps.
+// Q8 kernels: activations quantised per group to int8 once per call; per
+// 64 columns one vpdpbusd of the unsigned weights (q+128) with the signed
+// activations into an accumulator preloaded with the zero-point correction
+// -128·Σx, then fp32: acc += float(dot)·s_x·d_w, the per-lane weight scales
+// spread from the row's fp16 group scales by vpermps. Q4 (16-row panels):
+// 16 rows per vpdpbusd, see q4_avx512.
 
 #include "tensor/simd_intrinsics.h"
 
@@ -226,7 +227,7 @@ void fp_avx512(const WeightMatrix& w, const float* X, int m, float* Y, int ldy, 
 }
 
 // ---------------------------------------------------------------------------
-// Q8 / Q4 weights.
+// Q8 weights.
 
 // Per-matrix constants of the scale expansion: a 128-column block holds
 // `gpb` groups (4 for group 32, 2 for 64, 1 for ≥ 128, then spanning `bpg`
@@ -266,18 +267,17 @@ inline QCtx make_ctx(const WeightMatrix& w) {
   return q;
 }
 
-// One weight row × input rows [0, M). Q4 = false: Q8 layout. Per 128-column
+// Q8 (group scales): one weight row × input rows [0, M). Per 128-column
 // block: the row's fp16 scales of the block's groups (one masked load) times
 // the x scales, spread over the lanes of each 64-column chunk by vpermps; the
 // zero-point corrections (one int32 per 32 columns) go into lanes 0 and 8 of
 // the vpdpbusd accumulator. Two accumulators per input row (one per chunk);
 // the summation order does not depend on M.
-template <bool Q4, int R, int M>
+template <int R, int M>
 inline void q_rows(const QCtx& q, const WeightMatrix& w, const XQuant* x, float* y, size_t ldy, int r) {
-  const size_t wstride = Q4 ? size_t(q.cols) / 2 : size_t(q.cols);
+  const size_t wstride = size_t(q.cols);
   const uint8_t* wr = static_cast<const uint8_t*>(w.data) + size_t(r) * wstride;
   const uint16_t* sr = static_cast<const uint16_t*>(w.aux) + size_t(r) * size_t(q.ng);
-  const __m512i low4 = _mm512_set1_epi8(0x0f);
   __m512 acc[R][M][2];
 #pragma GCC unroll 16
   for (int i = 0; i < R; ++i)
@@ -289,12 +289,10 @@ inline void q_rows(const QCtx& q, const WeightMatrix& w, const XQuant* x, float*
 #pragma GCC unroll 16
     for (int m = 0; m < M; ++m) sx[m] = _mm512_castps128_ps512(_mm_maskz_loadu_ps(q.kspb, x[m].s + gb));
     __m512 sw[R];
-    __m512i raw[R];
 #pragma GCC unroll 16
     for (int i = 0; i < R; ++i) {
       sw[i] = _mm512_castps128_ps512(_mm_cvtph_ps(_mm_maskz_loadu_epi16(q.kspb, sr + size_t(i) * size_t(q.ng) + gb)));
       if (M == 1) sw[i] = _mm512_mul_ps(sw[i], sx[0]);
-      if (Q4) raw[i] = _mm512_loadu_si512(wr + size_t(i) * wstride + size_t(b) * 64);
     }
 #pragma GCC unroll 16
     for (int k = 0; k < 2; ++k) {
@@ -304,9 +302,7 @@ inline void q_rows(const QCtx& q, const WeightMatrix& w, const XQuant* x, float*
       __m512 swk[R];
 #pragma GCC unroll 16
       for (int i = 0; i < R; ++i) {
-        wv[i] = !Q4      ? _mm512_loadu_si512(wr + size_t(i) * wstride + c)
-                : k == 0 ? _mm512_and_si512(raw[i], low4)
-                         : _mm512_and_si512(_mm512_srli_epi16(raw[i], 4), low4);
+        wv[i] = _mm512_loadu_si512(wr + size_t(i) * wstride + c);
         swk[i] = _mm512_permutexvar_ps(idx, sw[i]);
       }
 #pragma GCC unroll 16
@@ -337,7 +333,7 @@ inline void q_rows(const QCtx& q, const WeightMatrix& w, const XQuant* x, float*
 #pragma GCC unroll 16
     for (int m = 0; m < M; ++m) {
       float v = _mm512_reduce_add_ps(_mm512_add_ps(acc[i][m][0], acc[i][m][1]));
-      if (ctail < q.cols) v += Q4 ? q4_dot_tail(w, r + i, x[m], ctail) : q8_dot_tail(w, r + i, x[m], ctail);
+      if (ctail < q.cols) v += q8_dot_tail(w, r + i, x[m], ctail);
       y[size_t(m) * ldy + size_t(i)] = v;
     }
 }
@@ -384,9 +380,8 @@ inline void q8_row_scale_rows(const WeightMatrix& w, const XQuant* x, const int3
   }
 }
 
-template <bool Q4>
-void q_avx512(const WeightMatrix& w, const XQuant* x, int m, float* Y, int ldy, int r0, int r1) {
-  if (!Q4 && w.group == w.cols && w.cols % 64 == 0) {
+void q8_avx512(const WeightMatrix& w, const XQuant* x, int m, float* Y, int ldy, int r0, int r1) {
+  if (w.group == w.cols && w.cols % 64 == 0) {
     // Row totals of the zero-point corrections, once per call and thread,
     // for up to 64 input rows at a time (GEMV callers pass at most 16).
     constexpr int kRowsPerPass = 64;
@@ -417,19 +412,88 @@ void q_avx512(const WeightMatrix& w, const XQuant* x, int m, float* Y, int ldy, 
     for (int mb = 0; mb < m; mb += 4) {
       float* y = Y + size_t(mb) * size_t(ldy) + size_t(r);
       switch (m - mb < 4 ? m - mb : 4) {
-        case 1: q_rows<Q4, 1, 1>(q, w, x + mb, y, size_t(ldy), r); break;
-        case 2: q_rows<Q4, 1, 2>(q, w, x + mb, y, size_t(ldy), r); break;
-        case 3: q_rows<Q4, 1, 3>(q, w, x + mb, y, size_t(ldy), r); break;
-        default: q_rows<Q4, 1, 4>(q, w, x + mb, y, size_t(ldy), r); break;
+        case 1: q_rows<1, 1>(q, w, x + mb, y, size_t(ldy), r); break;
+        case 2: q_rows<1, 2>(q, w, x + mb, y, size_t(ldy), r); break;
+        case 3: q_rows<1, 3>(q, w, x + mb, y, size_t(ldy), r); break;
+        default: q_rows<1, 4>(q, w, x + mb, y, size_t(ldy), r); break;
       }
     }
 }
 
-void q8_avx512(const WeightMatrix& w, const XQuant* x, int m, float* Y, int ldy, int r0, int r1) {
-  q_avx512<false>(w, x, m, Y, ldy, r0, r1);
+// Q4 in 16-row panels (quant.h): one 64-byte line is 16 rows × columns
+// 8b…8b+3 (low nibbles) and 8b+4…8b+7 (high nibbles), so one vpdpbusd per
+// nibble half sums 4 columns of 16 rows against 4 activations broadcast, and
+// a row's int32 sum stays in its lane for the whole group: per group one
+// conversion and one multiply-add with the 16 rows' scales (one 32-byte
+// load) times the activation scale. The sums start at the group's zero-point
+// correction −8·Σq_x. P panels (a thread's 64-row chunk: 4) at once: 2P
+// independent accumulation chains, each broadcast used by P panels. About 6
+// vector operations per 64 weight bytes, against ~20 for the same weights
+// stored row by row.
+template <int P>
+inline void q4_panels(const WeightMatrix& w, const XQuant& x, int panel, __m512* out) {
+  const int cols = w.cols, group = w.group, ng = cols / group, lines = cols / 8, lpg = group / 8;
+  const size_t pstride = size_t(lines) * 64;
+  const uint8_t* base = static_cast<const uint8_t*>(w.data) + size_t(panel) * pstride;
+  const uint16_t* sc = static_cast<const uint16_t*>(w.aux) + size_t(panel) * size_t(ng) * 16;
+  const __m512i low4 = _mm512_set1_epi8(0x0f);
+  __m512 acc[P];
+#pragma GCC unroll 4
+  for (int p = 0; p < P; ++p) acc[p] = _mm512_setzero_ps();
+  for (int g = 0; g < ng; ++g) {
+    __m512i lo[P], hi[P];
+    const __m512i z = _mm512_set1_epi32(q4_group_correction(x, g, group));
+#pragma GCC unroll 4
+    for (int p = 0; p < P; ++p) {
+      lo[p] = z;
+      hi[p] = _mm512_setzero_si512();
+    }
+    const uint8_t* line = base + size_t(g) * size_t(lpg) * 64;
+    const int8_t* xg = x.q + size_t(g) * size_t(group);
+    for (int b = 0; b < lpg; ++b, line += 64, xg += 8) {
+      int32_t x4[2];
+      __builtin_memcpy(x4, xg, 8);
+      const __m512i xl = _mm512_set1_epi32(x4[0]), xh = _mm512_set1_epi32(x4[1]);
+#pragma GCC unroll 4
+      for (int p = 0; p < P; ++p) {
+        const __m512i raw = _mm512_loadu_si512(line + size_t(p) * pstride);
+        lo[p] = _mm512_dpbusd_epi32(lo[p], _mm512_and_si512(raw, low4), xl);
+        hi[p] = _mm512_dpbusd_epi32(hi[p], _mm512_and_si512(_mm512_srli_epi16(raw, 4), low4), xh);
+      }
+    }
+    const __m512 sx = _mm512_set1_ps(x.s[g]);
+#pragma GCC unroll 4
+    for (int p = 0; p < P; ++p) {
+      const __m512 d = _mm512_cvtph_ps(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc + (size_t(p) * size_t(ng) + size_t(g)) * 16)));
+      acc[p] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(lo[p], hi[p])), _mm512_mul_ps(d, sx), acc[p]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int p = 0; p < P; ++p) out[p] = acc[p];
 }
+
 void q4_avx512(const WeightMatrix& w, const XQuant* x, int m, float* Y, int ldy, int r0, int r1) {
-  q_avx512<true>(w, x, m, Y, ldy, r0, r1);
+  const int p1 = (r1 + 15) / 16;
+  for (int p = r0 / 16; p < p1;) {
+    const int n = p1 - p < 4 ? p1 - p : 4;
+    for (int i = 0; i < m; ++i) {
+      __m512 v[4];
+      switch (n) {
+        case 1: q4_panels<1>(w, x[i], p, v); break;
+        case 2: q4_panels<2>(w, x[i], p, v); break;
+        case 3: q4_panels<3>(w, x[i], p, v); break;
+        default: q4_panels<4>(w, x[i], p, v); break;
+      }
+      for (int k = 0; k < n; ++k) {
+        // Rows of panel p + k inside [r0, r1).
+        const int first = 16 * (p + k), lo = r0 > first ? r0 - first : 0, hi = r1 - first < 16 ? r1 - first : 16;
+        const __mmask16 keep = __mmask16(((1u << hi) - 1u) & ~((1u << lo) - 1u));
+        _mm512_mask_storeu_ps(Y + size_t(i) * size_t(ldy) + size_t(first), keep, v[k]);
+      }
+    }
+    p += n;
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -490,7 +554,8 @@ void quant_row_avx512(WeightFormat target, const float* w, int cols, int group, 
     return;
   }
   // Q4: candidate scales (gemv_impl.h), least-squares refit, best wins.
-  uint8_t* qrow = scratch;
+  (void)scratch;
+  uint8_t* qrow = out;
   const __m512 qlo = _mm512_set1_ps(-8.0f), qhi = _mm512_set1_ps(7.0f);
   const __m512i even = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 14, 12, 10, 8, 6, 4, 2, 0);
   const __m512i odd = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 15, 13, 11, 9, 7, 5, 3, 1);
@@ -551,16 +616,6 @@ void quant_row_avx512(WeightFormat target, const float* w, int cols, int group, 
       _mm_storeu_si128(reinterpret_cast<__m128i*>(qg + c), _mm512_cvtepi32_epi8(qi));
     }
   }
-  // Pack nibbles: full 128-column blocks with 64-byte vectors, the tail block
-  // (32/64/96 columns) byte by byte.
-  const int nb = cols / 128;
-  for (int b = 0; b < nb; ++b) {
-    const __m512i l = _mm512_loadu_si512(qrow + size_t(b) * 128);
-    const __m512i h = _mm512_loadu_si512(qrow + size_t(b) * 128 + 64);
-    _mm512_storeu_si512(out + size_t(b) * 64, _mm512_or_si512(l, _mm512_slli_epi16(h, 4)));
-  }
-  const int c0 = nb * 128, half = (cols - c0) / 2;
-  for (int j = 0; j < half; ++j) out[c0 / 2 + j] = uint8_t(qrow[c0 + j] | (qrow[c0 + j + half] << 4));
 }
 
 }  // namespace

@@ -37,7 +37,16 @@ struct XQuantBuf {
 
 using FpKernel = void (*)(const WeightMatrix& w, const float* X, int m, float* Y, int ldy, int r0, int r1);
 using QKernel = void (*)(const WeightMatrix& w, const XQuant* x, int m, float* Y, int ldy, int r0, int r1);
-// Quantises one fp32 row: Q8 writes cols bytes, Q4 cols/2 bytes; scales:
+
+// Q4: group g's zero-point correction −8·Σq_x over its columns (from x.hc).
+inline int32_t q4_group_correction(const XQuant& x, int g, int group) {
+  int32_t t = 0;
+  for (int c = g * group; c < (g + 1) * group; c += 32) t += x.hc[c / 4];
+  return t;
+}
+
+// Quantises one fp32 row: Q8 writes cols bytes (q + 128), Q4 cols bytes of
+// values 0…15 (quantize_into packs them into Q4's panels); scales:
 // cols/group fp16; scratch: cols bytes.
 using QuantRow = void (*)(WeightFormat target, const float* w, int cols, int group, uint8_t* q, uint16_t* scales,
                           uint8_t* scratch);
@@ -141,10 +150,9 @@ extern const Kernels kAvx512;
 // The active table (dispatch, MOONDREAM_ISA, gemv_force_isa).
 const Kernels& kernels();
 
-// Scalar pieces shared by the SIMD kernels for column tails (cols % 128 != 0):
-// Σ over columns [c0, cols) of row r, c0 a multiple of 128.
+// Scalar piece shared by the SIMD Q8 kernels for column tails
+// (cols % 128 != 0): Σ over columns [c0, cols) of row r, c0 a multiple of 128.
 float q8_dot_tail(const WeightMatrix& w, int r, const XQuant& x, int c0);
-float q4_dot_tail(const WeightMatrix& w, int r, const XQuant& x, int c0);
 
 void prep_row_scalar(const float* x, int cols, int group, int zero, int8_t* q, float* s, int32_t* hc);
 

@@ -256,44 +256,11 @@ void linear_int8_transposed(const WeightMatrix& w, const float* x, int m, const 
   });
 }
 
-// Q4 rows [r0, r0 + n) of w (cols % 128 == 0) → Q8 with one scale per row,
-// the fused int8 GEMM's layout (bytes q + 128): each 32-column run scaled by
-// its group's d and re-rounded on the row's own int8 grid, s = max d · 8/127
-// (|q − 8| ≤ 8). The extra rounding is ≤ s/2 per weight, a few percent of
-// Q4's own step. Columns: block b of 128 is 64 bytes, byte j = column j (low
-// nibble) and j + 64 (high), see quant.h.
-MD_VECTOR_CLONES void q4_rows_to_q8(const WeightMatrix& w, int r0, int n, uint8_t* out, float* ws) {
-  const int k = w.cols, ng = k / w.group;
-  const auto* data = static_cast<const uint8_t*>(w.data);
-  const auto* scales = static_cast<const uint16_t*>(w.aux);
-  for (int i = 0; i < n; ++i) {
-    const uint8_t* row = data + size_t(r0 + i) * size_t(k / 2);
-    const uint16_t* d = scales + size_t(r0 + i) * size_t(ng);
-    float dmax = 0.0f;
-    for (int g = 0; g < ng; ++g) dmax = std::max(dmax, std::fabs(f16_to_f32(d[g])));
-    const float s = dmax * (8.0f / 127.0f);
-    ws[i] = s;
-    uint8_t* o = out + size_t(i) * size_t(k);
-    for (int b = 0; b < k; b += 128)
-      for (int c = 0; c < 4; ++c) {
-        const float f = s > 0.0f ? f16_to_f32(d[(b + 32 * c) / w.group]) / s : 0.0f;
-        const uint8_t* pc = row + b / 2 + 32 * (c & 1);
-        const int shift = c < 2 ? 0 : 4;
-        uint8_t* oc = o + b + 32 * c;
-#pragma omp simd
-        for (int j = 0; j < 32; ++j) {
-          const int q = int((pc[j] >> shift) & 15) - 8;
-          oc[j] = uint8_t(int(round_nearest(float(q) * f)) + 128);
-        }
-      }
-  }
-}
-
 // The fused kernel of gemm_int8.h: activations quantised per row with their
 // sums; the threads take the 64-output panels (the kernel's unit) one at a
 // time, or this thread does all of them inside a parallel region. Q8 rows
-// go in as stored; Q4 rows are widened to Q8 one panel at a time
-// (q4_rows_to_q8, 64 rows: in L2 when the kernel repacks them).
+// go in as stored; Q4 panels are widened to int8 by the kernel as it
+// repacks them (Int8GemmArgs::w_q4).
 void linear_int8_fused(Int8GemmKernel kernel, const WeightMatrix& w, const float* x, int m, const float* bias,
                        bool gelu, float* y) {
   const int k = w.cols, out = w.rows;
@@ -303,18 +270,22 @@ void linear_int8_fused(Int8GemmKernel kernel, const WeightMatrix& w, const float
   int8_t* xq = scratch(t_xq, size_t(m) * k);
   float* xs = scratch(t_xs, size_t(m));
   int32_t* xsum = scratch(t_xsum, size_t(m));
-  float* ws = scratch(t_ws, size_t(out));
   parallel_for(size_t(m), [&](size_t b, size_t e) {
     for (size_t r = b; r < e; ++r) xs[r] = quantize_row_s8_sum(x + r * size_t(k), k, xq + r * size_t(k), xsum + r);
   });
   const bool q4 = w.format == WeightFormat::Q4;
+  float* ws = q4 ? nullptr : scratch(t_ws, size_t(out));  // (Q4: the kernel derives its row scales)
   if (!q4) convert_to_f32(DType::F16, w.aux, ws, size_t(out));
   const auto* wq = static_cast<const uint8_t*>(w.data);
-  const size_t stored_row = q4 ? size_t(k) / 2 : size_t(k);
   constexpr int kPanel = kInt8GemmPanel;
+  static_assert(kPanel % kQ4PanelRows == 0);
+  // Bytes per stored row (Q4's 16-row panels are contiguous: rows j0… start
+  // at byte j0 · k/2).
+  const size_t stored_row = q4 ? size_t(k) / 2 : size_t(k);
+  const size_t q4_scales_per_panel = q4 ? size_t(k / w.group) * kQ4PanelRows : 0;
   const size_t panels = size_t((out + kPanel - 1) / kPanel);
   parallel_for_each(panels, [&](size_t p, size_t next) {
-    static thread_local std::vector<uint8_t> t_panel, t_q8;
+    static thread_local std::vector<uint8_t> t_panel;
     // 64-byte aligned inside the buffer: the kernel's aligned loads.
     uint8_t* raw = scratch(t_panel, int8_gemm_panel_bytes(k) + 64);
     uint8_t* panel = raw + (64 - reinterpret_cast<uintptr_t>(raw) % 64) % 64;
@@ -326,13 +297,13 @@ void linear_int8_fused(Int8GemmKernel kernel, const WeightMatrix& w, const float
     a.m = m;
     a.k = k;
     if (q4) {
-      uint8_t* rows = scratch(t_q8, size_t(kPanel) * size_t(k));
-      q4_rows_to_q8(w, j0, j1 - j0, rows, ws + j0);
-      a.w = rows;
+      a.w_q4 = wq + size_t(j0) * stored_row;
+      a.w_q4_scales = static_cast<const uint16_t*>(w.aux) + size_t(j0 / kQ4PanelRows) * q4_scales_per_panel;
+      a.q4_group = w.group;
     } else {
       a.w = wq + size_t(j0) * k;
+      a.ws = ws + j0;
     }
-    a.ws = ws + j0;
     a.bias = bias ? bias + j0 : nullptr;
     a.n = j1 - j0;
     a.gelu = gelu;
@@ -560,8 +531,7 @@ void finish_tile(const float* bias, bool gelu, int m, int n, float* y, size_t ld
 void linear_impl(const Linear& l, const float* x, int m, bool gelu, float* y) {
   const WeightMatrix& w = l.w;
   Int8GemmKernel q4_kernel = nullptr;
-  if (w.format == WeightFormat::Q4 && m > kMaxGemvRows && w.cols % 128 == 0 && w.rows % 16 == 0)
-    q4_kernel = int8_gemm_kernel();
+  if (w.format == WeightFormat::Q4 && m > kMaxGemvRows && w.rows % 16 == 0) q4_kernel = int8_gemm_kernel();
   if (is_q8_per_row(w) && (m > kMaxInt8GemvRows || !quant_group_ok(w.cols, w.group))) {
     g_linear_paths[int(LinearPath::Int8Gemm)].fetch_add(1, std::memory_order_relaxed);
     linear_int8(w, x, m, l.b, gelu, y);

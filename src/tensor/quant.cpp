@@ -3,9 +3,11 @@
 // rows in parallel.
 #include "tensor/quant.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "tensor/dtype.h"
 #include "tensor/error.h"
@@ -36,12 +38,27 @@ bool quant_layout_ok(WeightFormat target, int cols, int group) {
 }
 
 size_t quant_data_bytes(WeightFormat target, int rows, int cols) {
-  const size_t n = size_t(rows) * size_t(cols);
-  return target == WeightFormat::Q4 ? n / 2 : n;
+  if (target == WeightFormat::Q4) return size_t(q4_panels(rows)) * kQ4PanelRows * size_t(cols) / 2;
+  return size_t(rows) * size_t(cols);
 }
 
-size_t quant_aux_bytes(int rows, int cols, int group) {
-  return group > 0 ? size_t(rows) * size_t(cols / group) * 2 : 0;
+size_t quant_aux_bytes(WeightFormat target, int rows, int cols, int group) {
+  if (group <= 0) return 0;
+  const size_t stored_rows = target == WeightFormat::Q4 ? size_t(q4_panels(rows)) * kQ4PanelRows : size_t(rows);
+  return stored_rows * size_t(cols / group) * 2;
+}
+
+void q4_row(const WeightMatrix& w, int r, uint8_t* q, uint16_t* d) {
+  const int cols = w.cols, lines = cols / 8, ng = cols / w.group;
+  const uint8_t* line = static_cast<const uint8_t*>(w.data) + size_t(r / kQ4PanelRows) * size_t(lines) * 64 +
+                        size_t(r % kQ4PanelRows) * 4;
+  for (int b = 0; b < lines; ++b, line += 64)
+    for (int j = 0; j < 4; ++j) {
+      q[8 * b + j] = line[j] & 0x0f;
+      q[8 * b + 4 + j] = line[j] >> 4;
+    }
+  const auto* scales = static_cast<const uint16_t*>(w.aux);
+  for (int g = 0; g < ng; ++g) d[g] = scales[q4_scale_index(cols, w.group, r, g)];
 }
 
 namespace gemv_detail {
@@ -77,7 +94,8 @@ void quant_row_scalar(WeightFormat target, const float* w, int cols, int group, 
     }
     return;
   }
-  uint8_t* qrow = scratch;
+  (void)scratch;
+  uint8_t* qrow = out;
   for (int g = 0; g < ng; ++g) {
     const float* wg = w + size_t(g) * size_t(group);
     float mx = -INFINITY, mn = INFINITY;
@@ -117,10 +135,6 @@ void quant_row_scalar(WeightFormat target, const float* w, int cols, int group, 
       q = q > 7.0f ? 7.0f : (q < -8.0f ? -8.0f : q);
       qg[c] = uint8_t(int(q) + 8);
     }
-  }
-  for (int b = 0; b < cols; b += 128) {
-    const int n = cols - b < 128 ? cols - b : 128, half = n / 2;
-    for (int j = 0; j < half; ++j) out[b / 2 + j] = uint8_t(qrow[b + j] | (qrow[b + j + half] << 4));
   }
 }
 
@@ -162,21 +176,64 @@ void check_args(WeightFormat src_format, int rows, int cols, WeightFormat target
 
 }  // namespace
 
+namespace {
+
+// Rows [r0, r1) of one Q4 panel, quantised to values (one byte per column)
+// and plain scales, into the panel layout of quant.h.
+void store_q4_panel(const uint8_t* values, const uint16_t* d, int r0, int r1, int cols, int group, uint8_t* data,
+                    uint16_t* scales) {
+  const int lines = cols / 8, ng = cols / group;
+  uint8_t* panel = data + size_t(r0 / kQ4PanelRows) * size_t(lines) * 64;
+  for (int r = r0; r < r1; ++r) {
+    const uint8_t* q = values + size_t(r - r0) * size_t(cols);
+    uint8_t* line = panel + size_t(r % kQ4PanelRows) * 4;
+    for (int b = 0; b < lines; ++b, line += 64)
+      for (int j = 0; j < 4; ++j) line[j] = uint8_t(q[8 * b + j] | (q[8 * b + 4 + j] << 4));
+    for (int g = 0; g < ng; ++g) scales[q4_scale_index(cols, group, r, g)] = d[size_t(r - r0) * size_t(ng) + size_t(g)];
+  }
+}
+
+thread_local std::vector<uint8_t> t_values;
+thread_local std::vector<uint16_t> t_scales;
+
+}  // namespace
+
 void quantize_into(const void* src, WeightFormat src_format, int rows, int cols, WeightFormat target, int group,
                    uint8_t* data, uint16_t* scales) {
   check_args(src_format, rows, cols, target, group);
   const gemv_detail::QuantRow fn = gemv_detail::kernels().quant_row;
-  const size_t row_bytes = quant_data_bytes(target, 1, cols);
   const size_t ng = size_t(cols / group);
-  constexpr size_t kChunk = 16;
+  const bool q4 = target == WeightFormat::Q4;
+  if (q4) {
+    // The padding rows of the last panel: value 8 (zero), scale 0.
+    const int padded = q4_panels(rows) * kQ4PanelRows;
+    for (int r = rows; r < padded; ++r) {
+      const int lines = cols / 8;
+      uint8_t* line = data + size_t(r / kQ4PanelRows) * size_t(lines) * 64 + size_t(r % kQ4PanelRows) * 4;
+      for (int b = 0; b < lines; ++b) std::memset(line + size_t(b) * 64, 0x88, 4);
+      for (size_t g = 0; g < ng; ++g) scales[q4_scale_index(cols, group, r, int(g))] = 0;
+    }
+  }
+  constexpr size_t kChunk = kQ4PanelRows;  // Q4: one panel per chunk
   const size_t nchunks = (size_t(rows) + kChunk - 1) / kChunk;
   parallel_for(nchunks, [&](size_t b, size_t e) {
     t_f32.resize(size_t(cols));
     t_scratch.resize(size_t(cols));
-    const size_t r1 = e * kChunk < size_t(rows) ? e * kChunk : size_t(rows);
-    for (size_t r = b * kChunk; r < r1; ++r) {
-      const float* row = source_row(src, src_format, cols, int(r), t_f32.data());
-      fn(target, row, cols, group, data + r * row_bytes, scales + r * ng, t_scratch.data());
+    if (q4) {
+      t_values.resize(kChunk * size_t(cols));
+      t_scales.resize(kChunk * ng);
+    }
+    for (size_t chunk = b; chunk < e; ++chunk) {
+      const size_t r0 = chunk * kChunk, r1 = std::min(r0 + kChunk, size_t(rows));
+      for (size_t r = r0; r < r1; ++r) {
+        const float* row = source_row(src, src_format, cols, int(r), t_f32.data());
+        if (q4)
+          fn(target, row, cols, group, t_values.data() + (r - r0) * size_t(cols), t_scales.data() + (r - r0) * ng,
+             t_scratch.data());
+        else
+          fn(target, row, cols, group, data + r * size_t(cols), scales + r * ng, t_scratch.data());
+      }
+      if (q4) store_q4_panel(t_values.data(), t_scales.data(), int(r0), int(r1), cols, group, data, scales);
     }
   });
 }
@@ -190,7 +247,7 @@ QuantizedWeights quantize(const void* src, WeightFormat src_format, int rows, in
   q.cols = cols;
   q.group = group;
   q.data.resize(quant_data_bytes(target, rows, cols));
-  q.aux.resize(quant_aux_bytes(rows, cols, group));
+  q.aux.resize(quant_aux_bytes(target, rows, cols, group));
   quantize_into(src, src_format, rows, cols, target, group, q.data.data(), reinterpret_cast<uint16_t*>(q.aux.data()));
   return q;
 }
@@ -206,25 +263,19 @@ void dequantize_row(const WeightMatrix& w, int r, float* out) {
     case WeightFormat::Q4: break;
   }
   const size_t G = size_t(w.group), ng = cols / G;
-  const uint8_t* sp = static_cast<const uint8_t*>(w.aux) + 2 * ng * size_t(r);
-  auto scale = [&](size_t c) {
-    uint16_t h;
-    std::memcpy(&h, sp + 2 * (c / G), 2);
-    return f16_to_f32(h);
-  };
-  if (w.format == WeightFormat::Q8) {
-    const uint8_t* row = base + cols * size_t(r);
-    for (size_t c = 0; c < cols; ++c) out[c] = scale(c) * float(int(row[c]) - 128);
+  if (w.format == WeightFormat::Q4) {
+    t_scratch.resize(cols);
+    t_scales.resize(ng);
+    q4_row(w, r, t_scratch.data(), t_scales.data());
+    for (size_t c = 0; c < cols; ++c) out[c] = f16_to_f32(t_scales[c / G]) * float(int(t_scratch[c]) - 8);
     return;
   }
-  const uint8_t* row = base + cols / 2 * size_t(r);
-  for (size_t b = 0; b < cols; b += 128) {
-    const size_t n = cols - b < 128 ? cols - b : 128, half = n / 2;
-    for (size_t j = 0; j < half; ++j) {
-      const uint8_t v = row[b / 2 + j];
-      out[b + j] = scale(b + j) * float(int(v & 0x0f) - 8);
-      out[b + j + half] = scale(b + j + half) * float(int(v >> 4) - 8);
-    }
+  const uint8_t* sp = static_cast<const uint8_t*>(w.aux) + 2 * ng * size_t(r);
+  const uint8_t* row = base + cols * size_t(r);
+  for (size_t c = 0; c < cols; ++c) {
+    uint16_t h;
+    std::memcpy(&h, sp + 2 * (c / G), 2);
+    out[c] = f16_to_f32(h) * float(int(row[c]) - 128);
   }
 }
 

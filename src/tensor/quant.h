@@ -6,14 +6,19 @@
 // Q8  data: [rows, cols] bytes, row-major, byte = q + 128 with q in [-127, 127]
 //           (unsigned storage: AVX-512 VNNI vpdpbusd takes the weights as its
 //           unsigned operand directly); w ≈ d·q, d = absmax/127.
-// Q4  data: [rows, cols/2] bytes, row-major; q in [0, 15], w ≈ d·(q − 8).
-//           Each row is cut into blocks of 128 columns (the last block may be
-//           32, 64 or 96 columns); a block of n columns is n/2 bytes, byte j
-//           holding column j in its low nibble and column j + n/2 in its high
-//           nibble (one 64-byte load unpacks into two runs of 64 consecutive
-//           columns). d: per group the best of a few candidate scales
-//           (gemv_impl.h) refitted by least squares.
-// aux (both): fp16 scales d, [rows, cols/group], row-major.
+// Q4  data: q in [0, 15], w ≈ d·(q − 8), in panels of 16 rows (the last one
+//           padded with zero rows): panel p holds rows 16p…16p+15 as cols/8
+//           lines of 64 bytes; line b holds columns 8b…8b+7, byte 4·i + j
+//           being row 16p + i's column 8b + j (low nibble) and 8b + 4 + j
+//           (high nibble). One 64-byte load is then 16 rows × 4 columns
+//           twice over: a row per 32-bit lane, as vpdpbusd sums it, so the
+//           decode GEMV accumulates 16 rows per instruction with one
+//           broadcast of 4 activations (gemv_avx512.cpp), and the int8 GEMM's
+//           repacked panel is the same picture (gemm_int8.h).
+//           d: per group the best of a few candidate scales (gemv_impl.h)
+//           refitted by least squares.
+// aux: Q8 fp16 scales d, [rows, cols/group], row-major; Q4 per panel
+//      [cols/group][16]: the 16 rows' scales of a group side by side.
 //
 // Group sizes: 32, 64 or a multiple of 128, dividing cols. Per weight:
 // Q8 group 32 = 8.5 bits, Q4 group 32 = 4.5 bits.
@@ -54,7 +59,18 @@ void quantize_into(const void* src, WeightFormat src_format, int rows, int cols,
                    uint8_t* data, uint16_t* scales);
 
 size_t quant_data_bytes(WeightFormat target, int rows, int cols);
-size_t quant_aux_bytes(int rows, int cols, int group);
+size_t quant_aux_bytes(WeightFormat target, int rows, int cols, int group);
+
+// Q4's panel layout (above).
+inline constexpr int kQ4PanelRows = 16;
+inline int q4_panels(int rows) { return (rows + kQ4PanelRows - 1) / kQ4PanelRows; }
+// Index of row r's scale of group g among the aux's fp16 values.
+inline size_t q4_scale_index(int cols, int group, int r, int g) {
+  return (size_t(r / kQ4PanelRows) * size_t(cols / group) + size_t(g)) * kQ4PanelRows + size_t(r % kQ4PanelRows);
+}
+// Row r of a Q4 matrix: its values q [cols] (0…15) and fp16 scales
+// d [cols/group].
+void q4_row(const WeightMatrix& w, int r, uint8_t* q, uint16_t* d);
 
 // Row r of any weight matrix as fp32 (dequantised for Q8/Q4).
 void dequantize_row(const WeightMatrix& w, int r, float* out);
