@@ -148,50 +148,74 @@ uint64_t read_share_scalar(const uint8_t* p, size_t bytes, const ReadVariant&) {
 
 }  // namespace
 
-ReadBandwidth measure_read_bandwidth(int threads) {
-  const size_t bytes = size_t(1) << 30;
+ReadProbe::ReadProbe(int threads) : threads_(threads) {
   const size_t align = size_t(2) << 20;
-  void* m = mmap(nullptr, bytes + align, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  ReadBandwidth out;
-  if (m == MAP_FAILED) return out;
-  uint8_t* buf = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(m) + align - 1) & ~(uintptr_t(align) - 1));
-  out.huge_pages = madvise(buf, bytes, MADV_HUGEPAGE) == 0;
+  void* m = mmap(nullptr, kBytes + align, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (m == MAP_FAILED) return;
+  map_ = m;
+  buf_ = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(m) + align - 1) & ~(uintptr_t(align) - 1));
+  huge_pages_ = madvise(buf_, kBytes, MADV_HUGEPAGE) == 0;
+  // Every 8 bytes different: pages of equal content could be merged behind
+  // the VM's back (one host page read over and over from cache).
 #pragma omp parallel for num_threads(threads) schedule(static)
-  for (size_t i = 0; i < bytes; i += 4096) std::memset(buf + i, int(i >> 12), 4096);
+  for (size_t i = 0; i < kBytes; i += 4096) {
+    uint64_t* w = reinterpret_cast<uint64_t*>(buf_ + i);
+    for (size_t j = 0; j < 512; ++j) w[j] = (uint64_t(i) + 8 * j) * 0x9E3779B97F4A7C15ull;
+  }
+}
+
+ReadProbe::~ReadProbe() {
+  if (map_) munmap(map_, kBytes + (size_t(2) << 20));
+}
+
+double ReadProbe::run(int variant) const {
+  if (!buf_) return 0;
+  const ReadVariant& v = kReadVariants[variant];
   const bool avx512 = __builtin_cpu_supports("avx512f"), avx2 = __builtin_cpu_supports("avx2");
-  auto run = [&](const ReadVariant& v) {
-    uint64_t sink = 0;
-    const double t0 = now();
-#pragma omp parallel num_threads(threads) reduction(^ : sink)
-    {
-      const int t = omp_get_thread_num(), n = omp_get_num_threads();
-      const size_t share = bytes / size_t(n) / 4096 * 4096;
-      const uint8_t* p = buf + size_t(t) * share;
-      sink ^= avx512 ? read_share_avx512(p, share, v)
-              : avx2 ? read_share_avx2(p, share, v)
-                     : read_share_scalar(p, share, v);
-    }
-    const double dt = now() - t0;
-    volatile uint64_t keep = sink;
-    (void)keep;
-    return double(bytes) / dt / 1e9;
-  };
+  const uint8_t* buf = buf_;
+  uint64_t sink = 0;
+  const double t0 = now();
+#pragma omp parallel num_threads(threads_) reduction(^ : sink)
+  {
+    const int t = omp_get_thread_num(), n = omp_get_num_threads();
+    const size_t share = kBytes / size_t(n) / 4096 * 4096;
+    const uint8_t* p = buf + size_t(t) * share;
+    sink ^= avx512 ? read_share_avx512(p, share, v)
+            : avx2 ? read_share_avx2(p, share, v)
+                   : read_share_scalar(p, share, v);
+  }
+  const double dt = now() - t0;
+  volatile uint64_t keep = sink;
+  (void)keep;
+  return double(kBytes) / dt / 1e9;
+}
+
+ReadBandwidth ReadProbe::measure() {
+  ReadBandwidth out;
+  out.huge_pages = huge_pages_;
   // Each variant a few times (the VM is noisy), then the best one again.
-  const ReadVariant* best = &kReadVariants[0];
-  for (const ReadVariant& v : kReadVariants) {
+  const int variants = int(sizeof(kReadVariants) / sizeof(kReadVariants[0]));
+  for (int v = 0; v < variants; ++v) {
     double b = 0;
     for (int rep = 0; rep < 3; ++rep) b = std::max(b, run(v));
-    out.per_variant.push_back({v.name, b});
+    out.per_variant.push_back({kReadVariants[v].name, b});
     if (b > out.gbps) {
       out.gbps = b;
-      best = &v;
+      best_ = v;
     }
   }
-  for (int rep = 0; rep < 4; ++rep) out.gbps = std::max(out.gbps, run(*best));
-  out.variant = best->name;
-  munmap(m, bytes + align);
+  for (int rep = 0; rep < 4; ++rep) out.gbps = std::max(out.gbps, run(best_));
+  out.variant = kReadVariants[best_].name;
   return out;
 }
+
+double ReadProbe::quick(int reps) const {
+  double b = 0;
+  for (int rep = 0; rep < reps; ++rep) b = std::max(b, run(best_));
+  return b;
+}
+
+ReadBandwidth measure_read_bandwidth(int threads) { return ReadProbe(threads).measure(); }
 
 MachineLimits measure_machine_limits(int threads) {
   MachineLimits m;

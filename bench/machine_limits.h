@@ -3,6 +3,8 @@
 // and int8 VNNI throughput (register-only loops on every thread) and memory
 // read bandwidth (the best of several streaming patterns over a buffer far
 // larger than the caches, see machine_limits.cpp).
+#include <cstddef>
+#include <cstdint>
 #include <string>
 #include <utility>
 #include <vector>
@@ -26,6 +28,31 @@ struct MachineLimits {
 };
 
 MachineLimits measure_machine_limits(int threads);
+
+// The memory-read probe with its 1 GiB buffer kept between measurements, so
+// that a stage can be bracketed by probes taken right beside it (this VM's
+// bandwidth moves by up to 2x within a run) without paying for fresh pages
+// each time.
+class ReadProbe {
+ public:
+  explicit ReadProbe(int threads);
+  ~ReadProbe();
+  ReadProbe(const ReadProbe&) = delete;
+  ReadProbe& operator=(const ReadProbe&) = delete;
+  // Every streaming variant, best of several: sets the best variant.
+  ReadBandwidth measure();
+  // The best variant only, best of `reps` passes (~30 ms each).
+  double quick(int reps = 3) const;
+
+ private:
+  double run(int variant) const;
+  static constexpr size_t kBytes = size_t(1) << 30;
+  int threads_;
+  void* map_ = nullptr;
+  uint8_t* buf_ = nullptr;
+  bool huge_pages_ = false;
+  int best_ = 0;
+};
 // Only the memory-read probe (part of measure_machine_limits).
 ReadBandwidth measure_read_bandwidth(int threads);
 

@@ -323,8 +323,8 @@ int main(int argc, char** argv) {
     const double params = cfg.text.n_layers * (D * (D + 2 * cfg.text.n_kv_heads * hd) + D * D + 2 * D * F);
     const double flops = 2 * T * params + cfg.text.n_layers * 4 * T * T * D;
     prefill_bound_s = flops / 1e9 / peak;
-    // q4 mode's prefill widens its 4-bit weights to fp32 (int8 GEMMs need
-    // per-row scales): its ratio is to the int8 peak all the same.
+    // (q4 mode's prefill widens its 4-bit panels to int8 inside the int8
+    // GEMM: its ratio is to the int8 peak too.)
     row("prefill of the 730-token image prefix", s, fmt("%.0f tokens/s, %.0f GFLOP/s", T / s, flops / s / 1e9),
         fmt("%.0f%% of ", 100 * flops / s / 1e9 / peak) + peak_name + fmt(" peak (bound %.2f s)", prefill_bound_s),
         quant == "none" ? "" : ">= 85% of int8 peak");
@@ -336,34 +336,59 @@ int main(int argc, char** argv) {
     opts.max_tokens = tokens;
     opts.sampling.temperature = 0;
     model->caption(enc, md::CaptionLength::Normal, opts);  // warm
-    // The VM's bandwidth drifts (neighbours): the probe again right before
-    // and after, and the bound from the best probe of the run.
-    peak_rss_stages = peak_rss_gb();  // the probes' buffer is not the engine's memory
-    const double probe_before = md::bench::measure_read_bandwidth(threads).gbps;
-    const md::TextResult r = model->caption(enc, md::CaptionLength::Normal, opts);
-    const double probe_after = md::bench::measure_read_bandwidth(threads).gbps;
-    reset_peak_rss();
-    const double gbps = std::max({lim.read_gbps, again.read_gbps, probe_before, probe_after});
-    const double tps = r.timings.decode_tokens_per_s();
     // Bytes read per token: the text blocks and lm_head as the kernels read
     // them, plus the KV rows at the steps' mean position.
     double wbytes = 0;
     for (const auto& b : model->weights().text_blocks)
       for (const md::Linear* l : {&b.qkv, &b.proj, &b.fc1, &b.fc2}) wbytes += md::weight_bytes(l->w);
     wbytes += md::weight_bytes(model->weights().lm_head.w);
-    const int mid = enc.cache.length + r.prompt_tokens + r.timings.decode_tokens / 2;
-    const double kvbytes = double(md::KVCache::read_bytes(cfg.text, mid, model->kv_format()));
+    // The VM's bandwidth drifts (neighbours, vCPU placement) by up to 2x
+    // within a run: the decode runs in rounds, each bracketed by probes (the
+    // best streaming variant of the run), and each round's bound is the
+    // better of its two probes. The row shows the median round; the bound
+    // from the best probe of the whole run is printed beside it.
+    peak_rss_stages = peak_rss_gb();  // the probes' buffer is not the engine's memory
+    struct Round {
+      double tps, gbps, ratio;
+      int mid, tokens;
+      double decode_s;
+    };
+    std::vector<Round> rounds;
+    double best_probe = std::max(lim.read_gbps, again.read_gbps);
+    {
+      md::bench::ReadProbe probe(threads);
+      probe.measure();
+      double before = probe.quick();
+      for (int k = 0; k < 5; ++k) {
+        const md::TextResult r = model->caption(enc, md::CaptionLength::Normal, opts);
+        const double after = probe.quick();
+        const int mid = enc.cache.length + r.prompt_tokens + r.timings.decode_tokens / 2;
+        const double bytes = wbytes + double(md::KVCache::read_bytes(cfg.text, mid, model->kv_format()));
+        const double g = std::max(before, after), tps = r.timings.decode_tokens_per_s();
+        rounds.push_back({tps, g, tps * bytes / 1e9 / g, mid, r.timings.decode_tokens, r.timings.decode_s});
+        best_probe = std::max({best_probe, before, after});
+        before = after;
+      }
+    }
+    reset_peak_rss();
+    std::string per_round;
+    for (const Round& rd : rounds) per_round += fmt(" %.1f t/s at %.1f GB/s (%.0f%%);", rd.tps, rd.gbps, 100 * rd.ratio);
+    std::vector<Round> sorted = rounds;
+    std::sort(sorted.begin(), sorted.end(), [](const Round& a, const Round& b) { return a.ratio < b.ratio; });
+    const Round med = sorted[sorted.size() / 2];
+    const double kvbytes = double(md::KVCache::read_bytes(cfg.text, med.mid, model->kv_format()));
     const double bytes = wbytes + kvbytes;
-    const double bound = gbps * 1e9 / bytes;
+    const double bound = med.gbps * 1e9 / bytes;
     token_bound_s = 1.0 / bound;
     std::printf(
-        "decode probes: %.1f GB/s before, %.1f after, %.1f at the start; %.2f GB weights + %.3f GB %s KV at "
-        "position %d per token\n",
-        probe_before, probe_after, lim.read_gbps, wbytes / 1e9, kvbytes / 1e9, md::kv_format_name(model->kv_format()),
-        mid);
-    row(fmt("decode at ~%.0f positions (%.0f tokens)", double(mid), double(r.timings.decode_tokens)).c_str(),
-        r.timings.decode_s, fmt("%.2f tokens/s, %.1f GB/s", tps, tps * bytes / 1e9),
-        fmt("%.0f%% of bound %.1f t/s (%.1f GB/s)", 100 * tps / bound, bound, gbps),
+        "decode: %.2f GB weights + %.3f GB %s KV at position %d per token; 5 rounds of %d tokens, each against "
+        "the better of the probes beside it:%s best probe of the run %.1f GB/s (%.0f%% of its bound)\n",
+        wbytes / 1e9, kvbytes / 1e9, md::kv_format_name(model->kv_format()), med.mid, med.tokens, per_round.c_str(),
+        best_probe, 100 * med.tps * bytes / 1e9 / best_probe);
+    row(fmt("decode at ~%.0f positions (%.0f tokens, median of 5)", double(med.mid), double(med.tokens)).c_str(),
+        med.decode_s,
+        fmt("%.2f tokens/s, %.1f GB/s", med.tps, med.tps * bytes / 1e9),
+        fmt("%.0f%% of bound %.1f t/s (%.1f GB/s)", 100 * med.ratio, bound, med.gbps),
         quant == "none"   ? ">= 92%; >= 12 t/s Zen 4"
         : quant == "int8" ? ">= 92%; >= 22.5 t/s Zen 4"
                           : ">= 92%; >= 40 t/s Zen 4");
