@@ -192,6 +192,20 @@ void pack_values(const Int8HeadAttention& a, const Int8HeadLayout& L, int16_t* v
   }
 }
 
+// acc += the products as one instruction on the accumulator in place. As
+// intrinsics GCC 12 copies each accumulator before every product (their
+// non-destructive form) and spills the rest (gemm_int8_avx512.cpp has the
+// same helpers for its tile).
+__attribute__((always_inline)) inline void dpbusd(__m512i& acc, __m512i u8, __m512i s8) {
+  __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u8), "v"(s8));
+}
+__attribute__((always_inline)) inline void dpwssd(__m512i& acc, __m512i a, __m512i b) {
+  __asm__("vpdpwssd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
+}
+__attribute__((always_inline)) inline void dpwssd(__m256i& acc, __m256i a, __m256i b) {
+  __asm__("vpdpwssd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
+}
+
 inline int32_t load4(const int8_t* p) {
   int32_t v;
   __builtin_memcpy(&v, p, 4);
@@ -205,20 +219,27 @@ inline void score_blocks(const int8_t* qq, int hd, const int32_t* qbias, const f
                          const float* sk, int j0, float* s, size_t lds) {
   const int groups = hd / 4;
   __m512i acc[R][NB];
+#pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
     for (int b = 0; b < NB; ++b) acc[r][b] = _mm512_setzero_si512();
   const uint8_t* kb = kp + size_t(j0) * size_t(hd);
   for (int g = 0; g < groups; ++g) {
     __m512i kv[NB];
+#pragma GCC unroll 8
     for (int b = 0; b < NB; ++b) kv[b] = _mm512_load_si512(kb + (size_t(b) * size_t(groups) + size_t(g)) * 64);
+#pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const __m512i qb = _mm512_set1_epi32(load4(qq + size_t(r) * size_t(hd) + 4 * g));
-      for (int b = 0; b < NB; ++b) acc[r][b] = _mm512_dpbusd_epi32(acc[r][b], kv[b], qb);
+#pragma GCC unroll 8
+      for (int b = 0; b < NB; ++b) dpbusd(acc[r][b], kv[b], qb);
     }
   }
+#pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
     const __m512i bias = _mm512_set1_epi32(qbias[r]);
     const __m512 rs = _mm512_set1_ps(sq[r]);
+#pragma GCC unroll 8
     for (int b = 0; b < NB; ++b) {
       const __m512 scale = _mm512_mul_ps(_mm512_loadu_ps(sk + j0 + 16 * b), rs);
       const __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][b], bias));
@@ -301,11 +322,11 @@ inline void pv_tile(const int16_t* p, size_t ldp, const int16_t* vp, int n, floa
       }
       for (int c = 0; c < nf; ++c) {
         const __m512i vv = _mm512_load_si512(pair + 32 * c);
-        for (int r = 0; r < R; ++r) acc[r][c] = _mm512_dpwssd_epi32(acc[r][c], vv, pb[r]);
+        for (int r = 0; r < R; ++r) dpwssd(acc[r][c], vv, pb[r]);
       }
       if constexpr (kHalf) {
         const __m256i vv = _mm256_load_si256(reinterpret_cast<const __m256i*>(pair + 32 * nf));
-        for (int r = 0; r < R; ++r) half[r] = _mm256_dpwssd_epi32(half[r], vv, _mm512_castsi512_si256(pb[r]));
+        for (int r = 0; r < R; ++r) dpwssd(half[r], vv, _mm512_castsi512_si256(pb[r]));
       }
     }
     for (int r = 0; r < R; ++r) {
