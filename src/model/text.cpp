@@ -154,7 +154,9 @@ PooledVector<float> TextModel::forward(const float* embeddings, int n, KVCache& 
   for (int l = 0; l < cfg_.n_layers; ++l) {
     const TextBlock& blk = w_.text_blocks[l];
     layer_norm(blk.ln, x.data(), n, h.data());
-    linear(blk.qkv, h.data(), n, qkv.data());
+    // Parallel residual: the attention and the MLP both read h, and both add
+    // to x. Decoding, each pair of products runs in one parallel region.
+    linear_group({{&blk.qkv, h.data(), qkv.data(), false}, {&blk.fc1, h.data(), ff.data(), true}}, n);
     // This cache's own rows start at position base_length.
     uint8_t* kc = cache.k[size_t(l)].data();
     uint8_t* vc = cache.v[size_t(l)].data();
@@ -180,9 +182,7 @@ PooledVector<float> TextModel::forward(const float* embeddings, int n, KVCache& 
     if (cache.base && cache.base->format != cache.format)
       throw Error("KV cache: a cache extends a base of another format");
     attention(shape, mask, qkv.data(), cache.base_rows(l), cache.own_rows(l, pos0 + n - cache.base_length), att.data());
-    linear(blk.proj, att.data(), n, tmp.data());
-    linear_gelu(blk.fc1, h.data(), n, ff.data());
-    linear(blk.fc2, ff.data(), n, h.data());
+    linear_group({{&blk.proj, att.data(), tmp.data(), false}, {&blk.fc2, ff.data(), h.data(), false}}, n);
     for (size_t i = 0; i < size_t(n) * D; ++i) x[i] = (x[i] + tmp[i]) + h[i];
   }
   cache.length = pos0 + n;

@@ -352,20 +352,42 @@ void gemv_rows(const WeightMatrix& w, const float* x, float* y, int r0, int r1) 
 
 void gemm_chunked(const WeightMatrix& w, const float* X, int m, float* Y, int ldy, int chunk,
                   const std::function<void(int r0, int r1)>& done) {
-  check(w, 0, w.rows);
-  if (m <= 0) return;
+  gemm_chunked(std::vector<GemmJob>{GemmJob{&w, X, m, Y, ldy, done}}, chunk);
+}
+
+void gemm_chunked(const std::vector<GemmJob>& jobs, int chunk) {
   if (chunk <= 0) throw Error("gemm_chunked: chunk must be positive");
+  // first[j]: the counter value of job j's first chunk.
+  std::vector<int> first(jobs.size() + 1, 0);
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    check(*jobs[j].w, 0, jobs[j].w->rows);
+    first[j + 1] = first[j] + (jobs[j].m > 0 ? (jobs[j].w->rows + chunk - 1) / chunk : 0);
+  }
+  const int total = first.back();
+  if (total == 0) return;
   const Kernels& k = kernels();
-  const int chunks = (w.rows + chunk - 1) / chunk;
   std::atomic<int> counter{0};
-  parallel_for(size_t(std::min(chunks, num_threads())), [&](size_t, size_t) {
+  parallel_for(size_t(std::min(total, num_threads())), [&](size_t, size_t) {
+    // The counter only grows, so a thread meets the jobs in order and needs
+    // one prepared X at a time.
+    size_t job = 0;
+    bool prepared = false;
     const XQuant* xq = nullptr;
-    const float* xk = prepare_x(k, w, X, m, &xq);
-    for (int c = counter.fetch_add(1, std::memory_order_relaxed); c < chunks;
+    const float* xk = nullptr;
+    for (int c = counter.fetch_add(1, std::memory_order_relaxed); c < total;
          c = counter.fetch_add(1, std::memory_order_relaxed)) {
-      const int r0 = c * chunk, r1 = std::min(w.rows, r0 + chunk);
-      run_rows(k, w, xk, xq, m, Y, ldy, r0, r1);
-      if (done) done(r0, r1);
+      while (c >= first[job + 1]) {
+        ++job;
+        prepared = false;
+      }
+      const GemmJob& jb = jobs[job];
+      if (!prepared) {
+        xk = prepare_x(k, *jb.w, jb.X, jb.m, &xq);
+        prepared = true;
+      }
+      const int r0 = (c - first[job]) * chunk, r1 = std::min(jb.w->rows, r0 + chunk);
+      run_rows(k, *jb.w, xk, xq, jb.m, jb.Y, jb.ldy, r0, r1);
+      if (jb.done) jb.done(r0, r1);
     }
   });
 }

@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <vector>
 
 namespace md {
 
@@ -54,6 +55,19 @@ void gemm(const WeightMatrix& w, const float* X, int m, float* Y, int ldy);
 // if given, runs on the thread that computed rows [r0, r1) (an epilogue).
 void gemm_chunked(const WeightMatrix& w, const float* X, int m, float* Y, int ldy, int chunk,
                   const std::function<void(int r0, int r1)>& done = {});
+// Several such products in one parallel region: the chunks of every job from
+// one shared counter, in job order (a thread prepares a job's X when it first
+// takes one of its chunks). One team and one barrier instead of one per
+// product: a decode step's products that share an input or an output.
+struct GemmJob {
+  const WeightMatrix* w = nullptr;
+  const float* X = nullptr;
+  int m = 0;
+  float* Y = nullptr;
+  int ldy = 0;
+  std::function<void(int r0, int r1)> done;
+};
+void gemm_chunked(const std::vector<GemmJob>& jobs, int chunk);
 
 // What dispatch picked: "avx512", "avx2" or "scalar".
 const char* gemv_isa();

@@ -528,11 +528,23 @@ void finish_tile(const float* bias, bool gelu, int m, int n, float* y, size_t ld
   }
 }
 
+// The int8 GEMM on Q4 weights, where it takes these rows (else null).
+Int8GemmKernel q4_gemm_kernel(const WeightMatrix& w, int m) {
+  return w.format == WeightFormat::Q4 && m > kMaxGemvRows && w.rows % 16 == 0 ? int8_gemm_kernel() : nullptr;
+}
+
+bool takes_int8_gemm(const WeightMatrix& w, int m) {
+  return is_q8_per_row(w) && (m > kMaxInt8GemvRows || !quant_group_ok(w.cols, w.group));
+}
+
+bool takes_gemv(const WeightMatrix& w, int m) {
+  return !takes_int8_gemm(w, m) && !q4_gemm_kernel(w, m) && m <= kMaxGemvRows;
+}
+
 void linear_impl(const Linear& l, const float* x, int m, bool gelu, float* y) {
   const WeightMatrix& w = l.w;
-  Int8GemmKernel q4_kernel = nullptr;
-  if (w.format == WeightFormat::Q4 && m > kMaxGemvRows && w.rows % 16 == 0) q4_kernel = int8_gemm_kernel();
-  if (is_q8_per_row(w) && (m > kMaxInt8GemvRows || !quant_group_ok(w.cols, w.group))) {
+  Int8GemmKernel q4_kernel = q4_gemm_kernel(w, m);
+  if (takes_int8_gemm(w, m)) {
     g_linear_paths[int(LinearPath::Int8Gemm)].fetch_add(1, std::memory_order_relaxed);
     linear_int8(w, x, m, l.b, gelu, y);
   } else if (q4_kernel) {
@@ -578,6 +590,25 @@ uint64_t detail::attention_path_count(AttentionPath p) {
 }
 
 void linear_gelu(const Linear& l, const float* x, int m, float* y) { linear_impl(l, x, m, true, y); }
+
+void linear_group(const std::vector<LinearJob>& jobs, int m) {
+  bool gemv = m > 0;
+  for (const LinearJob& j : jobs) gemv = gemv && takes_gemv(j.l->w, m);
+  if (!gemv) {
+    for (const LinearJob& j : jobs) linear_impl(*j.l, j.x, m, j.gelu, j.y);
+    return;
+  }
+  std::vector<GemmJob> products;
+  products.reserve(jobs.size());
+  for (const LinearJob& j : jobs) {
+    g_linear_paths[int(LinearPath::Gemv)].fetch_add(1, std::memory_order_relaxed);
+    const Linear& l = *j.l;
+    products.push_back(GemmJob{&l.w, j.x, m, j.y, l.out, [&l, &j, m](int c0, int c1) {
+                                 finish_tile(l.b ? l.b + c0 : nullptr, j.gelu, m, c1 - c0, j.y + c0, size_t(l.out));
+                               }});
+  }
+  gemm_chunked(products, 64);
+}
 
 namespace {
 

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "tensor/gemv.h"
 
@@ -34,6 +35,17 @@ struct LayerNormWeights {
 void linear(const Linear& l, const float* x, int m, float* y);
 // gelu_tanh(linear(x)), applied to each output tile while it is in cache.
 void linear_gelu(const Linear& l, const float* x, int m, float* y);
+// Several linear() / linear_gelu() calls of m rows each, with results equal
+// to the calls one after another. Where all of them take the GEMV path (a
+// decode step) they run in one parallel region: one barrier, and the faster
+// thread goes on to the next product's rows instead of waiting.
+struct LinearJob {
+  const Linear* l = nullptr;
+  const float* x = nullptr;
+  float* y = nullptr;
+  bool gelu = false;
+};
+void linear_group(const std::vector<LinearJob>& jobs, int m);
 
 // Which path a linear() call took: GEMV kernels (few rows), the int8 GEMM
 // (Q8 per-row weights), the int8 GEMM on Q4 weights widened to int8 per
