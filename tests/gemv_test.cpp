@@ -341,6 +341,39 @@ TEST(Gemv, ThreadedEqualsSingleThreaded) {
 // gemm_chunked: every chunk computed once (its epilogue sees exactly the
 // rows it covers, each row once) and the result equal to the serial rows,
 // for chunk sizes that do and do not divide the rows, on 1-3 threads.
+TEST(Gemv, ChunkedJobsInOneRegionEqualEachProductAlone) {
+  // Three products of different formats, shapes and inputs from one counter:
+  // each equals gemm_rows exactly and every chunk of every job runs once.
+  const int saved = md::num_threads();
+  const int m = 2;
+  const TestMatrix a(WeightFormat::Q8, 301, 512, 61, 64), b(WeightFormat::Q4, 77, 256, 62, 32),
+      c(WeightFormat::BF16, 130, 96, 63);
+  const std::vector<float> xa = gaussian(size_t(m) * 512, 64), xb = gaussian(size_t(m) * 256, 65),
+                           xc = gaussian(size_t(m) * 96, 66);
+  std::vector<float> wa(size_t(m) * 301), wb(size_t(m) * 77), wc(size_t(m) * 130);
+  md::gemm_rows(a.w, xa.data(), m, wa.data(), 301, 0, 301);
+  md::gemm_rows(b.w, xb.data(), m, wb.data(), 77, 0, 77);
+  md::gemm_rows(c.w, xc.data(), m, wc.data(), 130, 0, 130);
+  for (int threads : {1, 2, 3})
+    for (int chunk : {16, 64}) {
+      md::set_num_threads(threads);
+      std::vector<float> ya(wa.size(), -1.0f), yb(wb.size(), -1.0f), yc(wc.size(), -1.0f);
+      std::atomic<int> calls[3] = {0, 0, 0};
+      std::vector<md::GemmJob> jobs;
+      jobs.push_back({&a.w, xa.data(), m, ya.data(), 301, [&](int, int) { calls[0].fetch_add(1); }});
+      jobs.push_back({&b.w, xb.data(), m, yb.data(), 77, [&](int, int) { calls[1].fetch_add(1); }});
+      jobs.push_back({&c.w, xc.data(), m, yc.data(), 130, [&](int, int) { calls[2].fetch_add(1); }});
+      md::gemm_chunked(jobs, chunk);
+      EXPECT_EQ(ya, wa) << threads << " threads, chunk " << chunk;
+      EXPECT_EQ(yb, wb) << threads << " threads, chunk " << chunk;
+      EXPECT_EQ(yc, wc) << threads << " threads, chunk " << chunk;
+      EXPECT_EQ(calls[0].load(), (301 + chunk - 1) / chunk);
+      EXPECT_EQ(calls[1].load(), (77 + chunk - 1) / chunk);
+      EXPECT_EQ(calls[2].load(), (130 + chunk - 1) / chunk);
+    }
+  md::set_num_threads(saved);
+}
+
 TEST(Gemv, ChunkedEqualsRowsAndRunsEachChunkOnce) {
   const int saved = md::num_threads();
   const int rows = 301, cols = 512, m = 3;

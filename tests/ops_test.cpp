@@ -426,6 +426,27 @@ Linear q8_linear(const QuantizedWeights& q, const float* bias, std::vector<float
 // be the path taken — and agree with the dequantised weights up to the int8
 // roundings; elsewhere they take the fp32 path. Groups 32 and 128; 2048→208
 // has a last panel of 16 outputs; 100 rows end in a partial row tile.
+TEST(Linear, GroupEqualsTheCallsOneAfterAnother) {
+  // Decoding (one row, 3 rows) the group runs as GEMVs in one region; a
+  // prompt of 40 rows runs each product on its own path. Both equal the
+  // calls one at a time exactly, bias and GELU included.
+  const int in = 96, out1 = 130, out2 = 64;
+  const auto W1 = random_vec(size_t(in) * out1, 41), B1 = random_vec(out1, 42);
+  const auto W2 = random_vec(size_t(in) * out2, 43), B2 = random_vec(out2, 44);
+  const Linear l1 = make_linear(in, out1, W1.data(), B1.data()), l2 = make_linear(in, out2, W2.data(), B2.data());
+  for (int m : {1, 3, 40}) {
+    const auto x1 = random_vec(size_t(m) * in, 45 + m), x2 = random_vec(size_t(m) * in, 46 + m);
+    std::vector<float> a1(size_t(m) * out1), a2(size_t(m) * out2), g1(a1.size()), g2(a2.size());
+    linear(l1, x1.data(), m, a1.data());
+    linear_gelu(l2, x2.data(), m, a2.data());
+    const uint64_t gemv_before = detail::linear_path_count(LinearPath::Gemv);
+    linear_group({{&l1, x1.data(), g1.data(), false}, {&l2, x2.data(), g2.data(), true}}, m);
+    EXPECT_EQ(detail::linear_path_count(LinearPath::Gemv) - gemv_before, m <= 16 ? 2u : 0u) << m;
+    EXPECT_EQ(g1, a1) << m;
+    EXPECT_EQ(g2, a2) << m;
+  }
+}
+
 TEST(Linear, Q4PromptsRunOnTheInt8GemmAndMatchTheDequantisedWeights) {
   for (const auto& [in, out, group] : {std::tuple{256, 128, 32}, std::tuple{2048, 208, 32}, std::tuple{512, 64, 128}}) {
     const auto W = random_vec(size_t(in) * out, 31), B = random_vec(out, 32);
