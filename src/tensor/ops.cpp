@@ -888,7 +888,10 @@ void bf16_decode_split(const gemv_detail::AttentionKernels* ak, const AttentionS
       const float* qh = qk + size_t(h) * size_t(hd);
       float* ah = acc + size_t(h) * size_t(hd);
       if (fast) return ak->block(qh, kh, vh, s.kv_stride, n, scale, m + h, l + h, ah, share);
-      gemv_detail::PrefetchCursor(share).issue_rest();
+      // The next block's share in two parts, before the scores and before
+      // p·V (one burst made the first loads queue behind it).
+      gemv_detail::PrefetchCursor pf(share);
+      pf.issue((pf.lines() + 1) / 2);
       bf16_scores_portable(qh, kh, s.kv_stride, n, hd, scale, sc);
       float mx = sc[0];
       for (int j = 1; j < n; ++j) mx = std::max(mx, sc[j]);
@@ -905,6 +908,7 @@ void bf16_decode_split(const gemv_detail::AttentionKernels* ak, const AttentionS
         sum += sc[j];
       }
       l[h] += sum;
+      pf.issue_rest();
       bf16_pv_portable(sc, vh, s.kv_stride, n, hd, part);
 #pragma omp simd
       for (int d = 0; d < hd; ++d) ah[d] += part[d];
@@ -1064,12 +1068,19 @@ void bf16_lane_group(const AttentionShape& s, const AttentionMask& mask, const f
     }
     auto head_block = [&](int h, int j0, int n, const uint16_t* kh, const uint16_t* vh,
                           const gemv_detail::RowPrefetch& share) {
-      gemv_detail::PrefetchCursor(share).issue_rest();
+      // The next block's share in four parts between the steps, not in one
+      // burst that the first loads would queue behind.
+      gemv_detail::PrefetchCursor pf(share);
+      const int quarter = (pf.lines() + 3) / 4;
       float* st = P + size_t(h) * per_head;
+      pf.issue(quarter);
       widen_bf16_rows(kh, n, s.kv_stride, hd, kf);
+      pf.issue(quarter);
       widen_bf16_rows(vh, n, s.kv_stride, hd, vf);
+      pf.issue(quarter);
       lanes_scores(qT + size_t(h) * size_t(hd) * kLanes, kf, n, hd, scale, sT);
       lanes_online_softmax(sT, n, j0, vis, st, st + kLanes, st + 2 * kLanes, hd);
+      pf.issue_rest();
       lanes_pv(sT, vf, n, hd, st + 2 * kLanes);
     };
     for_each_block_and_head(s, base, own, visible, sl, slices, kBlock, claim_next, head_block);
