@@ -530,8 +530,7 @@ void prep_row_avx512(const float* x, int cols, int group, int zero, int8_t* q, f
 // Quantisation of one fp32 row (same algorithm as quant_row_scalar in
 // quant.cpp; see quant.h).
 
-void quant_row_avx512(WeightFormat target, const float* w, int cols, int group, uint8_t* out, uint16_t* scales,
-                      uint8_t* scratch) {
+void quant_row_avx512(WeightFormat target, const float* w, int cols, int group, uint8_t* out, uint16_t* scales) {
   const int ng = cols / group;
   if (target == WeightFormat::Q8) {
     const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
@@ -554,7 +553,6 @@ void quant_row_avx512(WeightFormat target, const float* w, int cols, int group, 
     return;
   }
   // Q4: candidate scales (gemv_impl.h), least-squares refit, best wins.
-  (void)scratch;
   uint8_t* qrow = out;
   const __m512 qlo = _mm512_set1_ps(-8.0f), qhi = _mm512_set1_ps(7.0f);
   const __m512i even = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 14, 12, 10, 8, 6, 4, 2, 0);

@@ -47,9 +47,8 @@ inline int32_t q4_group_correction(const XQuant& x, int g, int group) {
 
 // Quantises one fp32 row: Q8 writes cols bytes (q + 128), Q4 cols bytes of
 // values 0…15 (quantize_into packs them into Q4's panels); scales:
-// cols/group fp16; scratch: cols bytes.
-using QuantRow = void (*)(WeightFormat target, const float* w, int cols, int group, uint8_t* q, uint16_t* scales,
-                          uint8_t* scratch);
+// cols/group fp16.
+using QuantRow = void (*)(WeightFormat target, const float* w, int cols, int group, uint8_t* q, uint16_t* scales);
 // Quantises one input row x [cols] per group (see XQuant): q [cols],
 // s [cols/group], hc [cols/4]. Every implementation gives bit-identical
 // results.
@@ -164,7 +163,6 @@ inline constexpr int kNumQ4Candidates = 8;
 static_assert(sizeof(kQ4Candidates) == kNumQ4Candidates * sizeof(float));
 
 // Scalar quantisation of one row (quant.cpp).
-void quant_row_scalar(WeightFormat target, const float* w, int cols, int group, uint8_t* q, uint16_t* scales,
-                      uint8_t* scratch);
+void quant_row_scalar(WeightFormat target, const float* w, int cols, int group, uint8_t* q, uint16_t* scales);
 
 }  // namespace md::gemv_detail

@@ -70,8 +70,7 @@ inline float rne(float v) {
 }
 }  // namespace
 
-void quant_row_scalar(WeightFormat target, const float* w, int cols, int group, uint8_t* out, uint16_t* scales,
-                      uint8_t* scratch) {
+void quant_row_scalar(WeightFormat target, const float* w, int cols, int group, uint8_t* out, uint16_t* scales) {
   const int ng = cols / group;
   if (target == WeightFormat::Q8) {
     for (int g = 0; g < ng; ++g) {
@@ -94,7 +93,6 @@ void quant_row_scalar(WeightFormat target, const float* w, int cols, int group, 
     }
     return;
   }
-  (void)scratch;
   uint8_t* qrow = out;
   for (int g = 0; g < ng; ++g) {
     const float* wg = w + size_t(g) * size_t(group);
@@ -143,7 +141,7 @@ void quant_row_scalar(WeightFormat target, const float* w, int cols, int group, 
 namespace {
 
 thread_local std::vector<float> t_f32;
-thread_local std::vector<uint8_t> t_scratch;
+thread_local std::vector<uint8_t> t_row_values;
 
 // Row r of a stored F32/BF16/F16 matrix as fp32 (a pointer into src when it
 // is already aligned fp32).
@@ -218,7 +216,6 @@ void quantize_into(const void* src, WeightFormat src_format, int rows, int cols,
   const size_t nchunks = (size_t(rows) + kChunk - 1) / kChunk;
   parallel_for(nchunks, [&](size_t b, size_t e) {
     t_f32.resize(size_t(cols));
-    t_scratch.resize(size_t(cols));
     if (q4) {
       t_values.resize(kChunk * size_t(cols));
       t_scales.resize(kChunk * ng);
@@ -228,10 +225,9 @@ void quantize_into(const void* src, WeightFormat src_format, int rows, int cols,
       for (size_t r = r0; r < r1; ++r) {
         const float* row = source_row(src, src_format, cols, int(r), t_f32.data());
         if (q4)
-          fn(target, row, cols, group, t_values.data() + (r - r0) * size_t(cols), t_scales.data() + (r - r0) * ng,
-             t_scratch.data());
+          fn(target, row, cols, group, t_values.data() + (r - r0) * size_t(cols), t_scales.data() + (r - r0) * ng);
         else
-          fn(target, row, cols, group, data + r * size_t(cols), scales + r * ng, t_scratch.data());
+          fn(target, row, cols, group, data + r * size_t(cols), scales + r * ng);
       }
       if (q4) store_q4_panel(t_values.data(), t_scales.data(), int(r0), int(r1), cols, group, data, scales);
     }
@@ -264,10 +260,10 @@ void dequantize_row(const WeightMatrix& w, int r, float* out) {
   }
   const size_t G = size_t(w.group), ng = cols / G;
   if (w.format == WeightFormat::Q4) {
-    t_scratch.resize(cols);
+    t_row_values.resize(cols);
     t_scales.resize(ng);
-    q4_row(w, r, t_scratch.data(), t_scales.data());
-    for (size_t c = 0; c < cols; ++c) out[c] = f16_to_f32(t_scales[c / G]) * float(int(t_scratch[c]) - 8);
+    q4_row(w, r, t_row_values.data(), t_scales.data());
+    for (size_t c = 0; c < cols; ++c) out[c] = f16_to_f32(t_scales[c / G]) * float(int(t_row_values[c]) - 8);
     return;
   }
   const uint8_t* sp = static_cast<const uint8_t*>(w.aux) + 2 * ng * size_t(r);
