@@ -94,6 +94,17 @@ void pack_panel(const uint8_t* w, int k, int vecs, uint8_t* panel) {
 // nibbles of line g/2 of Q4 panel v, so no transpose is needed: per 16-byte
 // quarter (4 rows × 4 columns) the nibbles are widened to fp32, scaled by
 // their row's d/s and rounded. Row scales s go to ws (16·vecs floats).
+// 16-byte quarter t of v (an immediate each: unoptimised builds do not
+// unroll the caller's loop into constants).
+inline __m128i quarter(__m512i v, int t) {
+  switch (t) {
+    case 0: return _mm512_castsi512_si128(v);
+    case 1: return _mm512_extracti32x4_epi32(v, 1);
+    case 2: return _mm512_extracti32x4_epi32(v, 2);
+    default: return _mm512_extracti32x4_epi32(v, 3);
+  }
+}
+
 void widen_q4_panel(const Int8GemmArgs& a, int vecs, uint8_t* panel, float* ws) {
   const int k = a.k, lines = k / 8, group = a.q4_group, ng = k / group, lpg = group / 8;
   const __m512i low4 = _mm512_set1_epi8(0x0f), eight = _mm512_set1_epi32(8), offset = _mm512_set1_epi32(128);
@@ -124,7 +135,7 @@ void widen_q4_panel(const Int8GemmArgs& a, int vecs, uint8_t* panel, float* ws) 
           const __m512i q = nib == 0 ? _mm512_and_si512(raw, low4) : _mm512_and_si512(_mm512_srli_epi16(raw, 4), low4);
           uint8_t* out = panel + (size_t(2 * b + nib) * size_t(vecs) + size_t(v)) * 64;
           for (int t = 0; t < 4; ++t) {
-            const __m512i qi = _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(q, t)), eight);
+            const __m512i qi = _mm512_sub_epi32(_mm512_cvtepu8_epi32(quarter(q, t)), eight);
             const __m512i r = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_cvtepi32_ps(qi), fq[t]));
             _mm_store_si128(reinterpret_cast<__m128i*>(out + 16 * t),
                             _mm512_cvtepi32_epi8(_mm512_add_epi32(r, offset)));
