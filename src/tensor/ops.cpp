@@ -282,7 +282,6 @@ void linear_int8_fused(Int8GemmKernel kernel, const WeightMatrix& w, const float
   // Bytes per stored row (Q4's 16-row panels are contiguous: rows j0… start
   // at byte j0 · k/2).
   const size_t stored_row = q4 ? size_t(k) / 2 : size_t(k);
-  const size_t q4_scales_per_panel = q4 ? size_t(k / w.group) * kQ4PanelRows : 0;
   const size_t panels = size_t((out + kPanel - 1) / kPanel);
   parallel_for_each(panels, [&](size_t p, size_t next) {
     static thread_local std::vector<uint8_t> t_panel;
@@ -298,7 +297,7 @@ void linear_int8_fused(Int8GemmKernel kernel, const WeightMatrix& w, const float
     a.k = k;
     if (q4) {
       a.w_q4 = wq + size_t(j0) * stored_row;
-      a.w_q4_scales = static_cast<const uint16_t*>(w.aux) + size_t(j0 / kQ4PanelRows) * q4_scales_per_panel;
+      a.w_q4_scales = static_cast<const uint16_t*>(w.aux) + q4_scale_index(k, w.group, j0, 0);
       a.q4_group = w.group;
     } else {
       a.w = wq + size_t(j0) * k;

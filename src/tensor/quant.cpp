@@ -50,8 +50,7 @@ size_t quant_aux_bytes(WeightFormat target, int rows, int cols, int group) {
 
 void q4_row(const WeightMatrix& w, int r, uint8_t* q, uint16_t* d) {
   const int cols = w.cols, lines = cols / 8, ng = cols / w.group;
-  const uint8_t* line = static_cast<const uint8_t*>(w.data) + size_t(r / kQ4PanelRows) * size_t(lines) * 64 +
-                        size_t(r % kQ4PanelRows) * 4;
+  const uint8_t* line = static_cast<const uint8_t*>(w.data) + q4_row_offset(cols, r);
   for (int b = 0; b < lines; ++b, line += 64)
     for (int j = 0; j < 4; ++j) {
       q[8 * b + j] = line[j] & 0x0f;
@@ -176,18 +175,20 @@ void check_args(WeightFormat src_format, int rows, int cols, WeightFormat target
 
 namespace {
 
-// Rows [r0, r1) of one Q4 panel, quantised to values (one byte per column)
-// and plain scales, into the panel layout of quant.h.
+// Rows [r0, r1) of the Q4 panel that starts at r0, quantised to values (one
+// byte per column) and plain scales, into the panel layout of quant.h; the
+// panel's rows past r1 (the last panel's padding) as value 8 (zero), scale 0.
 void store_q4_panel(const uint8_t* values, const uint16_t* d, int r0, int r1, int cols, int group, uint8_t* data,
                     uint16_t* scales) {
   const int lines = cols / 8, ng = cols / group;
-  uint8_t* panel = data + size_t(r0 / kQ4PanelRows) * size_t(lines) * 64;
-  for (int r = r0; r < r1; ++r) {
+  for (int r = r0; r < r0 + kQ4PanelRows; ++r) {
+    const bool pad = r >= r1;
     const uint8_t* q = values + size_t(r - r0) * size_t(cols);
-    uint8_t* line = panel + size_t(r % kQ4PanelRows) * 4;
+    uint8_t* line = data + q4_row_offset(cols, r);
     for (int b = 0; b < lines; ++b, line += 64)
-      for (int j = 0; j < 4; ++j) line[j] = uint8_t(q[8 * b + j] | (q[8 * b + 4 + j] << 4));
-    for (int g = 0; g < ng; ++g) scales[q4_scale_index(cols, group, r, g)] = d[size_t(r - r0) * size_t(ng) + size_t(g)];
+      for (int j = 0; j < 4; ++j) line[j] = pad ? 0x88 : uint8_t(q[8 * b + j] | (q[8 * b + 4 + j] << 4));
+    for (int g = 0; g < ng; ++g)
+      scales[q4_scale_index(cols, group, r, g)] = pad ? 0 : d[size_t(r - r0) * size_t(ng) + size_t(g)];
   }
 }
 
@@ -202,16 +203,6 @@ void quantize_into(const void* src, WeightFormat src_format, int rows, int cols,
   const gemv_detail::QuantRow fn = gemv_detail::kernels().quant_row;
   const size_t ng = size_t(cols / group);
   const bool q4 = target == WeightFormat::Q4;
-  if (q4) {
-    // The padding rows of the last panel: value 8 (zero), scale 0.
-    const int padded = q4_panels(rows) * kQ4PanelRows;
-    for (int r = rows; r < padded; ++r) {
-      const int lines = cols / 8;
-      uint8_t* line = data + size_t(r / kQ4PanelRows) * size_t(lines) * 64 + size_t(r % kQ4PanelRows) * 4;
-      for (int b = 0; b < lines; ++b) std::memset(line + size_t(b) * 64, 0x88, 4);
-      for (size_t g = 0; g < ng; ++g) scales[q4_scale_index(cols, group, r, int(g))] = 0;
-    }
-  }
   constexpr size_t kChunk = kQ4PanelRows;  // Q4: one panel per chunk
   const size_t nchunks = (size_t(rows) + kChunk - 1) / kChunk;
   parallel_for(nchunks, [&](size_t b, size_t e) {

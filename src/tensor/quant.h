@@ -64,6 +64,10 @@ size_t quant_aux_bytes(WeightFormat target, int rows, int cols, int group);
 // Q4's panel layout (above).
 inline constexpr int kQ4PanelRows = 16;
 inline int q4_panels(int rows) { return (rows + kQ4PanelRows - 1) / kQ4PanelRows; }
+// Byte offset of row r's 4 bytes in line 0 of its panel (line b: + 64·b).
+inline size_t q4_row_offset(int cols, int r) {
+  return size_t(r / kQ4PanelRows) * size_t(cols / 8) * 64 + size_t(r % kQ4PanelRows) * 4;
+}
 // Index of row r's scale of group g among the aux's fp16 values.
 inline size_t q4_scale_index(int cols, int group, int r, int g) {
   return (size_t(r / kQ4PanelRows) * size_t(cols / group) + size_t(g)) * kQ4PanelRows + size_t(r % kQ4PanelRows);
