@@ -5,6 +5,7 @@
 // the binary with MOONDREAM_ISA=generic (the default dispatch then picks the
 // scalar kernels).
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <atomic>
@@ -12,6 +13,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <random>
 #include <string>
 #include <vector>
@@ -403,6 +405,51 @@ TEST(Gemv, ChunkedEqualsRowsAndRunsEachChunkOnce) {
   const TestMatrix t(WeightFormat::Q8, 4, 64, 3, 32);
   std::vector<float> x(64), y(4);
   EXPECT_THROW(md::gemm_chunked(t.w, x.data(), 1, y.data(), 4, 0), md::Error);
+}
+
+// The split gemm_chunked documents: thread t owns the contiguous run of
+// chunks [n·t/T, n·(t+1)/T) and computes a prefix of it front to back; the
+// rest of the run, if any, went to the other threads from the back. Holds
+// whatever the threads' timing (a thread may even take a whole other run).
+TEST(Gemv, ChunkedThreadsStreamTheirOwnRunFrontToBack) {
+  const int saved = md::num_threads();
+  const int rows = 1000, cols = 256, chunk = 10, n = rows / chunk;
+  const TestMatrix t(WeightFormat::Q8, rows, cols, 71, 64);
+  const std::vector<float> x = gaussian(size_t(cols), 72);
+  for (int threads : {2, 3})
+    for (int rep = 0; rep < 5; ++rep) {
+      md::set_num_threads(threads);
+      std::mutex mu;
+      std::vector<std::pair<int, int>> order;  // (thread, chunk) as computed
+      std::vector<float> y(static_cast<size_t>(rows));
+      md::gemm_chunked(t.w, x.data(), 1, y.data(), rows, chunk, [&](int r0, int) {
+        std::lock_guard<std::mutex> lock(mu);
+        order.emplace_back(omp_get_thread_num(), r0 / chunk);
+      });
+      ASSERT_EQ(order.size(), size_t(n));
+      for (int run = 0; run < threads; ++run) {
+        const int front = n * run / threads, back = n * (run + 1) / threads;
+        std::vector<int> by_owner, by_others;
+        for (const auto& [thread, c] : order)
+          if (c >= front && c < back) (thread == run ? by_owner : by_others).push_back(c);
+        for (size_t i = 0; i < by_owner.size(); ++i)
+          EXPECT_EQ(by_owner[i], front + int(i)) << threads << " threads, run " << run;
+        // The others' chunks: the run's tail, each helper from the back.
+        std::vector<int> tail = by_others;
+        std::sort(tail.begin(), tail.end());
+        for (size_t i = 0; i < tail.size(); ++i)
+          EXPECT_EQ(tail[i], front + int(by_owner.size() + i)) << threads << " threads, run " << run;
+        for (int helper = 0; helper < threads; ++helper) {
+          int last = back;
+          for (const auto& [thread, c] : order)
+            if (thread == helper && helper != run && c >= front && c < back) {
+              EXPECT_LT(c, last) << "helper " << helper << " took run " << run << "'s chunks front to back";
+              last = c;
+            }
+        }
+      }
+    }
+  md::set_num_threads(saved);
 }
 
 TEST(Gemv, RejectsBadArguments) {

@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -355,39 +354,79 @@ void gemm_chunked(const WeightMatrix& w, const float* X, int m, float* Y, int ld
   gemm_chunked(std::vector<GemmJob>{GemmJob{&w, X, m, Y, ldy, done}}, chunk);
 }
 
+namespace {
+
+// A run of chunks [front, back) that one thread walks forward from the front
+// while the others, once out of work, take chunks from the back. Both ends in
+// one atomic word, so the two never hand out the same chunk.
+class ChunkRange {
+ public:
+  void reset(int front, int back) { fb_.store(pack(front, back), std::memory_order_relaxed); }
+  // The next chunk from the front (the owner) or the back (a helper); -1 once
+  // the range is empty.
+  int take_front() { return take(true); }
+  int take_back() { return take(false); }
+
+ private:
+  static uint64_t pack(int f, int b) { return uint64_t(uint32_t(f)) | (uint64_t(uint32_t(b)) << 32); }
+  int take(bool front) {
+    uint64_t v = fb_.load(std::memory_order_relaxed);
+    for (;;) {
+      const int f = int(uint32_t(v)), b = int(uint32_t(v >> 32));
+      if (f >= b) return -1;
+      const uint64_t next = front ? pack(f + 1, b) : pack(f, b - 1);
+      if (fb_.compare_exchange_weak(v, next, std::memory_order_relaxed)) return front ? f : b - 1;
+    }
+  }
+  // On its own cache line: the owner and the helpers write it.
+  alignas(64) std::atomic<uint64_t> fb_{0};
+};
+
+}  // namespace
+
 void gemm_chunked(const std::vector<GemmJob>& jobs, int chunk) {
   if (chunk <= 0) throw Error("gemm_chunked: chunk must be positive");
-  // first[j]: the counter value of job j's first chunk.
-  std::vector<int> first(jobs.size() + 1, 0);
-  for (size_t j = 0; j < jobs.size(); ++j) {
-    check(*jobs[j].w, 0, jobs[j].w->rows);
-    first[j + 1] = first[j] + (jobs[j].m > 0 ? (jobs[j].w->rows + chunk - 1) / chunk : 0);
+  int max_chunks = 0;
+  for (const GemmJob& jb : jobs) {
+    check(*jb.w, 0, jb.w->rows);
+    if (jb.m > 0) max_chunks = std::max(max_chunks, (jb.w->rows + chunk - 1) / chunk);
   }
-  const int total = first.back();
-  if (total == 0) return;
+  if (max_chunks == 0) return;
   const Kernels& k = kernels();
-  std::atomic<int> counter{0};
-  parallel_for(size_t(std::min(total, num_threads())), [&](size_t, size_t) {
-    // The counter only grows, so a thread meets the jobs in order and needs
-    // one prepared X at a time.
-    size_t job = 0;
-    bool prepared = false;
-    const XQuant* xq = nullptr;
-    const float* xk = nullptr;
-    for (int c = counter.fetch_add(1, std::memory_order_relaxed); c < total;
-         c = counter.fetch_add(1, std::memory_order_relaxed)) {
-      while (c >= first[job + 1]) {
-        ++job;
-        prepared = false;
+  // Each job's chunks in one contiguous run per thread: a thread streams its
+  // own run front to back (one long read per thread, which the hardware
+  // prefetchers follow; 64-row runs handed out in turn reached ~15 % less in
+  // the decode steps, bench), and a thread that finishes early takes chunks
+  // from the back of the others' runs (a VM's vCPUs do not run at one speed).
+  const int T = std::min(num_threads(), max_chunks);
+  std::vector<ChunkRange> ranges(jobs.size() * size_t(T));
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    const int n = jobs[j].m > 0 ? (jobs[j].w->rows + chunk - 1) / chunk : 0;
+    for (int t = 0; t < T; ++t) ranges[j * size_t(T) + size_t(t)].reset(n * t / T, n * (t + 1) / T);
+  }
+  parallel_for(size_t(T), [&](size_t t0, size_t) {
+    const int t = int(t0);
+    for (size_t j = 0; j < jobs.size(); ++j) {
+      const GemmJob& jb = jobs[j];
+      if (jb.m <= 0) continue;
+      const XQuant* xq = nullptr;
+      const float* xk = nullptr;
+      bool prepared = false;
+      auto run = [&](int c) {
+        if (!prepared) {
+          xk = prepare_x(k, *jb.w, jb.X, jb.m, &xq);
+          prepared = true;
+        }
+        const int r0 = c * chunk, r1 = std::min(jb.w->rows, r0 + chunk);
+        run_rows(k, *jb.w, xk, xq, jb.m, jb.Y, jb.ldy, r0, r1);
+        if (jb.done) jb.done(r0, r1);
+      };
+      ChunkRange* own = &ranges[j * size_t(T)];
+      for (int c = own[t].take_front(); c >= 0; c = own[t].take_front()) run(c);
+      for (int u = 1; u < T; ++u) {
+        ChunkRange& other = own[(t + u) % T];
+        for (int c = other.take_back(); c >= 0; c = other.take_back()) run(c);
       }
-      const GemmJob& jb = jobs[job];
-      if (!prepared) {
-        xk = prepare_x(k, *jb.w, jb.X, jb.m, &xq);
-        prepared = true;
-      }
-      const int r0 = (c - first[job]) * chunk, r1 = std::min(jb.w->rows, r0 + chunk);
-      run_rows(k, *jb.w, xk, xq, jb.m, jb.Y, jb.ldy, r0, r1);
-      if (jb.done) jb.done(r0, r1);
     }
   });
 }

@@ -49,16 +49,19 @@ void gemm_rows(const WeightMatrix& w, const float* X, int m, float* Y, int ldy, 
 void gemv(const WeightMatrix& w, const float* x, float* y);
 // Whole product for m input rows, parallel over rows (as gemm_chunked).
 void gemm(const WeightMatrix& w, const float* X, int m, float* Y, int ldy);
-// The whole product on all threads, each preparing X once and then taking
-// runs of `chunk` rows from a shared counter: a fixed split of the rows left
-// the faster thread of a shared VM waiting for the slower one. done(r0, r1),
-// if given, runs on the thread that computed rows [r0, r1) (an epilogue).
+// The whole product on all threads, each preparing X once. The rows are cut
+// into chunks of `chunk` rows and every thread owns one contiguous run of
+// them, which it reads front to back (one long stream per thread: the
+// hardware prefetchers follow it); a thread done with its run takes chunks
+// from the back of the others' (a fixed split left the faster thread of a
+// shared VM waiting for the slower one). done(r0, r1), if given, runs on the
+// thread that computed rows [r0, r1) (an epilogue).
 void gemm_chunked(const WeightMatrix& w, const float* X, int m, float* Y, int ldy, int chunk,
                   const std::function<void(int r0, int r1)>& done = {});
-// Several such products in one parallel region: the chunks of every job from
-// one shared counter, in job order (a thread prepares a job's X when it first
-// takes one of its chunks). One team and one barrier instead of one per
-// product: a decode step's products that share an input or an output.
+// Several such products in one parallel region, job after job, each split as
+// above (a thread prepares a job's X when it first computes one of its
+// chunks). One team and one barrier instead of one per product: a decode
+// step's products that share an input or an output.
 struct GemmJob {
   const WeightMatrix* w = nullptr;
   const float* X = nullptr;
