@@ -11,11 +11,16 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <fcntl.h>
+#include <linux/magic.h>
+#include <sys/mman.h>
+#include <sys/statfs.h>
 #include <unistd.h>
 
 #include "model/image.h"
 #include "model/moondream.h"
 #include "tensor/dtype.h"
+#include "tensor/file_map.h"
 #include "testdata.h"
 
 namespace md {
@@ -180,11 +185,34 @@ TEST(Quantization, CacheFileIsWrittenOnceReusedAndRebuiltWhenStale) {
   EXPECT_FALSE(first->weights().quant_cache_hit);
   EXPECT_EQ(first->weights().quant_cache_error, "");
   ASSERT_TRUE(fs::exists(cache));
+  {
+    // Written to disk and dropped from the page cache (the next load reads it
+    // back through the huge-page mapping): none of its pages resident. tmpfs
+    // keeps its pages whatever the advice.
+    struct statfs sfs {};
+    ASSERT_EQ(::statfs(cache.c_str(), &sfs), 0);
+    if (sfs.f_type != TMPFS_MAGIC) {
+      const int fd = ::open(cache.c_str(), O_RDONLY);
+      ASSERT_GE(fd, 0);
+      const size_t size = size_t(fs::file_size(cache)), page = size_t(::sysconf(_SC_PAGESIZE));
+      void* m = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+      ::close(fd);
+      ASSERT_NE(m, MAP_FAILED);
+      std::vector<unsigned char> resident((size + page - 1) / page);
+      ASSERT_EQ(::mincore(m, size, resident.data()), 0);
+      ::munmap(m, size);
+      EXPECT_EQ(std::count_if(resident.begin(), resident.end(), [](unsigned char r) { return r & 1; }), 0);
+    }
+  }
   const auto reference = first_logits(*first);
 
   const auto second = Moondream::load(dir.string(), o8);
   EXPECT_TRUE(second->weights().quant_cache_hit);
   EXPECT_TRUE(second->weights().quantized.empty()) << "nothing should be quantised again";
+  if (fs::exists("/sys/kernel/mm/transparent_hugepage/enabled")) {
+    EXPECT_TRUE(md::mapping_has_hugepage_advice(second->weights().text_blocks[0].qkv.w.data))
+        << "the cache is mapped for huge pages";
+  }
   EXPECT_EQ(first_logits(*second), reference);
 
   // A truncated file is ignored and rewritten.

@@ -17,6 +17,7 @@
 
 #include "tensor/dtype.h"
 #include "tensor/error.h"
+#include "tensor/file_map.h"
 #include "tensor/safetensors.h"
 
 namespace fs = std::filesystem;
@@ -408,6 +409,53 @@ TEST_F(Safetensors, ViewsPointIntoTheMapping) {
   f.reset();
   std::ifstream maps2("/proc/self/maps");
   while (std::getline(maps2, line)) EXPECT_EQ(line.find(canon), std::string::npos) << line;
+}
+
+// Weight files are mapped at a 2 MiB boundary with the huge-page advice (the
+// decode step streams them: md::map_file_readonly), and the mapping holds the
+// file's bytes; unmapping frees the whole range.
+TEST_F(Safetensors, MappedAtAHugePageBoundaryWithTheAdvice) {
+  const fs::path p = path("m.safetensors");
+  std::vector<float> big(300000);
+  for (size_t i = 0; i < big.size(); ++i) big[i] = float(i % 977);
+  write_st(p, {{"w", "F32", {300000}, f32_bytes(big)}});
+  auto f = md::SafetensorsFile::open(p.string());
+  const auto& t = f->tensors().at("w");
+  EXPECT_EQ(to_f32(t), big);
+  std::ifstream maps("/proc/self/maps");
+  ASSERT_TRUE(maps.good());
+  const std::string canon = fs::canonical(p).string();
+  uintptr_t start = 0;
+  std::string line;
+  while (std::getline(maps, line)) {
+    if (line.find(canon) == std::string::npos) continue;
+    uintptr_t lo = 0, hi = 0;
+    ASSERT_EQ(std::sscanf(line.c_str(), "%lx-%lx", &lo, &hi), 2) << line;
+    if (reinterpret_cast<uintptr_t>(t.data) >= lo && reinterpret_cast<uintptr_t>(t.data) < hi) start = lo;
+  }
+  ASSERT_NE(start, 0u) << "no mapping of " << canon;
+  EXPECT_EQ(start % (uintptr_t(2) << 20), 0u) << std::hex << start;
+  // The advice exists wherever the kernel has transparent huge pages.
+  if (fs::exists("/sys/kernel/mm/transparent_hugepage/enabled")) {
+    EXPECT_TRUE(md::mapping_has_hugepage_advice(t.data));
+  }
+  EXPECT_FALSE(md::mapping_has_hugepage_advice(big.data())) << "heap memory carries no advice of ours";
+
+  // map_file_readonly directly: the bytes, the alignment, errors.
+  const int fd = ::open(p.c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  const size_t size = size_t(fs::file_size(p));
+  const void* m = md::map_file_readonly(fd, size);
+  ASSERT_NE(m, nullptr);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(m) % (uintptr_t(2) << 20), 0u);
+  std::ifstream in(p, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ASSERT_EQ(bytes.size(), size);
+  EXPECT_EQ(std::memcmp(m, bytes.data(), size), 0);
+  EXPECT_EQ(md::map_file_readonly(fd, 0), nullptr);
+  ::close(fd);
+  md::unmap_file(m, size);
+  EXPECT_EQ(md::map_file_readonly(-1, size), nullptr);
 }
 
 TEST_F(Safetensors, TruncatedFile) {

@@ -13,6 +13,8 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "tensor/file_map.h"
+
 namespace md {
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -78,9 +80,7 @@ std::string QuantCache::path_for(const std::string& model_dir, WeightFormat form
   return (base / "moondream" / (hex64(fnv1a(canon)) + "." + file)).string();
 }
 
-QuantCache::~QuantCache() {
-  if (map_) ::munmap(map_, size_);
-}
+QuantCache::~QuantCache() { unmap_file(map_, size_); }
 
 std::unique_ptr<QuantCache> QuantCache::open(const std::string& path, const QuantCacheKey& key) {
   if (path.empty()) return nullptr;
@@ -92,9 +92,9 @@ std::unique_ptr<QuantCache> QuantCache::open(const std::string& path, const Quan
     return nullptr;
   }
   const size_t size = size_t(st.st_size);
-  void* m = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+  const void* m = map_file_readonly(fd, size);
   ::close(fd);
-  if (m == MAP_FAILED) return nullptr;
+  if (!m) return nullptr;
   std::unique_ptr<QuantCache> c(new QuantCache());
   c->map_ = m;
   c->size_ = size;
@@ -139,7 +139,7 @@ std::unique_ptr<QuantCache> QuantCache::open(const std::string& path, const Quan
     return nullptr;
   }
   // Weights are streamed whole by every decode step: read them in now.
-  ::madvise(m, size, MADV_WILLNEED);
+  ::madvise(const_cast<void*>(m), size, MADV_WILLNEED);
   return c;
 }
 
@@ -215,6 +215,15 @@ std::string QuantCache::write(const std::string& path, const QuantCacheKey& key,
       fs::remove(tmp, ec);
       return "cannot write " + tmp + " (disk full?)";
     }
+  }
+  // On disk, then out of the page cache: this process keeps its own copies,
+  // and the next load reads the file back through a huge-page mapping
+  // (map_file_readonly), where the kernel can then cache it in 2 MiB folios;
+  // the pages this write left are 4 KiB ones, and decode streams slower
+  // through them (docs/BENCHMARKS.md, issue 15 sixth step).
+  if (const int fd = ::open(tmp.c_str(), O_RDONLY | O_CLOEXEC); fd >= 0) {
+    if (::fdatasync(fd) == 0) ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    ::close(fd);
   }
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
     fs::remove(tmp, ec);

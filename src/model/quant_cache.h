@@ -50,7 +50,7 @@ class QuantCache {
 
  private:
   QuantCache() = default;
-  void* map_ = nullptr;
+  const void* map_ = nullptr;
   size_t size_ = 0;
   std::map<std::string, WeightMatrix> index_;
 };

@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "tensor/error.h"
+#include "tensor/file_map.h"
 #include "tensor/json_text.h"
 
 namespace md {
@@ -87,9 +88,7 @@ size_t TensorView::numel() const {
 
 // ------------------------------------------------------------ SafetensorsFile
 
-SafetensorsFile::~SafetensorsFile() {
-  if (map_) munmap(map_, map_size_);
-}
+SafetensorsFile::~SafetensorsFile() { unmap_file(map_, map_size_); }
 
 std::unique_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) {
   std::unique_ptr<SafetensorsFile> f(new SafetensorsFile());
@@ -112,10 +111,10 @@ std::unique_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
     ::close(fd);
     throw Error(path + ": truncated: " + std::to_string(size) + " bytes, no header");
   }
-  void* m = mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+  const void* m = map_file_readonly(fd, size);
   const int map_errno = errno;
   ::close(fd);
-  if (m == MAP_FAILED) throw Error(path + ": cannot map: " + std::strerror(map_errno));
+  if (!m) throw Error(path + ": cannot map: " + std::strerror(map_errno));
   f->map_ = m;
   f->map_size_ = size;
   const auto* base = static_cast<const uint8_t*>(m);
