@@ -14,6 +14,7 @@
 #include "tensor/gemm_int8.h"
 #include "tensor/gemv.h"
 #include "tensor/gemv_impl.h"
+#include "tensor/isa.h"
 #include "tensor/quant.h"
 #include "model/region.h"
 #include "model/sampling.h"
@@ -132,6 +133,58 @@ TEST(Attention, KeysSplitIntoABaseAndOwnRowsGiveTheSameResult) {
   }
   EXPECT_THROW(attention(s, mask, q.data(), KVRows{k.data(), v.data(), 2}, KVRows{k.data(), v.data(), 2}, split.data()),
                Error);
+}
+
+// The element-wise kernels (softmax, GELU, LayerNorm, quantisation, ...)
+// follow the ISA the GEMV dispatch picked, as MOONDREAM_ISA or a test forces
+// it: each forced level runs its own copy (counted per thread) and the
+// levels agree.
+TEST(Isa, ElementwiseKernelsRunAtTheForcedLevel) {
+  const int saved = md::num_threads();
+  md::set_num_threads(1);  // the calls then run on this thread, where they are counted
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0.0f, 3.0f);
+  std::vector<float> x(1000);
+  for (float& v : x) v = nd(rng);
+  LayerNormWeights ln;
+  ln.dim = 1000;
+  std::vector<float> w(1000, 1.5f), b(1000, -0.25f);
+  ln.w = w.data();
+  ln.b = b.data();
+  std::map<std::string, std::vector<float>> results;
+  int levels_run = 0;
+  for (const char* isa : {"avx512", "avx2", "scalar"}) {
+    if (!detail::gemv_force_isa(isa)) continue;
+    ++levels_run;
+    const md::IsaLevel level = std::string(isa) == "avx512" ? md::kIsaAvx512
+                               : std::string(isa) == "avx2" ? md::kIsaAvx2
+                                                            : md::kIsaGeneric;
+    EXPECT_EQ(md::active_isa_level(), level) << isa;
+    uint64_t before[3];
+    for (int l = 0; l < 3; ++l) before[l] = md::elementwise_calls_on_this_thread(md::IsaLevel(l));
+    std::vector<float> s = x, g = x, y(1000);
+    md::softmax(s.data(), int(s.size()));
+    md::gelu_tanh(g.data(), g.size());
+    md::layer_norm(ln, x.data(), 1, y.data());
+    for (int l = 0; l < 3; ++l) {
+      const uint64_t ran = md::elementwise_calls_on_this_thread(md::IsaLevel(l)) - before[l];
+      if (l == level)
+        EXPECT_EQ(ran, 3u) << isa << ": softmax, GELU and LayerNorm each once at this level";
+      else
+        EXPECT_EQ(ran, 0u) << isa << " ran code of level " << l;
+    }
+    std::vector<float> all = s;
+    all.insert(all.end(), g.begin(), g.end());
+    all.insert(all.end(), y.begin(), y.end());
+    results[isa] = all;
+  }
+  detail::gemv_force_isa(nullptr);
+  md::set_num_threads(saved);
+  EXPECT_GE(levels_run, 2) << "every x86-64 CPU this engine supports runs at least AVX2 and the generic level";
+  const std::vector<float>& ref = results.at("scalar");
+  for (const auto& [isa, r] : results)
+    for (size_t i = 0; i < r.size(); ++i)
+      ASSERT_NEAR(r[i], ref[i], 1e-5f * std::max(1.0f, std::fabs(ref[i]))) << isa << " element " << i;
 }
 
 // bf16 KV rows: decoding reads them in place (n_q <= kDirectAttentionRows),

@@ -14,6 +14,7 @@
 #include "tensor/dtype.h"
 #include "tensor/error.h"
 #include "tensor/gemv_impl.h"
+#include "tensor/isa.h"
 #include "tensor/parallel.h"
 #include "tensor/quant.h"
 
@@ -270,6 +271,17 @@ const AttentionKernels* attention_kernels() {
 }  // namespace gemv_detail
 
 using namespace gemv_detail;
+
+IsaLevel active_isa_level() {
+  const Kernels* k = &kernels();
+  return k == &kAvx512 ? kIsaAvx512 : k == &kAvx2 ? kIsaAvx2 : kIsaGeneric;
+}
+
+namespace isa_detail {
+thread_local uint64_t t_elementwise_calls[3] = {0, 0, 0};
+}
+
+uint64_t elementwise_calls_on_this_thread(IsaLevel level) { return isa_detail::t_elementwise_calls[level]; }
 
 namespace detail {
 

@@ -16,6 +16,7 @@
 #include "tensor/fast_math.h"
 #include "tensor/gemm_int8.h"
 #include "tensor/gemv_impl.h"
+#include "tensor/isa.h"
 #include "tensor/parallel.h"
 #include "tensor/quant.h"
 
@@ -42,11 +43,8 @@ __attribute__((always_inline)) static inline float fast_exp(float x) {
   return p * scale;
 }
 
-// Element-wise loops compiled for x86-64-v4 (AVX-512), v3 (AVX2 + FMA) and
-// baseline x86-64, picked at load time by CPU features. (Not "arch=<cpu>":
-// GCC's resolver tests those by CPU model, so any other CPU got the scalar
-// baseline.)
-#define MD_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+// Element-wise loops: each compiled for AVX-512, AVX2 and the baseline, the
+// copy run picked with the other kernels (tensor/isa.h).
 
 __attribute__((always_inline)) inline void gelu_body(float* x, size_t n) {
   using fast_math::kGeluCubic, fast_math::kGeluScale;
@@ -59,7 +57,8 @@ __attribute__((always_inline)) inline void gelu_body(float* x, size_t n) {
   }
 }
 
-MD_VECTOR_CLONES void gelu_range(float* x, size_t n) { gelu_body(x, n); }
+MD_ISA_BODY void gelu_range_body(float* x, size_t n) { gelu_body(x, n); }
+MD_ISA_DISPATCH(void, gelu_range, (float* x, size_t n), (x, n))
 
 // x[i] = e^(x[i] − max x) in place (n ≥ 1); returns their sum. Inlined into
 // each caller's vector clones.
@@ -145,16 +144,18 @@ __attribute__((always_inline)) inline float quantize_row_body(const float* x, in
   return amax / 127.0f;
 }
 
-MD_VECTOR_CLONES float quantize_row_u8(const float* x, int k, uint8_t* q) {
+MD_ISA_BODY float quantize_row_u8_body(const float* x, int k, uint8_t* q) {
   return quantize_row_body<uint8_t, 128>(x, k, q);
 }
+MD_ISA_DISPATCH(float, quantize_row_u8, (const float* x, int k, uint8_t* q), (x, k, q))
 
-MD_VECTOR_CLONES float quantize_row_s8(const float* x, int k, int8_t* q) {
+MD_ISA_BODY float quantize_row_s8_body(const float* x, int k, int8_t* q) {
   return quantize_row_body<int8_t, 0>(x, k, q);
 }
+MD_ISA_DISPATCH(float, quantize_row_s8, (const float* x, int k, int8_t* q), (x, k, q))
 
 // The same with the row's sum Σ q (the fused GEMM's offset correction).
-MD_VECTOR_CLONES float quantize_row_s8_sum(const float* x, int k, int8_t* q, int32_t* sum) {
+MD_ISA_BODY float quantize_row_s8_sum_body(const float* x, int k, int8_t* q, int32_t* sum) {
   const float s = quantize_row_body<int8_t, 0>(x, k, q);
   int32_t total = 0;
 #pragma omp simd reduction(+ : total)
@@ -162,6 +163,7 @@ MD_VECTOR_CLONES float quantize_row_s8_sum(const float* x, int k, int8_t* q, int
   *sum = total;
   return s;
 }
+MD_ISA_DISPATCH(float, quantize_row_s8_sum, (const float* x, int k, int8_t* q, int32_t* sum), (x, k, q, sum))
 
 void quantize_rows_u8(const float* x, int m, int k, uint8_t* xq, float* scale) {
   parallel_for(size_t(m), [&](size_t b, size_t e) {
@@ -170,13 +172,14 @@ void quantize_rows_u8(const float* x, int m, int k, uint8_t* xq, float* scale) {
 }
 
 // Stored bytes are q + 128; flipping the top bit gives q as int8.
-MD_VECTOR_CLONES void to_s8(const uint8_t* src, size_t n, int8_t* dst) {
+MD_ISA_BODY void to_s8_body(const uint8_t* src, size_t n, int8_t* dst) {
 #pragma omp simd
   for (size_t i = 0; i < n; ++i) dst[i] = int8_t(src[i] ^ 0x80u);
 }
+MD_ISA_DISPATCH(void, to_s8, (const uint8_t* src, size_t n, int8_t* dst), (src, n, dst))
 
 // y[j] = c[j]·(ws[j]·sx) + bias[j], then GELU when asked.
-MD_VECTOR_CLONES void dequant_row(const int32_t* c, const float* ws, float sx, const float* bias, int n, bool gelu,
+MD_ISA_BODY void dequant_row_body(const int32_t* c, const float* ws, float sx, const float* bias, int n, bool gelu,
                                   float* y) {
   if (bias) {
 #pragma omp simd
@@ -187,11 +190,15 @@ MD_VECTOR_CLONES void dequant_row(const int32_t* c, const float* ws, float sx, c
   }
   if (gelu) gelu_body(y, size_t(n));
 }
+MD_ISA_DISPATCH(void, dequant_row,
+                (const int32_t* c, const float* ws, float sx, const float* bias, int n, bool gelu, float* y),
+                (c, ws, sx, bias, n, gelu, y))
 
-MD_VECTOR_CLONES void add_bias_row(const float* bias, int n, float* y) {
+MD_ISA_BODY void add_bias_row_body(const float* bias, int n, float* y) {
 #pragma omp simd
   for (int j = 0; j < n; ++j) y[j] += bias[j];
 }
+MD_ISA_DISPATCH(void, add_bias_row, (const float* bias, int n, float* y), (bias, n, y))
 
 // y[m, out] = x · Wᵀ (+ b, GELU) with W Q8 per row (bytes q + 128) and x
 // quantised to int8 per row: oneDNN's u8×s8→s32 GEMM (VNNI) per tile of
@@ -207,13 +214,14 @@ constexpr int kMaxTransposedInt8Rows = 32;
 constexpr int kTileRows = 16, kTileCols = 64;
 
 // tile[i][j] = c[j·ldc + i] for i < 16, j < n.
-MD_VECTOR_CLONES void transpose_tile(const int32_t* c, int ldc, int n, int32_t (*tile)[kTileCols]) {
+MD_ISA_BODY void transpose_tile_body(const int32_t* c, int ldc, int n, int32_t (*tile)[kTileCols]) {
   for (int i = 0; i < kTileRows; ++i) {
     int32_t* row = tile[i];
 #pragma omp simd
     for (int j = 0; j < n; ++j) row[j] = c[size_t(j) * size_t(ldc) + size_t(i)];
   }
 }
+MD_ISA_DISPATCH(void, transpose_tile, (const int32_t* c, int ldc, int n, int32_t (*tile)[kTileCols]), (c, ldc, n, tile))
 
 // Weight rows in blocks of `width`, one single-threaded GEMM per block.
 void linear_int8_transposed(const WeightMatrix& w, const float* x, int m, const float* bias, bool gelu, int width,
@@ -384,7 +392,7 @@ void linear_int8(const WeightMatrix& w, const float* x, int m, const float* bias
 // zero. Returns 1 / Σ e, the normalisation left for after P·V.
 constexpr float kProbLoInv = 510.0f * 127.0f;
 
-MD_VECTOR_CLONES float softmax_row_fixed16(const int32_t* c, const float* sk, float sq, int visible, int n, float* v,
+MD_ISA_BODY float softmax_row_fixed16_body(const int32_t* c, const float* sk, float sq, int visible, int n, float* v,
                                            uint8_t* hi, uint8_t* lo) {
 #pragma omp simd
   for (int j = 0; j < visible; ++j) v[j] = float(c[j]) * (sk[j] * sq);
@@ -404,25 +412,33 @@ MD_VECTOR_CLONES float softmax_row_fixed16(const int32_t* c, const float* sk, fl
   }
   return 1.0f / sum;
 }
+MD_ISA_DISPATCH(float, softmax_row_fixed16,
+                (const int32_t* c, const float* sk, float sq, int visible, int n, float* v, uint8_t* hi, uint8_t* lo),
+                (c, sk, sq, visible, n, v, hi, lo))
 
 // Row x − mean (into scratch `row`) as s8; returns its scale.
-MD_VECTOR_CLONES float quantize_centred_row_s8(const float* x, const float* mean, int n, float* row, int8_t* q) {
+MD_ISA_BODY float quantize_centred_row_s8_body(const float* x, const float* mean, int n, float* row, int8_t* q) {
 #pragma omp simd
   for (int d = 0; d < n; ++d) row[d] = x[d] - mean[d];
   return quantize_row_body<int8_t, 0>(row, n, q);
 }
+MD_ISA_DISPATCH(float, quantize_centred_row_s8, (const float* x, const float* mean, int n, float* row, int8_t* q),
+                (x, mean, n, row, q))
 
 // One output row of P·V from the two fixed-point parts' int32 sums:
 // (hi/255 + lo/kProbLoInv) · s_v / Σ e.
-MD_VECTOR_CLONES void pv_row_out(const int32_t* hi, const int32_t* lo, float inv_sum, const float* sv, int n,
+MD_ISA_BODY void pv_row_out_body(const int32_t* hi, const int32_t* lo, float inv_sum, const float* sv, int n,
                                  float* out) {
   const float a = inv_sum / 255.0f, b = inv_sum / kProbLoInv;
 #pragma omp simd
   for (int d = 0; d < n; ++d) out[d] = (float(hi[d]) * a + float(lo[d]) * b) * sv[d];
 }
+MD_ISA_DISPATCH(void, pv_row_out,
+                (const int32_t* hi, const int32_t* lo, float inv_sum, const float* sv, int n, float* out),
+                (hi, lo, inv_sum, sv, n, out))
 
 // V's columns as s8, one scale per column (= per output channel of P·V).
-MD_VECTOR_CLONES void quantize_columns_s8(const float* v, int ld, int rows, int cols, float* amax, float* scale,
+MD_ISA_BODY void quantize_columns_s8_body(const float* v, int ld, int rows, int cols, float* amax, float* scale,
                                           int8_t* q) {
   std::fill(amax, amax + cols, 0.0f);
   for (int j = 0; j < rows; ++j) {
@@ -445,6 +461,9 @@ MD_VECTOR_CLONES void quantize_columns_s8(const float* v, int ld, int rows, int 
     for (int d = 0; d < cols; ++d) qj[d] = int8_t(int(round_nearest(vj[d] * amax[d])));
   }
 }
+MD_ISA_DISPATCH(void, quantize_columns_s8,
+                (const float* v, int ld, int rows, int cols, float* amax, float* scale, int8_t* q),
+                (v, ld, rows, cols, amax, scale, q))
 
 // One head of attention, all on int8 GEMMs (the int8 modes' vision tower
 // and long text prompts):
@@ -611,7 +630,7 @@ void linear_group(const std::vector<LinearJob>& jobs, int m) {
 
 namespace {
 
-MD_VECTOR_CLONES void layer_norm_row(const float* x, int d, const float* w, const float* b, float* y) {
+MD_ISA_BODY void layer_norm_row_body(const float* x, int d, const float* w, const float* b, float* y) {
   // Two-pass mean/variance in double: stable and close to PyTorch's result.
   double mean = 0;
 #pragma omp simd reduction(+ : mean)
@@ -629,6 +648,8 @@ MD_VECTOR_CLONES void layer_norm_row(const float* x, int d, const float* w, cons
 #pragma omp simd
   for (int i = 0; i < d; ++i) y[i] = (x[i] - fmean) * inv * w[i] + b[i];
 }
+MD_ISA_DISPATCH(void, layer_norm_row, (const float* x, int d, const float* w, const float* b, float* y),
+                (x, d, w, b, y))
 
 }  // namespace
 
@@ -646,11 +667,12 @@ void gelu_tanh(float* x, size_t n) {
   });
 }
 
-MD_VECTOR_CLONES void softmax(float* x, int n) {
+MD_ISA_BODY void softmax_body(float* x, int n) {
   const float inv = 1.0f / exp_minus_max(x, n);
 #pragma omp simd
   for (int i = 0; i < n; ++i) x[i] *= inv;
 }
+MD_ISA_DISPATCH(void, softmax, (float* x, int n), (x, n))
 
 void attention(const AttentionShape& s, const AttentionMask& mask, const float* q, const float* k, const float* v,
                float* out) {
@@ -678,7 +700,7 @@ namespace {
 // ranges (base, own) side by side; `visible` keys in all. The two products
 // run on the ISA's kernels where it has them (gemv_impl.h), else on these
 // loops.
-MD_VECTOR_CLONES void bf16_scores_portable(const float* q, const uint16_t* k, int stride, int n, int head_dim,
+MD_ISA_BODY void bf16_scores_portable_body(const float* q, const uint16_t* k, int stride, int n, int head_dim,
                                            float scale, float* scores) {
   for (int j = 0; j < n; ++j) {
     const uint16_t* kj = k + size_t(j) * size_t(stride);
@@ -688,8 +710,11 @@ MD_VECTOR_CLONES void bf16_scores_portable(const float* q, const uint16_t* k, in
     scores[j] = dot * scale;
   }
 }
+MD_ISA_DISPATCH(void, bf16_scores_portable,
+                (const float* q, const uint16_t* k, int stride, int n, int head_dim, float scale, float* scores),
+                (q, k, stride, n, head_dim, scale, scores))
 
-MD_VECTOR_CLONES void bf16_pv_portable(const float* p, const uint16_t* v, int stride, int n, int head_dim, float* out) {
+MD_ISA_BODY void bf16_pv_portable_body(const float* p, const uint16_t* v, int stride, int n, int head_dim, float* out) {
   for (int d = 0; d < head_dim; ++d) out[d] = 0.0f;
   for (int j = 0; j < n; ++j) {
     const uint16_t* vj = v + size_t(j) * size_t(stride);
@@ -698,6 +723,9 @@ MD_VECTOR_CLONES void bf16_pv_portable(const float* p, const uint16_t* v, int st
     for (int d = 0; d < head_dim; ++d) out[d] += pj * std::bit_cast<float>(uint32_t(vj[d]) << 16);
   }
 }
+MD_ISA_DISPATCH(void, bf16_pv_portable,
+                (const float* p, const uint16_t* v, int stride, int n, int head_dim, float* out),
+                (p, v, stride, n, head_dim, out))
 
 void bf16_query_row(const gemv_detail::AttentionKernels* ak, const float* q, int head_dim, float scale,
                     const uint16_t* const* k, const uint16_t* const* v, const int* rows, int ranges, int stride,
@@ -931,7 +959,7 @@ void bf16_decode_split(const gemv_detail::AttentionKernels* ak, const AttentionS
 // unpacked once for all the queries instead of once per query.
 constexpr int kLanes = 16;
 
-MD_VECTOR_CLONES void lanes_scores(const float* qT, const float* kf, int n, int hd, float scale, float* sT) {
+MD_ISA_BODY void lanes_scores_body(const float* qT, const float* kf, int n, int hd, float scale, float* sT) {
   int j = 0;
   for (; j + 4 <= n; j += 4) {
     float acc[4][kLanes] = {};
@@ -959,12 +987,14 @@ MD_VECTOR_CLONES void lanes_scores(const float* qT, const float* kf, int n, int 
     for (int i = 0; i < kLanes; ++i) sT[size_t(j) * kLanes + size_t(i)] = acc[i] * scale;
   }
 }
+MD_ISA_DISPATCH(void, lanes_scores, (const float* qT, const float* kf, int n, int hd, float scale, float* sT),
+                (qT, kf, n, hd, scale, sT))
 
 // One block of keys of the online softmax down the columns of S^T [n][16]
 // (lane i sees keys j < vis[i], j counted from the block's first key j0):
 // updates the running max m and sum l, rescales O^T [hd][16] when a lane's
 // max grows, and leaves P^T in sT.
-MD_VECTOR_CLONES void lanes_online_softmax(float* sT, int n, int j0, const int* vis, float* m, float* l, float* oT,
+MD_ISA_BODY void lanes_online_softmax_body(float* sT, int n, int j0, const int* vis, float* m, float* l, float* oT,
                                            int hd) {
   float mx[kLanes];
 #pragma omp simd
@@ -997,9 +1027,12 @@ MD_VECTOR_CLONES void lanes_online_softmax(float* sT, int n, int j0, const int* 
 #pragma omp simd
   for (int i = 0; i < kLanes; ++i) l[i] = sum[i];
 }
+MD_ISA_DISPATCH(void, lanes_online_softmax,
+                (float* sT, int n, int j0, const int* vis, float* m, float* l, float* oT, int hd),
+                (sT, n, j0, vis, m, l, oT, hd))
 
 // O^T [hd][16] += Σ_j V[j][d]·P^T[j].
-MD_VECTOR_CLONES void lanes_pv(const float* pT, const float* vf, int n, int hd, float* oT) {
+MD_ISA_BODY void lanes_pv_body(const float* pT, const float* vf, int n, int hd, float* oT) {
   for (int d0 = 0; d0 < hd; d0 += 8) {
     float acc[8][kLanes];
     for (int u = 0; u < 8; ++u)
@@ -1020,15 +1053,18 @@ MD_VECTOR_CLONES void lanes_pv(const float* pT, const float* vf, int n, int hd, 
       for (int i = 0; i < kLanes; ++i) oT[size_t(d0 + u) * kLanes + size_t(i)] = acc[u][i];
   }
 }
+MD_ISA_DISPATCH(void, lanes_pv, (const float* pT, const float* vf, int n, int hd, float* oT), (pT, vf, n, hd, oT))
 
 // bf16 → fp32 of n rows of hd values at a row stride (exact).
-MD_VECTOR_CLONES void widen_bf16_rows(const uint16_t* src, int n, int stride, int hd, float* dst) {
+MD_ISA_BODY void widen_bf16_rows_body(const uint16_t* src, int n, int stride, int hd, float* dst) {
   for (int j = 0; j < n; ++j)
 #pragma omp simd
     for (int d = 0; d < hd; ++d)
       dst[size_t(j) * size_t(hd) + size_t(d)] =
           std::bit_cast<float>(uint32_t(src[size_t(j) * size_t(stride) + size_t(d)]) << 16);
 }
+MD_ISA_DISPATCH(void, widen_bf16_rows, (const uint16_t* src, int n, int stride, int hd, float* dst),
+                (src, n, stride, hd, dst))
 
 // Up to 16 query rows (lanes) of every head; keys split across threads by
 // range as in bf16_decode_split (contiguous rows per thread, the next block
