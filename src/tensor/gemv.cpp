@@ -3,6 +3,8 @@
 // fallback on CPUs without AVX2, and the column tails of the SIMD kernels).
 #include "tensor/gemv.h"
 
+#include <oneapi/dnnl/dnnl.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -252,6 +254,18 @@ const Kernels* auto_choice() {
 }
 
 std::atomic<const Kernels*> g_active{nullptr};
+
+// oneDNN picks its own kernels by CPU: MOONDREAM_ISA caps it as well, before
+// any of them is generated (at start-up), so an AVX2 or generic run executes
+// no AVX-512 code anywhere: AVX2 without VNNI (the plainest AVX2 CPU), SSE4.1
+// for generic.
+const bool g_onednn_capped = [] {
+  const char* env = std::getenv("MOONDREAM_ISA");
+  const int rank = env ? isa_rank(env) : -1;
+  if (rank == 1) return dnnl_set_max_cpu_isa(dnnl_cpu_isa_avx2) == dnnl_success;
+  if (rank == 0) return dnnl_set_max_cpu_isa(dnnl_cpu_isa_sse41) == dnnl_success;
+  return false;
+}();
 
 }  // namespace
 

@@ -116,6 +116,21 @@ void widen_rows(const WeightMatrix& w, int r0, int n, float* out) {
   }
 }
 
+}  // namespace
+
+bool int8_gemm_exact() {
+  if (int8_gemm_kernel()) return true;  // the engine's own AVX-512 VNNI kernels
+  // oneDNN's dispatch is fixed for the process (MOONDREAM_ISA may cap it at
+  // start-up): VNNI is bit 0x40 of the AVX-512 levels and 0x400 of AVX2's.
+  static const bool vnni = [] {
+    const unsigned isa = unsigned(dnnl_get_effective_cpu_isa());
+    return (isa & 0x40u) != 0 || (isa & 0x400u) != 0;
+  }();
+  return vnni;
+}
+
+namespace {
+
 std::atomic<uint64_t> g_linear_paths[4];
 std::atomic<uint64_t> g_attention_paths[3];
 
@@ -552,11 +567,17 @@ Int8GemmKernel q4_gemm_kernel(const WeightMatrix& w, int m) {
 }
 
 bool takes_int8_gemm(const WeightMatrix& w, int m) {
-  return is_q8_per_row(w) && (m > kMaxInt8GemvRows || !quant_group_ok(w.cols, w.group));
+  return is_q8_per_row(w) && (m > kMaxInt8GemvRows || !quant_group_ok(w.cols, w.group)) && int8_gemm_exact();
+}
+
+// The GEMV kernels read every format but Q8 groups they have no kernel for
+// (one scale per 4304-wide row: those go to the GEMMs).
+bool gemv_reads(const WeightMatrix& w) {
+  return (w.format != WeightFormat::Q8 && w.format != WeightFormat::Q4) || quant_group_ok(w.cols, w.group);
 }
 
 bool takes_gemv(const WeightMatrix& w, int m) {
-  return !takes_int8_gemm(w, m) && !q4_gemm_kernel(w, m) && m <= kMaxGemvRows;
+  return !takes_int8_gemm(w, m) && !q4_gemm_kernel(w, m) && m <= kMaxGemvRows && gemv_reads(w);
 }
 
 void linear_impl(const Linear& l, const float* x, int m, bool gelu, float* y) {
@@ -570,7 +591,7 @@ void linear_impl(const Linear& l, const float* x, int m, bool gelu, float* y) {
     // to int8 per panel; CPUs without the fused kernel widen to fp32 below.
     g_linear_paths[int(LinearPath::Q4Int8Gemm)].fetch_add(1, std::memory_order_relaxed);
     linear_int8_fused(q4_kernel, w, x, m, l.b, gelu, y);
-  } else if (m <= kMaxGemvRows) {
+  } else if (m <= kMaxGemvRows && gemv_reads(w)) {
     g_linear_paths[int(LinearPath::Gemv)].fetch_add(1, std::memory_order_relaxed);
     gemm_chunked(w, x, m, y, l.out, 64, [&](int c0, int c1) {
       finish_tile(l.b ? l.b + c0 : nullptr, gelu, m, c1 - c0, y + c0, size_t(l.out));
@@ -1206,7 +1227,7 @@ void attention(const AttentionShape& s, const AttentionMask& mask, const float* 
   const float* ok = static_cast<const float*>(own.k);
   const float* ov = static_cast<const float*>(own.v);
   // Heads in parallel, each with single-threaded GEMMs and its own scores.
-  if (s.int8_scores && base.rows == 0) {
+  if (s.int8_scores && base.rows == 0 && int8_gemm_exact()) {
     const Int8HeadKernel fused =
         s.head_dim % 4 == 0 && s.head_dim <= kInt8HeadMaxDim && s.n_k > 0 ? int8_head_kernel() : nullptr;
     if (fused) {

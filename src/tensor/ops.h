@@ -47,6 +47,14 @@ struct LinearJob {
 };
 void linear_group(const std::vector<LinearJob>& jobs, int m);
 
+// True where the int8 GEMMs are exact: the engine's own AVX-512 VNNI kernels,
+// or oneDNN's u8×s8 GEMM on a CPU with VNNI. Without VNNI (AVX2 CPUs before
+// Ice Lake and Zen 4) oneDNN's vpmaddubsw step saturates each pair of
+// products at int16 (int8 mode's top-1 agreement fell to 0.55), so the int8
+// and q4 modes' prompt products and attention run as fp32 GEMMs on weights
+// widened per block there; decode's own GEMV kernels are exact everywhere.
+bool int8_gemm_exact();
+
 // Which path a linear() call took: GEMV kernels (few rows), the int8 GEMM
 // (Q8 per-row weights), the int8 GEMM on Q4 weights widened to int8 per
 // panel, or fp32 SGEMMs on widened weights.
