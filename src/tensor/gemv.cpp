@@ -291,11 +291,15 @@ IsaLevel active_isa_level() {
   return k == &kAvx512 ? kIsaAvx512 : k == &kAvx2 ? kIsaAvx2 : kIsaGeneric;
 }
 
-namespace isa_detail {
+namespace {
 thread_local uint64_t t_elementwise_calls[3] = {0, 0, 0};
 }
 
-uint64_t elementwise_calls_on_this_thread(IsaLevel level) { return isa_detail::t_elementwise_calls[level]; }
+namespace isa_detail {
+void count_elementwise_call(IsaLevel level) { ++t_elementwise_calls[level]; }
+}  // namespace isa_detail
+
+uint64_t elementwise_calls_on_this_thread(IsaLevel level) { return t_elementwise_calls[level]; }
 
 namespace detail {
 

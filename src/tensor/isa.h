@@ -17,8 +17,11 @@ IsaLevel active_isa_level();
 uint64_t elementwise_calls_on_this_thread(IsaLevel level);
 
 namespace isa_detail {
-extern thread_local uint64_t t_elementwise_calls[3];
-}
+// Counts one element-wise call at `level` on this thread. (A function, not an
+// extern thread_local array: the sanitizer build read such an array through
+// a null TLS wrapper pointer from the multiversioned callers.)
+void count_elementwise_call(IsaLevel level);
+}  // namespace isa_detail
 
 }  // namespace md
 
@@ -36,15 +39,15 @@ extern thread_local uint64_t t_elementwise_calls[3];
   static ret name##_baseline params { return name##_body args; }                                            \
   ret name params {                                                                                         \
     const ::md::IsaLevel level = ::md::active_isa_level();                                                  \
-    ++::md::isa_detail::t_elementwise_calls[level];                                                         \
+    ::md::isa_detail::count_elementwise_call(level);                                                        \
     return level == ::md::kIsaAvx512 ? name##_x86_64_v4 args                                                \
            : level == ::md::kIsaAvx2 ? name##_x86_64_v3 args                                                \
                                      : name##_baseline args;                                                \
   }
 #else
-#define MD_ISA_DISPATCH(ret, name, params, args)                \
-  ret name params {                                             \
-    ++::md::isa_detail::t_elementwise_calls[::md::kIsaGeneric]; \
-    return name##_body args;                                    \
+#define MD_ISA_DISPATCH(ret, name, params, args)                 \
+  ret name params {                                              \
+    ::md::isa_detail::count_elementwise_call(::md::kIsaGeneric); \
+    return name##_body args;                                     \
   }
 #endif
