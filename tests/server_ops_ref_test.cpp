@@ -276,8 +276,10 @@ TEST_F(ServerOps, SigtermFinishesTheRequestInFlightAndExitsZero) {
 
 TEST_F(ServerOps, PortTakenNamesTheHolderAndReplaceLeavesOthersAlone) {
   // This process holds a port the kernel picks now (a free_port() number
-  // could meanwhile go to a server of a test running beside this one).
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  // could meanwhile go to a server of a test running beside this one). Not
+  // inherited by the server started below: with the socket open in both, the
+  // server named itself as the holder whenever its pid sorted first.
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
