@@ -191,9 +191,10 @@ bool parse_format(const std::string& s, WeightFormat* f) {
   return false;
 }
 
-// Decode attention over a bf16 KV cache: one query row, 32 heads of 64, the
-// image prefix (730 rows, a base cache) plus the rows decoded since, `layers`
-// layers' caches cycled (24: cold, as in a decode step). GB/s of K and V read.
+// Decode attention over a bf16 KV cache laid out as the model's (head-major,
+// KVCache): one query row, 32 heads of 64, the image prefix (730 rows, a base
+// cache) plus the rows decoded since, `layers` layers' caches cycled (24:
+// cold, as in a decode step). GB/s of K and V read.
 void time_decode_attention(const std::vector<int>& threads, int rounds, bool huge, int layers) {
   const int n_heads = 32, hd = 64, kv_dim = n_heads * hd, prefix = 730;
   for (int nt : threads) {
@@ -221,8 +222,9 @@ void time_decode_attention(const std::vector<int>& threads, int rounds, bool hug
       mask.prefix = prefix;
       auto layer = [&](int l) {
         const uint8_t* b = kv.p + size_t(l) * 2 * (base_bytes + own_bytes);
-        md::KVRows base{b, b + base_bytes, prefix, md::KVFormat::BF16};
-        md::KVRows own{b + 2 * base_bytes, b + 2 * base_bytes + own_bytes, n_k - prefix, md::KVFormat::BF16};
+        md::KVRows base{b, b + base_bytes, prefix, md::KVFormat::BF16, hd, size_t(prefix) * hd};
+        md::KVRows own{b + 2 * base_bytes,       b + 2 * base_bytes + own_bytes, n_k - prefix, md::KVFormat::BF16, hd,
+                       size_t(n_k - prefix) * hd};
         md::attention(sh, mask, q.data(), base, own, out.data());
       };
       for (int l = 0; l < layers; ++l) layer(l);

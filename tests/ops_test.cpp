@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <random>
 #include <tuple>
@@ -13,6 +14,7 @@
 
 #include "model/config.h"
 #include "tensor/error.h"
+#include "tensor/attention_int8.h"
 #include "tensor/gemm_int8.h"
 #include "tensor/gemv.h"
 #include "tensor/gemv_impl.h"
@@ -316,6 +318,93 @@ TEST(Attention, Bf16RowsEqualFp32AttentionOverTheRoundedValues) {
   EXPECT_THROW(attention(s, AttentionMask{}, q.data(), KVRows{r32.data(), r32.data(), 2, KVFormat::F32},
                          KVRows{r16.data(), r16.data(), 2, KVFormat::BF16}, out.data()),
                Error);
+}
+
+// KV caches are head-major (KVRows' row and head strides): each path —
+// decoding's key split, a few query rows, the query lanes, a prompt's
+// widening to fp32, the fp32 GEMMs and the int8 prompt attention — gives
+// what it gives on the same keys in position-major rows, with the key rows
+// split into base and own ranges each with room to spare (as a cache with
+// capacity left).
+TEST(Attention, HeadMajorRowsGiveTheSameResultAsPositionMajor) {
+  struct Case {
+    int n_q, n_k, base;
+    KVFormat format;
+    bool int8;
+  };
+  const Case cases[] = {{1, 301, 211, KVFormat::BF16, false}, {1, 77, 0, KVFormat::BF16, false},
+                        {3, 43, 17, KVFormat::BF16, false},   {14, 300, 211, KVFormat::BF16, false},
+                        {40, 90, 17, KVFormat::BF16, false},  {1, 45, 20, KVFormat::F32, false},
+                        {40, 90, 17, KVFormat::F32, false},   {96, 96, 0, KVFormat::F32, true}};
+  const int n_heads = 8, n_kv = 2, hd = 64, spare = 5;
+  for (const Case& c : cases) {
+    AttentionShape s;
+    s.n_q = c.n_q;
+    s.n_k = c.n_k;
+    s.n_heads = n_heads;
+    s.n_kv_heads = n_kv;
+    s.head_dim = hd;
+    s.q_stride = 3 * n_heads * hd;
+    s.kv_stride = n_kv * hd;
+    s.int8_scores = c.int8;
+    const auto q = random_vec(size_t(s.n_q) * s.q_stride, 24);
+    auto k = random_vec(size_t(s.n_k) * s.kv_stride, 25);
+    auto v = random_vec(size_t(s.n_k) * s.kv_stride, 26);
+    const bool bf16 = c.format == KVFormat::BF16;
+    const size_t elem = bf16 ? 2 : 4;
+    // Position-major rows, and the same values head-major in two ranges.
+    std::vector<uint8_t> k_pos(k.size() * elem), v_pos(v.size() * elem);
+    const int rows[2] = {c.base, c.n_k - c.base}, cap[2] = {c.base + spare, c.n_k - c.base + spare};
+    std::vector<uint8_t> k_head[2], v_head[2];
+    for (int r = 0; r < 2; ++r) {
+      k_head[r].assign(size_t(n_kv) * size_t(cap[r]) * hd * elem, 0);
+      v_head[r].assign(k_head[r].size(), 0);
+    }
+    auto put = [&](const float* src, uint8_t* dst) {
+      if (bf16) {
+        const uint16_t b = f32_to_bf16(*src);
+        std::memcpy(dst, &b, 2);
+      } else {
+        std::memcpy(dst, src, 4);
+      }
+    };
+    for (int j = 0; j < s.n_k; ++j)
+      for (int g = 0; g < n_kv; ++g)
+        for (int d = 0; d < hd; ++d) {
+          const size_t at = size_t(j) * s.kv_stride + size_t(g) * hd + size_t(d);
+          const int r = j < c.base ? 0 : 1, jr = j < c.base ? j : j - c.base;
+          const size_t h_at = (size_t(g) * size_t(cap[r]) + size_t(jr)) * hd + size_t(d);
+          put(&k[at], k_pos.data() + at * elem);
+          put(&v[at], v_pos.data() + at * elem);
+          put(&k[at], k_head[r].data() + h_at * elem);
+          put(&v[at], v_head[r].data() + h_at * elem);
+        }
+    AttentionMask mask;
+    mask.full = false;
+    mask.q_pos0 = s.n_k - s.n_q;
+    mask.prefix = 20;
+    std::vector<float> ref(size_t(s.n_q) * n_heads * hd), got(ref.size(), -1.0f);
+    const size_t off = size_t(c.base) * s.kv_stride * elem;
+    attention(s, mask, q.data(), KVRows{k_pos.data(), v_pos.data(), c.base, c.format},
+              KVRows{k_pos.data() + off, v_pos.data() + off, c.n_k - c.base, c.format}, ref.data());
+    uint64_t before[3];
+    for (int p = 0; p < 3; ++p) before[p] = detail::attention_path_count(AttentionPath(p));
+    KVRows head[2];
+    for (int r = 0; r < 2; ++r)
+      head[r] = KVRows{k_head[r].data(), v_head[r].data(), rows[r], c.format, hd, size_t(cap[r]) * hd};
+    attention(s, mask, q.data(), head[0], head[1], got.data());
+    const std::string what = "n_q " + std::to_string(c.n_q) + " base " + std::to_string(c.base) + " " +
+                             kv_format_name(c.format) + (c.int8 ? " int8" : "");
+    const bool direct = bf16 && c.n_q <= kDirectAttentionRows;
+    EXPECT_EQ(detail::attention_path_count(AttentionPath::DecodeSplit) - before[0], direct && c.n_q == 1 ? 1u : 0u)
+        << what;
+    EXPECT_EQ(detail::attention_path_count(AttentionPath::QueryLanes) - before[1], direct && c.n_q >= 4 ? 1u : 0u)
+        << what;
+    if (c.int8 && int8_gemm_exact() && int8_head_kernel()) {
+      EXPECT_EQ(detail::attention_path_count(AttentionPath::Int8Fused) - before[2], 1u) << what;
+    }
+    for (size_t i = 0; i < ref.size(); ++i) ASSERT_NEAR(got[i], ref[i], 1e-6f) << what << " element " << i;
+  }
 }
 
 // The decode block kernel is one step of an online softmax: two steps over

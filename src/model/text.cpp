@@ -20,7 +20,12 @@ void store_bf16(const float* x, int n, uint16_t* out) {
 }  // namespace
 
 KVCache::KVCache(const TextConfig& cfg, int cap, KVFormat f)
-    : n_layers(cfg.n_layers), kv_dim(cfg.n_kv_heads * (cfg.dim / cfg.n_heads)), format(f), capacity(cap) {
+    : n_layers(cfg.n_layers),
+      n_kv_heads(cfg.n_kv_heads),
+      head_dim(cfg.dim / cfg.n_heads),
+      kv_dim(cfg.n_kv_heads * (cfg.dim / cfg.n_heads)),
+      format(f),
+      capacity(cap) {
   // Each layer's rows made in place (assign() would copy one zeroed prototype).
   k.resize(size_t(n_layers));
   v.resize(size_t(n_layers));
@@ -33,11 +38,16 @@ KVCache::KVCache(const TextConfig& cfg, int cap, KVFormat f)
 
 KVRows KVCache::base_rows(int l) const {
   if (!base) return KVRows{nullptr, nullptr, 0, format};
-  return KVRows{base->k[size_t(l)].data(), base->v[size_t(l)].data(), base_length, base->format};
+  return KVRows{base->k[size_t(l)].data(),
+                base->v[size_t(l)].data(),
+                base_length,
+                base->format,
+                head_dim,
+                size_t(base->rows()) * size_t(head_dim)};
 }
 
-KVRows KVCache::own_rows(int l, int rows) const {
-  return KVRows{k[size_t(l)].data(), v[size_t(l)].data(), rows, format};
+KVRows KVCache::own_rows(int l, int n) const {
+  return KVRows{k[size_t(l)].data(), v[size_t(l)].data(), n, format, head_dim, size_t(rows()) * size_t(head_dim)};
 }
 
 KVCache KVCache::extending(const KVCache& b, int cap) {
@@ -45,6 +55,8 @@ KVCache KVCache::extending(const KVCache& b, int cap) {
   if (cap < b.length) throw Error("KV cache: capacity below the base's length");
   KVCache out;
   out.n_layers = b.n_layers;
+  out.n_kv_heads = b.n_kv_heads;
+  out.head_dim = b.head_dim;
   out.kv_dim = b.kv_dim;
   out.format = b.format;
   out.capacity = cap;
@@ -64,8 +76,11 @@ KVCache KVCache::extending(const KVCache& b, int cap) {
 
 KVCache KVCache::copy_with_capacity(int cap) const {
   if (base) throw Error("KV cache: copy_with_capacity of a cache with a base");
+  if (cap < length) throw Error("KV cache: capacity below the length");
   KVCache out;
   out.n_layers = n_layers;
+  out.n_kv_heads = n_kv_heads;
+  out.head_dim = head_dim;
   out.kv_dim = kv_dim;
   out.format = format;
   out.capacity = cap;
@@ -74,12 +89,15 @@ KVCache KVCache::copy_with_capacity(int cap) const {
   out.k.resize(size_t(n_layers));
   out.v.resize(size_t(n_layers));
   const size_t elem = kv_element_bytes(format);
-  const size_t used = size_t(length) * size_t(kv_dim) * elem;
+  const size_t used = size_t(length) * size_t(head_dim) * elem;
   for (int l = 0; l < n_layers; ++l) {
     out.k[l].resize(size_t(cap) * size_t(kv_dim) * elem);
     out.v[l].resize(size_t(cap) * size_t(kv_dim) * elem);
-    std::memcpy(out.k[l].data(), k[l].data(), used);
-    std::memcpy(out.v[l].data(), v[l].data(), used);
+    // Head by head: each head's run starts at its own place in either.
+    for (int g = 0; g < n_kv_heads; ++g) {
+      std::memcpy(out.k[l].data() + out.element_at(g, 0) * elem, k[l].data() + element_at(g, 0) * elem, used);
+      std::memcpy(out.v[l].data() + out.element_at(g, 0) * elem, v[l].data() + element_at(g, 0) * elem, used);
+    }
   }
   return out;
 }
@@ -163,22 +181,25 @@ PooledVector<float> TextModel::forward(const float* embeddings, int n, KVCache& 
     // This cache's own rows start at position base_length.
     uint8_t* kc = cache.k[size_t(l)].data();
     uint8_t* vc = cache.v[size_t(l)].data();
-    const size_t row_bytes = size_t(kv_dim) * kv_element_bytes(cache.format);
-    const int own0 = cache.base_length;
+    const size_t elem = kv_element_bytes(cache.format);
     parallel_for(size_t(n), [&](size_t b, size_t e) {
       for (size_t i = b; i < e; ++i) {
         float* row = qkv.data() + i * qkv_dim;
         const int p = pos0 + int(i);
         for (int hh = 0; hh < cfg_.n_heads; ++hh) rotary_.apply(row + hh * hd, p);
-        for (int g = 0; g < cfg_.n_kv_heads; ++g) rotary_.apply(row + q_dim + g * hd, p);
-        uint8_t* kd = kc + size_t(p - own0) * row_bytes;
-        uint8_t* vd = vc + size_t(p - own0) * row_bytes;
-        if (cache.format == KVFormat::BF16) {
-          store_bf16(row + q_dim, kv_dim, reinterpret_cast<uint16_t*>(kd));
-          store_bf16(row + q_dim + kv_dim, kv_dim, reinterpret_cast<uint16_t*>(vd));
-        } else {
-          std::memcpy(kd, row + q_dim, row_bytes);
-          std::memcpy(vd, row + q_dim + kv_dim, row_bytes);
+        for (int g = 0; g < cfg_.n_kv_heads; ++g) {
+          const float* kr = row + q_dim + g * hd;
+          const float* vr = kr + kv_dim;
+          rotary_.apply(row + q_dim + g * hd, p);
+          uint8_t* kd = kc + cache.element_at(g, p) * elem;
+          uint8_t* vd = vc + cache.element_at(g, p) * elem;
+          if (cache.format == KVFormat::BF16) {
+            store_bf16(kr, hd, reinterpret_cast<uint16_t*>(kd));
+            store_bf16(vr, hd, reinterpret_cast<uint16_t*>(vd));
+          } else {
+            std::memcpy(kd, kr, size_t(hd) * elem);
+            std::memcpy(vd, vr, size_t(hd) * elem);
+          }
         }
       }
     });

@@ -11,11 +11,14 @@
 
 namespace md {
 
-// k (after rotary) and v per layer and position: layer l, position p lives at
-// elements [p·kv_dim … (p+1)·kv_dim) of k[l], fp32 or bf16 as `format` says
-// (rounded once when written; every later read sees the stored value).
+// k (after rotary) and v per layer, kv head and position, head-major: in
+// k[l], kv head g's rows are one run of rows() · head_dim elements, position
+// p at row p − base_length of it (KVRows in ops.h: decoding reads each head's
+// keys as one stream). fp32 or bf16 as `format` says (rounded once when
+// written; every later read sees the stored value).
 struct KVCache {
   int n_layers = 0;
+  int n_kv_heads = 0, head_dim = 0;
   int kv_dim = 0;  // n_kv_heads · head_dim
   KVFormat format = KVFormat::F32;
   int capacity = 0;  // positions it can hold, base included
@@ -27,7 +30,14 @@ struct KVCache {
   // outliving this cache); k/v hold positions [base_length, capacity).
   const KVCache* base = nullptr;
   int base_length = 0;
-  std::vector<PooledVector<uint8_t>> k, v;  // [layer][(position - base_length) · kv_dim elements]
+  std::vector<PooledVector<uint8_t>> k, v;  // [layer][kv head][position - base_length][head_dim]
+
+  // Rows per head this cache owns (its base's are not among them).
+  int rows() const { return capacity - base_length; }
+  // Where position p (>= base_length) of kv head g starts in k[l] / v[l], in elements.
+  size_t element_at(int g, int p) const {
+    return (size_t(g) * size_t(rows()) + size_t(p - base_length)) * size_t(head_dim);
+  }
 
   KVCache() = default;
   KVCache(const TextConfig& cfg, int capacity, KVFormat format = KVFormat::F32);

@@ -749,16 +749,16 @@ MD_ISA_DISPATCH(void, bf16_pv_portable,
                 (p, v, stride, n, head_dim, out))
 
 void bf16_query_row(const gemv_detail::AttentionKernels* ak, const float* q, int head_dim, float scale,
-                    const uint16_t* const* k, const uint16_t* const* v, const int* rows, int ranges, int stride,
+                    const uint16_t* const* k, const uint16_t* const* v, const int* rows, const int* strides, int ranges,
                     int visible, float* scores, float* part, float* out) {
   const bool fast = ak && ak->head_dim == head_dim;
   int j0 = 0;
   for (int r = 0; r < ranges && j0 < visible; ++r) {
     const int n = std::min(rows[r], visible - j0);
     if (fast)
-      ak->scores(q, k[r], stride, n, scale, scores + j0);
+      ak->scores(q, k[r], strides[r], n, scale, scores + j0);
     else
-      bf16_scores_portable(q, k[r], stride, n, head_dim, scale, scores + j0);
+      bf16_scores_portable(q, k[r], strides[r], n, head_dim, scale, scores + j0);
     j0 += n;
   }
   const float inv = 1.0f / exp_minus_max(scores, visible);
@@ -767,44 +767,44 @@ void bf16_query_row(const gemv_detail::AttentionKernels* ak, const float* q, int
   for (int r = 0; r < ranges && j0 < visible; ++r) {
     const int n = std::min(rows[r], visible - j0);
     if (fast)
-      ak->pv(scores + j0, v[r], stride, n, part);
+      ak->pv(scores + j0, v[r], strides[r], n, part);
     else
-      bf16_pv_portable(scores + j0, v[r], stride, n, head_dim, part);
+      bf16_pv_portable(scores + j0, v[r], strides[r], n, head_dim, part);
     for (int d = 0; d < head_dim; ++d) out[d] += part[d];
     j0 += n;
   }
   for (int d = 0; d < head_dim; ++d) out[d] *= inv;
 }
 
-// The block of bf16 keys that starts at key j0: at most max_rows keys,
-// before j_end and inside one of the two row ranges (base, then own).
+// The block of one kv head's bf16 keys that starts at key j0: at most
+// max_rows keys, before j_end and inside one of the two row ranges (base,
+// then own), with that range's row stride.
 struct KVBlock {
   int n = 0;
+  int stride = 0;
   const uint16_t* k = nullptr;
   const uint16_t* v = nullptr;
 };
-__attribute__((always_inline)) inline KVBlock kv_block(KVRows base, KVRows own, int stride, int j0, int j_end,
+__attribute__((always_inline)) inline KVBlock kv_block(const KVRows& base, const KVRows& own, int g, int j0, int j_end,
                                                        int max_rows) {
   KVBlock b;
   if (j0 >= j_end) return b;
   const bool in_base = j0 < base.rows;
+  const KVRows& r = in_base ? base : own;
   b.n = std::min(max_rows, (in_base ? std::min(j_end, base.rows) : j_end) - j0);
-  const size_t row0 = size_t(in_base ? j0 : j0 - base.rows) * size_t(stride);
-  b.k = static_cast<const uint16_t*>(in_base ? base.k : own.k) + row0;
-  b.v = static_cast<const uint16_t*>(in_base ? base.v : own.v) + row0;
+  b.stride = r.row_stride;
+  const size_t at = size_t(g) * r.head_stride + size_t(in_base ? j0 : j0 - base.rows) * size_t(r.row_stride);
+  b.k = static_cast<const uint16_t*>(r.k) + at;
+  b.v = static_cast<const uint16_t*>(r.v) + at;
   return b;
 }
 
-// Share `part` of `parts` of a block's rows (their first used_bytes), to
-// prefetch into L2 while the current block is computed: one share per head
-// step, so the next block arrives in time.
-__attribute__((always_inline)) inline gemv_detail::RowPrefetch block_share(const KVBlock& b, int stride,
-                                                                           size_t used_bytes, int part, int parts) {
-  const int per = (b.n + parts - 1) / parts;
-  const int r0 = std::min(b.n, part * per), r1 = std::min(b.n, r0 + per);
-  const size_t row_bytes = size_t(stride) * 2;
-  return {reinterpret_cast<const char*>(b.k) + size_t(r0) * row_bytes,
-          reinterpret_cast<const char*>(b.v) + size_t(r0) * row_bytes, r1 - r0, row_bytes, used_bytes};
+// A block's rows (their first used_bytes) as a prefetch for the step
+// before it: the kernel spreads them over its loops, so the block is in L2
+// when its step starts.
+__attribute__((always_inline)) inline gemv_detail::RowPrefetch block_prefetch(const KVBlock& b, size_t used_bytes) {
+  return {reinterpret_cast<const char*>(b.k), reinterpret_cast<const char*>(b.v), b.n, size_t(b.stride) * 2,
+          used_bytes};
 }
 
 // Key slices of an attention pass: a few per thread, taken from a shared
@@ -837,34 +837,36 @@ void for_each_key_slice(int slices, Fn&& fn) {
   });
 }
 
-// Walks slice `sl` of `slices` of the visible keys in blocks of at most
-// `block` keys and, per block, every head: fn(h, j0, n, k, v, share) with
-// the head's first key and value of the block (row stride kv_stride) and the
-// head's share of the next block's rows, which fn prefetches — at the
-// slice's last block, the first block of the slice claim_next() hands this
-// thread. (Both helpers forced inline: as calls, gemv_bench's attention rows
-// ran 20-30 % slower.)
+// Walks slice `sl` of `slices` of the visible keys head by head and, per
+// head, in blocks of at most `block` keys: fn(h, j0, n, k, v, stride, next)
+// with the head's keys and values of the block (rows `stride` apart) and
+// the next step's block, which fn prefetches — after the slice's last head,
+// the first block of the slice claim_next() hands this thread. Head by head,
+// a head-major cache (KVRows) is read as two sequential streams per slice.
+// (Both helpers forced inline: as calls, gemv_bench's attention rows ran
+// 20-30 % slower.)
 template <class Claim, class Fn>
-__attribute__((always_inline)) inline void for_each_block_and_head(const AttentionShape& s, KVRows base, KVRows own,
-                                                                   int visible, int sl, int slices, int block,
-                                                                   Claim&& claim_next, Fn&& fn) {
+__attribute__((always_inline)) inline void for_each_head_and_block(const AttentionShape& s, const KVRows& base,
+                                                                   const KVRows& own, int visible, int sl, int slices,
+                                                                   int block, Claim&& claim_next, Fn&& fn) {
   const int H = s.n_heads, group = s.n_heads / s.n_kv_heads;
-  const size_t used_bytes = size_t(s.n_kv_heads) * size_t(s.head_dim) * 2;
+  const size_t used_bytes = size_t(s.head_dim) * 2;
   const int j_begin = slice_begin(visible, sl, slices), j_end = slice_begin(visible, sl + 1, slices);
-  for (int j0 = j_begin; j0 < j_end;) {
-    const KVBlock blk = kv_block(base, own, s.kv_stride, j0, j_end, block);
-    KVBlock next = kv_block(base, own, s.kv_stride, j0 + blk.n, j_end, block);
-    if (next.n == 0) {
-      const int ns = claim_next();
-      if (ns < slices)
-        next = kv_block(base, own, s.kv_stride, slice_begin(visible, ns, slices), slice_begin(visible, ns + 1, slices),
-                        block);
+  for (int h = 0; h < H; ++h) {
+    const int g = h / group;
+    for (int j0 = j_begin; j0 < j_end;) {
+      const KVBlock blk = kv_block(base, own, g, j0, j_end, block);
+      KVBlock next = kv_block(base, own, g, j0 + blk.n, j_end, block);
+      if (next.n == 0 && h + 1 < H) {
+        next = kv_block(base, own, (h + 1) / group, j_begin, j_end, block);
+      } else if (next.n == 0) {
+        const int ns = claim_next();
+        if (ns < slices)
+          next = kv_block(base, own, 0, slice_begin(visible, ns, slices), slice_begin(visible, ns + 1, slices), block);
+      }
+      fn(h, j0, blk.n, blk.k, blk.v, blk.stride, block_prefetch(next, used_bytes));
+      j0 += blk.n;
     }
-    for (int h = 0; h < H; ++h) {
-      const size_t col = size_t(h / group) * size_t(s.head_dim);
-      fn(h, j0, blk.n, blk.k + col, blk.v + col, block_share(next, s.kv_stride, used_bytes, h, H));
-    }
-    j0 += blk.n;
   }
 }
 
@@ -931,16 +933,16 @@ void bf16_decode_split(const gemv_detail::AttentionKernels* ak, const AttentionS
       l[h] = 0.0f;
     }
     std::fill(acc, acc + size_t(H) * size_t(hd), 0.0f);
-    auto head_block = [&](int h, int, int n, const uint16_t* kh, const uint16_t* vh,
+    auto head_block = [&](int h, int, int n, const uint16_t* kh, const uint16_t* vh, int stride,
                           const gemv_detail::RowPrefetch& share) {
       const float* qh = qk + size_t(h) * size_t(hd);
       float* ah = acc + size_t(h) * size_t(hd);
-      if (fast) return ak->block(qh, kh, vh, s.kv_stride, n, scale, m + h, l + h, ah, share);
+      if (fast) return ak->block(qh, kh, vh, stride, n, scale, m + h, l + h, ah, share);
       // The next block's share in two parts, before the scores and before
       // p·V (one burst made the first loads queue behind it).
       gemv_detail::PrefetchCursor pf(share);
       pf.issue((pf.lines() + 1) / 2);
-      bf16_scores_portable(qh, kh, s.kv_stride, n, hd, scale, sc);
+      bf16_scores_portable(qh, kh, stride, n, hd, scale, sc);
       float mx = sc[0];
       for (int j = 1; j < n; ++j) mx = std::max(mx, sc[j]);
       if (mx > m[h]) {
@@ -957,11 +959,11 @@ void bf16_decode_split(const gemv_detail::AttentionKernels* ak, const AttentionS
       }
       l[h] += sum;
       pf.issue_rest();
-      bf16_pv_portable(sc, vh, s.kv_stride, n, hd, part);
+      bf16_pv_portable(sc, vh, stride, n, hd, part);
 #pragma omp simd
       for (int d = 0; d < hd; ++d) ah[d] += part[d];
     };
-    for_each_block_and_head(s, base, own, visible, sl, slices, block, claim_next, head_block);
+    for_each_head_and_block(s, base, own, visible, sl, slices, block, claim_next, head_block);
   });
   float* merged = fast ? scratch(t_merged, size_t(hd)) : nullptr;
   for (int h = 0; h < H; ++h) {
@@ -1122,7 +1124,7 @@ void bf16_lane_group(const AttentionShape& s, const AttentionMask& mask, const f
       std::fill(st, st + kLanes, -INFINITY);
       std::fill(st + kLanes, st + per_head, 0.0f);
     }
-    auto head_block = [&](int h, int j0, int n, const uint16_t* kh, const uint16_t* vh,
+    auto head_block = [&](int h, int j0, int n, const uint16_t* kh, const uint16_t* vh, int stride,
                           const gemv_detail::RowPrefetch& share) {
       // The next block's share in four parts between the steps, not in one
       // burst that the first loads would queue behind.
@@ -1130,16 +1132,16 @@ void bf16_lane_group(const AttentionShape& s, const AttentionMask& mask, const f
       const int quarter = (pf.lines() + 3) / 4;
       float* st = P + size_t(h) * per_head;
       pf.issue(quarter);
-      widen_bf16_rows(kh, n, s.kv_stride, hd, kf);
+      widen_bf16_rows(kh, n, stride, hd, kf);
       pf.issue(quarter);
-      widen_bf16_rows(vh, n, s.kv_stride, hd, vf);
+      widen_bf16_rows(vh, n, stride, hd, vf);
       pf.issue(quarter);
       lanes_scores(qT + size_t(h) * size_t(hd) * kLanes, kf, n, hd, scale, sT);
       lanes_online_softmax(sT, n, j0, vis, st, st + kLanes, st + 2 * kLanes, hd);
       pf.issue_rest();
       lanes_pv(sT, vf, n, hd, st + 2 * kLanes);
     };
-    for_each_block_and_head(s, base, own, visible, sl, slices, kBlock, claim_next, head_block);
+    for_each_head_and_block(s, base, own, visible, sl, slices, kBlock, claim_next, head_block);
   });
   for (int h = 0; h < H; ++h)
     for (int i = 0; i < nq; ++i) {
@@ -1156,11 +1158,38 @@ void bf16_few_queries(const AttentionShape& s, const AttentionMask& mask, const 
     bf16_lane_group(s, mask, q, i0, std::min(kLanes, s.n_q - i0), base, own, out);
 }
 
-// bf16 rows → fp32 (exact), rows × kv_stride elements.
-void widen_kv(const void* src, int rows, int stride, std::vector<float>& dst) {
-  const size_t n = size_t(rows) * size_t(stride);
-  if (dst.size() < n) dst.resize(n);
-  convert_to_f32(DType::BF16, static_cast<const uint8_t*>(src), dst.data(), n);
+// The layout KVRows left to the shape (row_stride 0) spelled out.
+KVRows with_strides(KVRows r, const AttentionShape& s) {
+  if (r.row_stride == 0) {
+    r.row_stride = s.kv_stride;
+    r.head_stride = size_t(s.head_dim);
+  }
+  return r;
+}
+
+// bf16 rows → fp32 (exact) in k_dst / v_dst, in the same layout when the
+// rows are interleaved (position-major), else one head after another.
+KVRows widen_kv(const KVRows& r, const AttentionShape& s, std::vector<float>& k_dst, std::vector<float>& v_dst) {
+  KVRows out = r;
+  out.format = KVFormat::F32;
+  const size_t hd = size_t(s.head_dim);
+  const bool head_major = r.row_stride == s.head_dim;
+  if (!head_major && r.head_stride != hd) throw Error("attention: unsupported KV row layout");
+  const size_t per_head = size_t(r.rows) * (head_major ? hd : size_t(r.row_stride));
+  const size_t heads = head_major ? size_t(s.n_kv_heads) : 1;
+  if (head_major) {
+    out.row_stride = s.head_dim;
+    out.head_stride = per_head;
+  }
+  for (auto [src, dst] : {std::pair{r.k, &k_dst}, std::pair{r.v, &v_dst}}) {
+    if (dst->size() < heads * per_head) dst->resize(heads * per_head);
+    for (size_t g = 0; g < heads; ++g)
+      convert_to_f32(DType::BF16, static_cast<const uint8_t*>(src) + g * r.head_stride * 2, dst->data() + g * per_head,
+                     per_head);
+  }
+  out.k = k_dst.data();
+  out.v = v_dst.data();
+  return out;
 }
 
 }  // namespace
@@ -1169,23 +1198,17 @@ void attention(const AttentionShape& s, const AttentionMask& mask, const float* 
                float* out) {
   if (base.rows + own.rows != s.n_k) throw Error("attention: key rows do not add up to n_k");
   if (base.rows > 0 && base.format != own.format) throw Error("attention: base and own KV rows differ in format");
+  base = with_strides(base, s);
+  own = with_strides(own, s);
   if (own.format == KVFormat::BF16) {
     if (s.n_q > kDirectAttentionRows) {
       // A prompt: widen once, then the GEMM path (the widening is a small
       // fraction of the GEMMs' work at these sizes).
       static thread_local std::vector<float> t_kb, t_vb, t_ko, t_vo;
-      KVRows b32, o32{nullptr, nullptr, own.rows, KVFormat::F32};
-      if (base.rows > 0) {
-        widen_kv(base.k, base.rows, s.kv_stride, t_kb);
-        widen_kv(base.v, base.rows, s.kv_stride, t_vb);
-        b32 = KVRows{t_kb.data(), t_vb.data(), base.rows, KVFormat::F32};
-      }
-      if (own.rows > 0) {
-        widen_kv(own.k, own.rows, s.kv_stride, t_ko);
-        widen_kv(own.v, own.rows, s.kv_stride, t_vo);
-        o32.k = t_ko.data();
-        o32.v = t_vo.data();
-      }
+      KVRows b32 = base, o32 = own;
+      if (base.rows > 0) b32 = widen_kv(base, s, t_kb, t_vb);
+      if (own.rows > 0) o32 = widen_kv(own, s, t_ko, t_vo);
+      b32.format = o32.format = KVFormat::F32;
       attention(s, mask, q, b32, o32, out);
       return;
     }
@@ -1208,12 +1231,14 @@ void attention(const AttentionShape& s, const AttentionMask& mask, const float* 
       for (size_t t = b; t < e; ++t) {
         const size_t h = t / size_t(s.n_q);
         const int i = int(t % size_t(s.n_q));
-        const size_t col = h / size_t(group) * size_t(s.head_dim);
-        const uint16_t* k[2] = {static_cast<const uint16_t*>(base.k) + col, static_cast<const uint16_t*>(own.k) + col};
-        const uint16_t* v[2] = {static_cast<const uint16_t*>(base.v) + col, static_cast<const uint16_t*>(own.v) + col};
-        const int rows[2] = {base.rows, own.rows};
+        const size_t g = h / size_t(group);
+        const uint16_t* k[2] = {static_cast<const uint16_t*>(base.k) + g * base.head_stride,
+                                static_cast<const uint16_t*>(own.k) + g * own.head_stride};
+        const uint16_t* v[2] = {static_cast<const uint16_t*>(base.v) + g * base.head_stride,
+                                static_cast<const uint16_t*>(own.v) + g * own.head_stride};
+        const int rows[2] = {base.rows, own.rows}, strides[2] = {base.row_stride, own.row_stride};
         bf16_query_row(ak, q + size_t(i) * size_t(s.q_stride) + h * size_t(s.head_dim), s.head_dim, scale, k, v, rows,
-                       2, s.kv_stride, mask.visible_keys(i, s.n_k), scores, part,
+                       strides, 2, mask.visible_keys(i, s.n_k), scores, part,
                        out + size_t(i) * size_t(out_stride) + h * size_t(s.head_dim));
       }
     });
@@ -1244,9 +1269,9 @@ void attention(const AttentionShape& s, const AttentionMask& mask, const float* 
         a.head_dim = s.head_dim;
         a.q = q + h * s.head_dim;
         a.q_stride = s.q_stride;
-        a.k = ok + h / size_t(group) * size_t(s.head_dim);
-        a.v = ov + h / size_t(group) * size_t(s.head_dim);
-        a.kv_stride = s.kv_stride;
+        a.k = ok + h / size_t(group) * own.head_stride;
+        a.v = ov + h / size_t(group) * own.head_stride;
+        a.kv_stride = own.row_stride;
         a.scale = scale;
         a.visible = visible.data();
         a.out = out + h * s.head_dim;
@@ -1255,9 +1280,11 @@ void attention(const AttentionShape& s, const AttentionMask& mask, const float* 
       });
       return;
     }
+    AttentionShape rows = s;
+    rows.kv_stride = own.row_stride;
     parallel_for_each(size_t(s.n_heads), [&](size_t h, size_t) {
-      head_attention_int8(s, mask, scale, q + h * s.head_dim, ok + h / size_t(group) * size_t(s.head_dim),
-                          ov + h / size_t(group) * size_t(s.head_dim), out + h * s.head_dim, out_stride);
+      head_attention_int8(rows, mask, scale, q + h * s.head_dim, ok + h / size_t(group) * own.head_stride,
+                          ov + h / size_t(group) * own.head_stride, out + h * s.head_dim, out_stride);
     });
     return;
   }
@@ -1267,15 +1294,16 @@ void attention(const AttentionShape& s, const AttentionMask& mask, const float* 
     static thread_local std::vector<float> t_scores;
     float* scores = scratch(t_scores, size_t(s.n_q) * s.n_k);
     for (size_t h = hb; h < he; ++h) {
-      const size_t col = h / size_t(group) * size_t(s.head_dim);
+      const size_t g = h / size_t(group), bcol = g * base.head_stride, ocol = g * own.head_stride;
       const float* qh = q + h * s.head_dim;
       float* oh = out + h * s.head_dim;
       // Scores against each key range, side by side in one row per query.
       if (base.rows > 0)
-        sgemm(true, s.n_q, base.rows, s.head_dim, scale, qh, s.q_stride, bk + col, s.kv_stride, 0.0f, scores, s.n_k);
-      if (own.rows > 0)
-        sgemm(true, s.n_q, own.rows, s.head_dim, scale, qh, s.q_stride, ok + col, s.kv_stride, 0.0f, scores + base.rows,
+        sgemm(true, s.n_q, base.rows, s.head_dim, scale, qh, s.q_stride, bk + bcol, base.row_stride, 0.0f, scores,
               s.n_k);
+      if (own.rows > 0)
+        sgemm(true, s.n_q, own.rows, s.head_dim, scale, qh, s.q_stride, ok + ocol, own.row_stride, 0.0f,
+              scores + base.rows, s.n_k);
       for (int i = 0; i < s.n_q; ++i) {
         float* row = scores + size_t(i) * s.n_k;
         const int visible = mask.visible_keys(i, s.n_k);
@@ -1284,11 +1312,12 @@ void attention(const AttentionShape& s, const AttentionMask& mask, const float* 
       }
       float beta = 0.0f;
       if (base.rows > 0) {
-        sgemm(false, s.n_q, s.head_dim, base.rows, 1.0f, scores, s.n_k, bv + col, s.kv_stride, 0.0f, oh, out_stride);
+        sgemm(false, s.n_q, s.head_dim, base.rows, 1.0f, scores, s.n_k, bv + bcol, base.row_stride, 0.0f, oh,
+              out_stride);
         beta = 1.0f;
       }
       if (own.rows > 0)
-        sgemm(false, s.n_q, s.head_dim, own.rows, 1.0f, scores + base.rows, s.n_k, ov + col, s.kv_stride, beta, oh,
+        sgemm(false, s.n_q, s.head_dim, own.rows, 1.0f, scores + base.rows, s.n_k, ov + ocol, own.row_stride, beta, oh,
               out_stride);
     }
   });

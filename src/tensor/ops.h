@@ -118,11 +118,21 @@ inline size_t kv_element_bytes(KVFormat f) { return f == KVFormat::BF16 ? 2 : 4;
 // they are the s.n_k keys. Lets every question about one image attend to the
 // same prefix without copying it. k/v point at float or uint16_t (bf16)
 // elements as `format` says; base and own must share it.
+//
+// Key j of kv head g starts g·head_stride + j·row_stride elements into k
+// (and v). Left 0, they are the AttentionShape's row layout (row_stride =
+// kv_stride, head_stride = head_dim: the rows of a qkv buffer). KV caches
+// are head-major (row_stride = head_dim, head_stride = rows held ·
+// head_dim): one head's keys are one sequential run, which decoding
+// streams at the memory's rate, where a walk over position-major rows reads
+// 128 bytes of every 4 KB row per head (docs/BENCHMARKS.md, issue 15).
 struct KVRows {
   const void* k = nullptr;
   const void* v = nullptr;
   int rows = 0;
   KVFormat format = KVFormat::F32;
+  int row_stride = 0;
+  size_t head_stride = 0;
 };
 // fp32 rows: oneDNN SGEMMs (or the int8 path). bf16 rows: up to
 // kDirectAttentionRows queries (decoding) read them in place, widening as
