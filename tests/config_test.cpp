@@ -297,7 +297,7 @@ TEST(Config, RevisionProfiles) {
   EXPECT_FALSE(c.revision.reasoning);
   EXPECT_EQ(c.tokenizer.answer_id, -1);
   // bos_id 0 in the tokenizer section: starmie era, its ids and templates
-  // (contract 2025-06-21 sections 1-2), overridable as before.
+  // (docs/MODEL.md sections R1-R2), overridable as before.
   json j = tiny_inner();
   j["tokenizer"] = {{"bos_id", 0}, {"templates", {{"point", {{"prefix", {1, 2, 3}}}}}}};
   c = parse(j);

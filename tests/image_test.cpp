@@ -1,5 +1,5 @@
 // Image pipeline: decoding (formats, colour, orientation, errors), tiling,
-// crops and normalisation (contract section 4).
+// crops and normalisation (docs/MODEL.md section 4).
 #include <gtest/gtest.h>
 #include <sys/resource.h>
 #include <sys/wait.h>

@@ -126,7 +126,7 @@ TEST(Revision20250621, GroundedReasoningMatchesTheReference) {
     EXPECT_TRUE(reasoning_first) << key;
     EXPECT_EQ(r.reasoning->tokens, ints(e["reasoning_tokens"])) << key;
     EXPECT_EQ(r.tokens, ints(e["tokens"])) << key;
-    // Text and grounding from the reference's chunks (contract section 4).
+    // Text and grounding from the reference's chunks (docs/MODEL.md section R4).
     std::string text;
     std::vector<md::GroundingSpan> want;
     int offset = 0;

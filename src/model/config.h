@@ -1,6 +1,6 @@
 #pragma once
 // Hyper-parameters of a Moondream2 model directory (config.json). Every field
-// has the contract's default; config.json's inner "config" dict overrides.
+// has its docs/MODEL.md section 2 default; config.json's inner "config" dict overrides.
 #include <string>
 #include <vector>
 

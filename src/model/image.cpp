@@ -1,4 +1,4 @@
-// Image bytes → RGB pixels → overlapping crops (contract section 4).
+// Image bytes → RGB pixels → overlapping crops (docs/MODEL.md section 4).
 //
 // Decoding and resampling use libvips, as the official implementation does
 // when pyvips is installed. Notes on fidelity to the official pipeline
@@ -14,7 +14,7 @@
 //     (R = (255−K) − round(C·(255−K)/255), likewise G from M, B from Y);
 //     embedded ICC profiles are ignored, as PIL's convert("RGB") ignores them.
 //     libvips un-inverts Adobe CMYK on load, as PIL does.
-//   * EXIF orientation is applied (vips_autorot), as the contract asks.
+//   * EXIF orientation is applied (vips_autorot), as docs/MODEL.md section 4.1 asks.
 //   * Resizing is pyvips' `image.resize(target_w / W, vscale=target_h / H)`
 //     on the 8-bit 3-band image, the default kernel (Lanczos-3) and the
 //     libvips version installed here.
@@ -307,7 +307,7 @@ RgbImage load_image_file(const std::string& path, uint64_t max_pixels) {
 }
 
 Tiling select_tiling(int height, int width, int crop_size, int max_crops) {
-  // Transcription of the official select_tiling (contract 4.2). Python's
+  // Transcription of the official select_tiling (docs/MODEL.md section 4.2). Python's
   // math.ceil(a / b) on ints equals integer ceiling for these magnitudes;
   // the square roots and floors are done in double as Python does.
   if (height <= crop_size || width <= crop_size) return {1, 1};

@@ -1,5 +1,5 @@
 #pragma once
-// Image bytes → RGB pixels → overlapping 378×378 crops (contract section 4).
+// Image bytes → RGB pixels → overlapping 378×378 crops (docs/MODEL.md section 4).
 #include <cstdint>
 #include <span>
 #include <string>
@@ -27,7 +27,7 @@ struct Tiling {
   int cols = 1;
 };
 
-// Contract section 4.2, verbatim.
+// docs/MODEL.md section 4.2, verbatim.
 Tiling select_tiling(int height, int width, int crop_size, int max_crops);
 
 struct CropParams {
@@ -49,8 +49,8 @@ struct Crops {
 // the official implementation does.
 Crops make_crops(const RgbImage& image, const CropParams& params);
 
-// One HWC uint8 crop → CHW floats, normalised in bfloat16 steps as the
-// contract (4.6) says: bf16(bf16(x/255) − 0.5)·2.
+// One HWC uint8 crop → CHW floats, normalised in bfloat16 steps as
+// docs/MODEL.md section 4.6 says: bf16(bf16(x/255) − 0.5)·2.
 void normalize_crop(const uint8_t* hwc, int size, float* chw_out);
 
 namespace detail {

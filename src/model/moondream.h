@@ -43,7 +43,7 @@ bool parse_caption_length(const std::string& s, CaptionLength* out);
 struct TextOptions {
   int max_tokens = 768;
   SamplingParams sampling;
-  // Called with each streamed chunk (contract section 8); return false to stop.
+  // Called with each streamed chunk (docs/MODEL.md section 8); return false to stop.
   std::function<bool(const std::string& chunk)> on_chunk;
 };
 

@@ -1,5 +1,5 @@
 #pragma once
-// Region head (contract section 8): coordinates and sizes in and out of the
+// Region head (docs/MODEL.md section 8): coordinates and sizes in and out of the
 // text model's hidden space.
 #include <vector>
 

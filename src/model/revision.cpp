@@ -21,7 +21,7 @@ bool parse_revision_choice(const std::string& s, RevisionChoice* out) {
 TokenizerConfig RevisionProfile::default_tokens(TokenizerFamily f) {
   TokenizerConfig t;  // the GPT-2 era defaults
   if (f == TokenizerFamily::kGpt2) return t;
-  // Contract (2025-06-21) sections 1-2.
+  // docs/MODEL.md sections R1-R2 (revision 2025-06-21).
   t.bos_id = 0;
   t.eos_id = 0;
   t.answer_id = 3;

@@ -14,7 +14,7 @@ namespace md {
 enum class TokenizerFamily { kGpt2, kStarmie };
 
 // The user's say in the matter (CLI --revision-profile, config key
-// "revision_profile"); kAuto detects it as contract section 1 says.
+// "revision_profile"); kAuto detects it as docs/MODEL.md section R1 says.
 enum class RevisionChoice { kAuto, kGpt2, kStarmie };
 // "auto", "2025-01-09" (also "2025-04-14", "gpt2"), "2025-06-21" ("starmie").
 bool parse_revision_choice(const std::string& s, RevisionChoice* out);
@@ -66,7 +66,7 @@ struct RevisionProfile {
   static RevisionProfile for_family(TokenizerFamily f);
 };
 
-// Contract section 1: the user's choice wins; else a model directory whose
+// docs/MODEL.md section R1: the user's choice wins; else a model directory whose
 // remote code (moondream.py) names moondream/starmie-v1, or whose config's
 // tokenizer section says bos_id 0, is starmie-era; else GPT-2 era.
 // `config_bos_id`: the bos_id config.json sets, if it sets one.

@@ -1,4 +1,4 @@
-// Every task, once: prompts (contract section 8; 2025-06-21 sections 2-7),
+// Every task, once: prompts (docs/MODEL.md section 8 and, for 2025-06-21, R2-R7),
 // the generation and region loops, grounded reasoning, spatial references,
 // text-only questions and gaze.
 #include "model/tasks.h"
@@ -95,7 +95,7 @@ struct Runner {
 
   // Input embeddings of a prompt; with spatial references, the k-th coord id
   // takes coord_encoder(fourier(v_k)) (v: a point's x, y; a box's centre) and
-  // the j-th size id size_encoder(fourier([w_j, h_j])) (2025-06-21 section 5).
+  // the j-th size id size_encoder(fourier([w_j, h_j])) (docs/MODEL.md section R5).
   std::vector<float> embeddings(const std::vector<int>& prompt, const std::vector<SpatialRef>& refs) const {
     std::vector<float> x(prompt.size() * size_t(D));
     text.embed(prompt.data(), int(prompt.size()), x.data());
@@ -147,7 +147,7 @@ struct Runner {
 
   // The answer loop from the logits of the prompt's last position: stop at
   // eos (not emitted) or max_tokens; starmie era: the answer id banned after
-  // the first token (2025-06-21 section 3).
+  // the first token (docs/MODEL.md section R3).
   void answer(KVCache& cache, std::vector<float> logits, int max_tokens, const SamplingParams& sp,
               const TaskCallbacks& cb, TaskResult& res) const {
     auto t0 = std::chrono::steady_clock::now();
@@ -205,7 +205,7 @@ struct Runner {
     answer(cache, text.logits(h.data()), rq.max_tokens, rq.sampling, cb, res);
   }
 
-  // Grounded reasoning (2025-06-21 section 4), then the answer.
+  // Grounded reasoning (docs/MODEL.md section R4), then the answer.
   void reason(const EncodedImage* img, std::vector<int> prompt, const TaskRequest& rq, const TaskCallbacks& cb,
               TaskResult& res) const {
     res.prompt_ids = prompt;
@@ -271,7 +271,7 @@ struct Runner {
     answer(cache, text.logits(out.data() + (marker.size() - 1) * size_t(D)), rq.max_tokens, rq.sampling, cb, res);
   }
 
-  // The region loop (contract section 8) from prompt embeddings.
+  // The region loop (docs/MODEL.md section 8) from prompt embeddings.
   void locate(const EncodedImage& img, const std::vector<float>& x, bool with_size, int max_objects,
               TaskResult& res) const {
     const int steps_per_object = with_size ? 3 : 2;
@@ -311,7 +311,7 @@ struct Runner {
   }
 
   // The text prompt after the image prefix (before it, for a text-only
-  // query: the bos token first, positions from 0; 2025-06-21 section 6).
+  // query: the bos token first, positions from 0; docs/MODEL.md section R6).
   std::vector<int> prompt_for(const TaskRequest& rq, bool has_image) const {
     std::vector<int> p;
     switch (rq.kind) {
@@ -476,7 +476,7 @@ TaskResult run_task(const Moondream& model, const TaskRequest& rq, const TaskCal
       const SpatialRef eye = Runner::gaze_eye(rq);
       if (run.rev.gaze == GazeMethod::kPointWithSpatialRef) {
         // Starmie era: point "gaze" with the eye as a spatial reference, the
-        // first result (2025-06-21 section 7).
+        // first result (docs/MODEL.md section R7).
         run.locate(*rq.image, run.embeddings(prompt, {eye}), false, 1, res);
       } else {
         // Older revisions: the official detect_gaze ("\n\nPoint:", the eye's

@@ -71,7 +71,7 @@ struct Reasoning {
 };
 
 // {"text", "grounding": [{"start_idx", "end_idx", "points": [[x, y], ...]}]}, the
-// form of the contract (2025-06-21 section 4) that the API and the CLI print.
+// form of docs/MODEL.md section R4 that the API and the CLI print.
 nlohmann::json reasoning_json(const Reasoning& r);
 
 struct TaskCallbacks {

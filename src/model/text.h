@@ -1,5 +1,5 @@
 #pragma once
-// Text decoder (contract section 7): Phi-1.5-shaped blocks with parallel
+// Text decoder (docs/MODEL.md section 7): Phi-1.5-shaped blocks with parallel
 // residual, partial rotary, grouped KV heads and the bidirectional image prefix.
 #include <cstdint>
 #include <vector>

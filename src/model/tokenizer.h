@@ -40,7 +40,7 @@ class Tokenizer {
   std::shared_ptr<const Impl> impl_;
 };
 
-// Turns a growing token sequence into text chunks for streaming (contract
+// Turns a growing token sequence into text chunks for streaming (docs/MODEL.md
 // section 8): flush up to and including the last space, everything after a
 // newline or a CJK character, the rest at finish(); never splits a UTF-8
 // character or a word. The chunks concatenate to decode(all tokens).

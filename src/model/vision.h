@@ -1,5 +1,5 @@
 #pragma once
-// Vision encoder (contract section 5) and crop merge + projection (section 6).
+// Vision encoder (docs/MODEL.md section 5) and crop merge + projection (section 6).
 #include <vector>
 
 #include "model/config.h"

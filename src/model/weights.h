@@ -60,7 +60,7 @@ struct ModelWeights {
 enum class Quantization { None, Int8, Q4 };
 bool parse_quantization(const std::string& s, Quantization* out);  // "none", "int8", "q4"
 
-// Loads and checks every tensor of contract section 3 against the config's shapes.
+// Loads and checks every tensor of docs/MODEL.md section 3 against the config's shapes.
 std::unique_ptr<ModelWeights> load_weights(const std::string& model_dir, const ModelConfig& cfg,
                                            Quantization quantization = Quantization::None);
 

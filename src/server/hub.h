@@ -59,7 +59,7 @@ std::string resolve_model(const std::string& model_path_or_repo, const std::stri
 // every place it looked.
 std::string resolve_tokenizer(const std::string& path_or_repo, const HubOptions& opts = {});
 
-// The tokenizer.json a model directory needs (contract 2025-06-21 section 1):
+// The tokenizer.json a model directory needs (docs/MODEL.md section R1):
 // `spec` (a path or repo the user gave) if set; else, for a revision whose
 // tokenizer lives in its own hub repo (starmie), that repo through the cache;
 // else "" (the directory's own tokenizer.json).

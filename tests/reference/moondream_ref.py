@@ -1,5 +1,5 @@
 """Independent pure-PyTorch (fp32) reference of the Moondream2 contract
-(docs: /work/shared/docs/moondream2-model.md).
+(docs: docs/MODEL.md).
 
 Written from the contract only. Everything runs in float32 except the image
 normalisation, which follows the contract's bfloat16 steps.

@@ -85,7 +85,7 @@ def rotary_matches_naive_pair_loop():
 
 @test
 def select_tiling_table():
-    # (h, w) are the image size minus 112; worked by hand from contract section 4.2
+    # (h, w) are the image size minus 112; worked by hand from docs/MODEL.md section 4.2
     table = [
         ((100, 100), (1, 1)),
         ((266, 1000), (1, 1)),       # h <= 266
@@ -219,7 +219,7 @@ def bf16_normalisation():
         want = _bf16_round(_bf16_round(Fraction(i, 255)) - Fraction(1, 2)) * 2
         assert float(flat[i]) == float(want), f"{i}: {float(flat[i])} != {float(want)}"
         worst = max(worst, abs(float(want) - (i / 255 - 0.5) / 0.5))
-    assert 1e-3 < worst < 1e-2, worst     # the contract's "differs by up to ~4e-3"
+    assert 1e-3 < worst < 1e-2, worst     # docs/MODEL.md section 4.6: "off by up to about 4e-3"
     # channels first: pixel (y=0,x=1) of channel c
     y = np.zeros((1, 2, 2, 3), dtype=np.uint8)
     y[0, 0, 1] = [0, 255, 128]
