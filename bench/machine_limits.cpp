@@ -5,7 +5,13 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
+#if defined(__x86_64__)
 #include <immintrin.h>
+#elif defined(__aarch64__)
+#include <arm_neon.h>
+#include <sys/auxv.h>
+#include <asm/hwcap.h>
+#endif
 #include <omp.h>
 
 #include <chrono>
@@ -21,6 +27,7 @@ namespace {
 
 double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
+#if defined(__x86_64__)
 // 12 independent accumulators hide the FMA latency (4 cycles × 2 ports + slack).
 __attribute__((target("avx512f"))) double fma_avx512(long iters) {
   __m512 a[12];
@@ -63,6 +70,36 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) double vnni_avx512(long i
   return double(iters) * 12 * 64 * 2;  // 64 multiply-adds per instruction
 }
 
+#elif defined(__aarch64__)
+// 12 independent accumulators hide the FMA latency (NEON: 4 floats each).
+double fma_neon(long iters) {
+  float32x4_t a[12];
+  for (int i = 0; i < 12; ++i) a[i] = vdupq_n_f32(float(i) * 1e-3f);
+  const float32x4_t b = vdupq_n_f32(0.999999f), c = vdupq_n_f32(1e-7f);
+  for (long it = 0; it < iters; ++it)
+    for (int i = 0; i < 12; ++i) a[i] = vfmaq_f32(c, a[i], b);
+  float32x4_t s = a[0];
+  for (int i = 1; i < 12; ++i) s = vaddq_f32(s, a[i]);
+  volatile float sink = vaddvq_f32(s);
+  (void)sink;
+  return double(iters) * 12 * 4 * 2;
+}
+
+// SDOT: 16 int8 multiply-adds per instruction (Armv8.2 dotprod).
+__attribute__((target("arch=armv8.2-a+dotprod"))) double sdot_neon(long iters) {
+  int32x4_t a[12];
+  for (int i = 0; i < 12; ++i) a[i] = vdupq_n_s32(i);
+  const int8x16_t b = vdupq_n_s8(3), c = vdupq_n_s8(-2);
+  for (long it = 0; it < iters; ++it)
+    for (int i = 0; i < 12; ++i) a[i] = vdotq_s32(a[i], b, c);
+  int32x4_t s = a[0];
+  for (int i = 1; i < 12; ++i) s = vaddq_s32(s, a[i]);
+  volatile int sink = vaddvq_s32(s);
+  (void)sink;
+  return double(iters) * 12 * 16 * 2;
+}
+#endif
+
 template <typename F>
 double parallel_rate(int threads, F kernel, long iters) {
   double best = 0;
@@ -99,6 +136,7 @@ constexpr ReadVariant kReadVariants[] = {
     {"2 streams, prefetch 1 KiB", 2, 1024, false},
 };
 
+#if defined(__x86_64__)
 __attribute__((target("avx512f"))) uint64_t read_share_avx512(const uint8_t* p, size_t bytes, const ReadVariant& v) {
   __m512i acc0 = _mm512_setzero_si512(), acc1 = _mm512_setzero_si512();
   const size_t per = bytes / size_t(v.streams) / 128 * 128;
@@ -136,7 +174,25 @@ __attribute__((target("avx2"))) uint64_t read_share_avx2(const uint8_t* p, size_
   return uint64_t(_mm256_extract_epi64(x, 0) ^ _mm256_extract_epi64(x, 3));
 }
 
-uint64_t read_share_scalar(const uint8_t* p, size_t bytes, const ReadVariant&) {
+#elif defined(__aarch64__)
+uint64_t read_share_neon(const uint8_t* p, size_t bytes, const ReadVariant& v) {
+  uint64x2_t a[4] = {vdupq_n_u64(0), vdupq_n_u64(0), vdupq_n_u64(0), vdupq_n_u64(0)};
+  const size_t per = bytes / size_t(v.streams) / 64 * 64;
+  for (size_t i = 0; i < per; i += 64)
+    for (int st = 0; st < v.streams; ++st) {
+      const uint8_t* q = p + size_t(st) * per + i;
+      if (v.prefetch && v.nontemporal)
+        __builtin_prefetch(q + v.prefetch, 0, 0);
+      else if (v.prefetch)
+        __builtin_prefetch(q + v.prefetch, 0, 3);
+      for (int k = 0; k < 4; ++k) a[k] = veorq_u64(a[k], vld1q_u64(reinterpret_cast<const uint64_t*>(q + 16 * k)));
+    }
+  const uint64x2_t x = veorq_u64(veorq_u64(a[0], a[1]), veorq_u64(a[2], a[3]));
+  return vgetq_lane_u64(x, 0) ^ vgetq_lane_u64(x, 1);
+}
+#endif
+
+[[maybe_unused]] uint64_t read_share_scalar(const uint8_t* p, size_t bytes, const ReadVariant&) {
   uint64_t s = 0;
   for (size_t i = 0; i + 8 <= bytes; i += 8) {
     uint64_t w;
@@ -171,7 +227,9 @@ ReadProbe::~ReadProbe() {
 double ReadProbe::run(int variant) const {
   if (!buf_) return 0;
   const ReadVariant& v = kReadVariants[variant];
+#if defined(__x86_64__)
   const bool avx512 = __builtin_cpu_supports("avx512f"), avx2 = __builtin_cpu_supports("avx2");
+#endif
   const uint8_t* buf = buf_;
   uint64_t sink = 0;
   const double t0 = now();
@@ -180,9 +238,15 @@ double ReadProbe::run(int variant) const {
     const int t = omp_get_thread_num(), n = omp_get_num_threads();
     const size_t share = kBytes / size_t(n) / 4096 * 4096;
     const uint8_t* p = buf + size_t(t) * share;
+#if defined(__x86_64__)
     sink ^= avx512 ? read_share_avx512(p, share, v)
             : avx2 ? read_share_avx2(p, share, v)
                    : read_share_scalar(p, share, v);
+#elif defined(__aarch64__)
+    sink ^= read_share_neon(p, share, v);
+#else
+    sink ^= read_share_scalar(p, share, v);
+#endif
   }
   const double dt = now() - t0;
   volatile uint64_t keep = sink;
@@ -221,6 +285,7 @@ MachineLimits measure_machine_limits(int threads) {
   MachineLimits m;
   m.threads = threads;
   const long iters = 20'000'000;
+#if defined(__x86_64__)
   if (__builtin_cpu_supports("avx512f")) {
     m.isa = "avx512";
     m.fp32_gflops = parallel_rate(threads, fma_avx512, iters) / 1e9;
@@ -231,6 +296,16 @@ MachineLimits measure_machine_limits(int threads) {
   } else {
     m.isa = "scalar";
   }
+#elif defined(__aarch64__)
+  m.isa = "neon";
+  m.fp32_gflops = parallel_rate(threads, fma_neon, iters) / 1e9;
+  if (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) {
+    m.isa = "dotprod";
+    m.int8_gops = parallel_rate(threads, sdot_neon, iters) / 1e9;
+  }
+#else
+  m.isa = "scalar";
+#endif
   m.read = measure_read_bandwidth(threads);
   m.read_gbps = m.read.gbps;
   return m;

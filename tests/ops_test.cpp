@@ -157,20 +157,23 @@ TEST(Isa, ElementwiseKernelsRunAtTheForcedLevel) {
   ln.b = b.data();
   std::map<std::string, std::vector<float>> results;
   int levels_run = 0;
-  for (const char* isa : {"avx512", "avx2", "scalar"}) {
-    if (!detail::gemv_force_isa(isa)) continue;
+  const std::map<std::string, md::IsaLevel> level_of = {{"scalar", md::kIsaGeneric},
+                                                        {"avx2", md::kIsaAvx2},
+                                                        {"avx512", md::kIsaAvx512},
+                                                        {"neon", md::kIsaNeon},
+                                                        {"dotprod", md::kIsaNeonDotprod}};
+  for (const char* isa : detail::gemv_isas()) {
+    ASSERT_TRUE(detail::gemv_force_isa(isa));
     ++levels_run;
-    const md::IsaLevel level = std::string(isa) == "avx512" ? md::kIsaAvx512
-                               : std::string(isa) == "avx2" ? md::kIsaAvx2
-                                                            : md::kIsaGeneric;
+    const md::IsaLevel level = level_of.at(isa);
     EXPECT_EQ(md::active_isa_level(), level) << isa;
-    uint64_t before[3];
-    for (int l = 0; l < 3; ++l) before[l] = md::elementwise_calls_on_this_thread(md::IsaLevel(l));
+    uint64_t before[md::kNumIsaLevels];
+    for (int l = 0; l < md::kNumIsaLevels; ++l) before[l] = md::elementwise_calls_on_this_thread(md::IsaLevel(l));
     std::vector<float> s = x, g = x, y(1000);
     md::softmax(s.data(), int(s.size()));
     md::gelu_tanh(g.data(), g.size());
     md::layer_norm(ln, x.data(), 1, y.data());
-    for (int l = 0; l < 3; ++l) {
+    for (int l = 0; l < md::kNumIsaLevels; ++l) {
       const uint64_t ran = md::elementwise_calls_on_this_thread(md::IsaLevel(l)) - before[l];
       if (l == level)
         EXPECT_EQ(ran, 3u) << isa << ": softmax, GELU and LayerNorm each once at this level";
@@ -184,13 +187,14 @@ TEST(Isa, ElementwiseKernelsRunAtTheForcedLevel) {
   }
   detail::gemv_force_isa(nullptr);
   md::set_num_threads(saved);
-  EXPECT_GE(levels_run, 2) << "every x86-64 CPU this engine supports runs at least AVX2 and the generic level";
+  EXPECT_GE(levels_run, 2) << "every CPU this engine supports runs a vector level (AVX2 or NEON) and the generic one";
   const std::vector<float>& ref = results.at("scalar");
   for (const auto& [isa, r] : results)
     for (size_t i = 0; i < r.size(); ++i)
       ASSERT_NEAR(r[i], ref[i], 1e-5f * std::max(1.0f, std::fabs(ref[i]))) << isa << " element " << i;
 }
 
+#if defined(__x86_64__)
 // MOONDREAM_ISA caps oneDNN's own dispatch too (the ctest runs ops_test with
 // it unset, avx2 and generic).
 TEST(Isa, MoondreamIsaCapsOneDnn) {
@@ -238,6 +242,7 @@ TEST(Isa, MoondreamIsaCapsOneDnn) {
     EXPECT_LT(worst, 1e-3);
   }
 }
+#endif
 
 // bf16 KV rows: decoding reads them in place (n_q <= kDirectAttentionRows),
 // a prompt widens them first; both equal fp32 attention over the same values
@@ -245,12 +250,14 @@ TEST(Isa, MoondreamIsaCapsOneDnn) {
 TEST(Attention, Bf16RowsEqualFp32AttentionOverTheRoundedValues) {
   // Every ISA this CPU runs: AVX-512 decodes on its own kernels (checked to
   // be the ones that run), the others on the portable loops.
-  for (const char* isa : {"avx512", "avx2", "scalar"}) {
-    if (!detail::gemv_force_isa(isa)) continue;
+  for (const char* isa : detail::gemv_isas()) {
+    ASSERT_TRUE(detail::gemv_force_isa(isa));
     const gemv_detail::AttentionKernels* ak = gemv_detail::attention_kernels();
-    EXPECT_EQ(ak != nullptr, std::string(isa) == "avx512") << isa;
+    const std::string name = isa;
+    const std::string kernels = name == "avx512" ? "avx512" : name == "neon" || name == "dotprod" ? "neon" : "";
+    EXPECT_EQ(ak != nullptr, !kernels.empty()) << isa;
     if (ak) {
-      EXPECT_STREQ(ak->name, "avx512");
+      EXPECT_EQ(ak->name, kernels);
     }
     // n_q = 1, long: decoding's key-split path with several blocks per
     // thread, a block boundary inside the base rows and one across them;
@@ -412,7 +419,11 @@ TEST(Attention, HeadMajorRowsGiveTheSameResultAsPositionMajor) {
 // first's sums, and with a smaller one, so it does not) leave m, l and acc
 // equal to the direct computation over both blocks' keys.
 TEST(Attention, Bf16BlockKernelIsOneOnlineSoftmaxStep) {
-  if (!detail::gemv_force_isa("avx512")) GTEST_SKIP() << "this CPU has no AVX-512 attention kernels";
+  const char* with_kernels = nullptr;
+  for (const char* isa : detail::gemv_isas())
+    if (detail::gemv_force_isa(isa) && gemv_detail::attention_kernels()) with_kernels = isa;
+  if (!with_kernels) GTEST_SKIP() << "this CPU has no attention kernels of its own (the portable loops run)";
+  ASSERT_TRUE(detail::gemv_force_isa(with_kernels));
   const gemv_detail::AttentionKernels* ak = gemv_detail::attention_kernels();
   ASSERT_NE(ak, nullptr);
   ASSERT_EQ(ak->head_dim, 64);
@@ -534,7 +545,7 @@ TEST(CropMerge, KeepsInteriorOfEachTileAndOuterMargins) {
         for (int c = 0; c < grid; ++c) local[(size_t(i) * grid + r) * grid + c] = float(i * 10000 + r * 100 + c);
     const int out_h = t.rows * win + 2 * m, out_w = t.cols * win + 2 * m;
     // Expected full grid: the owner of output row y is the tile whose kept
-    // range contains it (contract 6.2).
+    // range contains it (docs/MODEL.md section 6.2).
     std::vector<float> full(size_t(out_h) * out_w, -1);
     for (int i = 0; i < t.rows; ++i)
       for (int j = 0; j < t.cols; ++j) {
@@ -776,7 +787,8 @@ struct Int8AttentionImpl {
   const char* isa;
   bool fused;
 };
-constexpr Int8AttentionImpl kInt8AttentionImpls[] = {{"avx512", true}, {"avx2", false}, {"scalar", false}};
+constexpr Int8AttentionImpl kInt8AttentionImpls[] = {
+    {"avx512", true}, {"avx2", false}, {"dotprod", false}, {"neon", false}, {"scalar", false}};
 Int8AttentionRun run_attention_both_ways(AttentionShape shape, const AttentionMask& mask,
                                          const std::vector<float>& qkv) {
   const int dim = shape.n_heads * shape.head_dim;

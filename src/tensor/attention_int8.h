@@ -10,7 +10,7 @@
 //           256 keys (they cannot overflow: 256 · 32767 · 127 < 2³¹).
 // Subtracting the mean key moves all of a query's scores by one amount,
 // which softmax ignores, and centres the keys for int8.
-// Runs where the active ISA has it (AVX-512 VNNI: attention_int8_avx512.cpp);
+// Runs where the active ISA has it (AVX-512 VNNI: x86/attention_int8_avx512.cpp);
 // elsewhere ops.cpp runs the same head on oneDNN GEMMs.
 #include <cstddef>
 #include <cstdint>

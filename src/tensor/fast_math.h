@@ -1,7 +1,7 @@
 #pragma once
 // The constants of the engine's vectorisable e^x and tanh-form GELU, shared
 // by the portable loops (ops.cpp: fast_exp, gelu_body) and the AVX-512 fused
-// GEMM's epilogue (gemm_int8_avx512.cpp: gelu16), so that both compute the
+// GEMM's epilogue (x86/gemm_int8_avx512.cpp: gelu16), so that both compute the
 // same function. e^x = 2^n · e^r, n = round(x·log2 e), r = x − n·ln 2 (ln 2
 // split in two for precision), e^r by a degree-6 Horner polynomial;
 // GELU(v) = v / (1 + e^(−2u)), u = √(2/π)·(v + 0.044715·v³).

@@ -12,6 +12,12 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <vector>
+
+#if defined(__aarch64__)
+#include <asm/hwcap.h>
+#include <sys/auxv.h>
+#endif
 
 #include "tensor/dtype.h"
 #include "tensor/error.h"
@@ -54,7 +60,8 @@ namespace gemv_detail {
 // (max, IEEE multiply, round-to-nearest-even), so the ISAs differ only in the
 // order of fp32 additions.
 
-void prep_row_scalar(const float* x, int cols, int group, int zero, int8_t* q, float* s, int32_t* hc) {
+MD_NO_FP_CONTRACT void prep_row_scalar(const float* x, int cols, int group, int zero, int8_t* q, float* s,
+                                       int32_t* hc) {
   constexpr float kMagic = 12582912.0f;  // 1.5·2^23: (v + M) - M rounds to nearest even
   const int ng = cols / group;
   for (int g = 0; g < ng; ++g) {
@@ -214,85 +221,124 @@ const Kernels kScalar = {"scalar", fp_scalar, q8_scalar, q4_scalar, quant_row_sc
 
 namespace {
 
-bool cpu_has(const char* isa) {
+// The kernel tables this architecture has, from the plainest (the portable
+// loops) to the fastest; a CPU runs the highest whose features it has.
+// Each architecture's kernels live in their own folder (src/tensor/x86,
+// src/tensor/arm); nothing outside src/tensor knows which one runs.
+struct Level {
+  const char* name;
+  IsaLevel level;
+  const Kernels* table;
+  const AttentionKernels* attention;
+};
+#if defined(__x86_64__)
+constexpr Level kLevels[] = {{"scalar", kIsaGeneric, &kScalar, nullptr},
+                             {"avx2", kIsaAvx2, &kAvx2, nullptr},
+                             {"avx512", kIsaAvx512, &kAvx512, &kAttentionAvx512}};
+
+bool cpu_runs(IsaLevel level) {
   __builtin_cpu_init();
-  if (std::strcmp(isa, "scalar") == 0) return true;
   // F16C: CPUID.1:ECX bit 29 (GCC 12's __builtin_cpu_supports has no name for it).
   unsigned a, b, c, d;
   __asm__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(1), "c"(0));
   const bool f16c = (c >> 29) & 1u;
   const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
-  if (std::strcmp(isa, "avx2") == 0) return avx2;
-  if (std::strcmp(isa, "avx512") == 0)
-    return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-           __builtin_cpu_supports("avx512vnni");
-  return false;
+  switch (level) {
+    case kIsaGeneric: return true;
+    case kIsaAvx2: return avx2;
+    case kIsaAvx512:
+      return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+             __builtin_cpu_supports("avx512vnni");
+    default: return false;
+  }
 }
+#elif defined(__aarch64__)
+constexpr Level kLevels[] = {{"scalar", kIsaGeneric, &kScalar, nullptr},
+                             {"neon", kIsaNeon, &kNeon, &kAttentionNeon},
+                             {"dotprod", kIsaNeonDotprod, &kNeonDotprod, &kAttentionNeon}};
 
-int isa_rank(const char* isa) {
-  if (std::strcmp(isa, "avx512") == 0) return 2;
-  if (std::strcmp(isa, "avx2") == 0) return 1;
-  if (std::strcmp(isa, "scalar") == 0 || std::strcmp(isa, "generic") == 0) return 0;
+bool cpu_runs(IsaLevel level) {
+  const unsigned long hwcap = getauxval(AT_HWCAP);
+  switch (level) {
+    case kIsaGeneric: return true;
+    case kIsaNeon: return (hwcap & HWCAP_ASIMD) != 0;
+    case kIsaNeonDotprod: return (hwcap & HWCAP_ASIMD) != 0 && (hwcap & HWCAP_ASIMDDP) != 0;
+    default: return false;
+  }
+}
+#else
+constexpr Level kLevels[] = {{"scalar", kIsaGeneric, &kScalar, nullptr}};
+bool cpu_runs(IsaLevel level) { return level == kIsaGeneric; }
+#endif
+constexpr int kNumLevels = int(sizeof(kLevels) / sizeof(kLevels[0]));
+
+// Index in kLevels of a level's name (MOONDREAM_ISA, gemv_force_isa), or -1.
+int level_index(const char* name) {
+  if (std::strcmp(name, "generic") == 0) name = "scalar";
+  for (int i = 0; i < kNumLevels; ++i)
+    if (std::strcmp(name, kLevels[i].name) == 0) return i;
   return -1;
 }
 
-const Kernels* table_for(int rank) { return rank == 2 ? &kAvx512 : rank == 1 ? &kAvx2 : &kScalar; }
-
-const char* best_isa() {
-  static const char* best = cpu_has("avx512") ? "avx512" : cpu_has("avx2") ? "avx2" : "scalar";
+int best_index() {
+  static const int best = [] {
+    int i = kNumLevels - 1;
+    while (i > 0 && !cpu_runs(kLevels[i].level)) --i;
+    return i;
+  }();
   return best;
 }
 
-const Kernels* auto_choice() {
-  int rank = isa_rank(best_isa());
+const Level* auto_choice() {
+  int i = best_index();
   if (const char* env = std::getenv("MOONDREAM_ISA")) {
-    const int e = isa_rank(env);
-    if (e >= 0 && e < rank) rank = e;
+    const int e = level_index(env);
+    if (e >= 0 && e < i) i = e;
   }
-  return table_for(rank);
+  return &kLevels[i];
 }
 
-std::atomic<const Kernels*> g_active{nullptr};
+std::atomic<const Level*> g_active{nullptr};
 
+const Level& active() {
+  const Level* l = g_active.load(std::memory_order_acquire);
+  if (!l) {
+    l = auto_choice();
+    g_active.store(l, std::memory_order_release);
+  }
+  return *l;
+}
+
+#if defined(__x86_64__)
 // oneDNN picks its own kernels by CPU: MOONDREAM_ISA caps it as well, before
 // any of them is generated (at start-up), so an AVX2 or generic run executes
 // no AVX-512 code anywhere: AVX2 without VNNI (the plainest AVX2 CPU), SSE4.1
 // for generic.
 const bool g_onednn_capped = [] {
   const char* env = std::getenv("MOONDREAM_ISA");
-  const int rank = env ? isa_rank(env) : -1;
-  if (rank == 1) return dnnl_set_max_cpu_isa(dnnl_cpu_isa_avx2) == dnnl_success;
-  if (rank == 0) return dnnl_set_max_cpu_isa(dnnl_cpu_isa_sse41) == dnnl_success;
+  const int i = env ? level_index(env) : -1;
+  if (i < 0) return false;
+  if (kLevels[i].level == kIsaAvx2) return dnnl_set_max_cpu_isa(dnnl_cpu_isa_avx2) == dnnl_success;
+  if (kLevels[i].level == kIsaGeneric) return dnnl_set_max_cpu_isa(dnnl_cpu_isa_sse41) == dnnl_success;
   return false;
 }();
+#endif
 
 }  // namespace
 
-const Kernels& kernels() {
-  const Kernels* k = g_active.load(std::memory_order_acquire);
-  if (!k) {
-    k = auto_choice();
-    g_active.store(k, std::memory_order_release);
-  }
-  return *k;
-}
+const Kernels& kernels() { return *active().table; }
 
-const AttentionKernels* attention_kernels() {
-  return std::string(kernels().name) == "avx512" ? &kAttentionAvx512 : nullptr;
-}
+const AttentionKernels* attention_kernels() { return active().attention; }
 
 }  // namespace gemv_detail
 
 using namespace gemv_detail;
 
-IsaLevel active_isa_level() {
-  const Kernels* k = &kernels();
-  return k == &kAvx512 ? kIsaAvx512 : k == &kAvx2 ? kIsaAvx2 : kIsaGeneric;
-}
+IsaLevel active_isa_level() { return active().level; }
 
 namespace {
-thread_local uint64_t t_elementwise_calls[3] = {0, 0, 0};
+thread_local uint64_t t_elementwise_calls[kNumIsaLevels] = {};
 }
 
 namespace isa_detail {
@@ -308,13 +354,19 @@ bool gemv_force_isa(const char* name) {
     g_active.store(auto_choice(), std::memory_order_release);
     return true;
   }
-  const int rank = isa_rank(name);
-  if (rank < 0 || !cpu_has(rank == 2 ? "avx512" : rank == 1 ? "avx2" : "scalar")) return false;
-  g_active.store(table_for(rank), std::memory_order_release);
+  const int i = level_index(name);
+  if (i < 0 || i > best_index()) return false;
+  g_active.store(&kLevels[i], std::memory_order_release);
   return true;
 }
 
-const char* gemv_best_isa() { return best_isa(); }
+const char* gemv_best_isa() { return kLevels[best_index()].name; }
+
+std::vector<const char*> gemv_isas() {
+  std::vector<const char*> out;
+  for (int i = 0; i <= best_index(); ++i) out.push_back(kLevels[i].name);
+  return out;
+}
 
 }  // namespace detail
 

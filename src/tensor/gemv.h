@@ -6,9 +6,11 @@
 // fp32; the Q8/Q4 kernels quantise x per group to int8 once per call and use
 // integer dot products (VNNI vpdpbusd / AVX2 maddubs), see quant.h.
 //
-// CPU dispatch at run time: "avx512" (AVX-512 F/BW/VL/DQ + VNNI), "avx2"
-// (AVX2 + FMA + F16C) or "scalar". The environment variable
-// MOONDREAM_ISA=avx2|scalar (or generic, = scalar) forces a lower one.
+// CPU dispatch at run time (src/tensor/isa.h): on x86-64 "avx512" (AVX-512
+// F/BW/VL/DQ + VNNI), "avx2" (AVX2 + FMA + F16C); on aarch64 "dotprod"
+// (NEON + SDOT/UDOT), "neon"; everywhere "scalar" (portable loops). The
+// environment variable MOONDREAM_ISA (one of those names, or generic =
+// scalar) forces a lower one.
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -72,17 +74,19 @@ struct GemmJob {
 };
 void gemm_chunked(const std::vector<GemmJob>& jobs, int chunk);
 
-// What dispatch picked: "avx512", "avx2" or "scalar".
+// What dispatch picked: "avx512", "avx2", "neon", "dotprod" or "scalar".
 const char* gemv_isa();
 
 namespace detail {
-// Forces an ISA ("avx512", "avx2", "scalar"); returns false (and changes
+// Forces an ISA (a name gemv_isas() lists; "generic" = "scalar"); returns false (and changes
 // nothing) if the name is unknown or this CPU cannot run it. nullptr restores
 // the automatic choice (which honours MOONDREAM_ISA). For tests and
 // benchmarks; not thread-safe against concurrent products.
 bool gemv_force_isa(const char* name);
 // Highest ISA this CPU supports, ignoring MOONDREAM_ISA.
 const char* gemv_best_isa();
+// Every ISA this CPU runs, from "scalar" (the portable loops) up.
+std::vector<const char*> gemv_isas();
 }  // namespace detail
 
 }  // namespace md

@@ -75,10 +75,10 @@ struct Kernels {
 };
 
 void int8_gemm_avx512(const Int8GemmArgs& a, uint8_t* panel);
-void int8_head_avx512(const Int8HeadAttention& a, void* scratch);  // attention_int8_avx512.cpp
+void int8_head_avx512(const Int8HeadAttention& a, void* scratch);  // x86/attention_int8_avx512.cpp
 
 // Decode attention over bf16 KV rows, one query row × one head
-// (attention_avx512.cpp; ops.cpp has the portable loops):
+// (x86/attention_avx512.cpp; ops.cpp has the portable loops):
 // scores[j] = scale · q·k_j for j < n; out = Σ_j p[j]·v_j (unnormalised).
 // Rows are head_dim elements, `stride` elements apart.
 using Bf16ScoresKernel = void (*)(const float* q, const uint16_t* k, int stride, int n, float scale, float* scores);
@@ -137,14 +137,17 @@ struct AttentionKernels {
   void (*to_lanes)(const float* row, float* lanes);
   void (*from_lanes)(const float* lanes, float* row);
 };
-extern const AttentionKernels kAttentionAvx512;
+extern const AttentionKernels kAttentionAvx512;  // x86/attention_avx512.cpp
+extern const AttentionKernels kAttentionNeon;    // arm/attention_neon.cpp
 // The table for the active ISA (gemv_force_isa / MOONDREAM_ISA), or null
 // where none has such kernels (the portable loops run).
 const AttentionKernels* attention_kernels();
 
 extern const Kernels kScalar;
-extern const Kernels kAvx2;
-extern const Kernels kAvx512;
+extern const Kernels kAvx2;         // x86/gemv_avx2.cpp
+extern const Kernels kAvx512;       // x86/gemv_avx512.cpp
+extern const Kernels kNeon;         // arm/gemv_neon.cpp
+extern const Kernels kNeonDotprod;  // arm/gemv_neon.cpp
 
 // The active table (dispatch, MOONDREAM_ISA, gemv_force_isa).
 const Kernels& kernels();

@@ -1,14 +1,23 @@
 #pragma once
 // The instruction-set level the engine's kernels run at, chosen once for all
-// of them: the GEMV/GEMM kernel tables (gemv_impl.h) and the element-wise
-// loops below follow the same choice — the CPU's best level, lowered by
-// MOONDREAM_ISA (avx512, avx2, generic) or by a test (gemv.h
-// detail::gemv_force_isa).
+// of them: the GEMV/GEMM kernel tables (gemv_impl.h, one folder of kernels
+// per architecture: x86/, arm/) and the element-wise loops below follow the
+// same choice — the CPU's best level, lowered by MOONDREAM_ISA (x86-64:
+// avx512, avx2; aarch64: dotprod, neon; generic) or by a test (gemv.h
+// detail::gemv_force_isa). A new CPU kind is a level here, a table in its
+// folder and a row in gemv.cpp's kLevels.
 #include <cstdint>
 
 namespace md {
 
-enum IsaLevel : int { kIsaGeneric = 0, kIsaAvx2 = 1, kIsaAvx512 = 2 };
+enum IsaLevel : int {
+  kIsaGeneric = 0,      // portable loops, no vector code of our own
+  kIsaAvx2 = 1,         // x86-64-v3: AVX2 + FMA + F16C
+  kIsaAvx512 = 2,       // x86-64-v4 + VNNI
+  kIsaNeon = 3,         // aarch64 Advanced SIMD (every aarch64 CPU)
+  kIsaNeonDotprod = 4,  // + SDOT/UDOT (Armv8.2 dotprod: Cortex-A55/A76 on, Apple M1 on, Graviton 2 on)
+  kNumIsaLevels = 5
+};
 
 IsaLevel active_isa_level();
 
@@ -24,6 +33,16 @@ void count_elementwise_call(IsaLevel level);
 }  // namespace isa_detail
 
 }  // namespace md
+
+// For code whose rounding is specified step by step (quantisation's
+// round-half-even of x·(127/amax), which every ISA must reproduce bit for
+// bit): no fusing of a multiply and an add into one FMA, which GCC does by
+// default wherever the target has FMA (aarch64 always, x86-64-v3 and up).
+#if defined(__GNUC__) && !defined(__clang__)
+#define MD_NO_FP_CONTRACT __attribute__((optimize("fp-contract=off")))
+#else
+#define MD_NO_FP_CONTRACT  // clang contracts only with -ffp-contract=fast (the default is on: not across statements)
+#endif
 
 // Element-wise loops (portable C++ the compiler vectorises) are written once
 // as `MD_ISA_BODY ret name_body(params)` and compiled per level by
@@ -43,6 +62,18 @@ void count_elementwise_call(IsaLevel level);
     return level == ::md::kIsaAvx512 ? name##_x86_64_v4 args                                                \
            : level == ::md::kIsaAvx2 ? name##_x86_64_v3 args                                                \
                                      : name##_baseline args;                                                \
+  }
+#elif defined(__aarch64__)
+// NEON is every aarch64 CPU's baseline, so the vector copy needs no target;
+// the generic copy is kept scalar (no auto-vectorisation), so that
+// MOONDREAM_ISA=generic runs no vector code of ours on ARM either.
+#define MD_ISA_DISPATCH(ret, name, params, args)                                                               \
+  __attribute__((optimize("no-tree-vectorize"))) static ret name##_generic params { return name##_body args; } \
+  static ret name##_neon params { return name##_body args; }                                                   \
+  ret name params {                                                                                            \
+    const ::md::IsaLevel level = ::md::active_isa_level();                                                     \
+    ::md::isa_detail::count_elementwise_call(level);                                                           \
+    return level == ::md::kIsaGeneric ? name##_generic args : name##_neon args;                                \
   }
 #else
 #define MD_ISA_DISPATCH(ret, name, params, args)                 \

@@ -120,13 +120,20 @@ void widen_rows(const WeightMatrix& w, int r0, int n, float* out) {
 
 bool int8_gemm_exact() {
   if (int8_gemm_kernel()) return true;  // the engine's own AVX-512 VNNI kernels
+#if defined(__x86_64__)
   // oneDNN's dispatch is fixed for the process (MOONDREAM_ISA may cap it at
-  // start-up): VNNI is bit 0x40 of the AVX-512 levels and 0x400 of AVX2's.
+  // start-up): exact where it has VNNI, whose bits every VNNI level carries.
   static const bool vnni = [] {
     const unsigned isa = unsigned(dnnl_get_effective_cpu_isa());
-    return (isa & 0x40u) != 0 || (isa & 0x400u) != 0;
+    return (isa & unsigned(dnnl_cpu_isa_avx512_core_vnni & ~dnnl_cpu_isa_avx512_core)) != 0 ||
+           (isa & unsigned(dnnl_cpu_isa_avx2_vnni & ~dnnl_cpu_isa_avx2)) != 0;
   }();
   return vnni;
+#else
+  // Elsewhere oneDNN's integer GEMM accumulates in int32 without an int16
+  // stage (its reference and aarch64 paths), so it is exact.
+  return true;
+#endif
 }
 
 namespace {

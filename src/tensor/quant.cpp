@@ -12,6 +12,7 @@
 #include "tensor/dtype.h"
 #include "tensor/error.h"
 #include "tensor/gemv_impl.h"
+#include "tensor/isa.h"
 #include "tensor/parallel.h"
 
 namespace md {
@@ -69,7 +70,8 @@ inline float rne(float v) {
 }
 }  // namespace
 
-void quant_row_scalar(WeightFormat target, const float* w, int cols, int group, uint8_t* out, uint16_t* scales) {
+MD_NO_FP_CONTRACT void quant_row_scalar(WeightFormat target, const float* w, int cols, int group, uint8_t* out,
+                                        uint16_t* scales) {
   const int ng = cols / group;
   if (target == WeightFormat::Q8) {
     for (int g = 0; g < ng; ++g) {

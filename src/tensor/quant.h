@@ -13,7 +13,7 @@
 //           (high nibble). One 64-byte load is then 16 rows × 4 columns
 //           twice over: a row per 32-bit lane, as vpdpbusd sums it, so the
 //           decode GEMV accumulates 16 rows per instruction with one
-//           broadcast of 4 activations (gemv_avx512.cpp), and the int8 GEMM's
+//           broadcast of 4 activations (x86/gemv_avx512.cpp), and the int8 GEMM's
 //           repacked panel is the same picture (gemm_int8.h).
 //           d: per group the best of a few candidate scales (gemv_impl.h)
 //           refitted by least squares.

@@ -12,17 +12,17 @@
 //   transpose-and-add tree instead of 16 horizontal sums.
 // p·V:    two sets of four accumulators (even / odd keys) hide the FMA latency.
 
-#include "tensor/simd_intrinsics.h"
+#include "tensor/x86/simd_intrinsics.h"
 
 #include <cstddef>
 #include <cstdint>
 
 #include "tensor/gemv_impl.h"
 
-#include "tensor/simd_target_avx512_begin.h"
+#include "tensor/x86/simd_target_avx512_begin.h"
 
-#include "tensor/exp_avx512.h"
-#include "tensor/sum16_avx512.h"
+#include "tensor/x86/exp_avx512.h"
+#include "tensor/x86/sum16_avx512.h"
 
 namespace md::gemv_detail {
 namespace {
@@ -191,4 +191,4 @@ const AttentionKernels kAttentionAvx512 = {
 
 }  // namespace md::gemv_detail
 
-#include "tensor/simd_target_end.h"
+#include "tensor/x86/simd_target_end.h"

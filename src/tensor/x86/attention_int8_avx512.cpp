@@ -15,7 +15,7 @@
 // of a peaked row (ops_test: Int8KeepsTheDiffuseMassOfAPeakedRow); P·V then
 // does 32 multiply-adds per instruction where the scores do 64.
 
-#include "tensor/simd_intrinsics.h"
+#include "tensor/x86/simd_intrinsics.h"
 
 #include <cstddef>
 #include <cstdint>
@@ -72,7 +72,7 @@ size_t int8_head_scratch_bytes(int n_q, int n_k, int head_dim) {
 }
 }  // namespace md
 
-#include "tensor/simd_target_avx512_begin.h"
+#include "tensor/x86/simd_target_avx512_begin.h"
 
 namespace md::gemv_detail {
 namespace {
@@ -403,4 +403,4 @@ void int8_head_avx512(const Int8HeadAttention& a, void* scratch) {
 
 }  // namespace md::gemv_detail
 
-#include "tensor/simd_target_end.h"
+#include "tensor/x86/simd_target_end.h"

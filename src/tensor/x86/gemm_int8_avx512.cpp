@@ -26,7 +26,7 @@
 // Σ (q_w + 128)·x = Σ q_w·x + 128·Σ x: the caller's row sums of X remove the
 // offset exactly, so the int32 sums equal oneDNN's.
 
-#include "tensor/simd_intrinsics.h"
+#include "tensor/x86/simd_intrinsics.h"
 
 #include <cstddef>
 #include <cstdint>
@@ -34,9 +34,9 @@
 #include "tensor/fast_math.h"
 #include "tensor/gemv_impl.h"
 
-#include "tensor/simd_target_avx512_begin.h"
+#include "tensor/x86/simd_target_avx512_begin.h"
 
-#include "tensor/exp_avx512.h"
+#include "tensor/x86/exp_avx512.h"
 
 namespace md::gemv_detail {
 namespace {
@@ -280,4 +280,4 @@ void int8_gemm_avx512(const Int8GemmArgs& a, uint8_t* panel) {
 
 }  // namespace md::gemv_detail
 
-#include "tensor/simd_target_end.h"
+#include "tensor/x86/simd_target_end.h"

@@ -11,7 +11,7 @@
 // Q4: maddubs(q, x) with the unsigned nibbles q ≤ 15 directly, 16 rows of a
 // panel at a time (q4_panel), plus the zero-point correction -8·Σx per group.
 
-#include "tensor/simd_intrinsics.h"
+#include "tensor/x86/simd_intrinsics.h"
 
 #include <cstddef>
 #include <cstdint>
@@ -20,7 +20,7 @@
 #include "tensor/dtype.h"
 #include "tensor/gemv_impl.h"
 
-#include "tensor/simd_target_avx2_begin.h"
+#include "tensor/x86/simd_target_avx2_begin.h"
 
 namespace md::gemv_detail {
 namespace {
@@ -319,4 +319,4 @@ const Kernels kAvx2 = {"avx2", fp_avx2, q8_avx2, q4_avx2, quant_row_scalar, prep
 
 }  // namespace md::gemv_detail
 
-#include "tensor/simd_target_end.h"
+#include "tensor/x86/simd_target_end.h"

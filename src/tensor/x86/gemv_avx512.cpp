@@ -16,7 +16,7 @@
 // spread from the row's fp16 group scales by vpermps. Q4 (16-row panels):
 // 16 rows per vpdpbusd, see q4_avx512.
 
-#include "tensor/simd_intrinsics.h"
+#include "tensor/x86/simd_intrinsics.h"
 
 #include <cstddef>
 #include <cstdint>
@@ -24,9 +24,9 @@
 #include "tensor/dtype.h"
 #include "tensor/gemv_impl.h"
 
-#include "tensor/simd_target_avx512_begin.h"
+#include "tensor/x86/simd_target_avx512_begin.h"
 
-#include "tensor/sum16_avx512.h"
+#include "tensor/x86/sum16_avx512.h"
 
 namespace md::gemv_detail {
 namespace {
@@ -623,4 +623,4 @@ const Kernels kAvx512 = {"avx512",        fp_avx512,        q8_avx512,  q4_avx51
 
 }  // namespace md::gemv_detail
 
-#include "tensor/simd_target_end.h"
+#include "tensor/x86/simd_target_end.h"

@@ -1,5 +1,5 @@
 #pragma once
-// <immintrin.h> for the per-ISA kernel files (gemv_avx2.cpp, gemv_avx512.cpp,
+// <immintrin.h> for the per-ISA kernel files (x86/gemv_avx2.cpp, x86/gemv_avx512.cpp,
 // gemm_int8_avx512.cpp), which compile their functions for one target between
 // simd_target_*_begin.h and simd_target_end.h.
 //

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The aarch64 suite: cross-builds the engine for arm64 with Debian's
+# g++-aarch64-linux-gnu (cmake/aarch64-linux-gnu.cmake, against the sysroot
+# scripts/arm64-sysroot.sh unpacks) and runs under qemu-aarch64:
+#   - the kernel tests (gemv_test, ops_test) at each ARM feature level:
+#     -cpu cortex-a72 (plain NEON: the "neon" tables), -cpu max (dotprod and
+#     the rest: the "dotprod" tables), and MOONDREAM_ISA=generic (the
+#     portable loops); each run checks which level the CPU got;
+#   - the tiny-model reference test (engine_ref_test: greedy tokens equal
+#     the PyTorch reference's);
+#   - one CLI caption, which must equal the x86 build's.
+# Reads the test data the x86 build made (build/testdata: run scripts/test.sh
+# or ctest in build first). Usage: scripts/test-arm64.sh [X86_BUILD_DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+x86_build=$(realpath "${1:-build}")
+testdata="$x86_build/testdata"
+if [ ! -f "$testdata/models/tiny/config.json" ]; then
+  echo "test-arm64: no test data in $testdata (run the x86 suite first)" >&2
+  exit 1
+fi
+sysroot=$(realpath -m build-arm64/sysroot)
+bash scripts/arm64-sysroot.sh "$sysroot"
+jobs=$(nproc)
+cmake -S . -B build-arm64/build -G Ninja -DCMAKE_TOOLCHAIN_FILE="$PWD/cmake/aarch64-linux-gnu.cmake" \
+  -DMOONDREAM_ARM64_SYSROOT="$sysroot" -DCMAKE_BUILD_TYPE=Release -DMOONDREAM_WERROR=ON \
+  -DMOONDREAM_EXTERNAL_TESTDATA="$testdata" >/dev/null
+cmake --build build-arm64/build -j "$jobs" --target gemv_test ops_test engine_ref_test moondream
+bin=build-arm64/build
+export OMP_WAIT_POLICY=PASSIVE
+log=build-arm64/last.log
+run() {  # run CPU [ENV=VALUE ...] COMMAND ARGS...: the summary, or all of it on failure
+  local cpu=$1
+  shift
+  echo "== -cpu $cpu: $*"
+  if env "$@" >"$log" 2>&1; then
+    tail -n 2 "$log"
+  else
+    cat "$log"
+    echo "test-arm64: failed under qemu -cpu $cpu: $*" >&2
+    exit 1
+  fi
+}
+arm() { echo qemu-aarch64 -L "$sysroot" -cpu "$1"; }
+for cpu_isa in cortex-a72:neon max:dotprod; do
+  cpu=${cpu_isa%%:*}
+  isa=${cpu_isa##*:}
+  for t in gemv_test ops_test; do
+    # shellcheck disable=SC2046
+    run "$cpu" MOONDREAM_EXPECT_BEST_ISA="$isa" $(arm "$cpu") "$bin/tests/$t"
+  done
+done
+# shellcheck disable=SC2046
+run max MOONDREAM_ISA=generic $(arm max) "$bin/tests/gemv_test"
+# shellcheck disable=SC2046
+run max MOONDREAM_ISA=generic $(arm max) "$bin/tests/ops_test"
+# shellcheck disable=SC2046
+run max $(arm max) "$bin/tests/engine_ref_test"
+# One caption from the CLI, token for token the x86 build's.
+args=(caption --model "$testdata/models/tiny" --image "$testdata/images/photo_640x480.jpg" --length short
+  --temperature 0 --max-tokens 12 --json)
+want=$("$x86_build/moondream" "${args[@]}")
+got=$(qemu-aarch64 -L "$sysroot" -cpu max "$bin/moondream" "${args[@]}")
+echo "== CLI caption: $got"
+if [ "$got" != "$want" ]; then
+  echo "test-arm64: the aarch64 caption differs from the x86 one: $want" >&2
+  exit 1
+fi
+echo "test-arm64: passed"
