@@ -18,6 +18,13 @@ $SUDO apt-get install -y -qq --no-install-recommends \
   libgtest-dev libgmock-dev libbenchmark-dev \
   python3 python3-torch python3-numpy python3-pil \
   chromium fonts-dejavu-core >/dev/null
+if [ "$(uname -m)" = x86_64 ]; then
+  # The aarch64 suite (scripts/test-arm64.sh): cross compiler and emulator.
+  $SUDO apt-get install -y -qq --no-install-recommends g++-aarch64-linux-gnu qemu-user >/dev/null
+fi
+# (The aarch64 suite's arm64 libraries are unpacked into a sysroot by
+# scripts/arm64-sysroot.sh, not installed: libvips' arm64 packages conflict
+# with the amd64 ones.)
 # Node.js + npm: keep the machine's own if it has one (a repackaged nodejs
 # conflicts with Debian's npm package).
 if ! command -v npm >/dev/null 2>&1; then

@@ -2,20 +2,24 @@
 # The whole test suite, from a fresh Debian bookworm machine:
 #   1. install the Debian (and test-only npm) packages;
 #   2. optimised build with warnings as errors, every test;
-#   3. AddressSanitizer + UBSan build, every test again;
-#   4. every libFuzzer target for a short while (scripts/fuzz.sh, clang).
-# Usage: scripts/test.sh [--no-install] [--no-sanitize] [--no-fuzz]
+#   3. the aarch64 suite: cross build, kernel and reference tests under
+#      qemu-aarch64 at each ARM feature level (scripts/test-arm64.sh);
+#   4. AddressSanitizer + UBSan build, every test again;
+#   5. every libFuzzer target for a short while (scripts/fuzz.sh, clang).
+# Usage: scripts/test.sh [--no-install] [--no-arm64] [--no-sanitize] [--no-fuzz]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 install=1
 sanitize=1
 fuzz=1
+arm64=1
 fuzz_seconds=${MOONDREAM_FUZZ_SECONDS:-25}
 for arg in "$@"; do
   case "$arg" in
     --no-install) install=0 ;;
     --no-sanitize) sanitize=0 ;;
     --no-fuzz) fuzz=0 ;;
+    --no-arm64) arm64=0 ;;
     *) echo "unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -28,6 +32,12 @@ export OMP_WAIT_POLICY=PASSIVE
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOONDREAM_WERROR=ON
 cmake --build build -j "$jobs"
 ctest --test-dir build --output-on-failure -j "$jobs"
+
+if [ "$arm64" = 1 ] && [ "$(uname -m)" = x86_64 ]; then
+  # Reads the test data the x86 run above made (build/testdata). (On an
+  # aarch64 machine the build above is the ARM build.)
+  bash scripts/test-arm64.sh build
+fi
 
 if [ "$sanitize" = 1 ]; then
   cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOONDREAM_WERROR=ON -DMOONDREAM_SANITIZE=ON

@@ -32,7 +32,7 @@ struct Int8HeadAttention {
 
 inline constexpr int kInt8HeadMaxDim = 80;
 
-// Scratch bytes the kernel needs for one head (its packed operands and one
+// Scratch bytes the active kernel needs for one head (its packed operands and one
 // tile's scores), 64-byte aligned by the caller.
 size_t int8_head_scratch_bytes(int n_q, int n_k, int head_dim);
 

@@ -376,6 +376,11 @@ Int8GemmKernel int8_gemm_kernel() { return kernels().int8_gemm; }
 
 Int8HeadKernel int8_head_kernel() { return kernels().int8_head; }
 
+size_t int8_head_scratch_bytes(int n_q, int n_k, int head_dim) {
+  const auto bytes = kernels().int8_head_scratch;
+  return bytes ? bytes(n_q, n_k, head_dim) : 0;
+}
+
 namespace {
 
 bool is_quant(WeightFormat f) { return f == WeightFormat::Q8 || f == WeightFormat::Q4; }

@@ -71,11 +71,13 @@ struct Kernels {
   PrepRow prep_row;
   Int8GemmKernel int8_gemm;  // null where the ISA has no fused int8 GEMM (oneDNN's is used)
   BF16XLayout bf16_x = kBf16PlainX;
-  Int8HeadKernel int8_head = nullptr;  // null: ops.cpp runs the head on oneDNN GEMMs
+  Int8HeadKernel int8_head = nullptr;                                     // null: ops.cpp runs the head on oneDNN GEMMs
+  size_t (*int8_head_scratch)(int n_q, int n_k, int head_dim) = nullptr;  // int8_head's scratch bytes
 };
 
 void int8_gemm_avx512(const Int8GemmArgs& a, uint8_t* panel);
 void int8_head_avx512(const Int8HeadAttention& a, void* scratch);  // x86/attention_int8_avx512.cpp
+size_t int8_head_scratch_avx512(int n_q, int n_k, int head_dim);
 
 // Decode attention over bf16 KV rows, one query row × one head
 // (x86/attention_avx512.cpp; ops.cpp has the portable loops):

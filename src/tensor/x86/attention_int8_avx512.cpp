@@ -64,13 +64,10 @@ struct Int8HeadLayout {
 };
 
 }  // namespace
-}  // namespace md::gemv_detail
 
-namespace md {
-size_t int8_head_scratch_bytes(int n_q, int n_k, int head_dim) {
-  return gemv_detail::Int8HeadLayout(n_q, n_k, head_dim).total;
-}
-}  // namespace md
+size_t int8_head_scratch_avx512(int n_q, int n_k, int head_dim) { return Int8HeadLayout(n_q, n_k, head_dim).total; }
+
+}  // namespace md::gemv_detail
 
 #include "tensor/x86/simd_target_avx512_begin.h"
 

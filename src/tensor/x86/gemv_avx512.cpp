@@ -618,8 +618,8 @@ void quant_row_avx512(WeightFormat target, const float* w, int cols, int group, 
 
 }  // namespace
 
-const Kernels kAvx512 = {"avx512",        fp_avx512,        q8_avx512,  q4_avx512,       quant_row_avx512,
-                         prep_row_avx512, int8_gemm_avx512, kBf16PairX, int8_head_avx512};
+const Kernels kAvx512 = {"avx512",        fp_avx512,        q8_avx512,  q4_avx512,        quant_row_avx512,
+                         prep_row_avx512, int8_gemm_avx512, kBf16PairX, int8_head_avx512, int8_head_scratch_avx512};
 
 }  // namespace md::gemv_detail
 
