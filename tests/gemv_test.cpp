@@ -22,6 +22,7 @@
 #include "tensor/error.h"
 #include "tensor/gemv.h"
 #include "tensor/parallel.h"
+#include "tensor/gemv_impl.h"
 #include "tensor/quant.h"
 
 namespace {
@@ -170,6 +171,31 @@ std::vector<Shape> shapes_for(WeightFormat f) {
           {7, 2048, 2048},
           {5, 640, 640},
           {3, 8192, 8192}};
+}
+
+// Each vector level runs kernels of its own, not the portable ones under
+// its name: were a table's entry the scalar kernel, the other tests (which
+// compare every level with a double-precision product) would pass anyway.
+TEST(Gemv, EveryVectorLevelRunsItsOwnKernels) {
+  using md::gemv_detail::kernels;
+  using md::gemv_detail::kScalar;
+  int vector_levels = 0;
+  for (const char* isa : md::detail::gemv_isas()) {
+    ASSERT_TRUE(md::detail::gemv_force_isa(isa));
+    EXPECT_STREQ(kernels().name, isa);
+    if (std::string(isa) == "scalar") continue;
+    ++vector_levels;
+    EXPECT_NE(kernels().fp, kScalar.fp) << isa;
+    EXPECT_NE(kernels().q8, kScalar.q8) << isa;
+    EXPECT_NE(kernels().q4, kScalar.q4) << isa;
+    EXPECT_NE(kernels().prep_row, kScalar.prep_row) << isa;
+  }
+  md::detail::gemv_force_isa(nullptr);
+#if defined(__aarch64__)
+  EXPECT_GE(vector_levels, 1) << "every aarch64 CPU has NEON";
+#else
+  (void)vector_levels;
+#endif
 }
 
 TEST(Gemv, DispatchNames) {

@@ -64,16 +64,14 @@ void count_elementwise_call(IsaLevel level);
                                      : name##_baseline args;                                                \
   }
 #elif defined(__aarch64__)
-// NEON is every aarch64 CPU's baseline, so the vector copy needs no target;
-// the generic copy is kept scalar (no auto-vectorisation), so that
-// MOONDREAM_ISA=generic runs no vector code of ours on ARM either.
-#define MD_ISA_DISPATCH(ret, name, params, args)                                                               \
-  __attribute__((optimize("no-tree-vectorize"))) static ret name##_generic params { return name##_body args; } \
-  static ret name##_neon params { return name##_body args; }                                                   \
-  ret name params {                                                                                            \
-    const ::md::IsaLevel level = ::md::active_isa_level();                                                     \
-    ::md::isa_detail::count_elementwise_call(level);                                                           \
-    return level == ::md::kIsaGeneric ? name##_generic args : name##_neon args;                                \
+// NEON is every aarch64 CPU's baseline (as SSE2 is x86-64's), so these loops
+// have one copy, vectorised for it, at every level; the call is counted at
+// the active level. (A scalar copy would only be slower: GCC vectorises the
+// `omp simd` loops even where auto-vectorisation is switched off.)
+#define MD_ISA_DISPATCH(ret, name, params, args)                        \
+  ret name params {                                                     \
+    ::md::isa_detail::count_elementwise_call(::md::active_isa_level()); \
+    return name##_body args;                                            \
   }
 #else
 #define MD_ISA_DISPATCH(ret, name, params, args)                 \
