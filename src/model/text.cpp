@@ -36,19 +36,20 @@ KVCache::KVCache(const TextConfig& cfg, int cap, KVFormat f)
   }
 }
 
+namespace {
+// Layer l's first n rows of a (head-major) cache as attention reads them.
+KVRows rows_of(const KVCache& c, int l, int n) {
+  return KVRows{
+      c.k[size_t(l)].data(), c.v[size_t(l)].data(), n, c.format, c.head_dim, size_t(c.rows()) * size_t(c.head_dim)};
+}
+}  // namespace
+
 KVRows KVCache::base_rows(int l) const {
   if (!base) return KVRows{nullptr, nullptr, 0, format};
-  return KVRows{base->k[size_t(l)].data(),
-                base->v[size_t(l)].data(),
-                base_length,
-                base->format,
-                head_dim,
-                size_t(base->rows()) * size_t(head_dim)};
+  return rows_of(*base, l, base_length);
 }
 
-KVRows KVCache::own_rows(int l, int n) const {
-  return KVRows{k[size_t(l)].data(), v[size_t(l)].data(), n, format, head_dim, size_t(rows()) * size_t(head_dim)};
-}
+KVRows KVCache::own_rows(int l, int n) const { return rows_of(*this, l, n); }
 
 KVCache KVCache::extending(const KVCache& b, int cap) {
   if (b.base) throw Error("KV cache: a cache that extends another cannot be a base itself");
@@ -188,9 +189,9 @@ PooledVector<float> TextModel::forward(const float* embeddings, int n, KVCache& 
         const int p = pos0 + int(i);
         for (int hh = 0; hh < cfg_.n_heads; ++hh) rotary_.apply(row + hh * hd, p);
         for (int g = 0; g < cfg_.n_kv_heads; ++g) {
-          const float* kr = row + q_dim + g * hd;
+          float* kr = row + q_dim + g * hd;
           const float* vr = kr + kv_dim;
-          rotary_.apply(row + q_dim + g * hd, p);
+          rotary_.apply(kr, p);
           uint8_t* kd = kc + cache.element_at(g, p) * elem;
           uint8_t* vd = vc + cache.element_at(g, p) * elem;
           if (cache.format == KVFormat::BF16) {

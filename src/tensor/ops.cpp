@@ -800,7 +800,7 @@ __attribute__((always_inline)) inline KVBlock kv_block(const KVRows& base, const
   const KVRows& r = in_base ? base : own;
   b.n = std::min(max_rows, (in_base ? std::min(j_end, base.rows) : j_end) - j0);
   b.stride = r.row_stride;
-  const size_t at = size_t(g) * r.head_stride + size_t(in_base ? j0 : j0 - base.rows) * size_t(r.row_stride);
+  const size_t at = r.at(g, in_base ? j0 : j0 - base.rows);
   b.k = static_cast<const uint16_t*>(r.k) + at;
   b.v = static_cast<const uint16_t*>(r.v) + at;
   return b;
@@ -1238,11 +1238,11 @@ void attention(const AttentionShape& s, const AttentionMask& mask, const float* 
       for (size_t t = b; t < e; ++t) {
         const size_t h = t / size_t(s.n_q);
         const int i = int(t % size_t(s.n_q));
-        const size_t g = h / size_t(group);
-        const uint16_t* k[2] = {static_cast<const uint16_t*>(base.k) + g * base.head_stride,
-                                static_cast<const uint16_t*>(own.k) + g * own.head_stride};
-        const uint16_t* v[2] = {static_cast<const uint16_t*>(base.v) + g * base.head_stride,
-                                static_cast<const uint16_t*>(own.v) + g * own.head_stride};
+        const int g = int(h) / group;
+        const uint16_t* k[2] = {static_cast<const uint16_t*>(base.k) + base.at(g, 0),
+                                static_cast<const uint16_t*>(own.k) + own.at(g, 0)};
+        const uint16_t* v[2] = {static_cast<const uint16_t*>(base.v) + base.at(g, 0),
+                                static_cast<const uint16_t*>(own.v) + own.at(g, 0)};
         const int rows[2] = {base.rows, own.rows}, strides[2] = {base.row_stride, own.row_stride};
         bf16_query_row(ak, q + size_t(i) * size_t(s.q_stride) + h * size_t(s.head_dim), s.head_dim, scale, k, v, rows,
                        strides, 2, mask.visible_keys(i, s.n_k), scores, part,
@@ -1276,8 +1276,8 @@ void attention(const AttentionShape& s, const AttentionMask& mask, const float* 
         a.head_dim = s.head_dim;
         a.q = q + h * s.head_dim;
         a.q_stride = s.q_stride;
-        a.k = ok + h / size_t(group) * own.head_stride;
-        a.v = ov + h / size_t(group) * own.head_stride;
+        a.k = ok + own.at(int(h) / group, 0);
+        a.v = ov + own.at(int(h) / group, 0);
         a.kv_stride = own.row_stride;
         a.scale = scale;
         a.visible = visible.data();
@@ -1290,8 +1290,8 @@ void attention(const AttentionShape& s, const AttentionMask& mask, const float* 
     AttentionShape rows = s;
     rows.kv_stride = own.row_stride;
     parallel_for_each(size_t(s.n_heads), [&](size_t h, size_t) {
-      head_attention_int8(rows, mask, scale, q + h * s.head_dim, ok + h / size_t(group) * own.head_stride,
-                          ov + h / size_t(group) * own.head_stride, out + h * s.head_dim, out_stride);
+      head_attention_int8(rows, mask, scale, q + h * s.head_dim, ok + own.at(int(h) / group, 0),
+                          ov + own.at(int(h) / group, 0), out + h * s.head_dim, out_stride);
     });
     return;
   }
@@ -1301,7 +1301,7 @@ void attention(const AttentionShape& s, const AttentionMask& mask, const float* 
     static thread_local std::vector<float> t_scores;
     float* scores = scratch(t_scores, size_t(s.n_q) * s.n_k);
     for (size_t h = hb; h < he; ++h) {
-      const size_t g = h / size_t(group), bcol = g * base.head_stride, ocol = g * own.head_stride;
+      const size_t bcol = base.at(int(h) / group, 0), ocol = own.at(int(h) / group, 0);
       const float* qh = q + h * s.head_dim;
       float* oh = out + h * s.head_dim;
       // Scores against each key range, side by side in one row per query.

@@ -133,6 +133,8 @@ struct KVRows {
   KVFormat format = KVFormat::F32;
   int row_stride = 0;
   size_t head_stride = 0;
+  // Elements from k (or v) to key j of kv head g (strides spelled out).
+  size_t at(int g, int j) const { return size_t(g) * head_stride + size_t(j) * size_t(row_stride); }
 };
 // fp32 rows: oneDNN SGEMMs (or the int8 path). bf16 rows: up to
 // kDirectAttentionRows queries (decoding) read them in place, widening as
