@@ -4,6 +4,7 @@
 //   moondream_bench --model DIR [--quantization none|int8|q4] [--threads N] [--tokens N]
 //   moondream_bench --model DIR --accuracy [--tokens N]   (int8 and q4 against the stored weights)
 #include <CLI/CLI.hpp>
+#include <malloc.h>
 #include <sys/resource.h>
 #include <vips/vips.h>
 
@@ -11,6 +12,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <string>
 #include <tuple>
@@ -42,8 +44,23 @@ double peak_rss_gb() {
   return double(ru.ru_maxrss) * 1024.0 / 1e9;
 }
 
-// Resets VmHWM to the current RSS (Linux: clear_refs 5).
-void reset_peak_rss() { std::ofstream("/proc/self/clear_refs") << "5"; }
+// Resets VmHWM to the current RSS (Linux: clear_refs 5), after giving back
+// the heap pages of the bench's own freed buffers (its GEMM and kernel rows
+// allocate tens of MB that glibc keeps otherwise): they are not the engine's.
+void reset_peak_rss() {
+  malloc_trim(0);
+  std::ofstream("/proc/self/clear_refs") << "5";
+}
+
+// Resident bytes of one kind from /proc/self/status ("RssAnon", "RssFile").
+double status_gb(const char* key) {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind(key, 0) == 0 && line.size() > std::strlen(key) && line[std::strlen(key)] == ':')
+      return std::stod(line.substr(std::strlen(key) + 1)) * 1024.0 / 1e9;
+  return -1;
+}
 
 double current_rss_gb() {
   std::ifstream f("/proc/self/statm");
@@ -481,6 +498,7 @@ int main(int argc, char** argv) {
   // KV caches alive at once: the cold captions below keep `enc` (an earlier
   // image, as a server's image cache would) beside the new image's cache.
   double kv_peak_bytes = double(enc.cache.bytes());
+  std::string resident_now;
   // Cold captions: JPEG bytes → 20 tokens.
   for (const auto& [name, bytes, target] :
        {std::tuple{"cold caption 378x378 JPEG -> 20 tokens", &jpeg378, "<= 1.15x the bound"},
@@ -494,6 +512,16 @@ int main(int argc, char** argv) {
     const md::TextResult r = model->caption(e, md::CaptionLength::Normal, opts);
     const double s = now() - t0;
     kv_peak_bytes = std::max(kv_peak_bytes, double(enc.cache.bytes() + e.cache.bytes()));
+    // What the resident memory is made of now, both caches alive: the
+    // mapped weights, the KV caches, the pool's idle blocks (activations of
+    // earlier requests, kept so that the next one does not pay first-touch
+    // faults: tensor/buffer_pool.h) and the rest.
+    const double anon_gb = status_gb("RssAnon"), idle_gb = double(md::pool_idle_bytes()) / 1e9;
+    const double live_kv_gb = double(enc.cache.bytes() + e.cache.bytes()) / 1e9;
+    resident_now = "resident after the " + std::string(name) +
+                   fmt(": file-mapped %.2f GB (weights), anonymous %.2f GB = KV caches %.2f", status_gb("RssFile"),
+                       anon_gb, live_kv_gb) +
+                   fmt(" + the pool's idle blocks %.2f + other %.2f\n", idle_gb, anon_gb - live_kv_gb - idle_gb);
     // The bound: one encoder pass per crop, the prefix and prompt at the
     // GEMM peak, 20 tokens at the decode bound.
     const double cold_bound = e.crop_count * vision_bound_s / (e.crop_count == 2 ? 2 : 1) +
@@ -517,6 +545,7 @@ int main(int argc, char** argv) {
   }
   const double kv_gb = kv_peak_bytes / 1e9;
   const double peak_gb = std::max(peak_rss_stages, peak_rss_gb());
+  std::printf("%s", resident_now.c_str());
   row("peak RSS", 0, fmt("%.2f GB", peak_gb),
       fmt("%.2fx (weights %.2f + KV %.2f GB)", peak_gb / (weight_gb + kv_gb), weight_gb, kv_gb),
       "<= 1.10x weights + KV");

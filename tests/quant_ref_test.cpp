@@ -146,8 +146,8 @@ TEST(KVCacheFormat, Bf16Top1AgreementAgainstF32) {
   const KVCache k32 = f32->prefill_prefix(emb), k16 = bf16->prefill_prefix(emb);
   EXPECT_EQ(k16.format, KVFormat::BF16);
   EXPECT_EQ(k16.bytes() * 2, k32.bytes());
-  const float* r32 = reinterpret_cast<const float*>(k32.k[0].data());
-  const uint16_t* r16 = reinterpret_cast<const uint16_t*>(k16.k[0].data());
+  const float* r32 = reinterpret_cast<const float*>(k32.k(0));
+  const uint16_t* r16 = reinterpret_cast<const uint16_t*>(k16.k(0));
   size_t same = 0, total = size_t(k32.length) * size_t(k32.kv_dim);
   for (size_t i = 0; i < total; ++i) same += f32_to_bf16(r32[i]) == r16[i];
   EXPECT_EQ(same, total) << "layer 0's keys are the fp32 keys rounded to bf16";

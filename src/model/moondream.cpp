@@ -59,8 +59,8 @@ std::unique_ptr<Moondream> Moondream::load(const std::string& model_dir, const L
   // follow-up questions; caches evicted later return their memory to the
   // pool for the next image.
   if (opts.reserve_kv_images > 0) {
-    pool_reserve_in_background(KVCache::layer_bytes(m->cfg_.text, m->cfg_.text.prefix_attn, m->kv_format_),
-                               2 * m->cfg_.text.n_layers * opts.reserve_kv_images);
+    pool_reserve_in_background(KVCache::cache_bytes(m->cfg_.text, m->cfg_.text.prefix_attn, m->kv_format_),
+                               opts.reserve_kv_images);
   }
   return m;
 }

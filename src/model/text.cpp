@@ -26,21 +26,26 @@ KVCache::KVCache(const TextConfig& cfg, int cap, KVFormat f)
       kv_dim(cfg.n_kv_heads * (cfg.dim / cfg.n_heads)),
       format(f),
       capacity(cap) {
-  // Each layer's rows made in place (assign() would copy one zeroed prototype).
-  k.resize(size_t(n_layers));
-  v.resize(size_t(n_layers));
-  const size_t bytes = size_t(capacity) * size_t(kv_dim) * kv_element_bytes(format);
-  for (int l = 0; l < n_layers; ++l) {
-    k[l].resize(bytes);
-    v[l].resize(bytes);
-  }
+  storage.resize(bytes());
+}
+
+KVCache KVCache::same_shape(int cap, int base_len) const {
+  KVCache out;
+  out.n_layers = n_layers;
+  out.n_kv_heads = n_kv_heads;
+  out.head_dim = head_dim;
+  out.kv_dim = kv_dim;
+  out.format = format;
+  out.capacity = cap;
+  out.base_length = base_len;
+  out.storage.resize(out.bytes());
+  return out;
 }
 
 namespace {
 // Layer l's first n rows of a (head-major) cache as attention reads them.
 KVRows rows_of(const KVCache& c, int l, int n) {
-  return KVRows{
-      c.k[size_t(l)].data(), c.v[size_t(l)].data(), n, c.format, c.head_dim, size_t(c.rows()) * size_t(c.head_dim)};
+  return KVRows{c.k(l), c.v(l), n, c.format, c.head_dim, size_t(c.rows()) * size_t(c.head_dim)};
 }
 }  // namespace
 
@@ -54,50 +59,26 @@ KVRows KVCache::own_rows(int l, int n) const { return rows_of(*this, l, n); }
 KVCache KVCache::extending(const KVCache& b, int cap) {
   if (b.base) throw Error("KV cache: a cache that extends another cannot be a base itself");
   if (cap < b.length) throw Error("KV cache: capacity below the base's length");
-  KVCache out;
-  out.n_layers = b.n_layers;
-  out.n_kv_heads = b.n_kv_heads;
-  out.head_dim = b.head_dim;
-  out.kv_dim = b.kv_dim;
-  out.format = b.format;
-  out.capacity = cap;
+  KVCache out = b.same_shape(cap, b.length);
   out.length = b.length;
   out.base = &b;
-  out.base_length = b.length;
   out.prefix = b.prefix;
-  out.k.resize(size_t(b.n_layers));
-  out.v.resize(size_t(b.n_layers));
-  const size_t bytes = size_t(cap - b.length) * size_t(b.kv_dim) * kv_element_bytes(b.format);
-  for (int l = 0; l < b.n_layers; ++l) {
-    out.k[l].resize(bytes);
-    out.v[l].resize(bytes);
-  }
   return out;
 }
 
 KVCache KVCache::copy_with_capacity(int cap) const {
   if (base) throw Error("KV cache: copy_with_capacity of a cache with a base");
   if (cap < length) throw Error("KV cache: capacity below the length");
-  KVCache out;
-  out.n_layers = n_layers;
-  out.n_kv_heads = n_kv_heads;
-  out.head_dim = head_dim;
-  out.kv_dim = kv_dim;
-  out.format = format;
-  out.capacity = cap;
+  KVCache out = same_shape(cap, 0);
   out.length = length;
   out.prefix = prefix;
-  out.k.resize(size_t(n_layers));
-  out.v.resize(size_t(n_layers));
   const size_t elem = kv_element_bytes(format);
   const size_t used = size_t(length) * size_t(head_dim) * elem;
   for (int l = 0; l < n_layers; ++l) {
-    out.k[l].resize(size_t(cap) * size_t(kv_dim) * elem);
-    out.v[l].resize(size_t(cap) * size_t(kv_dim) * elem);
     // Head by head: each head's run starts at its own place in either.
     for (int g = 0; g < n_kv_heads; ++g) {
-      std::memcpy(out.k[l].data() + out.element_at(g, 0) * elem, k[l].data() + element_at(g, 0) * elem, used);
-      std::memcpy(out.v[l].data() + out.element_at(g, 0) * elem, v[l].data() + element_at(g, 0) * elem, used);
+      std::memcpy(out.k(l) + out.element_at(g, 0) * elem, k(l) + element_at(g, 0) * elem, used);
+      std::memcpy(out.v(l) + out.element_at(g, 0) * elem, v(l) + element_at(g, 0) * elem, used);
     }
   }
   return out;
@@ -180,8 +161,8 @@ PooledVector<float> TextModel::forward(const float* embeddings, int n, KVCache& 
     // to x. Decoding, each pair of products runs in one parallel region.
     linear_group({{&blk.qkv, h.data(), qkv.data(), false}, {&blk.fc1, h.data(), ff.data(), true}}, n);
     // This cache's own rows start at position base_length.
-    uint8_t* kc = cache.k[size_t(l)].data();
-    uint8_t* vc = cache.v[size_t(l)].data();
+    uint8_t* kc = cache.k(l);
+    uint8_t* vc = cache.v(l);
     const size_t elem = kv_element_bytes(cache.format);
     parallel_for(size_t(n), [&](size_t b, size_t e) {
       for (size_t i = b; i < e; ++i) {

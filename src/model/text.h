@@ -30,14 +30,21 @@ struct KVCache {
   // outliving this cache); k/v hold positions [base_length, capacity).
   const KVCache* base = nullptr;
   int base_length = 0;
-  std::vector<PooledVector<uint8_t>> k, v;  // [layer][kv head][position - base_length][head_dim]
+  // One block for all layers (a block per layer rounded each 3 MB layer up
+  // to the pool's 2 MiB pages: a third more memory at full size).
+  PooledVector<uint8_t> storage;  // [layer][k, v][kv head][position - base_length][head_dim]
 
   // Rows per head this cache owns (its base's are not among them).
   int rows() const { return capacity - base_length; }
-  // Where position p (>= base_length) of kv head g starts in k[l] / v[l], in elements.
+  // Where position p (>= base_length) of kv head g starts in k(l) / v(l), in elements.
   size_t element_at(int g, int p) const {
     return (size_t(g) * size_t(rows()) + size_t(p - base_length)) * size_t(head_dim);
   }
+  // Layer l's own key and value rows.
+  uint8_t* k(int l) { return storage.data() + size_t(2 * l) * own_layer_bytes(); }
+  uint8_t* v(int l) { return storage.data() + size_t(2 * l + 1) * own_layer_bytes(); }
+  const uint8_t* k(int l) const { return storage.data() + size_t(2 * l) * own_layer_bytes(); }
+  const uint8_t* v(int l) const { return storage.data() + size_t(2 * l + 1) * own_layer_bytes(); }
 
   KVCache() = default;
   KVCache(const TextConfig& cfg, int capacity, KVFormat format = KVFormat::F32);
@@ -50,17 +57,24 @@ struct KVCache {
   static size_t layer_bytes(const TextConfig& cfg, int capacity, KVFormat format) {
     return size_t(capacity) * size_t(cfg.n_kv_heads) * size_t(cfg.dim / cfg.n_heads) * kv_element_bytes(format);
   }
-  // Bytes this cache owns (not its base).
-  size_t bytes() const {
-    return size_t(n_layers) * 2 * size_t(capacity - base_length) * size_t(kv_dim) * kv_element_bytes(format);
+  // Bytes of a standalone cache of `capacity` positions (its one block).
+  static size_t cache_bytes(const TextConfig& cfg, int capacity, KVFormat format) {
+    return size_t(cfg.n_layers) * 2 * layer_bytes(cfg, capacity, format);
   }
+  // Bytes this cache owns (not its base).
+  size_t bytes() const { return size_t(n_layers) * 2 * own_layer_bytes(); }
   // Bytes one decode step at `positions` reads from the k and v rows.
   static size_t read_bytes(const TextConfig& cfg, int positions, KVFormat format) {
-    return size_t(cfg.n_layers) * 2 * layer_bytes(cfg, positions, format);
+    return cache_bytes(cfg, positions, format);
   }
   // Layer l's rows as the attention reads them (the base's, then this one's).
   KVRows base_rows(int l) const;
   KVRows own_rows(int l, int rows) const;
+
+ private:
+  size_t own_layer_bytes() const { return size_t(rows()) * size_t(kv_dim) * kv_element_bytes(format); }
+  // An empty cache of this one's shape and format for positions [base_length, capacity).
+  KVCache same_shape(int capacity, int base_length) const;
 };
 
 // cos/sin of position p for the 16 rotary frequency pairs, computed in fp32
