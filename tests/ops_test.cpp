@@ -718,8 +718,16 @@ TEST(Linear, Int8WithPerRowScalesMatchesTheDequantisedWeights) {
       linear_gelu(l, x.data(), m, yg_onednn.data());
       detail::gemv_force_isa(nullptr);
       std::vector<float> y(size_t(m) * out), yg(size_t(m) * out);
+      const uint64_t fused_before = detail::linear_path_count(LinearPath::Int8FusedGemm);
       linear(l, x.data(), m, y.data());
       linear_gelu(l, x.data(), m, yg.data());
+      // Past the GEMV's 8 rows, the ISA's fused kernel takes every int8
+      // GEMM whose outputs are a multiple of 16.
+      if (m > 8) {
+        const bool fused = int8_gemm_kernel() != nullptr && out % 16 == 0;
+        EXPECT_EQ(detail::linear_path_count(LinearPath::Int8FusedGemm) - fused_before, fused ? 2u : 0u)
+            << in << "x" << out << " m=" << m;
+      }
       double worst = 0, scale = 0;
       for (int r = 0; r < m; ++r)
         for (int o = 0; o < out; ++o) {
@@ -758,6 +766,80 @@ TEST(Linear, Int8WithPerRowScalesMatchesTheDequantisedWeights) {
       EXPECT_THROW(quantize(W.data(), WeightFormat::F32, out, in, WeightFormat::Q4, in), Error);
     }
   }
+}
+
+// Each level's fused int8 GEMM kernel (gemm_int8.h) called directly, against
+// the exact int32 sums in double precision: every shape the interface allows
+// (k a multiple of 4 but not of 16: 291 groups of 4 columns; a last panel
+// of 16 outputs; 1, 6 and 13 rows: whole and partial row tiles), with and
+// without bias and GELU. Levels without a kernel of their own are skipped
+// by name, and the levels that must have one are checked to have run.
+TEST(Int8Gemm, EachLevelsKernelMatchesTheExactSums) {
+  int ran = 0;
+  for (const char* isa : detail::gemv_isas()) {
+    ASSERT_TRUE(detail::gemv_force_isa(isa));
+    const Int8GemmKernel kernel = int8_gemm_kernel();
+    detail::gemv_force_isa(nullptr);
+    const std::string name = isa;
+    if (name == "avx512" || name == "dotprod") {
+      ASSERT_NE(kernel, nullptr) << isa;
+    }
+    if (!kernel) continue;
+    ++ran;
+    for (const auto& [m, k, n] : {std::tuple{13, 1164, 80}, std::tuple{6, 64, 64}, std::tuple{1, 16, 16}}) {
+      std::mt19937 rng(unsigned(m * 131 + k + n));
+      std::uniform_int_distribution<int> q(-127, 127), wb(0, 255);
+      std::vector<int8_t> x(size_t(m) * k);
+      std::vector<float> xs(static_cast<size_t>(m)), ws(static_cast<size_t>(n)), bias(static_cast<size_t>(n));
+      std::vector<int32_t> xsum(static_cast<size_t>(m), 0);
+      std::vector<uint8_t> w(size_t(n) * k);
+      for (int i = 0; i < m; ++i) {
+        for (int c = 0; c < k; ++c) xsum[i] += x[size_t(i) * k + c] = int8_t(q(rng));
+        xs[i] = 1e-3f * float(1 + i % 5);
+      }
+      for (auto& b : w) b = uint8_t(wb(rng));
+      for (int j = 0; j < n; ++j) {
+        ws[j] = 2e-3f * float(1 + j % 7);
+        bias[j] = 0.25f * float(j % 9) - 1.0f;
+      }
+      for (const bool with_bias : {false, true})
+        for (const bool gelu : {false, true}) {
+          std::vector<uint8_t> scratch(int8_gemm_panel_bytes(k) + 64);
+          uint8_t* panel = scratch.data() + (64 - reinterpret_cast<uintptr_t>(scratch.data()) % 64) % 64;
+          std::vector<float> y(size_t(m) * n, -7.0f);
+          Int8GemmArgs a;
+          a.x = x.data();
+          a.xs = xs.data();
+          a.xsum = xsum.data();
+          a.m = m;
+          a.k = k;
+          a.w = w.data();
+          a.ws = ws.data();
+          a.bias = with_bias ? bias.data() : nullptr;
+          a.n = n;
+          a.gelu = gelu;
+          a.y = y.data();
+          a.ldy = size_t(n);
+          kernel(a, panel);
+          for (int i = 0; i < m; ++i)
+            for (int j = 0; j < n; ++j) {
+              int64_t c = 0;
+              for (int t = 0; t < k; ++t) c += int64_t(int(w[size_t(j) * k + t]) - 128) * x[size_t(i) * k + t];
+              float want = float(double(c) * ws[j] * xs[i] + (with_bias ? bias[j] : 0.0));
+              if (gelu) gelu_tanh(&want, 1);
+              ASSERT_NEAR(y[size_t(i) * n + j], want, 2e-5f * (1.0f + std::fabs(want)))
+                  << isa << " m=" << m << " k=" << k << " n=" << n << " row " << i << " output " << j
+                  << (with_bias ? " bias" : "") << (gelu ? " gelu" : "");
+            }
+        }
+    }
+  }
+#if defined(__aarch64__)
+  if (std::string(detail::gemv_best_isa()) == "dotprod") {
+    EXPECT_GE(ran, 1);
+  }
+#endif
+  (void)ran;
 }
 
 TEST(Linear, Fp32GemmWithFusedGeluMatchesGeluAfterLinear) {

@@ -4,8 +4,9 @@
 // then GELU when asked, for i < m, j < n. X: activations quantised to int8 per
 // row (scale xs[i], row sums xsum[i] = Σ_c X[i, c]); W: Q8 weight rows as
 // stored (q + 128, quant.h) with their scales widened to fp32.
-// Runs where the active ISA has it (AVX-512 VNNI: x86/gemm_int8_avx512.cpp);
-// elsewhere ops.cpp uses oneDNN's u8×s8 GEMM and a separate epilogue.
+// Runs where the active ISA has it (AVX-512 VNNI: x86/gemm_int8_avx512.cpp;
+// Armv8.2 dotprod: arm/gemm_int8_neon.cpp); elsewhere ops.cpp uses oneDNN's
+// u8×s8 GEMM and a separate epilogue.
 #include <cstddef>
 #include <cstdint>
 

@@ -75,7 +75,8 @@ struct Kernels {
   size_t (*int8_head_scratch)(int n_q, int n_k, int head_dim) = nullptr;  // int8_head's scratch bytes
 };
 
-void int8_gemm_avx512(const Int8GemmArgs& a, uint8_t* panel);
+void int8_gemm_avx512(const Int8GemmArgs& a, uint8_t* panel);      // x86/gemm_int8_avx512.cpp
+void int8_gemm_dotprod(const Int8GemmArgs& a, uint8_t* panel);     // arm/gemm_int8_neon.cpp
 void int8_head_avx512(const Int8HeadAttention& a, void* scratch);  // x86/attention_int8_avx512.cpp
 size_t int8_head_scratch_avx512(int n_q, int n_k, int head_dim);
 

@@ -138,7 +138,7 @@ bool int8_gemm_exact() {
 
 namespace {
 
-std::atomic<uint64_t> g_linear_paths[4];
+std::atomic<uint64_t> g_linear_paths[5];
 std::atomic<uint64_t> g_attention_paths[3];
 
 // Q8 with one scale per row (group == cols): the layout the int8 GEMM reads.
@@ -351,8 +351,10 @@ void linear_int8(const WeightMatrix& w, const float* x, int m, const float* bias
   // The fused kernel for every row count it takes: a follow-up question's
   // ~14-token prompt ran 15 % faster on it than on oneDNN's transposed GEMM
   // (0.17-0.18 s vs 0.21 s to the first token, int8, Zen 4).
-  if (Int8GemmKernel kernel = int8_gemm_kernel(); kernel && w.cols % 4 == 0 && w.rows % 16 == 0)
+  if (Int8GemmKernel kernel = int8_gemm_kernel(); kernel && w.cols % 4 == 0 && w.rows % 16 == 0) {
+    g_linear_paths[int(LinearPath::Int8FusedGemm)].fetch_add(1, std::memory_order_relaxed);
     return linear_int8_fused(kernel, w, x, m, bias, gelu, y);
+  }
   if (m <= kMaxTransposedInt8Rows) return linear_int8_transposed(w, x, m, bias, gelu, kGemmBlock, y);
   // Without the fused kernel (AVX2 CPUs), oneDNN: for a crop per thread
   // (vision tower) two blocks, one after the other. Per thread that ran 5-8 %

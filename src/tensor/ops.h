@@ -58,7 +58,8 @@ bool int8_gemm_exact();
 // Which path a linear() call took: GEMV kernels (few rows), the int8 GEMM
 // (Q8 per-row weights), the int8 GEMM on Q4 weights widened to int8 per
 // panel, or fp32 SGEMMs on widened weights.
-enum class LinearPath { Gemv, Int8Gemm, Q4Int8Gemm, Fp32Gemm };
+// (Int8FusedGemm: those of Int8Gemm that ran the ISA's fused kernel, gemm_int8.h.)
+enum class LinearPath { Gemv, Int8Gemm, Q4Int8Gemm, Fp32Gemm, Int8FusedGemm };
 namespace detail {
 // Calls so far that took path p, process-wide (tests: the fast path ran).
 uint64_t linear_path_count(LinearPath p);

@@ -21,7 +21,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "tensor/fast_math.h"
+#include "tensor/arm/neon_common.h"
 #include "tensor/gemv_impl.h"
 
 namespace md::gemv_detail {
@@ -30,16 +30,7 @@ namespace {
 constexpr int kHeadDim = 64;
 constexpr int kMaxBlock = 32;
 
-inline float32x4_t exp4(float32x4_t x) {
-  using namespace fast_math;
-  x = vminq_f32(vdupq_n_f32(kExpMax), vmaxq_f32(vdupq_n_f32(kExpMin), x));
-  const float32x4_t n = vrndnq_f32(vmulq_f32(x, vdupq_n_f32(kLog2e)));
-  const float32x4_t r = vsubq_f32(vsubq_f32(x, vmulq_f32(n, vdupq_n_f32(kLn2Hi))), vmulq_f32(n, vdupq_n_f32(kLn2Lo)));
-  float32x4_t p = vdupq_n_f32(kExpPoly[0]);
-  for (int i = 1; i < 7; ++i) p = vaddq_f32(vmulq_f32(p, r), vdupq_n_f32(kExpPoly[i]));
-  const int32x4_t bits = vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)), 23);
-  return vmulq_f32(p, vreinterpretq_f32_s32(bits));
-}
+using neon::exp4;
 
 inline float exp1(float x) { return vgetq_lane_f32(exp4(vdupq_n_f32(x)), 0); }
 

@@ -38,39 +38,14 @@
 #include <cstdint>
 #include <cstring>
 
+#include "tensor/arm/neon_common.h"
 #include "tensor/gemv_impl.h"
-
-// GCC's arm_neon.h declares the SDOT intrinsics under arch=armv8.2-a+dotprod,
-// and a function only inlines them with (at least) that target.
-#if defined(__clang__)
-#define MD_TARGET_DOTPROD __attribute__((target("dotprod")))
-#else
-#define MD_TARGET_DOTPROD __attribute__((target("arch=armv8.2-a+dotprod")))
-#endif
 
 namespace md::gemv_detail {
 namespace {
 
-// SDOT: acc lane i += Σ_k a[4i+k]·b[4i+k]; sdot_lane<L> takes b's 4 bytes
-// 4L…4L+3 for every lane. Clang before 16 declares the intrinsics only
-// when the whole file targets dotprod, so there they are spelled in asm.
-#if defined(__clang__) && __clang_major__ < 16
-MD_TARGET_DOTPROD inline int32x4_t sdot(int32x4_t acc, int8x16_t a, int8x16_t b) {
-  __asm__("sdot %0.4s, %1.16b, %2.16b" : "+w"(acc) : "w"(a), "w"(b));
-  return acc;
-}
-template <int L>
-MD_TARGET_DOTPROD inline int32x4_t sdot_lane(int32x4_t acc, int8x16_t a, int8x16_t b) {
-  __asm__("sdot %0.4s, %1.16b, %2.4b[%3]" : "+w"(acc) : "w"(a), "w"(b), "i"(L));
-  return acc;
-}
-#else
-MD_TARGET_DOTPROD inline int32x4_t sdot(int32x4_t acc, int8x16_t a, int8x16_t b) { return vdotq_s32(acc, a, b); }
-template <int L>
-MD_TARGET_DOTPROD inline int32x4_t sdot_lane(int32x4_t acc, int8x16_t a, int8x16_t b) {
-  return vdotq_laneq_s32(acc, a, b, L);
-}
-#endif
+using neon::sdot;
+using neon::sdot_lane;
 
 inline float f16_scalar(uint16_t h) { return vgetq_lane_f32(vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(h))), 0); }
 
@@ -493,8 +468,8 @@ void prep_row_neon(const float* x, int cols, int group, int zero, int8_t* q, flo
 
 const Kernels kNeon = {"neon",        fp_neon, q8_neon,     q4_neon, quant_row_scalar,
                        prep_row_neon, nullptr, kBf16PlainX, nullptr};
-const Kernels kNeonDotprod = {"dotprod",     fp_neon, q8_dotprod,  q4_dotprod, quant_row_scalar,
-                              prep_row_neon, nullptr, kBf16PlainX, nullptr};
+const Kernels kNeonDotprod = {"dotprod",     fp_neon,           q8_dotprod,  q4_dotprod, quant_row_scalar,
+                              prep_row_neon, int8_gemm_dotprod, kBf16PlainX, nullptr};
 
 }  // namespace md::gemv_detail
 

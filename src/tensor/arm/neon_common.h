@@ -1,0 +1,53 @@
+#pragma once
+// Pieces the AArch64 kernel files share: the dotprod target attribute, SDOT
+// (plain and by element) and e^x on 4 lanes. Included only by files under
+// src/tensor/arm/, each compiled for aarch64 only.
+#include <arm_neon.h>
+
+#include "tensor/fast_math.h"
+
+// GCC's arm_neon.h declares the SDOT intrinsics under arch=armv8.2-a+dotprod,
+// and a function only inlines them with (at least) that target.
+#if defined(__clang__)
+#define MD_TARGET_DOTPROD __attribute__((target("dotprod")))
+#else
+#define MD_TARGET_DOTPROD __attribute__((target("arch=armv8.2-a+dotprod")))
+#endif
+
+namespace md::gemv_detail::neon {
+
+// SDOT: acc lane i += Σ_k a[4i+k]·b[4i+k]; sdot_lane<L> takes b's 4 bytes
+// 4L…4L+3 for every lane. Clang before 16 declares the intrinsics only
+// when the whole file targets dotprod, so there they are spelled in asm.
+#if defined(__clang__) && __clang_major__ < 16
+MD_TARGET_DOTPROD inline int32x4_t sdot(int32x4_t acc, int8x16_t a, int8x16_t b) {
+  __asm__("sdot %0.4s, %1.16b, %2.16b" : "+w"(acc) : "w"(a), "w"(b));
+  return acc;
+}
+template <int L>
+MD_TARGET_DOTPROD inline int32x4_t sdot_lane(int32x4_t acc, int8x16_t a, int8x16_t b) {
+  __asm__("sdot %0.4s, %1.16b, %2.4b[%3]" : "+w"(acc) : "w"(a), "w"(b), "i"(L));
+  return acc;
+}
+#else
+MD_TARGET_DOTPROD inline int32x4_t sdot(int32x4_t acc, int8x16_t a, int8x16_t b) { return vdotq_s32(acc, a, b); }
+template <int L>
+MD_TARGET_DOTPROD inline int32x4_t sdot_lane(int32x4_t acc, int8x16_t a, int8x16_t b) {
+  return vdotq_laneq_s32(acc, a, b, L);
+}
+#endif
+
+// The portable fast_exp (ops.cpp, fast_math.h) on 4 lanes, with its
+// constants and order of operations.
+inline float32x4_t exp4(float32x4_t x) {
+  using namespace fast_math;
+  x = vminq_f32(vdupq_n_f32(kExpMax), vmaxq_f32(vdupq_n_f32(kExpMin), x));
+  const float32x4_t n = vrndnq_f32(vmulq_f32(x, vdupq_n_f32(kLog2e)));
+  const float32x4_t r = vsubq_f32(vsubq_f32(x, vmulq_f32(n, vdupq_n_f32(kLn2Hi))), vmulq_f32(n, vdupq_n_f32(kLn2Lo)));
+  float32x4_t p = vdupq_n_f32(kExpPoly[0]);
+  for (int i = 1; i < 7; ++i) p = vaddq_f32(vmulq_f32(p, r), vdupq_n_f32(kExpPoly[i]));
+  const int32x4_t bits = vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)), 23);
+  return vmulq_f32(p, vreinterpretq_f32_s32(bits));
+}
+
+}  // namespace md::gemv_detail::neon
