@@ -189,10 +189,13 @@ TEST(Gemv, EveryVectorLevelRunsItsOwnKernels) {
     EXPECT_NE(kernels().q8, kScalar.q8) << isa;
     EXPECT_NE(kernels().q4, kScalar.q4) << isa;
     EXPECT_NE(kernels().prep_row, kScalar.prep_row) << isa;
-    // The levels with a fused int8 GEMM of their own (gemm_int8.h).
+    // The levels with a fused int8 GEMM and attention head of their own
+    // (gemm_int8.h, attention_int8.h).
     const std::string name = isa;
     if (name == "avx512" || name == "dotprod") {
       EXPECT_NE(kernels().int8_gemm, nullptr) << isa;
+      EXPECT_NE(kernels().int8_head, nullptr) << isa;
+      EXPECT_NE(kernels().int8_head_scratch, nullptr) << isa;
     }
   }
   md::detail::gemv_force_isa(nullptr);

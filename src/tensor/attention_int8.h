@@ -10,8 +10,10 @@
 //           256 keys (they cannot overflow: 256 · 32767 · 127 < 2³¹).
 // Subtracting the mean key moves all of a query's scores by one amount,
 // which softmax ignores, and centres the keys for int8.
-// Runs where the active ISA has it (AVX-512 VNNI: x86/attention_int8_avx512.cpp);
-// elsewhere ops.cpp runs the same head on oneDNN GEMMs.
+// Runs where the active ISA has it (AVX-512 VNNI: x86/attention_int8_avx512.cpp;
+// Armv8.2 dotprod: arm/attention_int8_neon.cpp, P·V there by 16-bit
+// multiply-accumulates into int32); elsewhere ops.cpp runs the same head on
+// oneDNN GEMMs.
 #include <cstddef>
 #include <cstdint>
 

@@ -79,6 +79,8 @@ void int8_gemm_avx512(const Int8GemmArgs& a, uint8_t* panel);      // x86/gemm_i
 void int8_gemm_dotprod(const Int8GemmArgs& a, uint8_t* panel);     // arm/gemm_int8_neon.cpp
 void int8_head_avx512(const Int8HeadAttention& a, void* scratch);  // x86/attention_int8_avx512.cpp
 size_t int8_head_scratch_avx512(int n_q, int n_k, int head_dim);
+void int8_head_dotprod(const Int8HeadAttention& a, void* scratch);  // arm/attention_int8_neon.cpp
+size_t int8_head_scratch_dotprod(int n_q, int n_k, int head_dim);
 
 // Decode attention over bf16 KV rows, one query row × one head
 // (x86/attention_avx512.cpp; ops.cpp has the portable loops):

@@ -25,7 +25,17 @@ namespace {
 
 // x rounded to the nearest integer (ties to even) by adding and removing
 // 1.5·2^23, for |x| < 2^22: vectorises without SSE4.1's round instruction.
-__attribute__((always_inline)) static inline float round_nearest(float x) { return (x + 12582912.0f) - 12582912.0f; }
+// On aarch64 (FMA everywhere, and a vector round instruction) rint instead:
+// GCC would fuse the caller's product into the add (round_nearest(x·inv)
+// rounded once, not twice), and the quantised values would differ at ties
+// from the fused kernels', which round the product first.
+__attribute__((always_inline)) static inline float round_nearest(float x) {
+#if defined(__aarch64__)
+  return __builtin_rintf(x);
+#else
+  return (x + 12582912.0f) - 12582912.0f;
+#endif
+}
 
 // exp(x) for x in [-87, 88] to ~1 ulp, in a form the compiler vectorises
 // (glibc's expf is a scalar call here): x = n·ln2 + r, e^r by a degree-6

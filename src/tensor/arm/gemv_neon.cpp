@@ -468,8 +468,9 @@ void prep_row_neon(const float* x, int cols, int group, int zero, int8_t* q, flo
 
 const Kernels kNeon = {"neon",        fp_neon, q8_neon,     q4_neon, quant_row_scalar,
                        prep_row_neon, nullptr, kBf16PlainX, nullptr};
-const Kernels kNeonDotprod = {"dotprod",     fp_neon,           q8_dotprod,  q4_dotprod, quant_row_scalar,
-                              prep_row_neon, int8_gemm_dotprod, kBf16PlainX, nullptr};
+const Kernels kNeonDotprod = {
+    "dotprod",     fp_neon,           q8_dotprod,  q4_dotprod,        quant_row_scalar,
+    prep_row_neon, int8_gemm_dotprod, kBf16PlainX, int8_head_dotprod, int8_head_scratch_dotprod};
 
 }  // namespace md::gemv_detail
 
