@@ -9,7 +9,9 @@
 #   - every test image's crops against the x86 build's;
 #   - the tiny-model reference test (engine_ref_test: features, logits,
 #     greedy tokens, detect and point against the PyTorch reference);
-#   - one CLI caption, which must equal the x86 build's.
+#   - one CLI caption, which must equal the x86 build's;
+#   - a second build without oneDNN (the engine's own GEMMs): the kernel
+#     tests, the reference test and the caption on plain NEON.
 # Reads the test data the x86 build made (build/testdata: run scripts/test.sh
 # or ctest in build first). Usage: scripts/test-arm64.sh [X86_BUILD_DIR]
 set -euo pipefail
@@ -91,6 +93,35 @@ got=$(qemu-aarch64 -L "$sysroot" -cpu max "$bin/moondream" "${args[@]}" | answer
 echo "== CLI caption: $got"
 if [ "$got" != "$want" ]; then
   echo "test-arm64: the aarch64 caption differs from the x86 one: $want" >&2
+  exit 1
+fi
+# Without oneDNN (-DMOONDREAM_ONEDNN=OFF: the engine's own GEMMs,
+# src/tensor/gemm.cpp): the kernel tests at both levels and, on plain NEON
+# (no fused int8 kernels: every int8 and fp32 product on those GEMMs), the
+# reference test and the caption again.
+own=build-arm64/build-own
+cmake -S . -B "$own" -G Ninja -DCMAKE_TOOLCHAIN_FILE="$PWD/cmake/aarch64-linux-gnu.cmake" \
+  -DMOONDREAM_ARM64_SYSROOT="$sysroot" -DCMAKE_BUILD_TYPE=Release -DMOONDREAM_WERROR=ON -DMOONDREAM_ONEDNN=OFF \
+  -DMOONDREAM_EXTERNAL_TESTDATA="$testdata" >/dev/null
+cmake --build "$own" -j "$jobs" --target gemv_test ops_test engine_ref_test moondream
+for binary in "$own/moondream" "$own/tests/ops_test"; do
+  if aarch64-linux-gnu-readelf -d "$binary" | grep -q 'libdnnl'; then
+    echo "test-arm64: $binary links oneDNN in the build without it" >&2
+    exit 1
+  fi
+done
+for cpu_isa in cortex-a72:neon max:dotprod; do
+  cpu=${cpu_isa%%:*}
+  isa=${cpu_isa##*:}
+  # shellcheck disable=SC2046
+  run "$cpu" MOONDREAM_EXPECT_BEST_ISA="$isa" $(arm "$cpu") "$own/tests/ops_test"
+done
+# shellcheck disable=SC2046
+run cortex-a72 MOONDREAM_REF_CROPS_FROM_TESTDATA=1 $(arm cortex-a72) "$own/tests/engine_ref_test"
+got=$(qemu-aarch64 -L "$sysroot" -cpu cortex-a72 "$own/moondream" "${args[@]}" | answer)
+echo "== CLI caption without oneDNN, plain NEON: $got"
+if [ "$got" != "$want" ]; then
+  echo "test-arm64: the caption without oneDNN differs from the x86 one: $want" >&2
   exit 1
 fi
 echo "test-arm64: passed"

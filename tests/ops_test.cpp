@@ -1,7 +1,9 @@
 // Unit tests of the fp32 kernels and the model pieces that are pure functions:
 // attention masks, rotary, pooling, crop merge, LayerNorm, GELU, sampling.
 #include <gtest/gtest.h>
+#if MOONDREAM_HAVE_ONEDNN
 #include <oneapi/dnnl/dnnl.h>
+#endif
 
 #include <cmath>
 #include <cstdio>
@@ -15,6 +17,7 @@
 #include "model/config.h"
 #include "tensor/error.h"
 #include "tensor/attention_int8.h"
+#include "tensor/gemm.h"
 #include "tensor/gemm_int8.h"
 #include "tensor/gemv.h"
 #include "tensor/gemv_impl.h"
@@ -194,7 +197,7 @@ TEST(Isa, ElementwiseKernelsRunAtTheForcedLevel) {
       ASSERT_NEAR(r[i], ref[i], 1e-5f * std::max(1.0f, std::fabs(ref[i]))) << isa << " element " << i;
 }
 
-#if defined(__x86_64__)
+#if defined(__x86_64__) && MOONDREAM_HAVE_ONEDNN
 // MOONDREAM_ISA caps oneDNN's own dispatch too (the ctest runs ops_test with
 // it unset, avx2 and generic).
 TEST(Isa, MoondreamIsaCapsOneDnn) {
@@ -764,6 +767,68 @@ TEST(Linear, Int8WithPerRowScalesMatchesTheDequantisedWeights) {
     }
     if (in == 144) {
       EXPECT_THROW(quantize(W.data(), WeightFormat::F32, out, in, WeightFormat::Q4, in), Error);
+    }
+  }
+}
+
+// The engine's own library GEMMs (tensor/gemm.h: what runs in a build
+// without oneDNN) against double-precision and exact integer products, on
+// shapes past every blocking edge (rows not a multiple of the 6-row tile,
+// columns of the 16-column one, depths of the 256-deep blocks), strided
+// operands, both layouts of B, alpha and beta (beta 0 never reads C: NaN
+// there stays out); and the build's choice gives the same.
+TEST(Gemm, OwnGemmsMatchTheDefinition) {
+  std::printf("library GEMMs: %s\n", gemm_library());
+  for (const auto& [M, N, K] :
+       {std::tuple{1, 1, 1}, std::tuple{7, 17, 300}, std::tuple{13, 40, 513}, std::tuple{6, 16, 256}}) {
+    for (const bool trans_b : {false, true}) {
+      const int lda = K + 3, ldb = (trans_b ? K : N) + 5, ldc = N + 2;
+      const auto A = random_vec(size_t(M) * lda, 81), B = random_vec(size_t(trans_b ? N : K) * ldb, 82);
+      const auto C0 = random_vec(size_t(M) * ldc, 83);
+      for (const auto& [alpha, beta] : {std::pair{1.0f, 0.0f}, std::pair{0.5f, 2.0f}}) {
+        std::vector<float> own = C0, lib = C0;
+        if (beta == 0.0f)
+          for (int i = 0; i < M; ++i)
+            for (int j = 0; j < N; ++j) own[size_t(i) * ldc + j] = lib[size_t(i) * ldc + j] = std::nanf("");
+        detail::sgemm_own(trans_b, M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, own.data(), ldc);
+        sgemm(trans_b, M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, lib.data(), ldc);
+        for (int i = 0; i < M; ++i)
+          for (int j = 0; j < ldc; ++j) {
+            const size_t at = size_t(i) * ldc + j;
+            if (j >= N) {
+              ASSERT_EQ(own[at], C0[at]) << "column " << j << " past N written";
+              continue;
+            }
+            double want = 0;
+            for (int k = 0; k < K; ++k)
+              want += double(A[size_t(i) * lda + k]) * (trans_b ? B[size_t(j) * ldb + k] : B[size_t(k) * ldb + j]);
+            want = alpha * want + (beta == 0.0f ? 0.0 : double(beta) * C0[at]);
+            const double tol = 1e-5 * (1.0 + std::sqrt(double(K)) + std::fabs(want));
+            ASSERT_NEAR(own[at], want, tol)
+                << M << "x" << N << "x" << K << (trans_b ? " T" : " N") << " " << i << "," << j;
+            ASSERT_NEAR(lib[at], want, tol)
+                << M << "x" << N << "x" << K << (trans_b ? " T" : " N") << " " << i << "," << j;
+          }
+      }
+      std::mt19937 rng(unsigned(M * 7 + N * 3 + K));
+      std::vector<uint8_t> Aq(size_t(M) * lda);
+      std::vector<int8_t> Bq(size_t(trans_b ? N : K) * ldb);
+      for (auto& a : Aq) a = uint8_t(rng() % 256);
+      for (auto& b : Bq) b = int8_t(int(rng() % 256) - 128);
+      for (const uint8_t offset : {uint8_t(0), uint8_t(128)}) {
+        std::vector<int32_t> own(size_t(M) * ldc, -1), lib(size_t(M) * ldc, -1);
+        detail::gemm_u8s8s32_own(trans_b, M, N, K, Aq.data(), lda, offset, Bq.data(), ldb, own.data(), ldc);
+        gemm_u8s8s32(trans_b, M, N, K, Aq.data(), lda, offset, Bq.data(), ldb, lib.data(), ldc);
+        for (int i = 0; i < M; ++i)
+          for (int j = 0; j < N; ++j) {
+            int64_t want = 0;
+            for (int k = 0; k < K; ++k)
+              want += int64_t(int(Aq[size_t(i) * lda + k]) - int(offset)) *
+                      (trans_b ? Bq[size_t(j) * ldb + k] : Bq[size_t(k) * ldb + j]);
+            ASSERT_EQ(own[size_t(i) * ldc + j], want) << M << "x" << N << "x" << K << " offset " << int(offset);
+            ASSERT_EQ(lib[size_t(i) * ldc + j], want) << M << "x" << N << "x" << K << " offset " << int(offset);
+          }
+      }
     }
   }
 }

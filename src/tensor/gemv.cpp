@@ -3,7 +3,9 @@
 // fallback on CPUs without AVX2, and the column tails of the SIMD kernels).
 #include "tensor/gemv.h"
 
+#if defined(__x86_64__) && MOONDREAM_HAVE_ONEDNN
 #include <oneapi/dnnl/dnnl.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -310,7 +312,7 @@ const Level& active() {
   return *l;
 }
 
-#if defined(__x86_64__)
+#if defined(__x86_64__) && MOONDREAM_HAVE_ONEDNN
 // oneDNN picks its own kernels by CPU: MOONDREAM_ISA caps it as well, before
 // any of them is generated (at start-up), so an AVX2 or generic run executes
 // no AVX-512 code anywhere: AVX2 without VNNI (the plainest AVX2 CPU), SSE4.1

@@ -1,6 +1,8 @@
 #include "tensor/ops.h"
 
+#if defined(__x86_64__) && MOONDREAM_HAVE_ONEDNN
 #include <oneapi/dnnl/dnnl.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -14,6 +16,7 @@
 #include "tensor/dtype.h"
 #include "tensor/error.h"
 #include "tensor/fast_math.h"
+#include "tensor/gemm.h"
 #include "tensor/gemm_int8.h"
 #include "tensor/gemv_impl.h"
 #include "tensor/isa.h"
@@ -86,14 +89,6 @@ __attribute__((always_inline)) inline float exp_minus_max(float* x, int n) {
   return sum;
 }
 
-// Row-major C[M,N] = alpha·A[M,K]·B (B given as [N,K] when trans_b) + beta·C.
-// Called from inside parallel regions, where oneDNN runs single-threaded.
-void sgemm(bool trans_b, int M, int N, int K, float alpha, const float* A, int lda, const float* B, int ldb, float beta,
-           float* C, int ldc) {
-  if (dnnl_sgemm('N', trans_b ? 'T' : 'N', M, N, K, alpha, A, lda, B, ldb, beta, C, ldc) != dnnl_success)
-    throw Error("oneDNN sgemm failed");
-}
-
 // Rows handled by the GEMV kernels instead of a GEMM.
 constexpr int kMaxGemvRows = 16;
 // The same for int8 (Q8 per-row) weights: the GEMV kernels stream the weights
@@ -129,8 +124,8 @@ void widen_rows(const WeightMatrix& w, int r0, int n, float* out) {
 }  // namespace
 
 bool int8_gemm_exact() {
-  if (int8_gemm_kernel()) return true;  // the engine's own AVX-512 VNNI kernels
-#if defined(__x86_64__)
+  if (int8_gemm_kernel()) return true;  // the engine's own fused kernels (AVX-512 VNNI, dotprod)
+#if defined(__x86_64__) && MOONDREAM_HAVE_ONEDNN
   // oneDNN's dispatch is fixed for the process (MOONDREAM_ISA may cap it at
   // start-up): exact where it has VNNI, whose bits every VNNI level carries.
   static const bool vnni = [] {
@@ -141,7 +136,8 @@ bool int8_gemm_exact() {
   return vnni;
 #else
   // Elsewhere oneDNN's integer GEMM accumulates in int32 without an int16
-  // stage (its reference and aarch64 paths), so it is exact.
+  // stage (its reference and aarch64 paths), and so does the engine's own
+  // (tensor/gemm.h): exact.
   return true;
 #endif
 }
@@ -277,12 +273,9 @@ void linear_int8_transposed(const WeightMatrix& w, const float* x, int m, const 
     float* ws = scratch(t_ws, size_t(width));
     int32_t* c = scratch(t_c, size_t(width) * mp);
     alignas(64) int32_t tile[kTileRows][kTileCols];
-    const int32_t co = 0;
     for (size_t blk = b; blk < e; ++blk) {
       const int r0 = int(blk) * width, n = std::min(width, out - r0);
-      if (dnnl_gemm_u8s8s32('N', 'T', 'F', n, mp, k, 1.0f, wq + size_t(r0) * k, k, 128, xq, k, 0, 0.0f, c, mp, &co) !=
-          dnnl_success)
-        throw Error("oneDNN u8s8s32 gemm failed");
+      gemm_u8s8s32(true, n, mp, k, wq + size_t(r0) * k, k, 128, xq, k, c, mp);
       convert_to_f32(DType::F16, wscale + r0, ws, size_t(n));
       for (int i0 = 0; i0 < m; i0 += kTileRows)
         for (int j0 = 0; j0 < n; j0 += kTileCols) {
@@ -394,7 +387,6 @@ void linear_int8(const WeightMatrix& w, const float* x, int m, const float* bias
     static thread_local std::vector<int8_t> t_w;
     static thread_local std::vector<float> t_ws;
     float* ws = scratch(t_ws, kGemmBlock);
-    const int32_t co = 0;
     int prev_block = -1;
     for (size_t task = b; task < e; ++task) {
       const int blk = int(task) / bands, band = int(task) % bands;
@@ -408,9 +400,7 @@ void linear_int8(const WeightMatrix& w, const float* x, int m, const float* bias
         prev_block = blk;
       }
       int32_t* c = scratch(t_c, size_t(mn) * n);
-      if (dnnl_gemm_u8s8s32('N', 'T', 'F', mn, n, k, 1.0f, xq + size_t(m0) * k, k, 128, wblock, k, 0, 0.0f, c, n,
-                            &co) != dnnl_success)
-        throw Error("oneDNN u8s8s32 gemm failed");
+      gemm_u8s8s32(true, mn, n, k, xq + size_t(m0) * k, k, 128, wblock, k, c, n);
       for (int i = 0; i < mn; ++i)
         dequant_row(c + size_t(i) * n, ws, xs[size_t(m0 + i)], bias ? bias + r0 : nullptr, n, gelu,
                     y + size_t(m0 + i) * out + r0);
@@ -534,19 +524,14 @@ void head_attention_int8(const AttentionShape& s, const AttentionMask& mask, flo
   for (int j = 0; j < n_k; ++j)
     sk[j] = quantize_centred_row_s8(k + size_t(j) * s.kv_stride, mean, hd, row, kq + size_t(j) * hd);
   for (int i = 0; i < n_q; ++i) sq[i] = quantize_row_u8(q + size_t(i) * s.q_stride, hd, qq + size_t(i) * hd) * scale;
-  const int32_t co = 0;
-  if (dnnl_gemm_u8s8s32('N', 'T', 'F', n_q, n_k, hd, 1.0f, qq, hd, 128, kq, hd, 0, 0.0f, c, n_k, &co) != dnnl_success)
-    throw Error("oneDNN u8s8s32 gemm failed");
+  gemm_u8s8s32(true, n_q, n_k, hd, qq, hd, 128, kq, hd, c, n_k);
   for (int i = 0; i < n_q; ++i)
     inv_sum[i] = softmax_row_fixed16(c + size_t(i) * n_k, sk, sq[i], mask.visible_keys(i, n_k), n_k, row_v,
                                      p_hi + size_t(i) * n_k, p_lo + size_t(i) * n_k);
   quantize_columns_s8(v, s.kv_stride, n_k, hd, tmp, sv, vq);
   int32_t *o_hi = o, *o_lo = o + size_t(n_q) * hd;
-  if (dnnl_gemm_u8s8s32('N', 'N', 'F', n_q, hd, n_k, 1.0f, p_hi, n_k, 0, vq, hd, 0, 0.0f, o_hi, hd, &co) !=
-          dnnl_success ||
-      dnnl_gemm_u8s8s32('N', 'N', 'F', n_q, hd, n_k, 1.0f, p_lo, n_k, 128, vq, hd, 0, 0.0f, o_lo, hd, &co) !=
-          dnnl_success)
-    throw Error("oneDNN u8s8s32 gemm failed");
+  gemm_u8s8s32(false, n_q, hd, n_k, p_hi, n_k, 0, vq, hd, o_hi, hd);
+  gemm_u8s8s32(false, n_q, hd, n_k, p_lo, n_k, 128, vq, hd, o_lo, hd);
   for (int i = 0; i < n_q; ++i) {
     const int32_t* hi = o_hi + size_t(i) * hd;
     const int32_t* lo = o_lo + size_t(i) * hd;
