@@ -4,7 +4,9 @@
 //   moondream_bench --model DIR [--quantization none|int8|q4] [--threads N] [--tokens N]
 //   moondream_bench --model DIR --accuracy [--tokens N]   (int8 and q4 against the stored weights)
 #include <CLI/CLI.hpp>
+#if defined(__GLIBC__)
 #include <malloc.h>
+#endif
 #include <sys/resource.h>
 #include <vips/vips.h>
 
@@ -48,7 +50,9 @@ double peak_rss_gb() {
 // the heap pages of the bench's own freed buffers (its GEMM and kernel rows
 // allocate tens of MB that glibc keeps otherwise): they are not the engine's.
 void reset_peak_rss() {
+#if defined(__GLIBC__)
   malloc_trim(0);
+#endif
   std::ofstream("/proc/self/clear_refs") << "5";
 }
 

@@ -776,7 +776,8 @@ TEST(Linear, Int8WithPerRowScalesMatchesTheDequantisedWeights) {
 // shapes past every blocking edge (rows not a multiple of the 6-row tile,
 // columns of the 16-column one, depths of the 256-deep blocks), strided
 // operands, both layouts of B, alpha and beta (beta 0 never reads C: NaN
-// there stays out); and the build's choice gives the same.
+// there stays out); and the build's choice gives the same (its int8 one
+// where the engine relies on it being exact).
 TEST(Gemm, OwnGemmsMatchTheDefinition) {
   std::printf("library GEMMs: %s\n", gemm_library());
   for (const auto& [M, N, K] :
@@ -826,7 +827,12 @@ TEST(Gemm, OwnGemmsMatchTheDefinition) {
               want += int64_t(int(Aq[size_t(i) * lda + k]) - int(offset)) *
                       (trans_b ? Bq[size_t(j) * ldb + k] : Bq[size_t(k) * ldb + j]);
             ASSERT_EQ(own[size_t(i) * ldc + j], want) << M << "x" << N << "x" << K << " offset " << int(offset);
-            ASSERT_EQ(lib[size_t(i) * ldc + j], want) << M << "x" << N << "x" << K << " offset " << int(offset);
+            // (oneDNN capped below VNNI, MOONDREAM_ISA=avx2 or generic, saturates
+            // pairs of products at 16 bits: the engine then takes no int8
+            // product from it, int8_gemm_exact() says so.)
+            if (int8_gemm_exact()) {
+              ASSERT_EQ(lib[size_t(i) * ldc + j], want) << M << "x" << N << "x" << K << " offset " << int(offset);
+            }
           }
       }
     }

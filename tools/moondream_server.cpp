@@ -45,7 +45,12 @@ void on_signal(int sig) {
 }
 
 void install_signal_handlers() {
+#if defined(__linux__)
   if (pipe2(g_signal_pipe, O_CLOEXEC) != 0) std::perror("pipe2");
+#else
+  if (pipe(g_signal_pipe) != 0) std::perror("pipe");
+  for (const int fd : g_signal_pipe) fcntl(fd, F_SETFD, FD_CLOEXEC);
+#endif
   struct sigaction sa {};
   sa.sa_handler = on_signal;
   sigemptyset(&sa.sa_mask);

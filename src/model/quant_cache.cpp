@@ -222,7 +222,11 @@ std::string QuantCache::write(const std::string& path, const QuantCacheKey& key,
   // the pages this write left are 4 KiB ones, and decode streams slower
   // through them (docs/BENCHMARKS.md, issue 15 sixth step).
   if (const int fd = ::open(tmp.c_str(), O_RDONLY | O_CLOEXEC); fd >= 0) {
+#if defined(__linux__)
     if (::fdatasync(fd) == 0) ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+#else
+    ::fsync(fd);  // (no page-cache advice outside Linux)
+#endif
     ::close(fd);
   }
   if (::rename(tmp.c_str(), path.c_str()) != 0) {

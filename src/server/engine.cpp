@@ -1,6 +1,8 @@
 #include "server/engine.h"
 
+#if defined(__GLIBC__)
 #include <malloc.h>
+#endif
 
 #include <algorithm>
 #include <cstdlib>
@@ -285,7 +287,9 @@ void InferenceQueue::run() {
     }
     const double s = seconds_since(t0);
     avg_job_s_ = 0.8 * avg_job_s_.load() + 0.2 * s;
+#if defined(__GLIBC__)
     if (job->memory_management) malloc_trim(0);
+#endif
     job.reset();
     busy_ = false;
   }

@@ -1,6 +1,8 @@
 #include "server/http_server.h"
 
+#if defined(__linux__)
 #include <linux/filter.h>
+#endif
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -18,6 +20,14 @@
 #include <spdlog/spdlog.h>
 
 namespace md::server {
+
+// No SIGPIPE from a write to a closed connection (the server also ignores
+// the signal: where MSG_NOSIGNAL is missing, macOS, that is what holds).
+#if defined(MSG_NOSIGNAL)
+constexpr int kSendFlags = MSG_NOSIGNAL;
+#else
+constexpr int kSendFlags = 0;
+#endif
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -87,7 +97,7 @@ class ConnectionStream final : public httplib::Stream {
   ssize_t write(const char* ptr, size_t size) override {
     if (!is_writable()) return -1;
     for (;;) {
-      const ssize_t n = ::send(fd_, ptr, size, MSG_NOSIGNAL);
+      const ssize_t n = ::send(fd_, ptr, size, kSendFlags);
       if (n >= 0 || errno != EINTR) return n;
     }
   }
@@ -156,12 +166,18 @@ class SlowablePool final : public httplib::TaskQueue {
   int delay_ms_ = 0;
 };
 
-// Connections in the kernel's accept queue of a listening socket.
+// Connections in the kernel's accept queue of a listening socket (Linux's
+// TCP_INFO; -1 elsewhere).
 long accept_queue_length(int fd) {
+#if !defined(__linux__)
+  (void)fd;
+  return -1;
+#else
   tcp_info ti{};
   socklen_t len = sizeof(ti);
   if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) != 0) return -1;
   return long(ti.tcpi_unacked);  // for a listener: its accept queue
+#endif
 }
 
 // Drops every SYN (flags SYN set, ACK clear) that reaches the listener, so no
@@ -169,6 +185,10 @@ long accept_queue_length(int fd) {
 // client's final ACK) and of accepted connections pass. A classic BPF filter
 // on a TCP socket sees the segment from its TCP header (byte 13: flags).
 bool refuse_new_handshakes(int fd) {
+#if !defined(__linux__)
+  (void)fd;
+  return false;  // (no socket filters: draining then closes the listener at once)
+#else
   sock_filter code[] = {
       BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 13),          BPF_STMT(BPF_ALU | BPF_AND | BPF_K, 0x12),
       BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0x02, 0, 1), BPF_STMT(BPF_RET | BPF_K, 0),
@@ -176,6 +196,7 @@ bool refuse_new_handshakes(int fd) {
   };
   sock_fprog prog{static_cast<unsigned short>(sizeof(code) / sizeof(code[0])), code};
   return setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof(prog)) == 0;
+#endif
 }
 
 }  // namespace

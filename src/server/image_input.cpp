@@ -1,6 +1,7 @@
 #include "server/image_input.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <curl/curl.h>
@@ -82,7 +83,13 @@ curl_socket_t on_open_socket(void* user, curlsocktype, curl_sockaddr* address) {
     st->blocked_ip = ip;
     return CURL_SOCKET_BAD;
   }
+#if defined(SOCK_CLOEXEC)
   return socket(address->family, address->socktype | SOCK_CLOEXEC, address->protocol);
+#else
+  const int fd = socket(address->family, address->socktype, address->protocol);
+  if (fd >= 0) fcntl(fd, F_SETFD, FD_CLOEXEC);
+  return fd;
+#endif
 }
 
 std::string fetch_url(const std::string& url, const ImageFetchOptions& opts) {

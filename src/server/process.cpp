@@ -7,6 +7,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#if defined(__APPLE__)
+#include <mach/mach.h>
+#endif
+
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -72,7 +76,7 @@ bool port_is_free(const std::string& host, int port) {
   if (getaddrinfo(host.empty() ? nullptr : host.c_str(), service.c_str(), &hints, &res) != 0) return true;
   bool free = true;
   for (addrinfo* a = res; a; a = a->ai_next) {
-    const int fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+    const int fd = socket(a->ai_family, a->ai_socktype, a->ai_protocol);  // (closed below: no exec in between)
     if (fd < 0) continue;
     int yes = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
@@ -82,6 +86,9 @@ bool port_is_free(const std::string& host, int port) {
   }
   freeaddrinfo(res);
   if (free) return true;
+#if !defined(__linux__)
+  return false;  // (no /proc/net/tcp to tell a listener from TIME_WAIT leftovers)
+#endif
   return listening_inode("/proc/net/tcp", port) == 0 && listening_inode("/proc/net/tcp6", port) == 0;
 }
 
@@ -199,7 +206,11 @@ std::string replace_previous_server(const std::string& host, int port, const std
   if (kill(owner.pid, SIGTERM) != 0) return held + "; cannot signal it: " + std::strerror(errno);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(wait_s);
   while (std::chrono::steady_clock::now() < deadline) {
+#if defined(__linux__)
     const bool alive = kill(owner.pid, 0) == 0 && fs::exists("/proc/" + std::to_string(owner.pid));
+#else
+    const bool alive = kill(owner.pid, 0) == 0;
+#endif
     if (!alive && port_is_free(host, port)) return "";
     if (alive) {
       // A zombie (exited, not yet reaped by its parent) no longer holds the port.
@@ -216,6 +227,13 @@ std::string replace_previous_server(const std::string& host, int port, const std
 }
 
 uint64_t rss_bytes() {
+#if defined(__APPLE__)
+  mach_task_basic_info info{};
+  mach_msg_type_number_t count = MACH_TASK_BASIC_INFO_COUNT;
+  if (task_info(mach_task_self(), MACH_TASK_BASIC_INFO, reinterpret_cast<task_info_t>(&info), &count) != KERN_SUCCESS)
+    return 0;
+  return uint64_t(info.resident_size);
+#endif
   std::ifstream f("/proc/self/statm");
   uint64_t size = 0, resident = 0;
   f >> size >> resident;

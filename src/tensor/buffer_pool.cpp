@@ -45,7 +45,9 @@ Pool& pool() {
 void* map_block(size_t size) {
   void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) throw std::bad_alloc();
+#if defined(MADV_HUGEPAGE)
   madvise(p, size, MADV_HUGEPAGE);  // advisory: fewer, larger faults where the kernel allows
+#endif
   return p;
 }
 

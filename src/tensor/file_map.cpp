@@ -2,6 +2,10 @@
 
 #include <sys/mman.h>
 
+#if !defined(MAP_NORESERVE)
+#define MAP_NORESERVE 0  // (an address-space reservation only: nothing to reserve where it is absent)
+#endif
+
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
@@ -37,8 +41,10 @@ const void* map_file_readonly(int fd, size_t size) {
   if (at > lo) ::munmap(room, at - lo);
   const uintptr_t end = at + size, room_end = lo + size + kHugePage;
   if (room_end > end) ::munmap(reinterpret_cast<void*>(end), room_end - end);
-  // Advisory: EINVAL on kernels without transparent huge pages.
+    // Advisory: EINVAL on kernels without transparent huge pages.
+#if defined(MADV_HUGEPAGE)
   ::madvise(m, size, MADV_HUGEPAGE);
+#endif
   return m;
 }
 

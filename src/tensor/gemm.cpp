@@ -8,6 +8,8 @@
 
 #if MOONDREAM_HAVE_ONEDNN
 #include <oneapi/dnnl/dnnl.h>
+#elif MOONDREAM_HAVE_ACCELERATE
+#include <Accelerate/Accelerate.h>
 #endif
 
 namespace md {
@@ -160,7 +162,12 @@ const char* gemm_library() { return "oneDNN"; }
 
 void sgemm(bool trans_b, int M, int N, int K, float alpha, const float* A, int lda, const float* B, int ldb, float beta,
            float* C, int ldc) {
+#if MOONDREAM_HAVE_ACCELERATE
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B, ldb, beta, C,
+              ldc);
+#else
   detail::sgemm_own(trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+#endif
 }
 
 void gemm_u8s8s32(bool trans_b, int M, int N, int K, const uint8_t* A, int lda, uint8_t a_offset, const int8_t* B,
@@ -168,7 +175,7 @@ void gemm_u8s8s32(bool trans_b, int M, int N, int K, const uint8_t* A, int lda, 
   detail::gemm_u8s8s32_own(trans_b, M, N, K, A, lda, a_offset, B, ldb, C, ldc);
 }
 
-const char* gemm_library() { return "own"; }
+const char* gemm_library() { return MOONDREAM_HAVE_ACCELERATE ? "Accelerate (fp32), own (int8)" : "own"; }
 
 #endif
 

@@ -4,7 +4,8 @@
 // attention, int8 prompts on CPUs without a fused int8 kernel): oneDNN where
 // the build has it (CMake MOONDREAM_ONEDNN), else the engine's own, portable
 // implementations below (aarch64 builds need no oneDNN; macOS has none in
-// its base system). All are single-threaded: callers run them inside their
+// its base system; there Accelerate's SGEMM takes the fp32 ones). All are
+// single-threaded (Accelerate's may use threads of its own): callers run them inside their
 // own parallel regions.
 #include <cstddef>
 #include <cstdint>

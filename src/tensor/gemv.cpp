@@ -16,9 +16,11 @@
 #include <string>
 #include <vector>
 
-#if defined(__aarch64__)
+#if defined(__aarch64__) && defined(__linux__)
 #include <asm/hwcap.h>
 #include <sys/auxv.h>
+#elif defined(__aarch64__) && defined(__APPLE__)
+#include <sys/sysctl.h>
 #endif
 
 #include "tensor/dtype.h"
@@ -260,6 +262,23 @@ constexpr Level kLevels[] = {{"scalar", kIsaGeneric, &kScalar, nullptr},
                              {"neon", kIsaNeon, &kNeon, &kAttentionNeon},
                              {"dotprod", kIsaNeonDotprod, &kNeonDotprod, &kAttentionNeon}};
 
+#if defined(__APPLE__)
+// macOS reports CPU features through sysctl (every Apple Silicon CPU has
+// NEON and, from the M1 on, dotprod).
+bool cpu_has(const char* name) {
+  int value = 0;
+  size_t size = sizeof value;
+  return sysctlbyname(name, &value, &size, nullptr, 0) == 0 && value != 0;
+}
+bool cpu_runs(IsaLevel level) {
+  switch (level) {
+    case kIsaGeneric: return true;
+    case kIsaNeon: return true;
+    case kIsaNeonDotprod: return cpu_has("hw.optional.arm.FEAT_DotProd");
+    default: return false;
+  }
+}
+#else
 bool cpu_runs(IsaLevel level) {
   const unsigned long hwcap = getauxval(AT_HWCAP);
   switch (level) {
@@ -269,6 +288,7 @@ bool cpu_runs(IsaLevel level) {
     default: return false;
   }
 }
+#endif
 #else
 constexpr Level kLevels[] = {{"scalar", kIsaGeneric, &kScalar, nullptr}};
 bool cpu_runs(IsaLevel level) { return level == kIsaGeneric; }
