@@ -12,7 +12,7 @@
 namespace md {
 
 // k (after rotary) and v per layer, kv head and position, head-major: in
-// k[l], kv head g's rows are one run of rows() · head_dim elements, position
+// k(l), kv head g's rows are one run of rows() · head_dim elements, position
 // p at row p − base_length of it (KVRows in ops.h: decoding reads each head's
 // keys as one stream). fp32 or bf16 as `format` says (rounded once when
 // written; every later read sees the stored value).
