@@ -3,8 +3,9 @@
 # g++-aarch64-linux-gnu (cmake/aarch64-linux-gnu.cmake, against the sysroot
 # scripts/arm64-sysroot.sh unpacks) and runs under qemu-aarch64:
 #   - the kernel tests (gemv_test, ops_test) at each ARM feature level:
-#     -cpu cortex-a72 (plain NEON: the "neon" tables), -cpu max (dotprod and
-#     the rest: the "dotprod" tables), and MOONDREAM_ISA=generic (the
+#     -cpu cortex-a72 (plain NEON: the "neon" tables), -cpu max (dotprod,
+#     i8mm and the rest: the "i8mm" tables, and the "dotprod" ones below
+#     them, which the tests force in turn), and MOONDREAM_ISA=generic (the
 #     portable loops); each run checks which level the CPU got;
 #   - every test image's crops against the x86 build's;
 #   - the tiny-model reference test (engine_ref_test: features, logits,
@@ -45,7 +46,7 @@ run() {  # run CPU [ENV=VALUE ...] COMMAND ARGS...: the summary, or all of it on
   fi
 }
 arm() { echo qemu-aarch64 -L "$sysroot" -cpu "$1"; }
-for cpu_isa in cortex-a72:neon max:dotprod; do
+for cpu_isa in cortex-a72:neon max:i8mm; do
   cpu=${cpu_isa%%:*}
   isa=${cpu_isa##*:}
   for t in gemv_test ops_test; do
@@ -110,7 +111,7 @@ for binary in "$own/moondream" "$own/tests/ops_test"; do
     exit 1
   fi
 done
-for cpu_isa in cortex-a72:neon max:dotprod; do
+for cpu_isa in cortex-a72:neon max:i8mm; do
   cpu=${cpu_isa%%:*}
   isa=${cpu_isa##*:}
   # shellcheck disable=SC2046

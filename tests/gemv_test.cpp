@@ -192,7 +192,7 @@ TEST(Gemv, EveryVectorLevelRunsItsOwnKernels) {
     // The levels with a fused int8 GEMM and attention head of their own
     // (gemm_int8.h, attention_int8.h).
     const std::string name = isa;
-    if (name == "avx512" || name == "dotprod") {
+    if (name == "avx512" || name == "dotprod" || name == "i8mm") {
       EXPECT_NE(kernels().int8_gemm, nullptr) << isa;
       EXPECT_NE(kernels().int8_head, nullptr) << isa;
       EXPECT_NE(kernels().int8_head_scratch, nullptr) << isa;
@@ -211,10 +211,10 @@ TEST(Gemv, DispatchNames) {
 #if defined(__x86_64__)
   EXPECT_TRUE(best == "avx512" || best == "avx2" || best == "scalar");
 #elif defined(__aarch64__)
-  EXPECT_TRUE(best == "dotprod" || best == "neon") << "every aarch64 CPU has NEON";
+  EXPECT_TRUE(best == "i8mm" || best == "dotprod" || best == "neon") << "every aarch64 CPU has NEON";
 #endif
   // The level the CPU should get, where the runner knows it (the aarch64
-  // suite under qemu: -cpu cortex-a72 is plain NEON, -cpu max has dotprod).
+  // suite under qemu: -cpu cortex-a72 is plain NEON, -cpu max has i8mm).
   if (const char* want = std::getenv("MOONDREAM_EXPECT_BEST_ISA")) {
     EXPECT_EQ(best, want);
   }

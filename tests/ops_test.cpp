@@ -160,11 +160,9 @@ TEST(Isa, ElementwiseKernelsRunAtTheForcedLevel) {
   ln.b = b.data();
   std::map<std::string, std::vector<float>> results;
   int levels_run = 0;
-  const std::map<std::string, md::IsaLevel> level_of = {{"scalar", md::kIsaGeneric},
-                                                        {"avx2", md::kIsaAvx2},
-                                                        {"avx512", md::kIsaAvx512},
-                                                        {"neon", md::kIsaNeon},
-                                                        {"dotprod", md::kIsaNeonDotprod}};
+  const std::map<std::string, md::IsaLevel> level_of = {{"scalar", md::kIsaGeneric},      {"avx2", md::kIsaAvx2},
+                                                        {"avx512", md::kIsaAvx512},       {"neon", md::kIsaNeon},
+                                                        {"dotprod", md::kIsaNeonDotprod}, {"i8mm", md::kIsaNeonI8mm}};
   for (const char* isa : detail::gemv_isas()) {
     ASSERT_TRUE(detail::gemv_force_isa(isa));
     ++levels_run;
@@ -257,7 +255,9 @@ TEST(Attention, Bf16RowsEqualFp32AttentionOverTheRoundedValues) {
     ASSERT_TRUE(detail::gemv_force_isa(isa));
     const gemv_detail::AttentionKernels* ak = gemv_detail::attention_kernels();
     const std::string name = isa;
-    const std::string kernels = name == "avx512" ? "avx512" : name == "neon" || name == "dotprod" ? "neon" : "";
+    const std::string kernels = name == "avx512"                                        ? "avx512"
+                                : name == "neon" || name == "dotprod" || name == "i8mm" ? "neon"
+                                                                                        : "";
     EXPECT_EQ(ak != nullptr, !kernels.empty()) << isa;
     if (ak) {
       EXPECT_EQ(ak->name, kernels);
@@ -841,8 +841,9 @@ TEST(Gemm, OwnGemmsMatchTheDefinition) {
 
 // Each level's fused int8 GEMM kernel (gemm_int8.h) called directly, against
 // the exact int32 sums in double precision: every shape the interface allows
-// (k a multiple of 4 but not of 16: 291 groups of 4 columns; a last panel
-// of 16 outputs; 1, 6 and 13 rows: whole and partial row tiles), with and
+// (k a multiple of 4 but not of 8 or 16: 291 groups of 4 columns; 1176, of
+// 8 but not of 16; a last panel of 16 outputs; 1, 6 and 13 rows: whole and
+// partial row tiles, a row pair with one row), with and
 // without bias and GELU. Levels without a kernel of their own are skipped
 // by name, and the levels that must have one are checked to have run.
 TEST(Int8Gemm, EachLevelsKernelMatchesTheExactSums) {
@@ -852,12 +853,13 @@ TEST(Int8Gemm, EachLevelsKernelMatchesTheExactSums) {
     const Int8GemmKernel kernel = int8_gemm_kernel();
     detail::gemv_force_isa(nullptr);
     const std::string name = isa;
-    if (name == "avx512" || name == "dotprod") {
+    if (name == "avx512" || name == "dotprod" || name == "i8mm") {
       ASSERT_NE(kernel, nullptr) << isa;
     }
     if (!kernel) continue;
     ++ran;
-    for (const auto& [m, k, n] : {std::tuple{13, 1164, 80}, std::tuple{6, 64, 64}, std::tuple{1, 16, 16}}) {
+    for (const auto& [m, k, n] :
+         {std::tuple{13, 1164, 80}, std::tuple{13, 1176, 80}, std::tuple{6, 64, 64}, std::tuple{1, 16, 16}}) {
       std::mt19937 rng(unsigned(m * 131 + k + n));
       std::uniform_int_distribution<int> q(-127, 127), wb(0, 255);
       std::vector<int8_t> x(size_t(m) * k);
@@ -906,8 +908,8 @@ TEST(Int8Gemm, EachLevelsKernelMatchesTheExactSums) {
     }
   }
 #if defined(__aarch64__)
-  if (std::string(detail::gemv_best_isa()) == "dotprod") {
-    EXPECT_GE(ran, 1);
+  if (std::string(detail::gemv_best_isa()) != "neon") {
+    EXPECT_GE(ran, 2) << "dotprod and i8mm";
   }
 #endif
   (void)ran;
@@ -940,8 +942,8 @@ struct Int8AttentionImpl {
   const char* isa;
   bool fused;
 };
-constexpr Int8AttentionImpl kInt8AttentionImpls[] = {
-    {"avx512", true}, {"avx2", false}, {"dotprod", true}, {"neon", false}, {"scalar", false}};
+constexpr Int8AttentionImpl kInt8AttentionImpls[] = {{"avx512", true},  {"avx2", false}, {"i8mm", true},
+                                                     {"dotprod", true}, {"neon", false}, {"scalar", false}};
 Int8AttentionRun run_attention_both_ways(AttentionShape shape, const AttentionMask& mask,
                                          const std::vector<float>& qkv) {
   const int dim = shape.n_heads * shape.head_dim;

@@ -260,7 +260,8 @@ bool cpu_runs(IsaLevel level) {
 #elif defined(__aarch64__)
 constexpr Level kLevels[] = {{"scalar", kIsaGeneric, &kScalar, nullptr},
                              {"neon", kIsaNeon, &kNeon, &kAttentionNeon},
-                             {"dotprod", kIsaNeonDotprod, &kNeonDotprod, &kAttentionNeon}};
+                             {"dotprod", kIsaNeonDotprod, &kNeonDotprod, &kAttentionNeon},
+                             {"i8mm", kIsaNeonI8mm, &kNeonI8mm, &kAttentionNeon}};
 
 #if defined(__APPLE__)
 // macOS reports CPU features through sysctl (every Apple Silicon CPU has
@@ -275,6 +276,7 @@ bool cpu_runs(IsaLevel level) {
     case kIsaGeneric: return true;
     case kIsaNeon: return true;
     case kIsaNeonDotprod: return cpu_has("hw.optional.arm.FEAT_DotProd");
+    case kIsaNeonI8mm: return cpu_has("hw.optional.arm.FEAT_DotProd") && cpu_has("hw.optional.arm.FEAT_I8MM");
     default: return false;
   }
 }
@@ -285,6 +287,8 @@ bool cpu_runs(IsaLevel level) {
     case kIsaGeneric: return true;
     case kIsaNeon: return (hwcap & HWCAP_ASIMD) != 0;
     case kIsaNeonDotprod: return (hwcap & HWCAP_ASIMD) != 0 && (hwcap & HWCAP_ASIMDDP) != 0;
+    case kIsaNeonI8mm:
+      return (hwcap & HWCAP_ASIMD) != 0 && (hwcap & HWCAP_ASIMDDP) != 0 && (getauxval(AT_HWCAP2) & HWCAP2_I8MM) != 0;
     default: return false;
   }
 }

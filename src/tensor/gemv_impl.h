@@ -77,6 +77,7 @@ struct Kernels {
 
 void int8_gemm_avx512(const Int8GemmArgs& a, uint8_t* panel);      // x86/gemm_int8_avx512.cpp
 void int8_gemm_dotprod(const Int8GemmArgs& a, uint8_t* panel);     // arm/gemm_int8_neon.cpp
+void int8_gemm_i8mm(const Int8GemmArgs& a, uint8_t* panel);        // arm/gemm_int8_i8mm.cpp
 void int8_head_avx512(const Int8HeadAttention& a, void* scratch);  // x86/attention_int8_avx512.cpp
 size_t int8_head_scratch_avx512(int n_q, int n_k, int head_dim);
 void int8_head_dotprod(const Int8HeadAttention& a, void* scratch);  // arm/attention_int8_neon.cpp
@@ -153,6 +154,7 @@ extern const Kernels kAvx2;         // x86/gemv_avx2.cpp
 extern const Kernels kAvx512;       // x86/gemv_avx512.cpp
 extern const Kernels kNeon;         // arm/gemv_neon.cpp
 extern const Kernels kNeonDotprod;  // arm/gemv_neon.cpp
+extern const Kernels kNeonI8mm;     // arm/gemv_neon.cpp: dotprod's, the int8 GEMM on SMMLA
 
 // The active table (dispatch, MOONDREAM_ISA, gemv_force_isa).
 const Kernels& kernels();

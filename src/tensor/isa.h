@@ -3,7 +3,7 @@
 // of them: the GEMV/GEMM kernel tables (gemv_impl.h, one folder of kernels
 // per architecture: x86/, arm/) and the element-wise loops below follow the
 // same choice — the CPU's best level, lowered by MOONDREAM_ISA (x86-64:
-// avx512, avx2; aarch64: dotprod, neon; generic) or by a test (gemv.h
+// avx512, avx2; aarch64: i8mm, dotprod, neon; generic) or by a test (gemv.h
 // detail::gemv_force_isa). A new CPU kind is a level here, a table in its
 // folder and a row in gemv.cpp's kLevels.
 #include <cstdint>
@@ -16,7 +16,8 @@ enum IsaLevel : int {
   kIsaAvx512 = 2,       // x86-64-v4 + VNNI
   kIsaNeon = 3,         // aarch64 Advanced SIMD (every aarch64 CPU)
   kIsaNeonDotprod = 4,  // + SDOT/UDOT (Armv8.2 dotprod: Cortex-A55/A76 on, Apple M1 on, Graviton 2 on)
-  kNumIsaLevels = 5
+  kIsaNeonI8mm = 5,     // + SMMLA (Armv8.6 i8mm: Neoverse V1/N2 (Graviton 3/4), Cortex-A510/A710 on, Apple M2 on)
+  kNumIsaLevels = 6
 };
 
 IsaLevel active_isa_level();

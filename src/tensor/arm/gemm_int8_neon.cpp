@@ -37,7 +37,7 @@
 namespace md::gemv_detail {
 namespace {
 
-using neon::exp4;
+using neon::gelu4;
 using neon::sdot;
 using neon::sdot_lane;
 
@@ -125,16 +125,6 @@ void widen_q4_panel(const Int8GemmArgs& a, int strips, int8_t* panel, float* ws)
         }
     }
   }
-}
-
-// GELU as ops.cpp's gelu_body (fast_math.h's constants, the same operations
-// in the same order), on 4 lanes.
-inline float32x4_t gelu4(float32x4_t v) {
-  using namespace fast_math;
-  const float32x4_t v3 = vmulq_f32(vmulq_f32(vmulq_f32(vdupq_n_f32(kGeluCubic), v), v), v);
-  const float32x4_t u = vmulq_f32(vdupq_n_f32(kGeluScale), vaddq_f32(v, v3));
-  const float32x4_t e = exp4(vmulq_f32(vdupq_n_f32(-2.0f), u));
-  return vdivq_f32(v, vaddq_f32(vdupq_n_f32(1.0f), e));
 }
 
 struct Epilogue {

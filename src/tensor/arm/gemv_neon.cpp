@@ -471,6 +471,8 @@ const Kernels kNeon = {"neon",        fp_neon, q8_neon,     q4_neon, quant_row_s
 const Kernels kNeonDotprod = {
     "dotprod",     fp_neon,           q8_dotprod,  q4_dotprod,        quant_row_scalar,
     prep_row_neon, int8_gemm_dotprod, kBf16PlainX, int8_head_dotprod, int8_head_scratch_dotprod};
+const Kernels kNeonI8mm = {"i8mm",        fp_neon,        q8_dotprod,  q4_dotprod,        quant_row_scalar,
+                           prep_row_neon, int8_gemm_i8mm, kBf16PlainX, int8_head_dotprod, int8_head_scratch_dotprod};
 
 }  // namespace md::gemv_detail
 

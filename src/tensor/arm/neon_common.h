@@ -1,17 +1,20 @@
 #pragma once
-// Pieces the AArch64 kernel files share: the dotprod target attribute, SDOT
-// (plain and by element) and e^x on 4 lanes. Included only by files under
+// Pieces the AArch64 kernel files share: the dotprod and i8mm target
+// attributes, SDOT (plain and by element), e^x and GELU on 4 lanes. Included only by files under
 // src/tensor/arm/, each compiled for aarch64 only.
 #include <arm_neon.h>
 
 #include "tensor/fast_math.h"
 
-// GCC's arm_neon.h declares the SDOT intrinsics under arch=armv8.2-a+dotprod,
-// and a function only inlines them with (at least) that target.
+// GCC's arm_neon.h declares the SDOT intrinsics under arch=armv8.2-a+dotprod
+// (SMMLA under +i8mm), and a function only inlines them with (at least) that
+// target.
 #if defined(__clang__)
 #define MD_TARGET_DOTPROD __attribute__((target("dotprod")))
+#define MD_TARGET_I8MM __attribute__((target("i8mm")))
 #else
 #define MD_TARGET_DOTPROD __attribute__((target("arch=armv8.2-a+dotprod")))
+#define MD_TARGET_I8MM __attribute__((target("arch=armv8.2-a+i8mm")))
 #endif
 
 namespace md::gemv_detail::neon {
@@ -48,6 +51,16 @@ inline float32x4_t exp4(float32x4_t x) {
   for (int i = 1; i < 7; ++i) p = vaddq_f32(vmulq_f32(p, r), vdupq_n_f32(kExpPoly[i]));
   const int32x4_t bits = vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)), 23);
   return vmulq_f32(p, vreinterpretq_f32_s32(bits));
+}
+
+// GELU as ops.cpp's gelu_body (fast_math.h's constants, the same operations
+// in the same order), on 4 lanes.
+inline float32x4_t gelu4(float32x4_t v) {
+  using namespace fast_math;
+  const float32x4_t v3 = vmulq_f32(vmulq_f32(vmulq_f32(vdupq_n_f32(kGeluCubic), v), v), v);
+  const float32x4_t u = vmulq_f32(vdupq_n_f32(kGeluScale), vaddq_f32(v, v3));
+  const float32x4_t e = exp4(vmulq_f32(vdupq_n_f32(-2.0f), u));
+  return vdivq_f32(v, vaddq_f32(vdupq_n_f32(1.0f), e));
 }
 
 }  // namespace md::gemv_detail::neon
