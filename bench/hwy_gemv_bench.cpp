@@ -66,9 +66,7 @@ HWY_EXPORT(GemvBf16);
 
 namespace {
 
-double now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
+double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
 }  // namespace
 
@@ -95,8 +93,7 @@ int main(int argc, char** argv) {
     std::mt19937 rng(7);
     std::normal_distribution<float> dist(0.0f, 0.05f);
     for (auto& v : w) v = md::f32_to_bf16(dist(rng));
-    std::vector<float> x(static_cast<size_t>(cols)), y_eng(static_cast<size_t>(rows)),
-        y_hwy(static_cast<size_t>(rows));
+    std::vector<float> x(static_cast<size_t>(cols)), y_eng(static_cast<size_t>(rows)), y_hwy(static_cast<size_t>(rows));
     for (auto& v : x) v = dist(rng);
     for (const int t : {1, threads}) {
       auto run = [&](bool hwy_kernel, int copy, std::vector<float>& y) {
@@ -108,11 +105,9 @@ int main(int argc, char** argv) {
         md::parallel_for(size_t(t), [&](size_t b, size_t e) {
           for (size_t i = b; i < e; ++i) {
             const int r0 = int(size_t(rows) * i / size_t(t)), r1 = int(size_t(rows) * (i + 1) / size_t(t));
-            if (hwy_kernel)
-              HWY_DYNAMIC_DISPATCH(md_hwy::GemvBf16)
-              (static_cast<const uint16_t*>(m.data), x.data(), cols, r0, r1, y.data());
-            else
-              md::gemv_rows(m, x.data(), y.data(), r0, r1);
+            if (hwy_kernel) HWY_DYNAMIC_DISPATCH(md_hwy::GemvBf16)
+            (static_cast<const uint16_t*>(m.data), x.data(), cols, r0, r1, y.data());
+            else md::gemv_rows(m, x.data(), y.data(), r0, r1);
           }
         });
       };
