@@ -41,8 +41,8 @@ const void* map_file_readonly(int fd, size_t size) {
   if (at > lo) ::munmap(room, at - lo);
   const uintptr_t end = at + size, room_end = lo + size + kHugePage;
   if (room_end > end) ::munmap(reinterpret_cast<void*>(end), room_end - end);
-    // Advisory: EINVAL on kernels without transparent huge pages.
 #if defined(MADV_HUGEPAGE)
+  // Advisory: EINVAL on kernels without transparent huge pages.
   ::madvise(m, size, MADV_HUGEPAGE);
 #endif
   return m;

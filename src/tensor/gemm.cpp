@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "tensor/error.h"
+#include "tensor/scratch.h"
 
 #if MOONDREAM_HAVE_ONEDNN
 #include <oneapi/dnnl/dnnl.h>
@@ -84,8 +85,7 @@ void sgemm_own(bool trans_b, int M, int N, int K, float alpha, const float* A, i
     return;
   }
   static thread_local std::vector<float> t_packed;
-  if (t_packed.size() < size_t(kKc) * kNr) t_packed.resize(size_t(kKc) * kNr);
-  float* Bp = t_packed.data();
+  float* Bp = scratch(t_packed, size_t(kKc) * kNr);
   for (int j0 = 0; j0 < N; j0 += kNr) {
     const int nr = std::min(kNr, N - j0);
     for (int k0 = 0; k0 < K; k0 += kKc) {
@@ -110,8 +110,7 @@ void sgemm_own(bool trans_b, int M, int N, int K, float alpha, const float* A, i
 void gemm_u8s8s32_own(bool trans_b, int M, int N, int K, const uint8_t* A, int lda, uint8_t a_offset, const int8_t* B,
                       int ldb, int32_t* C, int ldc) {
   static thread_local std::vector<int16_t> t_row;
-  if (t_row.size() < size_t(K)) t_row.resize(size_t(K));
-  int16_t* a = t_row.data();
+  int16_t* a = scratch(t_row, size_t(K));
   for (int i = 0; i < M; ++i) {
     const uint8_t* ai = A + size_t(i) * size_t(lda);
     for (int k = 0; k < K; ++k) a[k] = int16_t(int(ai[k]) - int(a_offset));

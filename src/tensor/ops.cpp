@@ -21,6 +21,7 @@
 #include "tensor/gemv_impl.h"
 #include "tensor/isa.h"
 #include "tensor/parallel.h"
+#include "tensor/scratch.h"
 #include "tensor/quant.h"
 
 namespace md {
@@ -149,14 +150,6 @@ std::atomic<uint64_t> g_attention_paths[3];
 
 // Q8 with one scale per row (group == cols): the layout the int8 GEMM reads.
 bool is_q8_per_row(const WeightMatrix& w) { return w.format == WeightFormat::Q8 && w.group == w.cols; }
-
-// A growing per-thread buffer: reused across calls, never zero-filled again
-// (fresh zeroed pages for every GEMM call cost page faults and memsets).
-template <class T>
-T* scratch(std::vector<T>& buf, size_t n) {
-  if (buf.size() < n) buf.resize(n);
-  return buf.data();
-}
 
 // Activations as int8, one symmetric scale per row: q = round(x / s),
 // s = max|x| / 127, stored as q + kOffset (u8 with offset 128: the GEMM's A

@@ -121,11 +121,9 @@ void int8_gemm_i8mm(const Int8GemmArgs& a, uint8_t* panel_bytes) {
     pack_panel(a.w + size_t(j0) * size_t(a.k), a.k, strips, panel);
     // The caller's range (the next call's stored rows) towards L2 while this
     // panel computes, a share per strip.
-    const size_t pf_lines = a.prefetch ? (a.prefetch_bytes + 63) / 64 : 0;
-    size_t pf_done = 0;
+    neon::PrefetchShares prefetch(a.prefetch, a.prefetch_bytes, strips);
     for (int s = 0; s < strips; ++s) {
-      for (const size_t end = pf_lines * size_t(s + 1) / size_t(strips); pf_done < end; ++pf_done)
-        __builtin_prefetch(a.prefetch + 64 * pf_done, 0, 2);
+      prefetch.share(s);
       const int8_t* strip = panel + size_t(s) * size_t(blocks) * 64;
       const int j = j0 + kStripRows * s;  // the strip's first output
       Epilogue ep{a.xs, a.ws + j, a.bias ? a.bias + j : nullptr, a.gelu};

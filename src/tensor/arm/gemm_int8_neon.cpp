@@ -227,11 +227,9 @@ void int8_gemm_dotprod(const Int8GemmArgs& a, uint8_t* panel_bytes) {
     }
     // The caller's range (the next call's stored rows) towards L2 while this
     // panel computes, a share per strip.
-    const size_t pf_lines = a.prefetch ? (a.prefetch_bytes + 63) / 64 : 0;
-    size_t pf_done = 0;
+    neon::PrefetchShares prefetch(a.prefetch, a.prefetch_bytes, strips);
     for (int v = 0; v < strips; ++v) {
-      for (const size_t end = pf_lines * size_t(v + 1) / size_t(strips); pf_done < end; ++pf_done)
-        __builtin_prefetch(a.prefetch + 64 * pf_done, 0, 2);
+      prefetch.share(v);
       for (int h = 0; h < 2; ++h) {
         const int8_t* half = panel + size_t(v) * size_t(groups) * 64 + 32 * h;
         const int j = j0 + 16 * v + 8 * h;  // its first output

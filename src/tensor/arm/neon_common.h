@@ -4,6 +4,9 @@
 // src/tensor/arm/, each compiled for aarch64 only.
 #include <arm_neon.h>
 
+#include <cstddef>
+#include <cstdint>
+
 #include "tensor/fast_math.h"
 
 // GCC's arm_neon.h declares the SDOT intrinsics under arch=armv8.2-a+dotprod
@@ -52,6 +55,23 @@ inline float32x4_t exp4(float32x4_t x) {
   const int32x4_t bits = vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)), 23);
   return vmulq_f32(p, vreinterpretq_f32_s32(bits));
 }
+
+// A prefetch range (the int8 GEMM's next call's weight rows) brought towards
+// L2 in `parts` equal shares while the current call computes: share(i)
+// issues the lines of shares up to i.
+class PrefetchShares {
+ public:
+  PrefetchShares(const uint8_t* p, size_t bytes, int parts) : p_(p), lines_(p ? (bytes + 63) / 64 : 0), parts_(parts) {}
+  void share(int i) {
+    for (const size_t end = lines_ * size_t(i + 1) / size_t(parts_); done_ < end; ++done_)
+      __builtin_prefetch(p_ + 64 * done_, 0, 2);
+  }
+
+ private:
+  const uint8_t* p_;
+  size_t lines_, done_ = 0;
+  int parts_;
+};
 
 // GELU as ops.cpp's gelu_body (fast_math.h's constants, the same operations
 // in the same order), on 4 lanes.
