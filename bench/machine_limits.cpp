@@ -254,6 +254,49 @@ double ReadProbe::run(int variant) const {
   return double(kBytes) / dt / 1e9;
 }
 
+uint64_t ReadProbe::read_piece(const uint8_t* p, size_t bytes) const {
+  const ReadVariant& v = kReadVariants[best_];
+#if defined(__x86_64__)
+  static const bool avx512 = __builtin_cpu_supports("avx512f"), avx2 = __builtin_cpu_supports("avx2");
+  return avx512 ? read_share_avx512(p, bytes, v) : avx2 ? read_share_avx2(p, bytes, v) : read_share_scalar(p, bytes, v);
+#elif defined(__aarch64__)
+  return read_share_neon(p, bytes, v);
+#else
+  return read_share_scalar(p, bytes, v);
+#endif
+}
+
+double ReadProbe::in_pieces(const std::vector<size_t>& pieces, int steps, int reps) const {
+  if (!buf_ || pieces.empty()) return 0;
+  double total = 0;
+  for (size_t b : pieces) total += double(b / 4096 * 4096);
+  double best = 0;
+  uint64_t sink = 0;
+  for (int rep = 0; rep < reps; ++rep) {
+    size_t at = 0;
+    const double t0 = now();
+    for (int s = 0; s < steps; ++s)
+      for (size_t b : pieces) {
+        b = b / 4096 * 4096;
+        if (at + b > kBytes) at = 0;
+        const uint8_t* base = buf_ + at;
+        at += b;
+#pragma omp parallel num_threads(threads_) reduction(^ : sink)
+        {
+          // Each thread one contiguous share of the piece, as the GEMVs split
+          // their rows.
+          const size_t t = size_t(omp_get_thread_num()), n = size_t(omp_get_num_threads());
+          const size_t b0 = b * t / n / 128 * 128, b1 = t + 1 == n ? b : b * (t + 1) / n / 128 * 128;
+          sink ^= read_piece(base + b0, b1 - b0);
+        }
+      }
+    best = std::max(best, total * steps / (now() - t0) / 1e9);
+  }
+  volatile uint64_t keep = sink;
+  (void)keep;
+  return best;
+}
+
 ReadBandwidth ReadProbe::measure() {
   ReadBandwidth out;
   out.huge_pages = huge_pages_;

@@ -43,9 +43,16 @@ class ReadProbe {
   ReadBandwidth measure();
   // The best variant only, best of `reps` passes (~30 ms each).
   double quick(int reps = 3) const;
+  // The best variant reading `steps` times the sequence `pieces` (bytes),
+  // each piece one parallel region over all threads, consecutive pieces at
+  // consecutive addresses of the buffer (wrapping): the memory system's rate
+  // for a computation that must read in dependent pieces, as a decode step
+  // reads each product's weights after the one before. GB/s, best of `reps`.
+  double in_pieces(const std::vector<size_t>& pieces, int steps, int reps = 3) const;
 
  private:
   double run(int variant) const;
+  uint64_t read_piece(const uint8_t* p, size_t bytes) const;
   static constexpr size_t kBytes = size_t(1) << 30;
   int threads_;
   void* map_ = nullptr;

@@ -113,9 +113,10 @@ void row(const char* stage, double seconds, const std::string& throughput, const
               target.c_str());
 }
 
-std::string fmt(const char* f, double a, double b = 0, double c = 0) {
-  char buf[128];
-  std::snprintf(buf, sizeof buf, f, a, b, c);
+template <class... Args>
+std::string fmt(const char* f, Args... args) {
+  char buf[256];
+  std::snprintf(buf, sizeof buf, f, double(args)...);
   return buf;
 }
 
@@ -453,6 +454,24 @@ int main(int argc, char** argv) {
       double tps, gbps, ratio;
       int mid, tokens;
       double decode_s;
+      double pieces_gbps;  // the probe reading the step's bytes in the step's pieces
+    };
+    // A decode step's reads as the parallel regions that make them, in
+    // order: per layer the qkv and fc1 products together (one region), the
+    // layer's KV rows (attention), the proj and fc2 products; then lm_head.
+    // The probe reads the same sequence of sizes, to show what the memory
+    // system gives a computation that must read in dependent pieces.
+    auto step_pieces = [&](int position) {
+      std::vector<size_t> pieces;
+      const size_t kv_layer =
+          md::KVCache::read_bytes(cfg.text, position, model->kv_format()) / size_t(cfg.text.n_layers);
+      for (const auto& b : model->weights().text_blocks) {
+        pieces.push_back(md::weight_bytes(b.qkv.w) + md::weight_bytes(b.fc1.w));
+        pieces.push_back(kv_layer);
+        pieces.push_back(md::weight_bytes(b.proj.w) + md::weight_bytes(b.fc2.w));
+      }
+      pieces.push_back(md::weight_bytes(model->weights().lm_head.w));
+      return pieces;
     };
     std::vector<Round> rounds;
     double best_probe = std::max(lim.read_gbps, again.read_gbps);
@@ -466,7 +485,8 @@ int main(int argc, char** argv) {
         const int mid = enc.cache.length + r.prompt_tokens + r.timings.decode_tokens / 2;
         const double bytes = wbytes + double(md::KVCache::read_bytes(cfg.text, mid, model->kv_format()));
         const double g = std::max(before, after), tps = r.timings.decode_tokens_per_s();
-        rounds.push_back({tps, g, tps * bytes / 1e9 / g, mid, r.timings.decode_tokens, r.timings.decode_s});
+        const double pieces = probe.in_pieces(step_pieces(mid), 10);
+        rounds.push_back({tps, g, tps * bytes / 1e9 / g, mid, r.timings.decode_tokens, r.timings.decode_s, pieces});
         best_probe = std::max({best_probe, before, after});
         before = after;
       }
@@ -474,7 +494,8 @@ int main(int argc, char** argv) {
     reset_peak_rss();
     std::string per_round;
     for (const Round& rd : rounds)
-      per_round += fmt(" %.1f t/s at %.1f GB/s (%.0f%%);", rd.tps, rd.gbps, 100 * rd.ratio);
+      per_round += fmt(" %.1f t/s at %.1f GB/s (%.0f%%; in pieces %.1f GB/s, %.0f%%);", rd.tps, rd.gbps, 100 * rd.ratio,
+                       rd.pieces_gbps, 100 * rd.ratio * rd.gbps / rd.pieces_gbps);
     std::vector<Round> sorted = rounds;
     std::sort(sorted.begin(), sorted.end(), [](const Round& a, const Round& b) { return a.ratio < b.ratio; });
     const Round med = sorted[sorted.size() / 2];
@@ -487,6 +508,18 @@ int main(int argc, char** argv) {
         "the better of the probes beside it:%s best probe of the run %.1f GB/s (%.0f%% of its bound)\n",
         wbytes / 1e9, kvbytes / 1e9, md::kv_format_name(model->kv_format()), med.mid, med.tokens, per_round.c_str(),
         best_probe, 100 * med.tps * bytes / 1e9 / best_probe);
+    {
+      // What sampling adds to a step (the API's default for captions and
+      // queries: temperature 0.5, top_p 0.3) over the greedy rounds above:
+      // the softmax and nucleus filter over the vocabulary, on one thread.
+      md::TextOptions sampled = opts;
+      sampled.sampling = md::SamplingParams{};
+      const md::TextResult r = model->caption(enc, md::CaptionLength::Normal, sampled);
+      std::printf(
+          "decode with sampling (temperature %.1f, top_p %.1f): %.2f tokens/s over %d tokens (greedy median %.2f)\n",
+          double(sampled.sampling.temperature), double(sampled.sampling.top_p), r.timings.decode_tokens_per_s(),
+          r.timings.decode_tokens, med.tps);
+    }
     // Decode streams the weights through their file mappings: with 4 KiB
     // pages it ran 8-10 % slower (md::map_file_readonly).
     if (const long long pmd = md::file_pmd_mapped_bytes(); pmd >= 0)

@@ -5,11 +5,13 @@
 #include <oneapi/dnnl/dnnl.h>
 #endif
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <numeric>
 #include <random>
 #include <tuple>
 #include <vector>
@@ -1170,6 +1172,48 @@ TEST(Sampling, TopPDropsTokensWhosePrecedingMassExceedsP) {
   // temperature sharpens: T=0.5 squares the ratios.
   q = top_p_probs(logits.data(), 5, 0.5f, 1.0f);
   EXPECT_NEAR(q[0] / q[1], (0.5 / 0.2) * (0.5 / 0.2), 1e-3);
+}
+
+// top_p_probs sorts only the head of the order it keeps: the result must be
+// the one of a stable sort of the whole vocabulary (the definition), bit for
+// bit, whether the kept set ends in the first 64 tokens, after several
+// growths of the head, or takes the whole vocabulary — ties included.
+TEST(Sampling, TopPOnTheSortedHeadEqualsTheFullStableSort) {
+  auto reference = [](const float* logits, int n, float t, float top_p) {
+    std::vector<float> p(logits, logits + n);
+    const float mx = *std::max_element(p.begin(), p.end());
+    double sum = 0;
+    for (float& v : p) {
+      v = std::exp((v - mx) / t);
+      sum += v;
+    }
+    for (float& v : p) v = float(v / sum);
+    std::vector<int> order(static_cast<size_t>(n));
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return p[a] > p[b]; });
+    double cum = 0, kept = 0;
+    std::vector<float> out(static_cast<size_t>(n), 0.0f);
+    for (int idx : order) {
+      if (cum > top_p) break;
+      cum += p[idx];
+      out[idx] = p[idx];
+      kept += p[idx];
+    }
+    for (float& v : out) v = float(v / kept);
+    return out;
+  };
+  const int n = 51200;
+  for (const float spread : {8.0f, 2.0f, 0.05f}) {  // peaked … nearly flat (thousands kept)
+    auto logits = random_vec(n, 77, spread);
+    for (int i = 0; i < n; i += 7) logits[size_t(i)] = logits[size_t(i / 2)];  // ties
+    for (const float t : {0.5f, 1.0f})
+      for (const float top_p : {0.0f, 0.3f, 0.9f, 0.999f, 1.0f}) {
+        const auto want = reference(logits.data(), n, t, top_p), got = top_p_probs(logits.data(), n, t, top_p);
+        size_t kept = 0;
+        for (float v : want) kept += v > 0;
+        ASSERT_EQ(got, want) << "spread " << spread << " T " << t << " top_p " << top_p << " (" << kept << " kept)";
+      }
+  }
 }
 
 TEST(Sampling, SeedReproducesAndGreedyIsArgmax) {

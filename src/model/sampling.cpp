@@ -17,16 +17,32 @@ std::vector<float> top_p_probs(const float* logits, int n, float temperature, fl
     sum += v;
   }
   for (float& v : p) v = float(v / sum);
+  // The kept tokens are a prefix of the order "probability descending, index
+  // ascending on ties" (a stable sort of the indices). top_p keeps few of the
+  // 51200 tokens, so only the head of that order is sorted — 64 first, four
+  // times more while the mass of the head stays within top_p — instead of
+  // the whole vocabulary every step (2-3 ms of a ~35 ms step). The same
+  // tokens are visited in the same order, so the result is unchanged.
   std::vector<int> order(static_cast<size_t>(n));
   std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return p[a] > p[b]; });
+  const auto before = [&](int a, int b) { return p[a] > p[b] || (p[a] == p[b] && a < b); };
   double cum = 0, kept = 0;
   std::vector<float> out(static_cast<size_t>(n), 0.0f);
-  for (int idx : order) {
-    if (cum > top_p) break;  // mass before this token already exceeds top_p
-    cum += p[idx];
-    out[idx] = p[idx];
-    kept += p[idx];
+  for (size_t head = std::min<size_t>(64, size_t(n)), done = 0;; head = std::min(head * 4, size_t(n))) {
+    std::partial_sort(order.begin() + long(done), order.begin() + long(head), order.end(), before);
+    bool stopped = false;
+    for (size_t i = done; i < head; ++i) {
+      const int idx = order[i];
+      if (cum > top_p) {  // mass before this token already exceeds top_p
+        stopped = true;
+        break;
+      }
+      cum += p[idx];
+      out[idx] = p[idx];
+      kept += p[idx];
+    }
+    if (stopped || head == size_t(n)) break;
+    done = head;
   }
   for (float& v : out) v = float(v / kept);
   return out;
