@@ -189,6 +189,13 @@ TEST(Gemv, EveryVectorLevelRunsItsOwnKernels) {
     EXPECT_NE(kernels().q8, kScalar.q8) << isa;
     EXPECT_NE(kernels().q4, kScalar.q4) << isa;
     EXPECT_NE(kernels().prep_row, kScalar.prep_row) << isa;
+    // The fp kernel is Highway's copy for this level's target: its bf16 loop
+    // reads x in chunks of two vectors of fp32 lanes (hwy/gemv_fp.cpp), so
+    // another target's copy in the table would show another width.
+    ASSERT_NE(kernels().bf16_pair_cols, nullptr) << isa;
+    const std::string level = isa;
+    const int vector_bytes = level == "avx512" ? 64 : level == "avx2" ? 32 : 16;
+    EXPECT_EQ(kernels().bf16_pair_cols(), 2 * vector_bytes / 4) << isa;
     // The levels with a fused int8 GEMM and attention head of their own
     // (gemm_int8.h, attention_int8.h).
     const std::string name = isa;

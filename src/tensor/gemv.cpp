@@ -29,6 +29,7 @@
 #include "tensor/isa.h"
 #include "tensor/parallel.h"
 #include "tensor/quant.h"
+#include "tensor/scratch.h"
 
 namespace md {
 
@@ -114,15 +115,15 @@ void XQuantBuf::prepare(const float* X, int m, int ldx, int cols, int group, int
   }
 }
 
-void prepare_bf16_pair_x(const float* X, int m, int ldx, int cols, float* out) {
-  const int full = cols / 32 * 32;
+void prepare_bf16_pair_x(const float* X, int m, int ldx, int cols, int chunk, float* out) {
+  const int full = cols / chunk * chunk, half = chunk / 2;
   for (int i = 0; i < m; ++i) {
     const float* x = X + size_t(i) * size_t(ldx);
     float* o = out + size_t(i) * size_t(cols);
-    for (int c = 0; c < full; c += 32)
-      for (int j = 0; j < 16; ++j) {
+    for (int c = 0; c < full; c += chunk)
+      for (int j = 0; j < half; ++j) {
         o[c + j] = x[c + 2 * j];
-        o[c + 16 + j] = x[c + 2 * j + 1];
+        o[c + half + j] = x[c + 2 * j + 1];
       }
     for (int c = full; c < cols; ++c) o[c] = x[c];
   }
@@ -218,7 +219,8 @@ float q8_dot_tail(const WeightMatrix& w, int r, const XQuant& x, int c0) {
   return qdot_groups(wq, sc, x, w.group, c0 / w.group, ng);
 }
 
-const Kernels kScalar = {"scalar", fp_scalar, q8_scalar, q4_scalar, quant_row_scalar, prep_row_scalar, nullptr};
+const Kernels kScalar = {"scalar",         fp_scalar,       q8_scalar, q4_scalar,
+                         quant_row_scalar, prep_row_scalar, nullptr,   nullptr};
 
 // ---------------------------------------------------------------------------
 // Dispatch.
@@ -246,7 +248,9 @@ bool cpu_runs(IsaLevel level) {
   unsigned a, b, c, d;
   __asm__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(1), "c"(0));
   const bool f16c = (c >> 29) & 1u;
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
+  // BMI1/2: Highway's AVX2 and AVX-512 targets (hwy/gemv_fp.cpp) compile for them.
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c &&
+                    __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2");
   switch (level) {
     case kIsaGeneric: return true;
     case kIsaAvx2: return avx2;
@@ -441,10 +445,10 @@ const float* prepare_x(const Kernels& k, const WeightMatrix& w, const float* X, 
   if (is_quant(w.format)) {
     t_xq.prepare(X, m, w.cols, w.cols, w.group, zero_point(w.format));
     *xq = t_xq.rows.data();
-  } else if (w.format == WeightFormat::BF16 && k.bf16_x == kBf16PairX) {
-    if (t_xbf16.size() < size_t(m) * size_t(w.cols)) t_xbf16.resize(size_t(m) * size_t(w.cols));
-    prepare_bf16_pair_x(X, m, w.cols, w.cols, t_xbf16.data());
-    return t_xbf16.data();
+  } else if (w.format == WeightFormat::BF16 && k.bf16_pair_cols) {
+    float* out = scratch(t_xbf16, size_t(m) * size_t(w.cols));
+    prepare_bf16_pair_x(X, m, w.cols, w.cols, k.bf16_pair_cols(), out);
+    return out;
   }
   return X;
 }

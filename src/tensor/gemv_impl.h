@@ -54,13 +54,30 @@ using QuantRow = void (*)(WeightFormat target, const float* w, int cols, int gro
 // results.
 using PrepRow = void (*)(const float* x, int cols, int group, int zero, int8_t* q, float* s, int32_t* hc);
 
-// How the fp kernel wants x for BF16 weights: as given, or de-interleaved per
-// 32-column chunk (the 16 even columns, then the 16 odd ones; columns past
-// the last full chunk as given), see prepare_bf16_pair_x.
-enum BF16XLayout { kBf16PlainX = 0, kBf16PairX = 1 };
+// X [m, cols] (row stride ldx) → out [m, cols] with each full chunk of
+// `chunk` columns de-interleaved: its even columns, then its odd ones
+// (columns past the last full chunk as given) — how the fp kernels read x
+// for bf16 weights (Kernels::bf16_pair_cols).
+void prepare_bf16_pair_x(const float* X, int m, int ldx, int cols, int chunk, float* out);
 
-// X [m, cols] (row stride ldx) → out [m, cols] in the kBf16PairX layout.
-void prepare_bf16_pair_x(const float* X, int m, int ldx, int cols, float* out);
+// The fp kernel of each Highway target (hwy/gemv_fp.cpp), named by the
+// tables of the levels that run it, and its x chunk for bf16 weights.
+#define MD_HWY_FP_KERNEL                                                                         \
+  void fp_rows(const WeightMatrix& w, const float* X, int m, float* Y, int ldy, int r0, int r1); \
+  int bf16_pair_cols();
+#if defined(__x86_64__)
+namespace N_AVX3 {
+MD_HWY_FP_KERNEL
+}
+namespace N_AVX2 {
+MD_HWY_FP_KERNEL
+}
+#elif defined(__aarch64__)
+namespace N_NEON {
+MD_HWY_FP_KERNEL
+}
+#endif
+#undef MD_HWY_FP_KERNEL
 
 struct Kernels {
   const char* name;
@@ -70,7 +87,7 @@ struct Kernels {
   QuantRow quant_row;
   PrepRow prep_row;
   Int8GemmKernel int8_gemm;  // null where the ISA has no fused int8 GEMM (oneDNN's is used)
-  BF16XLayout bf16_x = kBf16PlainX;
+  int (*bf16_pair_cols)();   // fp with BF16 weights reads x de-interleaved per this many columns; null: as given
   Int8HeadKernel int8_head = nullptr;                                     // null: ops.cpp runs the head on oneDNN GEMMs
   size_t (*int8_head_scratch)(int n_q, int n_k, int head_dim) = nullptr;  // int8_head's scratch bytes
 };

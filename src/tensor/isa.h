@@ -12,7 +12,7 @@ namespace md {
 
 enum IsaLevel : int {
   kIsaGeneric = 0,      // portable loops, no vector code of our own
-  kIsaAvx2 = 1,         // x86-64-v3: AVX2 + FMA + F16C
+  kIsaAvx2 = 1,         // x86-64-v3: AVX2 + FMA + F16C + BMI1/2
   kIsaAvx512 = 2,       // x86-64-v4 + VNNI
   kIsaNeon = 3,         // aarch64 Advanced SIMD (every aarch64 CPU)
   kIsaNeonDotprod = 4,  // + SDOT/UDOT (Armv8.2 dotprod: Cortex-A55/A76 on, Apple M1 on, Graviton 2 on)

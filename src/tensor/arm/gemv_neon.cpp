@@ -5,10 +5,7 @@
 // standard-library templates are instantiated in those functions. Reached
 // through gemv.cpp's dispatch.
 //
-// fp kernels: one weight row at a time (a single sequential stream per
-//   thread), up to 4 input rows per pass sharing each weight load, 16 columns
-//   per step in four accumulators; bf16 → fp32 by a 16-bit shift, fp16 by
-//   the FCVTL conversion (both exact).
+// fp kernels: Highway's NEON target (hwy/gemv_fp.cpp), in every table.
 // Q8: one weight row × up to 2 input rows, per group an exact int32 dot
 //   (weights made signed by flipping the top bit: byte − 128), converted
 //   once per group and scaled by d_w·s_x into fp32 accumulators.
@@ -48,144 +45,6 @@ using neon::sdot;
 using neon::sdot_lane;
 
 inline float f16_scalar(uint16_t h) { return vgetq_lane_f32(vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(h))), 0); }
-
-// ---------------------------------------------------------------------------
-// fp: F32, BF16, F16 weights.
-
-template <WeightFormat F>
-struct Fp;
-
-template <>
-struct Fp<WeightFormat::F32> {
-  static constexpr size_t kSize = 4;
-  // Columns [c, c + 8) as two float32x4.
-  static void load8(const uint8_t* p, float32x4_t& a, float32x4_t& b) {
-    a = vld1q_f32(reinterpret_cast<const float*>(p));
-    b = vld1q_f32(reinterpret_cast<const float*>(p) + 4);
-  }
-  static float32x4_t load4(const uint8_t* p) { return vld1q_f32(reinterpret_cast<const float*>(p)); }
-  static float one(const uint8_t* p) {
-    float f;
-    std::memcpy(&f, p, 4);
-    return f;
-  }
-};
-
-template <>
-struct Fp<WeightFormat::BF16> {
-  static constexpr size_t kSize = 2;
-  static void load8(const uint8_t* p, float32x4_t& a, float32x4_t& b) {
-    const uint16x8_t h = vld1q_u16(reinterpret_cast<const uint16_t*>(p));
-    a = vreinterpretq_f32_u32(vshll_n_u16(vget_low_u16(h), 16));
-    b = vreinterpretq_f32_u32(vshll_high_n_u16(h, 16));
-  }
-  static float32x4_t load4(const uint8_t* p) {
-    return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(reinterpret_cast<const uint16_t*>(p)), 16));
-  }
-  static float one(const uint8_t* p) {
-    uint16_t h;
-    std::memcpy(&h, p, 2);
-    const uint32_t u = uint32_t(h) << 16;
-    float f;
-    std::memcpy(&f, &u, 4);
-    return f;
-  }
-};
-
-template <>
-struct Fp<WeightFormat::F16> {
-  static constexpr size_t kSize = 2;
-  static void load8(const uint8_t* p, float32x4_t& a, float32x4_t& b) {
-    const float16x8_t h = vreinterpretq_f16_u16(vld1q_u16(reinterpret_cast<const uint16_t*>(p)));
-    a = vcvt_f32_f16(vget_low_f16(h));
-    b = vcvt_high_f32_f16(h);
-  }
-  static float32x4_t load4(const uint8_t* p) {
-    return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(reinterpret_cast<const uint16_t*>(p))));
-  }
-  static float one(const uint8_t* p) {
-    uint16_t h;
-    std::memcpy(&h, p, 2);
-    return f16_scalar(h);
-  }
-};
-
-// One weight row × input rows [0, M), four accumulators per input row; the
-// summation order does not depend on M.
-template <WeightFormat F, int M>
-inline void fp_row(const uint8_t* wr, int cols, const float* X, float* y, size_t ldy) {
-  using L = Fp<F>;
-  float32x4_t acc[M][4];
-#pragma GCC unroll 16
-  for (int m = 0; m < M; ++m)
-#pragma GCC unroll 16
-    for (int u = 0; u < 4; ++u) acc[m][u] = vdupq_n_f32(0.0f);
-  int c = 0;
-  for (; c + 16 <= cols; c += 16) {
-    float32x4_t wv[4];
-    L::load8(wr + size_t(c) * L::kSize, wv[0], wv[1]);
-    L::load8(wr + size_t(c + 8) * L::kSize, wv[2], wv[3]);
-#pragma GCC unroll 16
-    for (int m = 0; m < M; ++m) {
-      const float* x = X + size_t(m) * size_t(cols) + size_t(c);
-#pragma GCC unroll 16
-      for (int u = 0; u < 4; ++u) acc[m][u] = vfmaq_f32(acc[m][u], wv[u], vld1q_f32(x + 4 * u));
-    }
-  }
-  for (; c + 4 <= cols; c += 4) {
-    const float32x4_t wv = L::load4(wr + size_t(c) * L::kSize);
-#pragma GCC unroll 16
-    for (int m = 0; m < M; ++m)
-      acc[m][0] = vfmaq_f32(acc[m][0], wv, vld1q_f32(X + size_t(m) * size_t(cols) + size_t(c)));
-  }
-#pragma GCC unroll 16
-  for (int m = 0; m < M; ++m) {
-    float v = vaddvq_f32(vaddq_f32(vaddq_f32(acc[m][0], acc[m][1]), vaddq_f32(acc[m][2], acc[m][3])));
-    for (int t = c; t < cols; ++t) v += L::one(wr + size_t(t) * L::kSize) * X[size_t(m) * size_t(cols) + size_t(t)];
-    y[size_t(m) * ldy] = v;
-  }
-}
-
-template <WeightFormat F>
-void fp_format(const WeightMatrix& w, const float* X, int m, float* Y, int ldy, int r0, int r1) {
-  const uint8_t* W = static_cast<const uint8_t*>(w.data);
-  const int cols = w.cols;
-  const size_t stride = size_t(cols) * Fp<F>::kSize;
-  for (int r = r0; r < r1; ++r) {
-    const uint8_t* wr = W + size_t(r) * stride;
-    for (int mb = 0; mb < m;) {
-      const float* Xb = X + size_t(mb) * size_t(cols);
-      float* y = Y + size_t(mb) * size_t(ldy) + size_t(r);
-      switch (m - mb) {
-        case 1:
-          fp_row<F, 1>(wr, cols, Xb, y, size_t(ldy));
-          mb += 1;
-          break;
-        case 2:
-          fp_row<F, 2>(wr, cols, Xb, y, size_t(ldy));
-          mb += 2;
-          break;
-        case 3:
-          fp_row<F, 3>(wr, cols, Xb, y, size_t(ldy));
-          mb += 3;
-          break;
-        default:
-          fp_row<F, 4>(wr, cols, Xb, y, size_t(ldy));
-          mb += 4;
-          break;
-      }
-    }
-  }
-}
-
-void fp_neon(const WeightMatrix& w, const float* X, int m, float* Y, int ldy, int r0, int r1) {
-  switch (w.format) {
-    case WeightFormat::F32: fp_format<WeightFormat::F32>(w, X, m, Y, ldy, r0, r1); break;
-    case WeightFormat::BF16: fp_format<WeightFormat::BF16>(w, X, m, Y, ldy, r0, r1); break;
-    case WeightFormat::F16: fp_format<WeightFormat::F16>(w, X, m, Y, ldy, r0, r1); break;
-    default: break;
-  }
-}
 
 // ---------------------------------------------------------------------------
 // Q8: one weight row × input rows [0, M). Groups are 32, 64 or multiples of
@@ -466,13 +325,23 @@ void prep_row_neon(const float* x, int cols, int group, int zero, int8_t* q, flo
 
 }  // namespace
 
-const Kernels kNeon = {"neon",        fp_neon, q8_neon,     q4_neon, quant_row_scalar,
-                       prep_row_neon, nullptr, kBf16PlainX, nullptr};
-const Kernels kNeonDotprod = {
-    "dotprod",     fp_neon,           q8_dotprod,  q4_dotprod,        quant_row_scalar,
-    prep_row_neon, int8_gemm_dotprod, kBf16PlainX, int8_head_dotprod, int8_head_scratch_dotprod};
-const Kernels kNeonI8mm = {"i8mm",        fp_neon,        q8_dotprod,  q4_dotprod,        quant_row_scalar,
-                           prep_row_neon, int8_gemm_i8mm, kBf16PlainX, int8_head_dotprod, int8_head_scratch_dotprod};
+const Kernels kNeon = {"neon",  N_NEON::fp_rows,        q8_neon, q4_neon, quant_row_scalar, prep_row_neon,
+                       nullptr, N_NEON::bf16_pair_cols, nullptr};
+const Kernels kNeonDotprod = {"dotprod",         N_NEON::fp_rows,
+                              q8_dotprod,        q4_dotprod,
+                              quant_row_scalar,  prep_row_neon,
+                              int8_gemm_dotprod, N_NEON::bf16_pair_cols,
+                              int8_head_dotprod, int8_head_scratch_dotprod};
+const Kernels kNeonI8mm = {"i8mm",
+                           N_NEON::fp_rows,
+                           q8_dotprod,
+                           q4_dotprod,
+                           quant_row_scalar,
+                           prep_row_neon,
+                           int8_gemm_i8mm,
+                           N_NEON::bf16_pair_cols,
+                           int8_head_dotprod,
+                           int8_head_scratch_dotprod};
 
 }  // namespace md::gemv_detail
 

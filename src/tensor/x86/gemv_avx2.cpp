@@ -4,7 +4,7 @@
 //
 // Q8: one weight row at a time (a single sequential stream per thread), up
 // to 2 input rows per pass sharing each weight load.
-// fp kernels: 32 columns per step, four accumulators.
+// fp kernels: Highway's AVX2 target (hwy/gemv_fp.cpp).
 // Q8: per 32 columns (one group or part of one) the signed int8 dot via the
 // sign trick: maddubs(|x|, sign(w, x)) — |x|, |w| ≤ 127, so the int16 pair
 // sums cannot saturate — then madd(·, 1) to int32.
@@ -29,106 +29,6 @@ inline float hsum(__m256 v) {
   const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
   return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
-}
-
-template <WeightFormat F>
-struct Fp;
-
-template <>
-struct Fp<WeightFormat::F32> {
-  static constexpr size_t kSize = 4;
-  static __m256 load(const uint8_t* p) { return _mm256_loadu_ps(reinterpret_cast<const float*>(p)); }
-  static float one(const uint8_t* p) {
-    float f;
-    std::memcpy(&f, p, 4);
-    return f;
-  }
-};
-
-template <>
-struct Fp<WeightFormat::BF16> {
-  static constexpr size_t kSize = 2;
-  static __m256 load(const uint8_t* p) {
-    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-  }
-  static float one(const uint8_t* p) {
-    uint16_t h;
-    std::memcpy(&h, p, 2);
-    const uint32_t u = uint32_t(h) << 16;
-    float f;
-    std::memcpy(&f, &u, 4);
-    return f;
-  }
-};
-
-template <>
-struct Fp<WeightFormat::F16> {
-  static constexpr size_t kSize = 2;
-  static __m256 load(const uint8_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
-  static float one(const uint8_t* p) {
-    uint16_t h;
-    std::memcpy(&h, p, 2);
-    return _cvtsh_ss(h);
-  }
-};
-
-// One weight row (a single sequential stream) × input rows [0, M), four
-// accumulators per input row; the summation order does not depend on M.
-template <WeightFormat F, int M>
-inline void fp_row(const uint8_t* wr, int cols, const float* X, float* y, size_t ldy) {
-  using L = Fp<F>;
-  __m256 acc[M][4];
-#pragma GCC unroll 16
-  for (int m = 0; m < M; ++m)
-#pragma GCC unroll 16
-    for (int u = 0; u < 4; ++u) acc[m][u] = _mm256_setzero_ps();
-  int c = 0;
-  for (; c + 32 <= cols; c += 32)
-#pragma GCC unroll 16
-    for (int u = 0; u < 4; ++u) {
-      const __m256 wv = L::load(wr + size_t(c + 8 * u) * L::kSize);
-#pragma GCC unroll 16
-      for (int m = 0; m < M; ++m)
-        acc[m][u] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(X + size_t(m) * size_t(cols) + size_t(c + 8 * u)), acc[m][u]);
-    }
-  for (; c + 8 <= cols; c += 8) {
-    const __m256 wv = L::load(wr + size_t(c) * L::kSize);
-#pragma GCC unroll 16
-    for (int m = 0; m < M; ++m)
-      acc[m][0] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(X + size_t(m) * size_t(cols) + size_t(c)), acc[m][0]);
-  }
-#pragma GCC unroll 16
-  for (int m = 0; m < M; ++m) {
-    float v = hsum(_mm256_add_ps(_mm256_add_ps(acc[m][0], acc[m][1]), _mm256_add_ps(acc[m][2], acc[m][3])));
-    for (int t = c; t < cols; ++t) v += L::one(wr + size_t(t) * L::kSize) * X[size_t(m) * size_t(cols) + size_t(t)];
-    y[size_t(m) * ldy] = v;
-  }
-}
-
-template <WeightFormat F>
-void fp_format(const WeightMatrix& w, const float* X, int m, float* Y, int ldy, int r0, int r1) {
-  const uint8_t* W = static_cast<const uint8_t*>(w.data);
-  const int cols = w.cols;
-  const size_t stride = size_t(cols) * Fp<F>::kSize;
-  for (int r = r0; r < r1; ++r)
-    for (int mb = 0; mb < m; mb += 2) {
-      const float* Xb = X + size_t(mb) * size_t(cols);
-      float* y = Y + size_t(mb) * size_t(ldy) + size_t(r);
-      if (m - mb >= 2)
-        fp_row<F, 2>(W + size_t(r) * stride, cols, Xb, y, size_t(ldy));
-      else
-        fp_row<F, 1>(W + size_t(r) * stride, cols, Xb, y, size_t(ldy));
-    }
-}
-
-void fp_avx2(const WeightMatrix& w, const float* X, int m, float* Y, int ldy, int r0, int r1) {
-  switch (w.format) {
-    case WeightFormat::F32: fp_format<WeightFormat::F32>(w, X, m, Y, ldy, r0, r1); break;
-    case WeightFormat::BF16: fp_format<WeightFormat::BF16>(w, X, m, Y, ldy, r0, r1); break;
-    case WeightFormat::F16: fp_format<WeightFormat::F16>(w, X, m, Y, ldy, r0, r1); break;
-    default: break;
-  }
 }
 
 // ---------------------------------------------------------------------------
@@ -315,7 +215,8 @@ void prep_row_avx2(const float* x, int cols, int group, int zero, int8_t* q, flo
 
 }  // namespace
 
-const Kernels kAvx2 = {"avx2", fp_avx2, q8_avx2, q4_avx2, quant_row_scalar, prep_row_avx2, nullptr};
+const Kernels kAvx2 = {"avx2",           N_AVX2::fp_rows, q8_avx2, q4_avx2,
+                       quant_row_scalar, prep_row_avx2,   nullptr, N_AVX2::bf16_pair_cols};
 
 }  // namespace md::gemv_detail
 

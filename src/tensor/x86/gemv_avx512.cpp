@@ -6,9 +6,7 @@
 //
 // One weight row at a time (a single sequential stream per thread), up to 4
 // input rows per pass sharing each weight load.
-// fp kernels: 64 columns per step, four accumulators; bf16 reads 32 columns
-// per load as even/odd pairs (shift / mask, x de-interleaved to match), fp16
-// widens by vcvtph2ps.
+// fp kernels: Highway's AVX-512 target (hwy/gemv_fp.cpp).
 // Q8 kernels: activations quantised per group to int8 once per call; per
 // 64 columns one vpdpbusd of the unsigned weights (q+128) with the signed
 // activations into an accumulator preloaded with the zero-point correction
@@ -30,201 +28,6 @@
 
 namespace md::gemv_detail {
 namespace {
-
-// ---------------------------------------------------------------------------
-// fp32 / bf16 / fp16 weights.
-
-template <WeightFormat F>
-struct Fp;
-
-template <>
-struct Fp<WeightFormat::F32> {
-  static constexpr size_t kSize = 4;
-  static __m512 load(const uint8_t* p) { return _mm512_loadu_ps(p); }
-  static __m512 load(const uint8_t* p, __mmask16 k) { return _mm512_maskz_loadu_ps(k, p); }
-};
-
-template <>
-struct Fp<WeightFormat::BF16> {
-  static constexpr size_t kSize = 2;
-  static __m512 widen(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
-  static __m512 load(const uint8_t* p) { return widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
-  static __m512 load(const uint8_t* p, __mmask16 k) { return widen(_mm256_maskz_loadu_epi16(k, p)); }
-};
-
-template <>
-struct Fp<WeightFormat::F16> {
-  static constexpr size_t kSize = 2;
-  static __m512 load(const uint8_t* p) {
-    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-  }
-  static __m512 load(const uint8_t* p, __mmask16 k) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, p)); }
-};
-
-// One weight row × input rows [0, M) of X (row stride ldx). One row at a
-// time keeps the weight reads a single sequential stream (cold-memory
-// streaming measured fastest that way: several concurrent row streams
-// restart the hardware prefetchers at every page); four accumulators per
-// input row hide the FMA latency. The summation order does not depend on M.
-template <WeightFormat F, int M>
-inline void fp_row(const uint8_t* wr, int cols, const float* X, size_t ldx, float* y, size_t ldy) {
-  using L = Fp<F>;
-  __m512 acc[M][4];
-#pragma GCC unroll 16
-  for (int m = 0; m < M; ++m)
-#pragma GCC unroll 16
-    for (int u = 0; u < 4; ++u) acc[m][u] = _mm512_setzero_ps();
-  int c = 0;
-  for (; c + 64 <= cols; c += 64)
-#pragma GCC unroll 16
-    for (int u = 0; u < 4; ++u) {
-      const __m512 wv = L::load(wr + size_t(c + 16 * u) * L::kSize);
-#pragma GCC unroll 16
-      for (int m = 0; m < M; ++m)
-        acc[m][u] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(X + size_t(m) * ldx + size_t(c + 16 * u)), acc[m][u]);
-    }
-  for (; c + 16 <= cols; c += 16) {
-    const __m512 wv = L::load(wr + size_t(c) * L::kSize);
-#pragma GCC unroll 16
-    for (int m = 0; m < M; ++m)
-      acc[m][0] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(X + size_t(m) * ldx + size_t(c)), acc[m][0]);
-  }
-  if (c < cols) {
-    const __mmask16 k = __mmask16((1u << (cols - c)) - 1u);
-    const __m512 wv = L::load(wr + size_t(c) * L::kSize, k);
-#pragma GCC unroll 16
-    for (int m = 0; m < M; ++m)
-      acc[m][0] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(k, X + size_t(m) * ldx + size_t(c)), acc[m][0]);
-  }
-#pragma GCC unroll 16
-  for (int m = 0; m < M; ++m)
-    y[size_t(m) * ldy] =
-        _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[m][0], acc[m][1]), _mm512_add_ps(acc[m][2], acc[m][3])));
-}
-
-// bf16 rows read as pairs: one 64-byte load holds 32 columns; a 16-bit shift
-// left widens the even ones to fp32, masking the low half the odd ones, so
-// x comes de-interleaved per 32 columns (kBf16PairX, prepared once per call
-// by the front end). Half the instructions per weight byte of a widening
-// load (vpmovzxwd + shift), which is what lets one thread's loop keep up
-// with the memory stream. Columns past the last full 32 are as stored.
-// even += even columns of the 32 bf16 in w × x[0, 16); odd += odd × x[16, 32).
-inline void pair_fma(__m512i w, const float* x, __m512& even, __m512& odd) {
-  const __m512 ev = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
-  const __m512 od = _mm512_castsi512_ps(_mm512_and_si512(w, _mm512_set1_epi32(int(0xffff0000u))));
-  even = _mm512_fmadd_ps(ev, _mm512_loadu_ps(x), even);
-  odd = _mm512_fmadd_ps(od, _mm512_loadu_ps(x + 16), odd);
-}
-
-template <int M>
-inline void bf16_pair_row(const uint8_t* wr, int cols, const float* X, size_t ldx, float* y, size_t ldy) {
-  __m512 acc[M][4];
-#pragma GCC unroll 16
-  for (int m = 0; m < M; ++m)
-#pragma GCC unroll 16
-    for (int u = 0; u < 4; ++u) acc[m][u] = _mm512_setzero_ps();
-  int c = 0;
-  for (; c + 64 <= cols; c += 64)
-#pragma GCC unroll 16
-    for (int u = 0; u < 2; ++u) {
-      const __m512i w = _mm512_loadu_si512(wr + size_t(c + 32 * u) * 2);
-#pragma GCC unroll 16
-      for (int m = 0; m < M; ++m)
-        pair_fma(w, X + size_t(m) * ldx + size_t(c + 32 * u), acc[m][2 * u], acc[m][2 * u + 1]);
-    }
-  for (; c + 32 <= cols; c += 32) {
-    const __m512i w = _mm512_loadu_si512(wr + size_t(c) * 2);
-#pragma GCC unroll 16
-    for (int m = 0; m < M; ++m) pair_fma(w, X + size_t(m) * ldx + size_t(c), acc[m][0], acc[m][1]);
-  }
-  using L = Fp<WeightFormat::BF16>;
-  for (; c + 16 <= cols; c += 16) {
-    const __m512 wv = L::load(wr + size_t(c) * 2);
-#pragma GCC unroll 16
-    for (int m = 0; m < M; ++m)
-      acc[m][2] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(X + size_t(m) * ldx + size_t(c)), acc[m][2]);
-  }
-  if (c < cols) {
-    const __mmask16 k = __mmask16((1u << (cols - c)) - 1u);
-    const __m512 wv = L::load(wr + size_t(c) * 2, k);
-#pragma GCC unroll 16
-    for (int m = 0; m < M; ++m)
-      acc[m][3] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(k, X + size_t(m) * ldx + size_t(c)), acc[m][3]);
-  }
-#pragma GCC unroll 16
-  for (int m = 0; m < M; ++m)
-    y[size_t(m) * ldy] =
-        _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[m][0], acc[m][1]), _mm512_add_ps(acc[m][2], acc[m][3])));
-}
-
-// Wide rows (x larger than half of L1) with one input row: R weight rows per
-// pass share each x load, so x's L2→L1 traffic does not crowd out the weight
-// stream's misses. cols % 64 == 0; summation order as bf16_pair_row<1>
-// (bit-identical).
-template <int R>
-inline void bf16_pair_rows_x1(const uint8_t* wr, size_t stride, int cols, const float* x, float* y) {
-  __m512 acc[R][4];
-#pragma GCC unroll 16
-  for (int i = 0; i < R; ++i)
-#pragma GCC unroll 16
-    for (int u = 0; u < 4; ++u) acc[i][u] = _mm512_setzero_ps();
-  int c = 0;
-  for (; c + 64 <= cols; c += 64)
-#pragma GCC unroll 16
-    for (int u = 0; u < 2; ++u)
-#pragma GCC unroll 16
-      for (int i = 0; i < R; ++i)
-        pair_fma(_mm512_loadu_si512(wr + size_t(i) * stride + size_t(c + 32 * u) * 2), x + c + 32 * u, acc[i][2 * u],
-                 acc[i][2 * u + 1]);
-#pragma GCC unroll 16
-  for (int i = 0; i < R; ++i) {
-    y[i] =
-        _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[i][0], acc[i][1]), _mm512_add_ps(acc[i][2], acc[i][3])));
-  }
-}
-
-// One weight row × input rows [0, M) in the format's kernel.
-template <WeightFormat F, int M>
-inline void any_row(const uint8_t* wr, int cols, const float* X, size_t ldx, float* y, size_t ldy) {
-  if constexpr (F == WeightFormat::BF16)
-    bf16_pair_row<M>(wr, cols, X, ldx, y, ldy);
-  else
-    fp_row<F, M>(wr, cols, X, ldx, y, ldy);
-}
-
-template <WeightFormat F>
-void fp_format(const WeightMatrix& w, const float* X, int m, float* Y, int ldy, int r0, int r1) {
-  const uint8_t* W = static_cast<const uint8_t*>(w.data);
-  const int cols = w.cols;
-  const size_t stride = size_t(cols) * Fp<F>::kSize;
-  int r = r0;
-  if constexpr (F == WeightFormat::BF16)
-    if (m == 1 && cols >= 4096 && cols % 64 == 0)
-      for (; r + 2 <= r1; r += 2) bf16_pair_rows_x1<2>(W + size_t(r) * stride, stride, cols, X, Y + r);
-  for (; r < r1; ++r) {
-    const uint8_t* wr = W + size_t(r) * stride;
-    // Blocks of up to 4 input rows; the weight row stays in L1 between them.
-    for (int mb = 0; mb < m; mb += 4) {
-      const float* Xb = X + size_t(mb) * size_t(cols);
-      float* y = Y + size_t(mb) * size_t(ldy) + size_t(r);
-      switch (m - mb < 4 ? m - mb : 4) {
-        case 1: any_row<F, 1>(wr, cols, Xb, size_t(cols), y, size_t(ldy)); break;
-        case 2: any_row<F, 2>(wr, cols, Xb, size_t(cols), y, size_t(ldy)); break;
-        case 3: any_row<F, 3>(wr, cols, Xb, size_t(cols), y, size_t(ldy)); break;
-        default: any_row<F, 4>(wr, cols, Xb, size_t(cols), y, size_t(ldy)); break;
-      }
-    }
-  }
-}
-
-void fp_avx512(const WeightMatrix& w, const float* X, int m, float* Y, int ldy, int r0, int r1) {
-  switch (w.format) {
-    case WeightFormat::F32: fp_format<WeightFormat::F32>(w, X, m, Y, ldy, r0, r1); break;
-    case WeightFormat::BF16: fp_format<WeightFormat::BF16>(w, X, m, Y, ldy, r0, r1); break;
-    case WeightFormat::F16: fp_format<WeightFormat::F16>(w, X, m, Y, ldy, r0, r1); break;
-    default: break;
-  }
-}
 
 // ---------------------------------------------------------------------------
 // Q8 weights.
@@ -618,8 +421,9 @@ void quant_row_avx512(WeightFormat target, const float* w, int cols, int group, 
 
 }  // namespace
 
-const Kernels kAvx512 = {"avx512",        fp_avx512,        q8_avx512,  q4_avx512,        quant_row_avx512,
-                         prep_row_avx512, int8_gemm_avx512, kBf16PairX, int8_head_avx512, int8_head_scratch_avx512};
+const Kernels kAvx512 = {"avx512",         N_AVX3::fp_rows,         q8_avx512,        q4_avx512,
+                         quant_row_avx512, prep_row_avx512,         int8_gemm_avx512, N_AVX3::bf16_pair_cols,
+                         int8_head_avx512, int8_head_scratch_avx512};
 
 }  // namespace md::gemv_detail
 
