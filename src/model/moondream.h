@@ -117,9 +117,6 @@ class Moondream {
   RegionResult point(const EncodedImage& img, const std::string& object, int max_objects = 50) const;
 
   std::vector<int> caption_prompt(CaptionLength length) const;
-  std::vector<int> query_prompt(const std::string& question) const;
-  std::vector<int> detect_prompt(const std::string& object) const;
-  std::vector<int> point_prompt(const std::string& object) const;
 
  private:
   Moondream() = default;

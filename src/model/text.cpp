@@ -122,21 +122,43 @@ void TextModel::embed(const int* ids, int n, float* out) const {
 }
 
 PooledVector<float> TextModel::forward(const float* embeddings, int n, KVCache& cache) const {
+  return run_layers(embeddings, n, {&cache});
+}
+
+PooledVector<float> TextModel::decode_step(const float* embeddings, const std::vector<KVCache*>& caches) const {
+  const int n = int(caches.size());
+  if (n < 1 || n > kMaxBatchRows)
+    throw Error("decode step: " + std::to_string(n) + " sequences (1 to " + std::to_string(kMaxBatchRows) + ")");
+  for (int i = 0; i < n; ++i)
+    for (int j = 0; j < i; ++j)
+      if (caches[size_t(i)] == caches[size_t(j)]) throw Error("decode step: a cache appears twice in one batch");
+  return run_layers(embeddings, n, caches);
+}
+
+PooledVector<float> TextModel::run_layers(const float* embeddings, int n, const std::vector<KVCache*>& caches) const {
   const int D = cfg_.dim, hd = head_dim_;
   const int q_dim = cfg_.n_heads * hd, kv_dim = cfg_.n_kv_heads * hd;
   const int qkv_dim = q_dim + 2 * kv_dim;
-  const int pos0 = cache.length;
-  if (pos0 + n > cache.capacity || pos0 + n > cfg_.max_context)
-    throw Error("context full: " + std::to_string(pos0 + n) + " positions exceed the limit of " +
-                std::to_string(std::min(cache.capacity, cfg_.max_context)));
+  // One cache for all rows (a prompt), or one per row (a batched step).
+  const bool per_row = caches.size() > 1 || n == 1;
+  auto cache_of = [&](int i) -> KVCache& { return *caches[caches.size() == 1 ? 0 : size_t(i)]; };
+  auto position_of = [&](int i) { return caches.size() == 1 ? caches[0]->length + i : caches[size_t(i)]->length; };
+  for (const KVCache* c : caches) {
+    const int need = c->length + (caches.size() == 1 ? n : 1);
+    if (need > c->capacity || need > cfg_.max_context)
+      throw Error("context full: " + std::to_string(need) + " positions exceed the limit of " +
+                  std::to_string(std::min(c->capacity, cfg_.max_context)));
+    if (c->base && c->base->format != c->format) throw Error("KV cache: a cache extends a base of another format");
+  }
 
   PooledVector<float> x(embeddings, embeddings + size_t(n) * D);
   PooledVector<float> h(size_t(n) * D), qkv(size_t(n) * qkv_dim), att(size_t(n) * q_dim), ff(size_t(n) * cfg_.ff_dim),
       tmp(size_t(n) * D);
 
+  // A prompt's attention: all rows against one cache.
   AttentionShape shape;
   shape.n_q = n;
-  shape.n_k = pos0 + n;
+  shape.n_k = position_of(0) + n;
   shape.n_heads = cfg_.n_heads;
   shape.n_kv_heads = cfg_.n_kv_heads;
   shape.head_dim = hd;
@@ -151,8 +173,6 @@ PooledVector<float> TextModel::forward(const float* embeddings, int n, KVCache& 
       n >= kMinInt8AttentionRows && (text_format == WeightFormat::Q8 || text_format == WeightFormat::Q4);
   AttentionMask mask;
   mask.full = false;
-  mask.q_pos0 = pos0;
-  mask.prefix = cache.prefix >= 0 ? cache.prefix : cfg_.prefix_attn;
 
   for (int l = 0; l < cfg_.n_layers; ++l) {
     const TextBlock& blk = w_.text_blocks[l];
@@ -160,14 +180,15 @@ PooledVector<float> TextModel::forward(const float* embeddings, int n, KVCache& 
     // Parallel residual: the attention and the MLP both read h, and both add
     // to x. Decoding, each pair of products runs in one parallel region.
     linear_group({{&blk.qkv, h.data(), qkv.data(), false}, {&blk.fc1, h.data(), ff.data(), true}}, n);
-    // This cache's own rows start at position base_length.
-    uint8_t* kc = cache.k(l);
-    uint8_t* vc = cache.v(l);
-    const size_t elem = kv_element_bytes(cache.format);
     parallel_for(size_t(n), [&](size_t b, size_t e) {
       for (size_t i = b; i < e; ++i) {
+        KVCache& cache = cache_of(int(i));
+        // This cache's own rows start at position base_length.
+        uint8_t* kc = cache.k(l);
+        uint8_t* vc = cache.v(l);
+        const size_t elem = kv_element_bytes(cache.format);
         float* row = qkv.data() + i * qkv_dim;
-        const int p = pos0 + int(i);
+        const int p = position_of(int(i));
         for (int hh = 0; hh < cfg_.n_heads; ++hh) rotary_.apply(row + hh * hd, p);
         for (int g = 0; g < cfg_.n_kv_heads; ++g) {
           float* kr = row + q_dim + g * hd;
@@ -185,21 +206,44 @@ PooledVector<float> TextModel::forward(const float* embeddings, int n, KVCache& 
         }
       }
     });
-    if (cache.base && cache.base->format != cache.format)
-      throw Error("KV cache: a cache extends a base of another format");
-    attention(shape, mask, qkv.data(), cache.base_rows(l), cache.own_rows(l, pos0 + n - cache.base_length), att.data());
+    if (!per_row) {
+      const KVCache& cache = *caches[0];
+      mask.q_pos0 = cache.length;
+      mask.prefix = cache.prefix >= 0 ? cache.prefix : cfg_.prefix_attn;
+      attention(shape, mask, qkv.data(), cache.base_rows(l), cache.own_rows(l, cache.length + n - cache.base_length),
+                att.data());
+    } else {
+      // Each sequence's query row over its own cache, one after another
+      // (each attention call runs on all threads).
+      for (int i = 0; i < n; ++i) {
+        const KVCache& cache = cache_of(i);
+        AttentionShape one = shape;
+        one.n_q = 1;
+        one.n_k = cache.length + 1;
+        one.int8_scores = false;
+        mask.q_pos0 = cache.length;
+        mask.prefix = cache.prefix >= 0 ? cache.prefix : cfg_.prefix_attn;
+        attention(one, mask, qkv.data() + size_t(i) * qkv_dim, cache.base_rows(l),
+                  cache.own_rows(l, cache.length + 1 - cache.base_length), att.data() + size_t(i) * q_dim);
+      }
+    }
     linear_group({{&blk.proj, att.data(), tmp.data(), false}, {&blk.fc2, ff.data(), h.data(), false}}, n);
     for (size_t i = 0; i < size_t(n) * D; ++i) x[i] = (x[i] + tmp[i]) + h[i];
   }
-  cache.length = pos0 + n;
+  if (caches.size() == 1)
+    caches[0]->length += n;
+  else
+    for (KVCache* c : caches) c->length += 1;
   return x;
 }
 
-std::vector<float> TextModel::logits(const float* hidden) const {
-  std::vector<float> normed(size_t(cfg_.dim));
-  layer_norm(w_.text_post_ln, hidden, 1, normed.data());
-  std::vector<float> out(size_t(cfg_.vocab_size));
-  linear(w_.lm_head, normed.data(), 1, out.data());
+std::vector<float> TextModel::logits(const float* hidden) const { return logits_rows(hidden, 1); }
+
+std::vector<float> TextModel::logits_rows(const float* hidden, int n) const {
+  std::vector<float> normed(size_t(n) * size_t(cfg_.dim));
+  layer_norm(w_.text_post_ln, hidden, n, normed.data());
+  std::vector<float> out(size_t(n) * size_t(cfg_.vocab_size));
+  linear(w_.lm_head, normed.data(), n, out.data());
   return out;
 }
 

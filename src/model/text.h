@@ -97,12 +97,29 @@ class TextModel {
   // Runs n new positions (embeddings [n, dim]) starting at cache.length,
   // appending to the cache. Returns the hidden states [n, dim] before post-LN.
   PooledVector<float> forward(const float* embeddings, int n, KVCache& cache) const;
+  // One decode step of several sequences at once: row i of embeddings
+  // [caches.size(), dim] is the next position of caches[i] (distinct caches,
+  // each at its own length). Every product reads its weights once for all
+  // the rows; attention runs per sequence over its own cache. Row i's hidden
+  // state equals forward() of that row alone, bit for bit, up to
+  // kMaxBatchRows rows (the GEMV kernels' sums do not depend on the row
+  // count; more rows would take the prompt GEMMs).
+  PooledVector<float> decode_step(const float* embeddings, const std::vector<KVCache*>& caches) const;
+  static constexpr int kMaxBatchRows = 8;
   // lm_head(post_ln(hidden)) for one hidden row → logits [vocab].
   std::vector<float> logits(const float* hidden) const;
+  // The same for n rows in one pass over lm_head → [n, vocab]; row i equals
+  // logits(hidden + i·dim) for n ≤ kMaxBatchRows.
+  std::vector<float> logits_rows(const float* hidden, int n) const;
 
   const TextConfig& config() const { return cfg_; }
 
  private:
+  // The layers over n rows: caches.size() == 1 — consecutive positions of
+  // that cache from its length (a prompt); caches.size() == n — row i the
+  // next position of caches[i] (a batched decode step).
+  PooledVector<float> run_layers(const float* embeddings, int n, const std::vector<KVCache*>& caches) const;
+
   const ModelWeights& w_;
   TextConfig cfg_;
   int head_dim_;
