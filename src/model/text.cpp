@@ -140,11 +140,11 @@ PooledVector<float> TextModel::run_layers(const float* embeddings, int n, const 
   const int q_dim = cfg_.n_heads * hd, kv_dim = cfg_.n_kv_heads * hd;
   const int qkv_dim = q_dim + 2 * kv_dim;
   // One cache for all rows (a prompt), or one per row (a batched step).
-  const bool per_row = caches.size() > 1 || n == 1;
-  auto cache_of = [&](int i) -> KVCache& { return *caches[caches.size() == 1 ? 0 : size_t(i)]; };
-  auto position_of = [&](int i) { return caches.size() == 1 ? caches[0]->length + i : caches[size_t(i)]->length; };
+  const bool one_cache = caches.size() == 1;
+  auto cache_of = [&](int i) -> KVCache& { return *caches[one_cache ? 0 : size_t(i)]; };
+  auto position_of = [&](int i) { return one_cache ? caches[0]->length + i : caches[size_t(i)]->length; };
   for (const KVCache* c : caches) {
-    const int need = c->length + (caches.size() == 1 ? n : 1);
+    const int need = c->length + (one_cache ? n : 1);
     if (need > c->capacity || need > cfg_.max_context)
       throw Error("context full: " + std::to_string(need) + " positions exceed the limit of " +
                   std::to_string(std::min(c->capacity, cfg_.max_context)));
@@ -206,7 +206,7 @@ PooledVector<float> TextModel::run_layers(const float* embeddings, int n, const 
         }
       }
     });
-    if (!per_row) {
+    if (one_cache) {
       const KVCache& cache = *caches[0];
       mask.q_pos0 = cache.length;
       mask.prefix = cache.prefix >= 0 ? cache.prefix : cfg_.prefix_attn;
@@ -230,7 +230,7 @@ PooledVector<float> TextModel::run_layers(const float* embeddings, int n, const 
     linear_group({{&blk.proj, att.data(), tmp.data(), false}, {&blk.fc2, ff.data(), h.data(), false}}, n);
     for (size_t i = 0; i < size_t(n) * D; ++i) x[i] = (x[i] + tmp[i]) + h[i];
   }
-  if (caches.size() == 1)
+  if (one_cache)
     caches[0]->length += n;
   else
     for (KVCache* c : caches) c->length += 1;
