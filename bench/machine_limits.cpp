@@ -202,6 +202,18 @@ uint64_t read_share_neon(const uint8_t* p, size_t bytes, const ReadVariant& v) {
   return s;
 }
 
+// One thread's read of [p, p + bytes) with the widest loop this CPU has.
+uint64_t read_share(const uint8_t* p, size_t bytes, const ReadVariant& v) {
+#if defined(__x86_64__)
+  static const bool avx512 = __builtin_cpu_supports("avx512f"), avx2 = __builtin_cpu_supports("avx2");
+  return avx512 ? read_share_avx512(p, bytes, v) : avx2 ? read_share_avx2(p, bytes, v) : read_share_scalar(p, bytes, v);
+#elif defined(__aarch64__)
+  return read_share_neon(p, bytes, v);
+#else
+  return read_share_scalar(p, bytes, v);
+#endif
+}
+
 }  // namespace
 
 ReadProbe::ReadProbe(int threads) : threads_(threads) {
@@ -227,9 +239,6 @@ ReadProbe::~ReadProbe() {
 double ReadProbe::run(int variant) const {
   if (!buf_) return 0;
   const ReadVariant& v = kReadVariants[variant];
-#if defined(__x86_64__)
-  const bool avx512 = __builtin_cpu_supports("avx512f"), avx2 = __builtin_cpu_supports("avx2");
-#endif
   const uint8_t* buf = buf_;
   uint64_t sink = 0;
   const double t0 = now();
@@ -237,33 +246,12 @@ double ReadProbe::run(int variant) const {
   {
     const int t = omp_get_thread_num(), n = omp_get_num_threads();
     const size_t share = kBytes / size_t(n) / 4096 * 4096;
-    const uint8_t* p = buf + size_t(t) * share;
-#if defined(__x86_64__)
-    sink ^= avx512 ? read_share_avx512(p, share, v)
-            : avx2 ? read_share_avx2(p, share, v)
-                   : read_share_scalar(p, share, v);
-#elif defined(__aarch64__)
-    sink ^= read_share_neon(p, share, v);
-#else
-    sink ^= read_share_scalar(p, share, v);
-#endif
+    sink ^= read_share(buf + size_t(t) * share, share, v);
   }
   const double dt = now() - t0;
   volatile uint64_t keep = sink;
   (void)keep;
   return double(kBytes) / dt / 1e9;
-}
-
-uint64_t ReadProbe::read_piece(const uint8_t* p, size_t bytes) const {
-  const ReadVariant& v = kReadVariants[best_];
-#if defined(__x86_64__)
-  static const bool avx512 = __builtin_cpu_supports("avx512f"), avx2 = __builtin_cpu_supports("avx2");
-  return avx512 ? read_share_avx512(p, bytes, v) : avx2 ? read_share_avx2(p, bytes, v) : read_share_scalar(p, bytes, v);
-#elif defined(__aarch64__)
-  return read_share_neon(p, bytes, v);
-#else
-  return read_share_scalar(p, bytes, v);
-#endif
 }
 
 double ReadProbe::in_pieces(const std::vector<size_t>& pieces, int steps, int reps) const {
@@ -287,7 +275,7 @@ double ReadProbe::in_pieces(const std::vector<size_t>& pieces, int steps, int re
           // their rows.
           const size_t t = size_t(omp_get_thread_num()), n = size_t(omp_get_num_threads());
           const size_t b0 = b * t / n / 128 * 128, b1 = t + 1 == n ? b : b * (t + 1) / n / 128 * 128;
-          sink ^= read_piece(base + b0, b1 - b0);
+          sink ^= read_share(base + b0, b1 - b0, kReadVariants[best_]);
         }
       }
     best = std::max(best, total * steps / (now() - t0) / 1e9);

@@ -52,7 +52,6 @@ class ReadProbe {
 
  private:
   double run(int variant) const;
-  uint64_t read_piece(const uint8_t* p, size_t bytes) const;
   static constexpr size_t kBytes = size_t(1) << 30;
   int threads_;
   void* map_ = nullptr;

@@ -105,7 +105,7 @@ class TextModel {
   // kMaxBatchRows rows (the GEMV kernels' sums do not depend on the row
   // count; more rows would take the prompt GEMMs).
   PooledVector<float> decode_step(const float* embeddings, const std::vector<KVCache*>& caches) const;
-  static constexpr int kMaxBatchRows = 8;
+  static constexpr int kMaxBatchRows = kMaxInt8GemvRows;
   // lm_head(post_ln(hidden)) for one hidden row → logits [vocab].
   std::vector<float> logits(const float* hidden) const;
   // The same for n rows in one pass over lm_head → [n, vocab]; row i equals

@@ -7,7 +7,7 @@
 // integer dot products (VNNI vpdpbusd / AVX2 maddubs), see quant.h.
 //
 // CPU dispatch at run time (src/tensor/isa.h): on x86-64 "avx512" (AVX-512
-// F/BW/VL/DQ + VNNI), "avx2" (AVX2 + FMA + F16C); on aarch64 "i8mm" (+ SMMLA), "dotprod"
+// F/BW/VL/DQ + VNNI), "avx2" (AVX2 + FMA + F16C + BMI1/2); on aarch64 "i8mm" (+ SMMLA), "dotprod"
 // (NEON + SDOT/UDOT), "neon"; everywhere "scalar" (portable loops). The
 // environment variable MOONDREAM_ISA (one of those names, or generic =
 // scalar) forces a lower one.

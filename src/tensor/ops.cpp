@@ -90,12 +90,9 @@ __attribute__((always_inline)) inline float exp_minus_max(float* x, int n) {
   return sum;
 }
 
-// Rows handled by the GEMV kernels instead of a GEMM.
+// Rows handled by the GEMV kernels instead of a GEMM (int8: kMaxInt8GemvRows,
+// ops.h).
 constexpr int kMaxGemvRows = 16;
-// The same for int8 (Q8 per-row) weights: the GEMV kernels stream the weights
-// once per 8 input rows, the int8 GEMM once for all rows — a follow-up
-// question's prompt (~10-20 tokens) reads them once.
-constexpr int kMaxInt8GemvRows = 8;
 // Output columns per GEMM block: one widened weight block per thread (256 ×
 // in floats), large enough for an efficient single-threaded SGEMM.
 constexpr int kGemmBlock = 256;

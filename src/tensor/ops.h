@@ -29,6 +29,12 @@ struct LayerNormWeights {
   const float* b = nullptr;
 };
 
+// The most rows an int8 (Q8 per-row) linear() runs on the GEMV kernels (the
+// other formats: 16): they stream the weights once per 8 input rows, the
+// int8 GEMM once for all rows — a follow-up question's prompt (~10-20
+// tokens) reads them once. Batched decoding stays within it (text.h).
+inline constexpr int kMaxInt8GemvRows = 8;
+
 // x: [m, in] with row stride in; y: [m, out]. Few rows (decode, short
 // prompts) stream the weights through the GEMV kernels; many rows (vision,
 // image prefix) run blocked oneDNN SGEMMs, widening one weight block at a time.

@@ -48,14 +48,13 @@ namespace hn = hwy::HWY_NAMESPACE;
 using DF = hn::ScalableTag<float>;
 using VF = hn::Vec<DF>;
 
-// A vector of weights from element c of a row, widened to fp32.
+// A vector of f32 or f16 weights from element c of a row, widened to fp32
+// (bf16 rows are read as pairs: load_pair).
 template <WeightFormat F>
 HWY_INLINE VF load_weights(DF df, const uint8_t* row, size_t c) {
+  static_assert(F != WeightFormat::BF16);
   if constexpr (F == WeightFormat::F32) {
     return hn::LoadU(df, reinterpret_cast<const float*>(row) + c);
-  } else if constexpr (F == WeightFormat::BF16) {
-    const hn::Rebind<hwy::bfloat16_t, DF> dh;
-    return hn::PromoteTo(df, hn::LoadU(dh, reinterpret_cast<const hwy::bfloat16_t*>(row) + c));
   } else {
     const hn::Rebind<hwy::float16_t, DF> dh;
     return hn::PromoteTo(df, hn::LoadU(dh, reinterpret_cast<const hwy::float16_t*>(row) + c));
