@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <limits>
+#include <optional>
 
 #include "model/unicode_text.h"
 
@@ -34,8 +35,9 @@ struct Runner {
   const TextModel& text;
   const RegionModel& region;
   const int D, V;
+  StepRunner& compute;  // where the model's computations run (alone, or batched with other tasks)
 
-  explicit Runner(const Moondream& model)
+  Runner(const Moondream& model, StepRunner& compute)
       : m(model),
         cfg(model.config()),
         rev(model.revision()),
@@ -44,7 +46,8 @@ struct Runner {
         text(model.text()),
         region(model.region()),
         D(model.config().text.dim),
-        V(model.config().text.vocab_size) {}
+        V(model.config().text.vocab_size),
+        compute(compute) {}
 
   // ---- prompts
 
@@ -154,8 +157,9 @@ struct Runner {
     Sampler sampler(sp);
     int next = sampler.next(logits.data(), V);
     TextStreamer streamer(tok);
-    std::vector<float> x(static_cast<size_t>(D));
+    std::vector<float> x(static_cast<size_t>(D)), h(static_cast<size_t>(D));
     res.finish_reason = "stop";
+    DecodeSeat seat(compute);
     for (;;) {
       if (next == ids.eos_id) break;
       if (int(res.tokens.size()) >= max_tokens) {
@@ -174,8 +178,7 @@ struct Runner {
         break;
       }
       text.embed(&next, 1, x.data());
-      const PooledVector<float> h = text.forward(x.data(), 1, cache);
-      logits = text.logits(h.data());
+      compute.step(x.data(), cache, h.data(), logits.data());
       if (rev.ban_answer_after_first && ids.answer_id >= 0 && ids.answer_id < V)
         logits[size_t(ids.answer_id)] = -std::numeric_limits<float>::infinity();
       next = sampler.next(logits.data(), V);
@@ -187,13 +190,23 @@ struct Runner {
     res.timings.decode_tokens += int(res.tokens.size());
   }
 
-  // Prefill `x` (prompt embeddings); returns the last hidden state.
-  std::vector<float> prefill(KVCache& cache, const std::vector<float>& x, TaskResult& res) const {
-    auto t0 = std::chrono::steady_clock::now();
+  // Prefill `x` (prompt embeddings); returns the last hidden state and, when
+  // `logits` is not null, its logits.
+  std::vector<float> prefill(KVCache& cache, const std::vector<float>& x, TaskResult& res,
+                             std::vector<float>* logits = nullptr) const {
     const int n = int(x.size() / size_t(D));
-    const PooledVector<float> h = text.forward(x.data(), n, cache);
-    res.timings.prefill_s += seconds_since(t0);
-    return std::vector<float>(h.end() - D, h.end());
+    std::vector<float> last;
+    double seconds = 0;
+    compute.run([&] {
+      auto t0 = std::chrono::steady_clock::now();
+      const PooledVector<float> h = text.forward(x.data(), n, cache);
+      last.assign(h.end() - D, h.end());
+      if (logits) *logits = text.logits(last.data());
+      seconds = seconds_since(t0);
+    });
+    // The time it ran, not the time it waited for the compute thread.
+    res.timings.prefill_s += seconds;
+    return last;
   }
 
   void generate(const EncodedImage* img, const std::vector<int>& prompt, const std::vector<SpatialRef>& refs,
@@ -201,8 +214,9 @@ struct Runner {
     if (prompt.empty()) fail(TaskErrorKind::kInvalidRequest, "empty prompt");
     res.prompt_ids = prompt;
     KVCache cache = start(img, int(prompt.size()), rq.max_tokens);
-    const std::vector<float> h = prefill(cache, embeddings(prompt, refs), res);
-    answer(cache, text.logits(h.data()), rq.max_tokens, rq.sampling, cb, res);
+    std::vector<float> logits;
+    prefill(cache, embeddings(prompt, refs), res, &logits);
+    answer(cache, std::move(logits), rq.max_tokens, rq.sampling, cb, res);
   }
 
   // Grounded reasoning (docs/MODEL.md section R4), then the answer.
@@ -211,10 +225,10 @@ struct Runner {
     res.prompt_ids = prompt;
     // Room for the reasoning, the answer marker and the answer.
     KVCache cache = start(img, int(prompt.size()), 2 * rq.max_tokens + int(ids.query_suffix.size()));
-    std::vector<float> h = prefill(cache, embeddings(prompt, rq.spatial_refs), res);
+    std::vector<float> logits;
+    std::vector<float> h = prefill(cache, embeddings(prompt, rq.spatial_refs), res, &logits);
     auto t0 = std::chrono::steady_clock::now();
     Sampler sampler(rq.sampling);
-    std::vector<float> logits = text.logits(h.data());
     int t = sampler.next(logits.data(), V);
     struct Chunk {
       std::vector<int32_t> ids;
@@ -223,6 +237,7 @@ struct Runner {
     std::vector<Chunk> chunks(1);
     Reasoning r;
     std::vector<float> x(static_cast<size_t>(D));
+    std::optional<DecodeSeat> seat(std::in_place, compute);
     while (t != ids.answer_id && int(r.tokens.size()) < rq.max_tokens &&
            cache.length + int(ids.query_suffix.size()) < cache.capacity) {
       if (t == ids.start_ground_points_id || t == ids.end_ground_id) chunks.emplace_back();
@@ -235,13 +250,12 @@ struct Runner {
       } else {
         text.embed(&t, 1, x.data());
       }
-      const PooledVector<float> out = text.forward(x.data(), 1, cache);
-      h.assign(out.begin(), out.end());
-      logits = text.logits(h.data());
+      compute.step(x.data(), cache, h.data(), logits.data());
       for (int banned : {ids.eos_id, ids.size_id})
         if (banned >= 0 && banned < V) logits[size_t(banned)] = -std::numeric_limits<float>::infinity();
       t = sampler.next(logits.data(), V);
     }
+    seat.reset();
     int offset = 0;
     for (const Chunk& c : chunks) {
       const std::string s = tok.decode(c.ids);
@@ -266,9 +280,8 @@ struct Runner {
     if (marker.empty()) fail(TaskErrorKind::kInvalidRequest, "the query template has no suffix to end reasoning");
     if (cache.length + int(marker.size()) > cache.capacity)
       fail(TaskErrorKind::kContextOverflow, "the reasoning filled the context: no room left for the answer");
-    const std::vector<float> mx = embeddings(marker, {});
-    const PooledVector<float> out = text.forward(mx.data(), int(marker.size()), cache);
-    answer(cache, text.logits(out.data() + (marker.size() - 1) * size_t(D)), rq.max_tokens, rq.sampling, cb, res);
+    prefill(cache, embeddings(marker, {}), res, &logits);
+    answer(cache, std::move(logits), rq.max_tokens, rq.sampling, cb, res);
   }
 
   // The region loop (docs/MODEL.md section 8) from prompt embeddings.
@@ -277,33 +290,34 @@ struct Runner {
     const int steps_per_object = with_size ? 3 : 2;
     const int n = int(x.size() / size_t(D));
     KVCache cache = start(&img, n, steps_per_object * max_objects);
-    std::vector<float> h = prefill(cache, x, res);
-    std::vector<float> logits = text.logits(h.data());
+    std::vector<float> logits;
+    std::vector<float> h = prefill(cache, x, res, &logits);
     int next = argmax_token(logits.data(), V);
     auto t0 = std::chrono::steady_clock::now();
     int steps = 0;
-    auto step = [&](const std::vector<float>& emb) {
-      const PooledVector<float> out = text.forward(emb.data(), 1, cache);
-      h.assign(out.begin(), out.end());
+    DecodeSeat seat(compute);
+    // An object's last step also gives the logits that decide whether
+    // another follows.
+    auto step = [&](const std::vector<float>& emb, bool last) {
+      compute.step(emb.data(), cache, h.data(), last ? logits.data() : nullptr);
       ++steps;
     };
     while (next != ids.eos_id && int(res.objects.size() + res.points.size()) < max_objects &&
            cache.length + steps_per_object <= cache.capacity) {
       const float cx = region.decode_coordinate(h.data());
-      step(region.encode_coordinate(cx));
+      step(region.encode_coordinate(cx), false);
       const float cy = region.decode_coordinate(h.data());
       if (with_size) {
-        step(region.encode_coordinate(cy));
+        step(region.encode_coordinate(cy), false);
         float w = 0, hh = 0;
         region.decode_size(h.data(), &w, &hh);
         const double dx = cx, dy = cy, hw = double(w) / 2, hh2 = double(hh) / 2;
         res.objects.push_back({dx - hw, dy - hh2, dx + hw, dy + hh2});
-        step(region.encode_size(w, hh));
+        step(region.encode_size(w, hh), true);
       } else {
         res.points.push_back({cx, cy});
-        step(region.encode_coordinate(cy));
+        step(region.encode_coordinate(cy), true);
       }
-      logits = text.logits(h.data());
       next = argmax_token(logits.data(), V);
     }
     res.timings.decode_s += seconds_since(t0);
@@ -431,7 +445,8 @@ void validate_spatial_ref(const SpatialRef& r, const std::string& what) {
 
 TaskResult generate_from_prompt(const Moondream& model, const EncodedImage* image, const std::vector<int>& prompt,
                                 const TaskRequest& settings, const TaskCallbacks& cb) {
-  const Runner run(model);
+  InlineRunner inline_compute(model.text());
+  const Runner run(model, inline_compute);
   TaskResult res;
   res.kind = settings.kind;
   run.generate(image, prompt, {}, settings, cb, res);
@@ -439,7 +454,8 @@ TaskResult generate_from_prompt(const Moondream& model, const EncodedImage* imag
 }
 
 std::vector<int> prepare_task(const Moondream& model, const TaskRequest& rq, bool has_image) {
-  const Runner run(model);
+  InlineRunner inline_compute(model.text());
+  const Runner run(model, inline_compute);
   run.check(rq, has_image);
   std::vector<int> p = run.prompt_for(rq, has_image);
   const TextConfig& t = model.config().text;
@@ -450,8 +466,9 @@ std::vector<int> prepare_task(const Moondream& model, const TaskRequest& rq, boo
   return p;
 }
 
-TaskResult run_task(const Moondream& model, const TaskRequest& rq, const TaskCallbacks& cb) {
-  const Runner run(model);
+TaskResult run_task(const Moondream& model, const TaskRequest& rq, const TaskCallbacks& cb, StepRunner* compute) {
+  InlineRunner inline_compute(model.text());
+  const Runner run(model, compute ? *compute : inline_compute);
   const bool has_image = rq.image != nullptr;
   run.check(rq, has_image);
   TaskResult res;

@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "model/decode_batcher.h"
 #include "model/moondream.h"
 #include "tensor/error.h"
 
@@ -95,7 +96,10 @@ struct TaskResult {
   int prompt_tokens() const { return int(prompt_ids.size()); }
 };
 
-TaskResult run_task(const Moondream& model, const TaskRequest& request, const TaskCallbacks& callbacks = {});
+// `compute`: where the model's computations run (null: on this thread; a
+// DecodeBatcher: batched with other tasks' decode steps, the same results).
+TaskResult run_task(const Moondream& model, const TaskRequest& request, const TaskCallbacks& callbacks = {},
+                    StepRunner* compute = nullptr);
 
 // The checks of run_task and the context-length check, before an image is
 // encoded (`has_image`: one will be): returns the text prompt's ids; throws

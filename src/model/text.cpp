@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "model/decode_batcher.h"
 #include "tensor/dtype.h"
 #include "tensor/error.h"
 #include "tensor/ops.h"
@@ -175,6 +176,9 @@ PooledVector<float> TextModel::run_layers(const float* embeddings, int n, const 
   mask.full = false;
 
   for (int l = 0; l < cfg_.n_layers; ++l) {
+    // A prompt lets the batched decode steps of other tasks run between its
+    // layers (a 730-position prefix is ~0.1 s a layer at full size).
+    if (one_cache && n > 1 && l > 0) DecodeBatcher::yield_point();
     const TextBlock& blk = w_.text_blocks[l];
     layer_norm(blk.ln, x.data(), n, h.data());
     // Parallel residual: the attention and the MLP both read h, and both add

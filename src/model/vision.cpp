@@ -2,6 +2,7 @@
 
 #include <cstring>
 
+#include "model/decode_batcher.h"
 #include "tensor/buffer_pool.h"
 #include "tensor/ops.h"
 #include "tensor/parallel.h"
@@ -40,6 +41,8 @@ void encode_crop(const ModelWeights& w, const VisionConfig& cfg, const float* cr
   for (size_t i = 0; i < size_t(T) * D; ++i) x[i] += w.pos_emb[i];
 
   for (const VisionBlock& blk : w.vision_blocks) {
+    // Batched decode steps of other tasks may run between layers.
+    DecodeBatcher::yield_point();
     layer_norm(blk.ln1, x, T, h.data());
     linear(blk.qkv, h.data(), T, qkv.data());
     attention(shape, AttentionMask{}, qkv.data(), qkv.data() + D, qkv.data() + 2 * D, att.data());
