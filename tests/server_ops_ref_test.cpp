@@ -105,13 +105,22 @@ TEST_F(ServerOps, ApiKeyIsRequiredExceptForHealthAndLogsOneLinePerRequest) {
 }
 
 TEST_F(ServerOps, FullQueueAnswers503WithRetryAfter) {
-  auto s = start({{"small", tiny_profile(port_, backend_, {{"server", {{"queue_size", 1}}}})}}, {},
-                 {{"MOONDREAM_SERVER_TEST_JOB_DELAY_MS", "3000"}});
-  int st_a = 0, st_b = 0;
+  // Two requests run at once (performance.max_batch), one may wait.
+  auto s = start({{"small", tiny_profile(port_, backend_,
+                                         {{"server", {{"queue_size", 1}}}, {"performance", {{"max_batch", 2}}}})}},
+                 {}, {{"MOONDREAM_SERVER_TEST_JOB_DELAY_MS", "3000"}});
+  int st_a = 0, st_b = 0, st_c = 0;
   std::thread a([&] { post_json(*s->client(), "/v1/caption", caption_req(), &st_a); });
-  ASSERT_TRUE(wait_health(*s, [](const json& h) { return h["busy"] == true; }));
   std::thread b([&] { post_json(*s->client(), "/v1/caption", caption_req(), &st_b); });
+  ASSERT_TRUE(wait_health(*s, [](const json& h) { return h["running"] == 2 && h["max_batch"] == 2; }));
+  std::thread c([&] { post_json(*s->client(), "/v1/caption", caption_req(), &st_c); });
   ASSERT_TRUE(wait_health(*s, [](const json& h) { return h["queue_depth"] == 1; }));
+  {
+    const std::string m = s->client(backend_)->Get("/metrics")->body;
+    EXPECT_NE(m.find("moondream_num_requests_running 2\n"), std::string::npos) << m;
+    EXPECT_NE(m.find("moondream_num_requests_waiting 1\n"), std::string::npos) << m;
+    EXPECT_NE(m.find("moondream_requests_deferred 1\n"), std::string::npos) << m;
+  }
   auto r = s->client()->Post("/v1/caption", caption_req().dump(), "application/json");
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 503);
@@ -120,8 +129,10 @@ TEST_F(ServerOps, FullQueueAnswers503WithRetryAfter) {
   EXPECT_EQ(json::parse(r->body)["error"]["code"], "queue_full");
   a.join();
   b.join();
+  c.join();
   EXPECT_EQ(st_a, 200);
   EXPECT_EQ(st_b, 200);
+  EXPECT_EQ(st_c, 200);
 }
 
 TEST_F(ServerOps, ProfileSwitchKeepsTheRequestInFlight) {

@@ -1,6 +1,7 @@
 #include "server/config.h"
 
 #include "model/revision.h"
+#include "model/text.h"
 
 #include <algorithm>
 #include <cmath>
@@ -156,6 +157,7 @@ ServerConfig parse_server_config(const std::string& json_text, const std::string
     s.read("response_caching", &c.performance.response_caching);
     s.read("memory_management", &c.performance.memory_management);
     s.read_int("cache_max_mb", &c.performance.cache_max_mb, 0, 1 << 24);
+    s.read_int("max_batch", &c.performance.max_batch, 1, TextModel::kMaxBatchRows);
     if (const json* q = s.get("quantization")) {
       std::string v;
       if (q->is_boolean()) {
@@ -327,7 +329,8 @@ std::string config_to_json(const ServerConfig& c) {
         {"memory_management", c.performance.memory_management},
         {"cache_max_mb", c.performance.cache_max_mb},
         {"quantization", c.performance.quantization},
-        {"kv_cache", c.performance.kv_cache}}},
+        {"kv_cache", c.performance.kv_cache},
+        {"max_batch", c.performance.max_batch}}},
       {"server",
        {{"host", c.server.host},
         {"port", c.server.port},

@@ -18,6 +18,9 @@ struct PerformanceConfig {
   int cache_max_mb = 1024;            // budget of the encoded-image cache
   std::string quantization = "none";  // normalised: "none", "int8" or "q4"
   std::string kv_cache = "bf16";      // normalised: "bf16" or "f32"
+  // Requests in flight at once (their decode steps share one pass over the
+  // weights); more wait in the queue. 1 = one request at a time.
+  int max_batch = 8;
 };
 
 // The spellings users write for performance.quantization / --quantization

@@ -105,6 +105,7 @@ std::shared_ptr<LoadedModel> load_model(const std::string& source, const std::st
     else
       spdlog::warn("quantised weights ({}) not cached: {}", quantization, w.quant_cache_error);
   }
+  lm->batcher = std::make_unique<DecodeBatcher>(lm->model->text(), TextModel::kMaxBatchRows);
   lm->id = next_id++;
   lm->load_seconds = seconds_since(t0);
   return lm;
@@ -222,10 +223,13 @@ Key128 response_key(uint64_t model_id, const Key128& image_key, const JobParams&
 
 // ---------------------------------------------------------------------------
 
-InferenceQueue::InferenceQueue(Caches* caches, size_t capacity) : caches_(caches), capacity_(capacity) {
+InferenceQueue::InferenceQueue(Caches* caches, size_t capacity, int max_running)
+    : caches_(caches), capacity_(capacity), max_running_(std::clamp(max_running, 1, kMaxWorkers)) {
   job_delay_ms_ = env_int("MOONDREAM_SERVER_TEST_JOB_DELAY_MS");
   chunk_delay_ms_ = env_int("MOONDREAM_SERVER_TEST_CHUNK_DELAY_MS");
-  worker_ = std::thread([this] { run(); });
+  // Threads for the most jobs a profile may run at once; max_running_ of
+  // them take jobs (a profile switch changes it without new threads).
+  for (int i = 0; i < kMaxWorkers; ++i) workers_.emplace_back([this] { run(); });
 }
 
 InferenceQueue::~InferenceQueue() { stop(); }
@@ -237,7 +241,7 @@ bool InferenceQueue::try_push(std::shared_ptr<Job> job) {
     job->enqueued = std::chrono::steady_clock::now();
     q_.push_back(std::move(job));
   }
-  cv_.notify_one();
+  cv_.notify_all();
   return true;
 }
 
@@ -256,7 +260,23 @@ void InferenceQueue::set_capacity(size_t n) {
   capacity_ = std::max<size_t>(1, n);
 }
 
-double InferenceQueue::estimated_wait_s() const { return avg_job_s_.load() * double(depth() + (busy() ? 1 : 0)); }
+void InferenceQueue::set_max_running(int n) {
+  {
+    std::lock_guard<std::mutex> lock(m_);
+    max_running_ = std::clamp(n, 1, kMaxWorkers);
+  }
+  cv_.notify_all();
+}
+
+int InferenceQueue::max_running() const {
+  std::lock_guard<std::mutex> lock(m_);
+  return max_running_;
+}
+
+double InferenceQueue::estimated_wait_s() const {
+  // Jobs ahead, served max_running at a time.
+  return avg_job_s_.load() * double(depth() + size_t(running())) / double(max_running());
+}
 
 void InferenceQueue::stop() {
   {
@@ -264,7 +284,8 @@ void InferenceQueue::stop() {
     stopping_ = true;
   }
   cv_.notify_all();
-  if (worker_.joinable()) worker_.join();
+  for (std::thread& w : workers_)
+    if (w.joinable()) w.join();
 }
 
 void InferenceQueue::run() {
@@ -272,11 +293,11 @@ void InferenceQueue::run() {
     std::shared_ptr<Job> job;
     {
       std::unique_lock<std::mutex> lock(m_);
-      cv_.wait(lock, [&] { return stopping_ || !q_.empty(); });
+      cv_.wait(lock, [&] { return (stopping_ && q_.empty()) || (!q_.empty() && running_ < max_running_); });
       if (q_.empty()) return;  // stopping, nothing left
       job = std::move(q_.front());
       q_.pop_front();
-      busy_ = true;
+      ++running_;
     }
     const auto t0 = std::chrono::steady_clock::now();
     try {
@@ -291,7 +312,11 @@ void InferenceQueue::run() {
     if (job->memory_management) malloc_trim(0);
 #endif
     job.reset();
-    busy_ = false;
+    {
+      std::lock_guard<std::mutex> lock(m_);
+      --running_;
+    }
+    cv_.notify_all();  // a waiting job may run now
   }
 }
 
@@ -308,6 +333,7 @@ void InferenceQueue::execute(Job& job) {
   if (job_delay_ms_ > 0) std::this_thread::sleep_for(std::chrono::milliseconds(job_delay_ms_));
 
   const Moondream& m = *job.model->model;
+  DecodeBatcher& compute = *job.model->batcher;
   const JobParams& p = job.params;
 
   // The encoded image: pinned by the HTTP thread, cached, or encoded now.
@@ -316,7 +342,9 @@ void InferenceQueue::execute(Job& job) {
   bool hit = enc != nullptr;
   if (p.has_image && !enc) {
     try {
-      auto e = std::make_shared<EncodedImage>(m.encode_image(job.image.pixels));
+      auto e = std::make_shared<EncodedImage>();
+      // On the compute thread, between other jobs' decode steps.
+      compute.run([&] { *e = m.encode_image(job.image.pixels); });
       enc = e;
     } catch (const Error& e) {
       throw bad_request("invalid_image", e.what());
@@ -347,7 +375,14 @@ void InferenceQueue::execute(Job& job) {
       if (job.stream) ch.push(piece);
     };
     TaskCallbacks cb;
+    auto last_piece = std::chrono::steady_clock::now();
     cb.on_chunk = [&](const std::string& chunk) {
+      const auto now = std::chrono::steady_clock::now();
+      if (out->first_token_s < 0)
+        out->first_token_s = std::chrono::duration<double>(now - job.enqueued).count();
+      else
+        out->inter_token_s.push_back(std::chrono::duration<double>(now - last_piece).count());
+      last_piece = now;
       if (chunk_delay_ms_ > 0) std::this_thread::sleep_for(std::chrono::milliseconds(chunk_delay_ms_));
       bool stop_hit = false;
       emit(filter.push(chunk, &stop_hit));
@@ -363,7 +398,7 @@ void InferenceQueue::execute(Job& job) {
     };
     TaskResult r;
     try {
-      r = run_task(m, task_request(p, enc.get()), cb);
+      r = run_task(m, task_request(p, enc.get()), cb, &compute);
     } catch (const TaskError& e) {
       throw task_error(e);
     }

@@ -1,7 +1,9 @@
 #pragma once
 // The inference side of moondream-server: loaded models, the encoded-image and
-// response caches, and ONE worker thread fed by a bounded queue. Engine calls
-// never run concurrently: each request gets every core (BLAS and our pool).
+// response caches, and a pool of job threads fed by a bounded queue. Up to
+// performance.max_batch jobs run at once; each model's DecodeBatcher runs
+// their computations on one compute thread (every core, one OpenMP team),
+// their decode steps together.
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -17,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "model/decode_batcher.h"
 #include "model/moondream.h"
 #include "model/tasks.h"
 #include "server/cache.h"
@@ -25,6 +28,8 @@ namespace md::server {
 
 struct LoadedModel {
   std::unique_ptr<Moondream> model;
+  // Where jobs on this model compute (declared after `model`: stopped first).
+  std::unique_ptr<DecodeBatcher> batcher;
   std::string source;  // model_path as configured (directory or hub repo id)
   std::string dir;     // the local directory it was loaded from
   std::string revision;
@@ -93,6 +98,8 @@ struct JobOutcome {
   int image_tokens = 0;   // positions of the encoded image prefix
   Timings timings;
   double queue_s = 0;
+  double first_token_s = -1;         // enqueued → first streamed piece (text tasks); -1: none
+  std::vector<double> inter_token_s;  // between streamed pieces
   std::string image_cache = "off";     // hit, miss, off
   std::string response_cache = "off";  // hit, miss, off
   int completion_tokens() const { return int(tokens.size()); }
@@ -162,18 +169,23 @@ Key128 response_key(uint64_t model_id, const Key128& image_key, const JobParams&
 
 class InferenceQueue {
  public:
-  InferenceQueue(Caches* caches, size_t capacity);
+  InferenceQueue(Caches* caches, size_t capacity, int max_running = 1);
   ~InferenceQueue();
 
   // False when `capacity` jobs are already waiting.
   bool try_push(std::shared_ptr<Job> job);
-  size_t depth() const;
+  size_t depth() const;  // jobs waiting
   size_t capacity() const;
   void set_capacity(size_t n);
-  bool busy() const { return busy_.load(); }
+  // Jobs that may run at once (performance.max_batch; 1..kMaxWorkers).
+  void set_max_running(int n);
+  int max_running() const;
+  int running() const { return running_.load(); }
+  bool busy() const { return running_.load() > 0; }
+  static constexpr int kMaxWorkers = TextModel::kMaxBatchRows;
   // Seconds a new job would wait, roughly (for Retry-After).
   double estimated_wait_s() const;
-  // Finishes every queued job, then stops the worker.
+  // Finishes every queued job, then stops the workers.
   void stop();
 
   // Counters for /metrics.
@@ -188,11 +200,12 @@ class InferenceQueue {
   std::condition_variable cv_;
   std::deque<std::shared_ptr<Job>> q_;
   size_t capacity_;
+  int max_running_ = 1;
   bool stopping_ = false;
-  std::atomic<bool> busy_{false};
+  std::atomic<int> running_{0};
   std::atomic<double> avg_job_s_{1.0};
   int job_delay_ms_ = 0, chunk_delay_ms_ = 0;  // test hooks (environment)
-  std::thread worker_;
+  std::vector<std::thread> workers_;
 };
 
 }  // namespace md::server

@@ -76,6 +76,12 @@ void Metrics::generation(const std::string& task, int prompt_tokens, int complet
   }
 }
 
+void Metrics::token_latency(double first_token_s, const std::vector<double>& inter_token_s) {
+  std::lock_guard<std::mutex> lock(m_);
+  if (first_token_s >= 0) first_token_.observe(first_token_s);
+  for (double s : inter_token_s) inter_token_.observe(s);
+}
+
 std::string Metrics::render() const {
   std::lock_guard<std::mutex> lock(m_);
   std::string o;
@@ -112,6 +118,13 @@ std::string Metrics::render() const {
   o += "# HELP moondream_queue_wait_seconds Time requests waited for the inference worker.\n";
   o += "# TYPE moondream_queue_wait_seconds histogram\n";
   queue_wait_.render(&o, "moondream_queue_wait_seconds", "");
+  o += "# HELP moondream_time_to_first_token_seconds From a request's arrival in the queue to its first streamed "
+       "piece.\n";
+  o += "# TYPE moondream_time_to_first_token_seconds histogram\n";
+  first_token_.render(&o, "moondream_time_to_first_token_seconds", "");
+  o += "# HELP moondream_inter_token_latency_seconds Between a generation's streamed pieces.\n";
+  o += "# TYPE moondream_inter_token_latency_seconds histogram\n";
+  inter_token_.render(&o, "moondream_inter_token_latency_seconds", "");
   return o;
 }
 

@@ -189,7 +189,7 @@ Server::Server(ServerOptions opts, ServerConfig cfg, std::string profile_name)
   p->path = opts_.config_path;
   p->cfg = std::move(cfg);
   active_ = p;
-  queue_ = std::make_unique<InferenceQueue>(&caches_, size_t(p->cfg.server.queue_size));
+  queue_ = std::make_unique<InferenceQueue>(&caches_, size_t(p->cfg.server.queue_size), p->cfg.performance.max_batch);
   apply_runtime_settings(*p);
   HttpServerOptions ho;
   ho.threads = startup_cfg_.server.http_threads;
@@ -220,6 +220,7 @@ void Server::apply_runtime_settings(const Profile& p) {
   caches_.images.set_max_bytes(perf.image_caching ? size_t(perf.cache_max_mb) << 20 : 0);
   if (!perf.response_caching) caches_.responses.clear();
   queue_->set_capacity(size_t(p.cfg.server.queue_size));
+  queue_->set_max_running(perf.max_batch);
 }
 
 void Server::bind() {
@@ -582,6 +583,8 @@ std::string Server::health_json() const {
       {"queue_depth", queue_->depth()},
       {"queue_capacity", queue_->capacity()},
       {"busy", queue_->busy()},
+      {"running", queue_->running()},
+      {"max_batch", queue_->max_running()},
       {"cache", cache_json(caches_.images.stats(), c.performance.image_caching)},
       {"response_cache", cache_json(caches_.responses.stats(), c.performance.response_caching)},
   };
@@ -641,9 +644,33 @@ void Server::metrics(const httplib::Request& req, httplib::Response& res) {
     gauge("moondream_response_cache_hits_total", "Response cache hits.", "counter", double(rc.hits));
     gauge("moondream_response_cache_misses_total", "Response cache misses.", "counter", double(rc.misses));
     gauge("moondream_response_cache_entries", "Responses held.", "gauge", double(rc.entries));
-    gauge("moondream_queue_depth", "Requests waiting for the inference worker.", "gauge", double(queue_->depth()));
+    gauge("moondream_queue_depth", "Requests waiting for an inference slot.", "gauge", double(queue_->depth()));
     gauge("moondream_queue_capacity", "Requests that may wait before 503s.", "gauge", double(queue_->capacity()));
-    gauge("moondream_worker_busy", "1 while the inference worker runs a request.", "gauge", queue_->busy() ? 1 : 0);
+    gauge("moondream_worker_busy", "1 while any request runs.", "gauge", queue_->busy() ? 1 : 0);
+    // The names autoscalers already scale on (vLLM's num_requests_running /
+    // _waiting, llama.cpp's requests_processing / _deferred).
+    gauge("moondream_num_requests_running", "Requests running (in the decode batch or being prefilled).", "gauge",
+          double(queue_->running()));
+    gauge("moondream_num_requests_waiting", "Requests waiting for a slot.", "gauge", double(queue_->depth()));
+    gauge("moondream_requests_processing", "Requests running (llama.cpp's name).", "gauge", double(queue_->running()));
+    gauge("moondream_requests_deferred", "Requests waiting (llama.cpp's name).", "gauge", double(queue_->depth()));
+    gauge("moondream_max_batch", "Requests that may run at once (performance.max_batch).", "gauge",
+          double(queue_->max_running()));
+    if (p->model) {
+      const DecodeBatcher::Stats bs = p->model->batcher->stats();
+      o += "# HELP moondream_decode_batch_size Sequences advanced by one decode step (one pass over the weights).\n"
+           "# TYPE moondream_decode_batch_size histogram\n";
+      uint64_t cum = 0;
+      for (size_t n = 1; n < bs.steps_of_size.size(); ++n) {
+        cum += bs.steps_of_size[n];
+        o += "moondream_decode_batch_size_bucket{le=\"" + std::to_string(n) + "\"} " + std::to_string(cum) + "\n";
+      }
+      o += "moondream_decode_batch_size_bucket{le=\"+Inf\"} " + std::to_string(bs.steps) + "\n";
+      o += "moondream_decode_batch_size_sum " + std::to_string(bs.rows) + "\n";
+      o += "moondream_decode_batch_size_count " + std::to_string(bs.steps) + "\n";
+      gauge("moondream_decode_steps_between_layers_total",
+            "Decode steps run between the layers of an image encoding or a prompt.", "counter", double(bs.yields));
+    }
     gauge("moondream_requests_cancelled_total", "Generations stopped because the client left.", "counter",
           double(queue_->cancelled.load()));
     gauge("moondream_model_load_seconds", "Seconds the active model took to load.", "gauge",
@@ -898,6 +925,7 @@ void Server::moondream_task(const httplib::Request& req, const std::string& raw_
         [this, task](const JobOutcome& o) {
           metrics_.generation(task_name(task), o.prompt_tokens + o.image_tokens, o.completion_tokens(),
                               o.timings.decode_s, o.queue_s, o.finish_reason);
+          metrics_.token_latency(o.first_token_s, o.inter_token_s);
         });
   });
 }
@@ -977,6 +1005,7 @@ void Server::chat_completions(const httplib::Request& req, const std::string& ra
         [this, task](const JobOutcome& o) {
           metrics_.generation(task == Task::Caption ? "chat_caption" : "chat", o.prompt_tokens + o.image_tokens,
                               o.completion_tokens(), o.timings.decode_s, o.queue_s, o.finish_reason);
+          metrics_.token_latency(o.first_token_s, o.inter_token_s);
         });
   });
 }

@@ -1,0 +1,129 @@
+// moondream-server running many requests at once (performance.max_batch): 8
+// mixed requests sent together — captions, questions (streamed and not),
+// detect, point, on new images that are encoded while the others decode —
+// get exactly the answers they get one at a time from a server that runs one
+// request at a time, while the metrics show decode steps shared by several.
+#include <gtest/gtest.h>
+
+#include <regex>
+#include <thread>
+
+#include "server_harness.h"
+
+namespace md {
+namespace {
+
+using namespace srvtest;
+
+struct Call {
+  std::string path;
+  json body;
+};
+
+std::vector<Call> mixed_calls() {
+  auto img = [](const char* name) { return data_uri(image(name)); };
+  const json greedy = {{"temperature", 0}, {"max_tokens", 20}};
+  return {
+      {"/v1/caption", {{"image_url", img("square_378.png")}, {"settings", greedy}}},
+      {"/v1/caption", {{"image_url", img("photo_640x480.jpg")}, {"length", "short"}, {"settings", greedy}}},
+      {"/v1/query", {{"image_url", img("rgba_500x400.png")}, {"question", "What is this?"}, {"settings", greedy}}},
+      {"/v1/query",
+       {{"image_url", img("square_378.png")}, {"question", "Describe the colours."}, {"stream", true},
+        {"settings", greedy}}},
+      {"/v1/detect", {{"image_url", img("photo_640x480.jpg")}, {"object", "face"}}},
+      {"/v1/point", {{"image_url", img("solid_1000x700.png")}, {"object", "cup"}}},
+      {"/v1/caption", {{"image_url", img("grey_300x900.png")}, {"length", "long"}, {"settings", greedy}}},
+      {"/v1/chat/completions",
+       {{"model", "moondream2-tiny"},
+        {"temperature", 0},
+        {"max_tokens", 16},
+        {"messages",
+         {{{"role", "user"},
+           {"content",
+            {{{"type", "text"}, {"text", "What is in the picture?"}},
+             {{"type", "image_url"}, {"image_url", {{"url", img("wide_1600x300.webp")}}}}}}}}}}},
+  };
+}
+
+// The answer without what may differ between runs (timings, ids, created).
+json answer_of(const Call& c, const std::string& body) {
+  if (c.body.value("stream", false)) {
+    std::string text;
+    for (const std::string& e : sse_data(body)) {
+      const json j = json::parse(e);
+      if (j.contains("chunk")) text += j["chunk"].get<std::string>();
+    }
+    return text;
+  }
+  json j = json::parse(body);
+  if (c.path == "/v1/chat/completions") return j["choices"][0]["message"]["content"];
+  j.erase("metrics");
+  j.erase("request_id");
+  j.erase("timings");
+  j.erase("usage");
+  return j;
+}
+
+std::vector<json> run_calls(ServerProcess& s, const std::vector<Call>& calls, bool together) {
+  std::vector<json> out(calls.size());
+  auto one = [&](size_t i) {
+    auto r = s.client()->Post(calls[i].path, calls[i].body.dump(), "application/json");
+    ASSERT_TRUE(r) << calls[i].path;
+    ASSERT_EQ(r->status, 200) << calls[i].path << " " << r->body;
+    out[i] = answer_of(calls[i], r->body);
+  };
+  if (!together) {
+    for (size_t i = 0; i < calls.size(); ++i) one(i);
+    return out;
+  }
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < calls.size(); ++i) threads.emplace_back(one, i);
+  for (std::thread& t : threads) t.join();
+  return out;
+}
+
+double metric(const std::string& text, const std::string& name) {
+  std::smatch m;
+  if (!std::regex_search(text, m, std::regex("\n" + std::regex_replace(name, std::regex(R"([{}\"+])"), R"(\$&)") +
+                                             R"( ([0-9.e+]+)\n)")))
+    return -1;
+  return std::stod(m[1]);
+}
+
+TEST(ServerBatching, EightMixedRequestsTogetherEqualEachOneAtATime) {
+  signal(SIGPIPE, SIG_IGN);
+  TempDir dir;
+  const std::vector<Call> calls = mixed_calls();
+  std::vector<json> alone, together;
+  {
+    const int port = free_port(), backend = free_port();
+    write_file(dir.path / "one.json", tiny_profile(port, backend, {{"performance", {{"max_batch", 1}}}}).dump());
+    ServerProcess s({"--config", (dir.path / "one.json").string()}, port, dir.path / "one.log");
+    ASSERT_TRUE(s.wait_ready()) << s.log();
+    alone = run_calls(s, calls, false);
+  }
+  const int port = free_port(), backend = free_port();
+  write_file(dir.path / "eight.json", tiny_profile(port, backend, {{"performance", {{"max_batch", 8}}}}).dump());
+  ServerProcess s({"--config", (dir.path / "eight.json").string()}, port, dir.path / "eight.log");
+  ASSERT_TRUE(s.wait_ready()) << s.log();
+  // Twice: the second round finds the first one's threads warm.
+  for (int round = 0; round < 2; ++round) {
+    together = run_calls(s, calls, true);
+    for (size_t i = 0; i < calls.size(); ++i)
+      EXPECT_EQ(together[i], alone[i]) << calls[i].path << " (request " << i << ", round " << round << ")";
+  }
+  auto r = s.client(backend)->Get("/metrics");
+  ASSERT_TRUE(r);
+  const double steps = metric(r->body, "moondream_decode_batch_size_count");
+  const double single = metric(r->body, "moondream_decode_batch_size_bucket{le=\"1\"}");
+  const double rows = metric(r->body, "moondream_decode_batch_size_sum");
+  ASSERT_GT(steps, 0) << r->body;
+  EXPECT_LT(single, steps) << "no decode step was shared";
+  EXPECT_GT(rows / steps, 1.5) << r->body;
+  EXPECT_GE(metric(r->body, "moondream_time_to_first_token_seconds_count"), 2.0) << r->body;
+  EXPECT_GT(metric(r->body, "moondream_inter_token_latency_seconds_count"), 0.0) << r->body;
+  EXPECT_EQ(metric(r->body, "moondream_num_requests_running"), 0.0);
+}
+
+}  // namespace
+}  // namespace md
