@@ -3,14 +3,24 @@
 //   moondream_load --port 8080 --clients 64 --seconds 300 --image a.jpg [--image b.png] [--api-key K]
 // Prints the report as JSON; exits 1 if any request failed or hung, or the
 // server was not healthy afterwards.
+//   moondream_load --table --port 8080 [--clients 8] [--new-images 12] [--max-tokens 100]
+// Issue 16's throughput table (docs/BENCHMARKS.md): new 378x378 JPEGs
+// captioned by one client, then by N; the N-client answers checked against
+// the same requests served alone; follow-up questions on the cached images by
+// one client, then by N. Run it against a server with image_caching on and
+// response_caching off (the check must not be answered from the cache).
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <sstream>
 #include <string>
 
+#include <vips/vips.h>
+
 #include "load_runner.h"
 #include "server/image_input.h"
+#include "throughput.h"
 
 namespace {
 
@@ -27,10 +37,122 @@ std::string data_uri(const std::string& path) {
   return std::string("data:image/") + (png ? "png" : "jpeg") + ";base64," + md::server::base64_encode(bytes);
 }
 
+// A new 378x378 JPEG for every index: smooth colour fields whose phase and
+// frequency depend on the index (every image decodes to different pixels).
+std::string new_image_uri(int index) {
+  const int S = 378;
+  std::vector<unsigned char> rgb(size_t(S) * S * 3);
+  for (int y = 0; y < S; ++y)
+    for (int x = 0; x < S; ++x)
+      for (int c = 0; c < 3; ++c) {
+        const double v = std::sin(0.013 * (index % 7 + 1) * x + 0.021 * (c + 1) * y + 0.7 * index) * 0.5 + 0.5;
+        rgb[(size_t(y) * S + x) * 3 + size_t(c)] = (unsigned char)(40 + 180 * v + (x * y + index) % 16);
+      }
+  VipsImage* im = vips_image_new_from_memory_copy(rgb.data(), rgb.size(), S, S, 3, VIPS_FORMAT_UCHAR);
+  void* buf = nullptr;
+  size_t len = 0;
+  if (!im || vips_jpegsave_buffer(im, &buf, &len, "Q", 90, nullptr) != 0) {
+    std::fprintf(stderr, "moondream_load: cannot make a JPEG: %s\n", vips_error_buffer());
+    std::exit(2);
+  }
+  const std::string bytes(static_cast<const char*>(buf), len);
+  g_free(buf);
+  g_object_unref(im);
+  return "data:image/jpeg;base64," + md::server::base64_encode(bytes);
+}
+
+// Issue 16's table; returns the exit status (1: an error, or an answer that
+// differs from the same request served alone).
+int throughput_table(const std::string& host, int port, int clients, int new_images, int max_tokens) {
+  using md::load::Job;
+  using md::load::JobsReport;
+  using md::load::percentile;
+  if (VIPS_INIT("moondream_load") != 0) return 2;
+  auto health = [&] {
+    httplib::Client c(host, port);
+    c.set_read_timeout(30, 0);
+    auto r = c.Get("/health");
+    return r && r->status == 200 ? nlohmann::json::parse(r->body, nullptr, false) : nlohmann::json();
+  };
+  const nlohmann::json h0 = health();
+  if (!h0.is_object()) {
+    std::fprintf(stderr, "moondream_load: no healthy server on %s:%d\n", host.c_str(), port);
+    return 2;
+  }
+  if (!h0["cache"].value("enabled", false) || h0["response_cache"].value("enabled", false)) {
+    std::fprintf(stderr,
+                 "moondream_load: --table needs performance.image_caching on and performance.response_caching off\n");
+    return 2;
+  }
+  auto caption = [&](int image) {
+    return Job{"/v1/caption",
+               {{"image_url", new_image_uri(image)},
+                {"length", "normal"},
+                {"stream", true},
+                {"settings", {{"temperature", 0}, {"max_tokens", max_tokens}}}}};
+  };
+  auto question = [&](int image, int round) {
+    return Job{"/v1/query",
+               {{"image_url", new_image_uri(image)},
+                {"question", round == 0 ? "What is in the picture?" : "What colours does the picture have?"},
+                {"stream", true},
+                {"settings", {{"temperature", 0}, {"max_tokens", max_tokens}}}}};
+  };
+  const int n1 = std::max(2, new_images / 2), nn = new_images;
+  std::vector<Job> alone_jobs, many_jobs, q1, q2;
+  for (int i = 0; i < n1; ++i) alone_jobs.push_back(caption(i));
+  for (int i = 0; i < nn; ++i) many_jobs.push_back(caption(1000 + i));
+  for (int i = 0; i < nn; ++i) q1.push_back(question(1000 + i, 0));
+  for (int i = 0; i < nn; ++i) q2.push_back(question(1000 + i, 1));
+
+  std::fprintf(stderr, "new images, 1 client (%d images)...\n", n1);
+  const JobsReport one = md::load::run_jobs(host, port, alone_jobs, 1);
+  std::fprintf(stderr, "new images, %d clients (%d images)...\n", clients, nn);
+  const JobsReport many = md::load::run_jobs(host, port, many_jobs, clients);
+  const nlohmann::json h1 = health();
+  if (h1["cache"].value("entries", 0) < nn) {
+    std::fprintf(stderr,
+                 "moondream_load: the image cache holds %d of the %d images: raise performance.cache_max_mb or lower "
+                 "--new-images\n",
+                 h1["cache"].value("entries", 0), nn);
+    return 2;
+  }
+  std::fprintf(stderr, "the same %d requests one at a time (cached images)...\n", nn);
+  const JobsReport check = md::load::run_jobs(host, port, many_jobs, 1);
+  std::fprintf(stderr, "follow-ups on cached images, 1 client...\n");
+  const JobsReport f1 = md::load::run_jobs(host, port, q1, 1);
+  std::fprintf(stderr, "follow-ups on cached images, %d clients...\n", clients);
+  const JobsReport fn = md::load::run_jobs(host, port, q2, clients);
+
+  int equal = 0;
+  for (size_t i = 0; i < many.answers.size(); ++i) equal += !many.answers[i].is_null() && many.answers[i] == check.answers[i];
+  const double itl1 = percentile(one.gaps_s, 0.5), itln = percentile(many.gaps_s, 0.95);
+  std::printf("| what | 1 client | %d clients | ratio |\n|---|---|---|---|\n", clients);
+  std::printf("| new 378x378 images, normal captions <= %d tokens: images/min | %.2f | %.2f | %.2fx |\n", max_tokens,
+              one.per_minute(), many.per_minute(), many.per_minute() / one.per_minute());
+  std::printf("| ... answers equal to the same request alone | | %d of %zu | |\n", equal, many.answers.size());
+  std::printf("| inter-token latency: 1 client median, %d clients p95 (while new images prefill), s | %.3f | %.3f | "
+              "%.2fx |\n",
+              clients, itl1, itln, itl1 > 0 ? itln / itl1 : 0.0);
+  std::printf("| time to first piece, median, s | %.2f | %.2f | |\n", percentile(one.first_piece_s, 0.5),
+              percentile(many.first_piece_s, 0.5));
+  std::printf("| follow-up questions on cached images: answers/min | %.2f | %.2f | %.2fx |\n", f1.per_minute(),
+              fn.per_minute(), fn.per_minute() / f1.per_minute());
+  long errors = 0;
+  for (const JobsReport* r : {&one, &many, &check, &f1, &fn}) {
+    errors += r->errors;
+    for (const std::string& e : r->error_samples) std::fprintf(stderr, "error: %s\n", e.c_str());
+  }
+  std::printf("errors: %ld\n", errors);
+  return errors == 0 && equal == int(many.answers.size()) ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   md::load::LoadOptions o;
+  bool table = false;
+  int new_images = 12, max_tokens = 100, clients = -1;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -45,7 +167,13 @@ int main(int argc, char** argv) {
     else if (a == "--port")
       o.port = std::stoi(next());
     else if (a == "--clients")
-      o.clients = std::stoi(next());
+      clients = std::stoi(next());
+    else if (a == "--table")
+      table = true;
+    else if (a == "--new-images")
+      new_images = std::stoi(next());
+    else if (a == "--max-tokens")
+      max_tokens = std::stoi(next());
     else if (a == "--seconds")
       o.seconds = std::stod(next());
     else if (a == "--timeout")
@@ -57,7 +185,9 @@ int main(int argc, char** argv) {
     else {
       std::fprintf(stderr,
                    "usage: moondream_load [--host H] [--port P] [--clients N] [--seconds S] [--timeout S] --image "
-                   "FILE... [--api-key K]\n");
+                   "FILE... [--api-key K]\n"
+                   "       moondream_load --table [--host H] [--port P] [--clients N] [--new-images N] "
+                   "[--max-tokens N]\n");
       return 2;
     }
   }
@@ -65,6 +195,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "moondream_load: loopback only\n");
     return 2;
   }
+  if (table) return throughput_table(o.host, o.port, clients > 0 ? clients : 8, new_images, max_tokens);
+  if (clients > 0) o.clients = clients;
   if (o.image_uris.empty()) {
     std::fprintf(stderr, "moondream_load: give at least one --image\n");
     return 2;
