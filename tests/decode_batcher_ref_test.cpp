@@ -179,6 +179,9 @@ TEST(DecodeBatcher, AStepRunsBetweenTheLayersOfAnEncoding) {
     for (int i = 0; i < 2000 && batcher.stats().pending == 0; ++i)
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
     EXPECT_FALSE(stepped.load());
+    // Past the work's minimum slice: the first layer boundary yields.
+    std::this_thread::sleep_for(std::chrono::milliseconds(60));
+    EXPECT_FALSE(stepped.load());
     (void)f.model->encode_image(f.pixels_c);
     stepped_inside = stepped.load();
   });

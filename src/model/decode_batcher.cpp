@@ -107,6 +107,7 @@ void DecodeBatcher::loop() {
       PendingWork* w = works_.front();
       works_.pop_front();
       lock.unlock();
+      slice_start_ = std::chrono::steady_clock::now();
       try {
         (*w->work)();
       } catch (...) {
@@ -176,10 +177,16 @@ void DecodeBatcher::run_step(std::unique_lock<std::mutex>& lock) {
 }
 
 void DecodeBatcher::yield_here() {
+  // A work runs at least kMinSlice between steps: a short prompt (a question
+  // on a cached image, ~0.1 s) finishes and joins the batch instead of
+  // waiting out the running sequences' steps one layer at a time.
+  if (std::chrono::steady_clock::now() - slice_start_ < kMinSlice) return;
   std::unique_lock<std::mutex> lock(m_);
   if (!step_ready()) return;
   ++stats_.yields;
   run_step(lock);
+  lock.unlock();
+  slice_start_ = std::chrono::steady_clock::now();
 }
 
 void DecodeBatcher::yield_point() {

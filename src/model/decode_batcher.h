@@ -7,6 +7,7 @@
 // image encodings between steps, yielding to ready steps between layers.
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -82,8 +83,9 @@ class DecodeBatcher final : public StepRunner {
   Stats stats() const;
 
   // Called between layers of a long computation (vision, a prompt's layers):
-  // on the batcher's compute thread, runs the step waiting there, if it is
-  // ready; elsewhere, or inside a step or a parallel region, does nothing.
+  // on the batcher's compute thread, runs the step waiting there if it is
+  // ready and the work has run kMinSlice since it started or last yielded;
+  // elsewhere, or inside a step or a parallel region, does nothing.
   static void yield_point();
 
  private:
@@ -119,6 +121,9 @@ class DecodeBatcher final : public StepRunner {
   int seated_ = 0;
   bool stopping_ = false;
   bool in_step_ = false;  // compute thread only
+  // When the running work last started or resumed (compute thread only).
+  std::chrono::steady_clock::time_point slice_start_;
+  static constexpr std::chrono::milliseconds kMinSlice{40};
   Stats stats_;
   std::thread thread_;
 };

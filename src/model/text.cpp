@@ -231,6 +231,7 @@ PooledVector<float> TextModel::run_layers(const float* embeddings, int n, const 
                   cache.own_rows(l, cache.length + 1 - cache.base_length), att.data() + size_t(i) * q_dim);
       }
     }
+    if (one_cache && n > 1) DecodeBatcher::yield_point();  // and half-way through a layer
     linear_group({{&blk.proj, att.data(), tmp.data(), false}, {&blk.fc2, ff.data(), h.data(), false}}, n);
     for (size_t i = 0; i < size_t(n) * D; ++i) x[i] = (x[i] + tmp[i]) + h[i];
   }

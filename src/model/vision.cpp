@@ -48,6 +48,7 @@ void encode_crop(const ModelWeights& w, const VisionConfig& cfg, const float* cr
     attention(shape, AttentionMask{}, qkv.data(), qkv.data() + D, qkv.data() + 2 * D, att.data());
     linear(blk.proj, att.data(), T, h.data());
     for (size_t i = 0; i < size_t(T) * D; ++i) x[i] += h[i];
+    DecodeBatcher::yield_point();  // and half-way through a layer
     layer_norm(blk.ln2, x, T, h.data());
     linear_gelu(blk.fc1, h.data(), T, ff.data());
     linear(blk.fc2, ff.data(), T, h.data());

@@ -94,16 +94,19 @@ MD_NO_FP_CONTRACT void prep_row_scalar(const float* x, int cols, int group, int 
 }
 
 void XQuantBuf::prepare(const float* X, int m, int ldx, int cols, int group, int zero) {
-  const size_t qstride = size_t(cols) + 64;
+  // Rows start on 64-byte boundaries: the kernels' 512-bit loads of x never
+  // split a cache line.
+  const size_t qstride = (size_t(cols) + 63) / 64 * 64 + 64;
   const size_t sstride = size_t(cols / group) + 16;
   const size_t hstride = size_t(cols / 4) + 16;
-  if (q.size() < size_t(m) * qstride) q.resize(size_t(m) * qstride);
+  if (q.size() < size_t(m) * qstride + 64) q.resize(size_t(m) * qstride + 64);
+  int8_t* q0 = q.data() + (64 - reinterpret_cast<uintptr_t>(q.data()) % 64) % 64;
   if (s.size() < size_t(m) * sstride) s.resize(size_t(m) * sstride);
   if (hc.size() < size_t(m) * hstride) hc.resize(size_t(m) * hstride);
   rows.resize(size_t(m));
   const PrepRow prep = kernels().prep_row;
   for (int i = 0; i < m; ++i) {
-    int8_t* qi = q.data() + size_t(i) * qstride;
+    int8_t* qi = q0 + size_t(i) * qstride;
     float* si = s.data() + size_t(i) * sstride;
     int32_t* hi = hc.data() + size_t(i) * hstride;
     prep(X + size_t(i) * size_t(ldx), cols, group, zero, qi, si, hi);
