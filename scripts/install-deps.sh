@@ -17,7 +17,10 @@ $SUDO apt-get install -y -qq --no-install-recommends \
   libdnnl-dev libhwy-dev \
   libgtest-dev libgmock-dev libbenchmark-dev \
   python3 python3-torch python3-numpy python3-pil \
-  chromium fonts-dejavu-core >/dev/null
+  chromium fonts-dejavu-core \
+  nginx >/dev/null
+# (nginx: the load-balancer test runs deploy/nginx/moondream.conf in front of
+# two servers; it is started by the test, on loopback ports, never as a service.)
 if [ "$(uname -m)" = x86_64 ]; then
   # The aarch64 suite (scripts/test-arm64.sh): cross compiler and emulator.
   $SUDO apt-get install -y -qq --no-install-recommends g++-aarch64-linux-gnu qemu-user >/dev/null

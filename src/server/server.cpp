@@ -296,7 +296,7 @@ void Server::common_handlers(httplib::Server& s, bool backend) {
     const std::string origin = req.get_header_value("Origin");
     res.set_header("Access-Control-Allow-Origin", origin.empty() ? "*" : origin);
     if (!origin.empty()) res.set_header("Vary", "Origin");
-    res.set_header("Access-Control-Expose-Headers", "Retry-After, X-Request-Id");
+    res.set_header("Access-Control-Expose-Headers", "Retry-After, X-Request-Id, X-Image-Key, X-Moondream-Instance");
   };
   s.set_post_routing_handler(cors);
 
@@ -889,7 +889,13 @@ void Server::moondream_task(const httplib::Request& req, const std::string& raw_
     } catch (const TaskError& e) {
       throw task_error(e);
     }
-    if (p.has_image) prepare_image(*job, image_url, *prof, *inf);
+    if (p.has_image) {
+      prepare_image(*job, image_url, *prof, *inf);
+      // The encoded image's key: a load balancer hashing on it (deploy/nginx)
+      // sends follow-ups about the image to the replica that holds it.
+      res.set_header("X-Image-Key", job->image.key.hex());
+    }
+    res.set_header("X-Moondream-Instance", opts_.instance);
 
     const std::string request_id = "req-" + random_hex(24);
     res.set_header("X-Request-Id", request_id);
@@ -955,7 +961,13 @@ void Server::chat_completions(const httplib::Request& req, const std::string& ra
     } catch (const TaskError& e) {
       throw task_error(e);
     }
-    if (p.has_image) prepare_image(*job, image_url, *prof, *inf);
+    if (p.has_image) {
+      prepare_image(*job, image_url, *prof, *inf);
+      // The encoded image's key: a load balancer hashing on it (deploy/nginx)
+      // sends follow-ups about the image to the replica that holds it.
+      res.set_header("X-Image-Key", job->image.key.hex());
+    }
+    res.set_header("X-Moondream-Instance", opts_.instance);
 
     const std::string id = "chatcmpl-" + random_hex(24);
     const int64_t created = unix_time();
