@@ -3,7 +3,9 @@
 // mode streams, and bad input exits non-zero with one line on stderr.
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <fstream>
+#include <map>
 
 #include "testdata.h"
 
@@ -175,6 +177,93 @@ TEST(Cli, BadInputExitsNonZeroWithOneLineError) {
     EXPECT_LE(std::count(err.begin(), err.end(), '\n'), 1) << args << ": " << err;
     EXPECT_NE(err.find(needle), std::string::npos) << args << ": " << err;
   }
+}
+
+}  // namespace
+}  // namespace md
+
+namespace md {
+namespace {
+
+std::map<std::string, nlohmann::json> read_lines(const std::string& path, size_t* count) {
+  std::map<std::string, nlohmann::json> by_image;
+  std::ifstream in(path);
+  *count = 0;
+  for (std::string line; std::getline(in, line); ++*count) {
+    const auto j = nlohmann::json::parse(line);
+    by_image[j["image"].get<std::string>()] = j;  // the newest line of an image wins
+  }
+  return by_image;
+}
+
+// Batch mode: every test image (and one broken file) through the batching
+// engine, 3 at a time; each line carries what the reference gives for that
+// image alone; the broken file gets its own error line; a rerun skips what is done.
+TEST(Cli, BatchModeAnswersEveryImageAsAloneAndResumes) {
+  const auto cases = testdata::cases();
+  const std::filesystem::path dir = std::filesystem::path(MOONDREAM_BINARY_DIR) / "cli_batch_test";
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir / "images");
+  int max_tokens = 0;
+  for (const auto& c : cases) {
+    std::filesystem::copy_file(c.image, dir / "images" / c.image.filename());
+    max_tokens = testdata::read_json(c.expected / "meta.json")["max_tokens"].get<int>();
+  }
+  { std::ofstream(dir / "images" / "broken.jpg") << "not an image"; }
+  const std::string out = (dir / "captions.jsonl").string();
+  const std::string cmd = cli() + " caption --kv-cache f32 --model " + shell_quote(model()) + " --images " +
+                          shell_quote((dir / "images").string()) + " --out " + shell_quote(out) +
+                          " --batch 3 --temperature 0 --max-tokens " + std::to_string(max_tokens);
+  auto r = run_command(cmd);
+  EXPECT_EQ(r.status, 1) << "one image failed: exit 1 after the others are done";
+  size_t lines = 0;
+  auto got = read_lines(out, &lines);
+  EXPECT_EQ(lines, cases.size() + 1);
+  for (const auto& c : cases) {
+    const std::string key = (dir / "images" / c.image.filename()).string();
+    ASSERT_TRUE(got.count(key)) << key;
+    EXPECT_EQ(got[key]["tokens"].get<std::vector<int>>(),
+              testdata::read_json(c.expected / "meta.json")["caption_normal"].get<std::vector<int>>())
+        << c.name;
+  }
+  const std::string broken = (dir / "images" / "broken.jpg").string();
+  ASSERT_TRUE(got.count(broken));
+  EXPECT_NE(got[broken]["error"].get<std::string>().find("not a JPEG"), std::string::npos);
+
+  // The rerun tries only the failed image again.
+  r = run_command(cmd);
+  EXPECT_EQ(r.status, 1);
+  got = read_lines(out, &lines);
+  EXPECT_EQ(lines, cases.size() + 2);
+  // Without it, nothing is left to do.
+  std::filesystem::remove(dir / "images" / "broken.jpg");
+  r = run_command(cmd);
+  EXPECT_EQ(r.status, 0);
+  read_lines(out, &lines);
+  EXPECT_EQ(lines, cases.size() + 2);
+
+  // A list file, in its order, for detect; results as the one-image run's.
+  {
+    std::ofstream list(dir / "list.txt");
+    list << "# two images\n" << cases[0].image.string() << "\n\n" << cases[1].image.string() << "\n";
+  }
+  const std::string dout = (dir / "detect.jsonl").string();
+  r = run_command(cli() + " detect --kv-cache f32 --model " + shell_quote(model()) + " --images @" +
+                  shell_quote((dir / "list.txt").string()) + " --out " + shell_quote(dout) + " --object cat");
+  ASSERT_EQ(r.status, 0);
+  got = read_lines(dout, &lines);
+  EXPECT_EQ(lines, 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    const auto one = run_command(cli() + " detect --kv-cache f32 --model " + shell_quote(model()) + " --image " +
+                                 shell_quote(cases[i].image.string()) + " --object cat --json");
+    ASSERT_EQ(one.status, 0);
+    EXPECT_EQ(got[cases[i].image.string()]["objects"], nlohmann::json::parse(one.out)["objects"]);
+  }
+  // --images needs --out, and excludes --image.
+  EXPECT_NE(run_command(cli() + " caption --model " + shell_quote(model()) + " --images " +
+                        shell_quote((dir / "images").string()))
+                .status,
+            0);
 }
 
 }  // namespace

@@ -28,7 +28,9 @@ std::vector<Call> mixed_calls() {
       {"/v1/caption", {{"image_url", img("photo_640x480.jpg")}, {"length", "short"}, {"settings", greedy}}},
       {"/v1/query", {{"image_url", img("rgba_500x400.png")}, {"question", "What is this?"}, {"settings", greedy}}},
       {"/v1/query",
-       {{"image_url", img("square_378.png")}, {"question", "Describe the colours."}, {"stream", true},
+       {{"image_url", img("square_378.png")},
+        {"question", "Describe the colours."},
+        {"stream", true},
         {"settings", greedy}}},
       {"/v1/detect", {{"image_url", img("photo_640x480.jpg")}, {"object", "face"}}},
       {"/v1/point", {{"image_url", img("solid_1000x700.png")}, {"object", "cup"}}},
@@ -84,8 +86,9 @@ std::vector<json> run_calls(ServerProcess& s, const std::vector<Call>& calls, bo
 
 double metric(const std::string& text, const std::string& name) {
   std::smatch m;
-  if (!std::regex_search(text, m, std::regex("\n" + std::regex_replace(name, std::regex(R"([{}\"+])"), R"(\$&)") +
-                                             R"( ([0-9.e+]+)\n)")))
+  if (!std::regex_search(
+          text, m,
+          std::regex("\n" + std::regex_replace(name, std::regex(R"([{}\"+])"), R"(\$&)") + R"( ([0-9.e+]+)\n)")))
     return -1;
   return std::stod(m[1]);
 }

@@ -81,9 +81,8 @@ Answer ask(int port, const fs::path& img, const std::string& question, const std
   c.set_read_timeout(120, 0);
   httplib::Headers h;
   if (!key.empty()) h.emplace("X-Image-Key", key);
-  const json body = {{"image_url", data_uri(img)},
-                     {"question", question},
-                     {"settings", {{"temperature", 0}, {"max_tokens", 3}}}};
+  const json body = {
+      {"image_url", data_uri(img)}, {"question", question}, {"settings", {{"temperature", 0}, {"max_tokens", 3}}}};
   auto r = c.Post("/v1/query", h, body.dump(), "application/json");
   Answer a;
   if (!r) return a;

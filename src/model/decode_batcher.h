@@ -75,7 +75,7 @@ class DecodeBatcher final : public StepRunner {
   int max_rows() const { return max_rows_; }
   struct Stats {
     uint64_t steps = 0, rows = 0, works = 0;
-    uint64_t yields = 0;  // steps run between the layers of a work
+    uint64_t yields = 0;                                                 // steps run between the layers of a work
     std::array<uint64_t, TextModel::kMaxBatchRows + 1> steps_of_size{};  // [rows] → steps
     int seated = 0;
     int pending = 0;  // positions handed in, not yet run

@@ -98,8 +98,8 @@ struct JobOutcome {
   int image_tokens = 0;   // positions of the encoded image prefix
   Timings timings;
   double queue_s = 0;
-  double first_token_s = -1;         // enqueued → first streamed piece (text tasks); -1: none
-  std::vector<double> inter_token_s;  // between streamed pieces
+  double first_token_s = -1;           // enqueued → first streamed piece (text tasks); -1: none
+  std::vector<double> inter_token_s;   // between streamed pieces
   std::string image_cache = "off";     // hit, miss, off
   std::string response_cache = "off";  // hit, miss, off
   int completion_tokens() const { return int(tokens.size()); }

@@ -125,15 +125,17 @@ int throughput_table(const std::string& host, int port, int clients, int new_ima
   const JobsReport fn = md::load::run_jobs(host, port, q2, clients);
 
   int equal = 0;
-  for (size_t i = 0; i < many.answers.size(); ++i) equal += !many.answers[i].is_null() && many.answers[i] == check.answers[i];
+  for (size_t i = 0; i < many.answers.size(); ++i)
+    equal += !many.answers[i].is_null() && many.answers[i] == check.answers[i];
   const double itl1 = percentile(one.gaps_s, 0.5), itln = percentile(many.gaps_s, 0.95);
   std::printf("| what | 1 client | %d clients | ratio |\n|---|---|---|---|\n", clients);
   std::printf("| new 378x378 images, normal captions <= %d tokens: images/min | %.2f | %.2f | %.2fx |\n", max_tokens,
               one.per_minute(), many.per_minute(), many.per_minute() / one.per_minute());
   std::printf("| ... answers equal to the same request alone | | %d of %zu | |\n", equal, many.answers.size());
-  std::printf("| inter-token latency: 1 client median, %d clients p95 (while new images prefill), s | %.3f | %.3f | "
-              "%.2fx |\n",
-              clients, itl1, itln, itl1 > 0 ? itln / itl1 : 0.0);
+  std::printf(
+      "| inter-token latency: 1 client median, %d clients p95 (while new images prefill), s | %.3f | %.3f | "
+      "%.2fx |\n",
+      clients, itl1, itln, itl1 > 0 ? itln / itl1 : 0.0);
   std::printf("| time to first piece, median, s | %.2f | %.2f | |\n", percentile(one.first_piece_s, 0.5),
               percentile(many.first_piece_s, 0.5));
   std::printf("| follow-up questions on cached images: answers/min | %.2f | %.2f | %.2fx |\n", f1.per_minute(),

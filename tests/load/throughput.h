@@ -26,7 +26,7 @@ struct Job {
 
 struct JobsReport {
   double wall_s = 0;
-  std::vector<json> answers;         // per job: the text (streams) or the reply without timings
+  std::vector<json> answers;          // per job: the text (streams) or the reply without timings
   std::vector<double> first_piece_s;  // per streamed job
   std::vector<double> gaps_s;         // between pieces, every streamed job
   long errors = 0;
