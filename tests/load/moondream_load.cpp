@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -39,7 +40,7 @@ std::string data_uri(const std::string& path) {
 
 // A new 378x378 JPEG for every index: smooth colour fields whose phase and
 // frequency depend on the index (every image decodes to different pixels).
-std::string new_image_uri(int index) {
+std::string new_image_jpeg(int index) {
   const int S = 378;
   std::vector<unsigned char> rgb(size_t(S) * S * 3);
   for (int y = 0; y < S; ++y)
@@ -58,8 +59,10 @@ std::string new_image_uri(int index) {
   const std::string bytes(static_cast<const char*>(buf), len);
   g_free(buf);
   g_object_unref(im);
-  return "data:image/jpeg;base64," + md::server::base64_encode(bytes);
+  return bytes;
 }
+
+std::string new_image_uri(int index) { return "data:image/jpeg;base64," + md::server::base64_encode(new_image_jpeg(index)); }
 
 // Issue 16's table; returns the exit status (1: an error, or an answer that
 // differs from the same request served alone).
@@ -155,6 +158,7 @@ int main(int argc, char** argv) {
   md::load::LoadOptions o;
   bool table = false;
   int new_images = 12, max_tokens = 100, clients = -1;
+  std::string make_images;  // --make-images DIR: write --new-images JPEGs there and exit
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -172,6 +176,8 @@ int main(int argc, char** argv) {
       clients = std::stoi(next());
     else if (a == "--table")
       table = true;
+    else if (a == "--make-images")
+      make_images = next();
     else if (a == "--new-images")
       new_images = std::stoi(next());
     else if (a == "--max-tokens")
@@ -189,13 +195,25 @@ int main(int argc, char** argv) {
                    "usage: moondream_load [--host H] [--port P] [--clients N] [--seconds S] [--timeout S] --image "
                    "FILE... [--api-key K]\n"
                    "       moondream_load --table [--host H] [--port P] [--clients N] [--new-images N] "
-                   "[--max-tokens N]\n");
+                   "[--max-tokens N]\n"
+                   "       moondream_load --make-images DIR [--new-images N]\n");
       return 2;
     }
   }
   if (o.host != "127.0.0.1" && o.host != "localhost" && o.host != "::1") {
     std::fprintf(stderr, "moondream_load: loopback only\n");
     return 2;
+  }
+  if (!make_images.empty()) {
+    // The same images as files (the batch CLI's benchmark).
+    if (VIPS_INIT("moondream_load") != 0) return 2;
+    std::filesystem::create_directories(make_images);
+    for (int i = 0; i < new_images; ++i) {
+      char name[32];
+      std::snprintf(name, sizeof name, "new%04d.jpg", i);
+      std::ofstream(std::filesystem::path(make_images) / name, std::ios::binary) << new_image_jpeg(5000 + i);
+    }
+    return 0;
   }
   if (table) return throughput_table(o.host, o.port, clients > 0 ? clients : 8, new_images, max_tokens);
   if (clients > 0) o.clients = clients;
