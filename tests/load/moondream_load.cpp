@@ -62,7 +62,9 @@ std::string new_image_jpeg(int index) {
   return bytes;
 }
 
-std::string new_image_uri(int index) { return "data:image/jpeg;base64," + md::server::base64_encode(new_image_jpeg(index)); }
+std::string new_image_uri(int index) {
+  return "data:image/jpeg;base64," + md::server::base64_encode(new_image_jpeg(index));
+}
 
 // Issue 16's table; returns the exit status (1: an error, or an answer that
 // differs from the same request served alone).
