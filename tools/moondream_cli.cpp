@@ -157,7 +157,8 @@ int run_batch(const Args& a, const md::Moondream& model, const md::TaskRequest& 
   std::fprintf(stderr, "moondream: %zu images, %zu already in %s, %zu to do\n", all.size(), all.size() - todo.size(),
                a.out.c_str(), todo.size());
 
-  md::DecodeBatcher batcher(model.text(), std::clamp(a.batch, 1, md::TextModel::kMaxBatchRows));
+  // (--batch is checked to 1..kMaxBatchRows by the option parser.)
+  md::DecodeBatcher batcher(model.text(), a.batch);
   std::mutex m;
   std::atomic<size_t> next{0};
   size_t finished = 0, failed = 0;
@@ -173,7 +174,7 @@ int run_batch(const Args& a, const md::Moondream& model, const md::TaskRequest& 
     std::fflush(stderr);
   };
   std::vector<std::thread> workers;
-  for (int w = 0; w < std::clamp(a.batch, 1, md::TextModel::kMaxBatchRows); ++w) {
+  for (int w = 0; w < a.batch; ++w) {
     workers.emplace_back([&] {
       for (size_t i = next++; i < todo.size(); i = next++) {
         nlohmann::json line;

@@ -42,6 +42,16 @@ DecodeBatcher::~DecodeBatcher() {
   thread_.join();
 }
 
+template <class P>
+void DecodeBatcher::hand_in(std::deque<P*>& queue, P& p) {
+  std::unique_lock<std::mutex> lock(m_);
+  if (stopping_) throw Error("the decode batcher is stopping");
+  queue.push_back(&p);
+  work_cv_.notify_all();
+  done_cv_.wait(lock, [&] { return p.done; });
+  if (p.error) std::rethrow_exception(p.error);
+}
+
 void DecodeBatcher::run(const std::function<void()>& work) {
   if (t_batcher == this) {  // already on the compute thread
     work();
@@ -49,12 +59,7 @@ void DecodeBatcher::run(const std::function<void()>& work) {
   }
   PendingWork w;
   w.work = &work;
-  std::unique_lock<std::mutex> lock(m_);
-  if (stopping_) throw Error("the decode batcher is stopping");
-  works_.push_back(&w);
-  work_cv_.notify_all();
-  done_cv_.wait(lock, [&] { return w.done; });
-  if (w.error) std::rethrow_exception(w.error);
+  hand_in(works_, w);
 }
 
 void DecodeBatcher::step(const float* x, KVCache& cache, float* hidden, float* logits) {
@@ -63,12 +68,7 @@ void DecodeBatcher::step(const float* x, KVCache& cache, float* hidden, float* l
   s.cache = &cache;
   s.hidden = hidden;
   s.logits = logits;
-  std::unique_lock<std::mutex> lock(m_);
-  if (stopping_) throw Error("the decode batcher is stopping");
-  steps_.push_back(&s);
-  work_cv_.notify_all();
-  done_cv_.wait(lock, [&] { return s.done; });
-  if (s.error) std::rethrow_exception(s.error);
+  hand_in(steps_, s);
 }
 
 void DecodeBatcher::sit() {

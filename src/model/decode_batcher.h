@@ -1,12 +1,11 @@
 #pragma once
-// Where a task's model computations run (docs/ARCHITECTURE.md "Batching").
+// Where a task's model computations run (docs/API.md "Batching").
 // Alone, a task runs them on its own thread. Under DecodeBatcher, tasks on
 // many threads hand them to one compute thread, which runs the one-position
 // decode steps of every task in its decode loop together, one pass over the
 // weights for all of them (TextModel::decode_step), and runs prompts and
 // image encodings between steps, yielding to ready steps between layers.
 #include <array>
-#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -72,7 +71,6 @@ class DecodeBatcher final : public StepRunner {
   void sit() override;
   void stand() override;
 
-  int max_rows() const { return max_rows_; }
   struct Stats {
     uint64_t steps = 0, rows = 0, works = 0;
     uint64_t yields = 0;                                                 // steps run between the layers of a work
@@ -89,20 +87,24 @@ class DecodeBatcher final : public StepRunner {
   static void yield_point();
 
  private:
-  struct PendingStep {
+  // What a task hands in and waits on: done (and what it threw) under m_.
+  struct Pending {
+    bool done = false;
+    std::exception_ptr error;
+  };
+  struct PendingStep : Pending {
     const float* x = nullptr;
     KVCache* cache = nullptr;
     float* hidden = nullptr;
     float* logits = nullptr;
-    bool done = false;
-    std::exception_ptr error;
   };
-  struct PendingWork {
+  struct PendingWork : Pending {
     const std::function<void()>* work = nullptr;
-    bool done = false;
-    std::exception_ptr error;
   };
 
+  // Queues `p` for the compute thread and waits until it is done; rethrows its error.
+  template <class P>
+  void hand_in(std::deque<P*>& queue, P& p);
   void loop();
   // With m_ held: a step can run (every seated task has handed in its next
   // position, or max_rows have).

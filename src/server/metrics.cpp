@@ -28,12 +28,12 @@ std::string prom_label(const std::string& v) {
   return o;
 }
 
-void Histogram::observe(double v) {
+void Histogram::observe(double v, uint64_t times) {
   size_t i = 0;
   while (i < bounds_.size() && v > bounds_[i]) ++i;
-  ++counts_[i];
-  sum_ += v;
-  ++count_;
+  counts_[i] += times;
+  sum_ += v * double(times);
+  count_ += times;
 }
 
 void Histogram::render(std::string* out, const std::string& name, const std::string& labels) const {

@@ -11,7 +11,9 @@ namespace md::server {
 class Histogram {
  public:
   explicit Histogram(std::vector<double> bounds) : bounds_(std::move(bounds)), counts_(bounds_.size() + 1) {}
-  void observe(double v);
+  void observe(double v) { observe(v, 1); }
+  // `times` observations of v at once (counts kept elsewhere, rendered here).
+  void observe(double v, uint64_t times);
   // Appends the _bucket/_sum/_count lines; `labels` is "" or `a="b",`.
   void render(std::string* out, const std::string& name, const std::string& labels) const;
 

@@ -168,6 +168,14 @@ bool prefers_json(const std::string& accept) {
   return accept.find("application/json") != std::string::npos && accept.find("text/html") == std::string::npos;
 }
 
+// Headers of every task response: the replica's instance id and, with an
+// image, its key — a load balancer hashing on it (deploy/nginx) sends
+// follow-ups about the image to the replica that holds it.
+void set_task_headers(httplib::Response& res, const Job& job, const std::string& instance) {
+  if (job.params.has_image) res.set_header("X-Image-Key", job.image.key.hex());
+  res.set_header("X-Moondream-Instance", instance);
+}
+
 // "/app.js" as an httplib route pattern (a regex).
 std::string literal_pattern(std::string_view path) {
   std::string out;
@@ -658,16 +666,13 @@ void Server::metrics(const httplib::Request& req, httplib::Response& res) {
           double(queue_->max_running()));
     if (p->model) {
       const DecodeBatcher::Stats bs = p->model->batcher->stats();
+      std::vector<double> sizes;
+      for (size_t n = 1; n < bs.steps_of_size.size(); ++n) sizes.push_back(double(n));
+      Histogram batch_size(sizes);
+      for (size_t n = 1; n < bs.steps_of_size.size(); ++n) batch_size.observe(double(n), bs.steps_of_size[n]);
       o += "# HELP moondream_decode_batch_size Sequences advanced by one decode step (one pass over the weights).\n"
            "# TYPE moondream_decode_batch_size histogram\n";
-      uint64_t cum = 0;
-      for (size_t n = 1; n < bs.steps_of_size.size(); ++n) {
-        cum += bs.steps_of_size[n];
-        o += "moondream_decode_batch_size_bucket{le=\"" + std::to_string(n) + "\"} " + std::to_string(cum) + "\n";
-      }
-      o += "moondream_decode_batch_size_bucket{le=\"+Inf\"} " + std::to_string(bs.steps) + "\n";
-      o += "moondream_decode_batch_size_sum " + std::to_string(bs.rows) + "\n";
-      o += "moondream_decode_batch_size_count " + std::to_string(bs.steps) + "\n";
+      batch_size.render(&o, "moondream_decode_batch_size", "");
       gauge("moondream_decode_steps_between_layers_total",
             "Decode steps run between the layers of an image encoding or a prompt.", "counter", double(bs.yields));
     }
@@ -889,13 +894,8 @@ void Server::moondream_task(const httplib::Request& req, const std::string& raw_
     } catch (const TaskError& e) {
       throw task_error(e);
     }
-    if (p.has_image) {
-      prepare_image(*job, image_url, *prof, *inf);
-      // The encoded image's key: a load balancer hashing on it (deploy/nginx)
-      // sends follow-ups about the image to the replica that holds it.
-      res.set_header("X-Image-Key", job->image.key.hex());
-    }
-    res.set_header("X-Moondream-Instance", opts_.instance);
+    if (p.has_image) prepare_image(*job, image_url, *prof, *inf);
+    set_task_headers(res, *job, opts_.instance);
 
     const std::string request_id = "req-" + random_hex(24);
     res.set_header("X-Request-Id", request_id);
@@ -961,13 +961,8 @@ void Server::chat_completions(const httplib::Request& req, const std::string& ra
     } catch (const TaskError& e) {
       throw task_error(e);
     }
-    if (p.has_image) {
-      prepare_image(*job, image_url, *prof, *inf);
-      // The encoded image's key: a load balancer hashing on it (deploy/nginx)
-      // sends follow-ups about the image to the replica that holds it.
-      res.set_header("X-Image-Key", job->image.key.hex());
-    }
-    res.set_header("X-Moondream-Instance", opts_.instance);
+    if (p.has_image) prepare_image(*job, image_url, *prof, *inf);
+    set_task_headers(res, *job, opts_.instance);
 
     const std::string id = "chatcmpl-" + random_hex(24);
     const int64_t created = unix_time();
