@@ -83,13 +83,6 @@ std::vector<json> run_calls(ServerProcess& s, const std::vector<Call>& calls, bo
   return out;
 }
 
-// The value of the sample line `name value` in Prometheus text (-1: none).
-double metric(const std::string& text, const std::string& name) {
-  const size_t at = text.find("\n" + name + " ");
-  if (at == std::string::npos) return -1;
-  return std::stod(text.substr(at + 1 + name.size() + 1));
-}
-
 TEST(ServerBatching, EightMixedRequestsTogetherEqualEachOneAtATime) {
   signal(SIGPIPE, SIG_IGN);
   TempDir dir;
@@ -132,6 +125,53 @@ TEST(ServerBatching, EightMixedRequestsTogetherEqualEachOneAtATime) {
     running = metric(m->body, "moondream_num_requests_running");
   }
   EXPECT_EQ(running, 0.0);
+}
+
+// A KV budget too small for all eight at once (performance.kv_cache_mb 6,
+// the least the tiny test profile (fp32 KV) accepts: a new image's prefix
+// reserves a 2 MiB block, its own rows ~0.5 MB) holds requests back until
+// others finish; every answer is still the one-at-a-time answer, nothing is
+// refused, and the KV bytes in use never exceeded the budget.
+TEST(ServerBatching, KvBudgetHoldsRequestsBackWithoutChangingAnswers) {
+  signal(SIGPIPE, SIG_IGN);
+  TempDir dir;
+  std::vector<Call> calls = mixed_calls();
+  // Room for long answers (the profile's ceiling).
+  for (Call& c : calls)
+    if (c.body.contains("settings") && c.body["settings"].contains("max_tokens"))
+      c.body["settings"]["max_tokens"] = 256;
+  std::vector<json> alone;
+  {
+    const int port = free_port(), backend = free_port();
+    write_file(dir.path / "one.json", tiny_profile(port, backend, {{"performance", {{"max_batch", 1}}}}).dump());
+    ServerProcess s({"--config", (dir.path / "one.json").string()}, port, dir.path / "one.log");
+    ASSERT_TRUE(s.wait_ready()) << s.log();
+    alone = run_calls(s, calls, false);
+  }
+  const int port = free_port(), backend = free_port();
+  write_file(
+      dir.path / "kv.json",
+      tiny_profile(port, backend, {{"performance", {{"max_batch", 8}, {"image_caching", true}, {"kv_cache_mb", 6}}}})
+          .dump());
+  ServerProcess s({"--config", (dir.path / "kv.json").string()}, port, dir.path / "kv.log");
+  ASSERT_TRUE(s.wait_ready()) << s.log();
+  const std::vector<json> together = run_calls(s, calls, true);
+  for (size_t i = 0; i < calls.size(); ++i)
+    EXPECT_EQ(together[i], alone[i]) << calls[i].path << " (request " << i << ")";
+  auto r = s.client(backend)->Get("/metrics");
+  ASSERT_TRUE(r);
+  const double budget = metric(r->body, "moondream_kv_cache_budget_bytes");
+  EXPECT_EQ(budget, 6.0 * (1 << 20)) << r->body;
+  EXPECT_GT(metric(r->body, "moondream_kv_budget_waits_total"), 0) << "the budget never held a request back";
+  EXPECT_EQ(metric(r->body, "moondream_kv_budget_refused_total"), 0) << r->body;
+  const double peak = metric(r->body, "moondream_kv_cache_peak_bytes");
+  EXPECT_GT(peak, 1 << 20) << r->body;
+  EXPECT_LE(peak, budget) << r->body;
+  EXPECT_LE(metric(r->body, "moondream_kv_cache_used_bytes"), budget) << r->body;
+  // /health shows the same budget.
+  auto h = s.client()->Get("/health");
+  ASSERT_TRUE(h);
+  EXPECT_EQ(json::parse(h->body)["kv_budget"]["budget_bytes"], 6 << 20) << h->body;
 }
 
 }  // namespace

@@ -312,4 +312,11 @@ struct RawExchange {
   }
 };
 
+// The value of the sample line `name value` in Prometheus text (-1: none).
+inline double metric(const std::string& text, const std::string& name) {
+  const size_t at = text.find("\n" + name + " ");
+  if (at == std::string::npos) return -1;
+  return std::stod(text.substr(at + 1 + name.size() + 1));
+}
+
 }  // namespace md::srvtest

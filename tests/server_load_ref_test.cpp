@@ -2,7 +2,9 @@
 // streaming and not, against the real server on the tiny model with a small
 // request queue, for MOONDREAM_LOAD_SECONDS (default 15). Every request must
 // get a complete answer or a 503 with Retry-After, none may hang, the
-// server's RSS must stay bounded, and it must be healthy afterwards. The same
+// server's RSS must stay bounded, the KV memory in use within its budget
+// (performance.kv_cache_mb, at the least the profile accepts so that it
+// binds), and it must be healthy afterwards. The same
 // runner at full scale: tests/load/moondream_load (see docs/RELIABILITY.md).
 #include <gtest/gtest.h>
 
@@ -35,9 +37,10 @@ TEST(ServerLoad, SixtyFourClientsGetAnswersOr503sAndTheServerStaysHealthy) {
   signal(SIGPIPE, SIG_IGN);
   TempDir dir;
   const int port = free_port(), backend = free_port();
-  json profile = tiny_profile(port, backend,
-                              {{"performance", {{"image_caching", true}, {"response_caching", true}}},
-                               {"server", {{"queue_size", 8}, {"http_threads", 80}}}});
+  json profile =
+      tiny_profile(port, backend,
+                   {{"performance", {{"image_caching", true}, {"response_caching", true}, {"kv_cache_mb", 6}}},
+                    {"server", {{"queue_size", 8}, {"http_threads", 80}}}});
   write_file(dir.path / "load.json", profile.dump(2));
   ServerProcess s({"--config", (dir.path / "load.json").string()}, port, dir.path / "server.log",
                   {{"XDG_RUNTIME_DIR", dir.path.string()}});
@@ -66,6 +69,14 @@ TEST(ServerLoad, SixtyFourClientsGetAnswersOr503sAndTheServerStaysHealthy) {
   EXPECT_GT(hwm, 0);
   EXPECT_LE(hwm, kRssBound);
   EXPECT_LE(r.peak_rss_bytes, kRssBound);
+  auto m = s.client(backend)->Get("/metrics");
+  ASSERT_TRUE(m);
+  const double kv_peak = metric(m->body, "moondream_kv_cache_peak_bytes");
+  std::printf("  KV peak %.2f MB of %.0f MB, %g waits for KV budget\n", kv_peak / 1e6,
+              metric(m->body, "moondream_kv_cache_budget_bytes") / 1e6,
+              metric(m->body, "moondream_kv_budget_waits_total"));
+  EXPECT_GT(kv_peak, 0);
+  EXPECT_LE(kv_peak, 6 << 20);
   // The server still answers properly after the storm.
   int st = 0;
   const json out =

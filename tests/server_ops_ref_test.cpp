@@ -375,6 +375,15 @@ TEST_F(ServerOps, BadConfigStopsStartupWithOneLineNamingTheKey) {
   ServerProcess s({"--config", cfg.string()}, port_, dir_.path / "nomodel.log");
   EXPECT_EQ(s.wait_exit(30), 1);
   EXPECT_NE(s.log().find("/nonexistent/model"), std::string::npos) << s.log();
+  // A KV budget below one full-context request of the model: exit 1, naming
+  // the key and the least that works (6 MB for the tiny profile's fp32 KV).
+  const fs::path small = dir_.path / "bad" / "smallkv.json";
+  write_file(small, tiny_profile(port_, backend_, {{"performance", {{"kv_cache_mb", 1}}}}).dump());
+  ServerProcess kv({"--config", small.string()}, port_, dir_.path / "smallkv.log");
+  EXPECT_EQ(kv.wait_exit(30), 1);
+  EXPECT_NE(kv.log().find("performance.kv_cache_mb 1 cannot hold one full-context request"), std::string::npos)
+      << kv.log();
+  EXPECT_NE(kv.log().find("set it to at least 6"), std::string::npos) << kv.log();
   // Unknown keys only warn.
   auto ok = start({{"extra", tiny_profile(port_, backend_, {{"colour", "blue"}, {"server", {{"shiny", true}}}})}});
   EXPECT_NE(ok->log().find("unknown key 'colour'"), std::string::npos) << ok->log();

@@ -471,6 +471,53 @@ TEST(ServerEngine, ResponseKeysSeparateEverythingThatMatters) {
   EXPECT_TRUE(b.deterministic());
 }
 
+TEST(ServerCache, EvictionPassesOverEntriesStillHeld) {
+  LruCache<int> c(100);
+  const Key128 k1 = hash128("1", 1), k2 = hash128("2", 1), k3 = hash128("3", 1);
+  c.put(k1, std::make_shared<int>(1), 40);
+  c.put(k2, std::make_shared<int>(2), 40);
+  auto held = c.get(k1);                    // k1 is in use (and now the most recent)
+  c.get(k2);                                // k1 is the oldest again, but held
+  c.put(k3, std::make_shared<int>(3), 40);  // over budget: evicts k2, not k1
+  EXPECT_TRUE(c.get(k1, false));
+  EXPECT_FALSE(c.get(k2, false));
+  EXPECT_EQ(c.evict_unused(1000), 40u);  // only k3 can go
+  EXPECT_EQ(c.stats().entries, 1u);
+  held.reset();
+  EXPECT_EQ(c.evict_unused(1), 40u);
+  EXPECT_EQ(c.stats().entries, 0u);
+}
+
+TEST(ServerKvBudget, ReservationsEvictUnusedImagesAndNeverRunOver) {
+  LruCache<EncodedImage> images(1000);
+  KvBudget kv(&images);
+  kv.set_max_bytes(100);
+  EXPECT_TRUE(kv.try_reserve(60));
+  EXPECT_FALSE(kv.try_reserve(41)) << "60 + 41 > 100";
+  EXPECT_TRUE(kv.try_reserve(40));
+  EXPECT_EQ(kv.used(), 100u);
+  kv.release(60);
+  // A cached image in use counts and cannot be evicted; an unused one can.
+  const Key128 a = hash128("a", 1), b = hash128("b", 1);
+  auto img_a = std::make_shared<EncodedImage>();
+  images.put(a, img_a, 30);
+  images.put(b, std::make_shared<EncodedImage>(), 25);
+  kv.note();
+  EXPECT_EQ(kv.used(), 95u);
+  EXPECT_TRUE(kv.try_reserve(30)) << "evicts b (25 bytes)";
+  EXPECT_FALSE(images.get(b, false));
+  EXPECT_TRUE(images.get(a, false));
+  EXPECT_EQ(kv.used(), 100u);
+  EXPECT_FALSE(kv.try_reserve(1)) << "a is held: nothing left to evict";
+  img_a.reset();
+  EXPECT_TRUE(kv.try_reserve(1)) << "a is no longer held: evicted";
+  EXPECT_FALSE(images.get(a, false));
+  EXPECT_EQ(kv.used(), 71u);
+  EXPECT_EQ(kv.peak(), 100u);
+  kv.release(71);
+  EXPECT_EQ(kv.used(), 0u);
+}
+
 TEST(ServerCache, LruEvictsByBytesAndCounts) {
   LruCache<int> c(100);
   const Key128 k1 = hash128("1", 1), k2 = hash128("2", 1), k3 = hash128("3", 1);

@@ -224,7 +224,7 @@ struct Runner {
               TaskResult& res) const {
     res.prompt_ids = prompt;
     // Room for the reasoning, the answer marker and the answer.
-    KVCache cache = start(img, int(prompt.size()), 2 * rq.max_tokens + int(ids.query_suffix.size()));
+    KVCache cache = start(img, int(prompt.size()), room_after_prompt(rq));
     std::vector<float> logits;
     std::vector<float> h = prefill(cache, embeddings(prompt, rq.spatial_refs), res, &logits);
     auto t0 = std::chrono::steady_clock::now();
@@ -353,6 +353,27 @@ struct Runner {
     }
     return p;
   }
+  // Positions a task may write after its prompt: the room its KV cache gets.
+  int room_after_prompt(const TaskRequest& rq) const {
+    switch (rq.kind) {
+      case TaskKind::kQuery:
+        // The reasoning, the answer marker and the answer.
+        if (rq.reasoning) return 2 * rq.max_tokens + int(ids.query_suffix.size());
+        return rq.max_tokens;
+      case TaskKind::kCaption:
+      case TaskKind::kChat: return rq.max_tokens;
+      case TaskKind::kDetect: return 3 * rq.max_objects;  // x, y, size per object (locate)
+      case TaskKind::kPoint: return 2 * rq.max_objects;
+      case TaskKind::kGaze: return 2;  // one point
+    }
+    return rq.max_tokens;
+  }
+  // Prompt positions: the prompt's ids, plus the eye's two coordinate
+  // embeddings of the older revisions' gaze prompt.
+  int prompt_positions(const TaskRequest& rq, const std::vector<int>& prompt) const {
+    const bool eye_between = rq.kind == TaskKind::kGaze && rev.gaze != GazeMethod::kPointWithSpatialRef;
+    return int(prompt.size()) + (eye_between ? 2 : 0);
+  }
   std::vector<int> gaze_before() const { return encode(tok, "\n\nPoint:"); }
   std::vector<int> gaze_after() const { return encode(tok, " gaze\n\n"); }
   static SpatialRef gaze_eye(const TaskRequest& rq) { return {rq.eye_x, rq.eye_y}; }
@@ -464,6 +485,16 @@ std::vector<int> prepare_task(const Moondream& model, const TaskRequest& rq, boo
     fail(TaskErrorKind::kContextOverflow, "the prompt is " + std::to_string(p.size()) + " tokens; at most " +
                                               std::to_string(t.max_context - base - 1) + " fit");
   return p;
+}
+
+int task_kv_positions(const Moondream& model, const TaskRequest& rq, bool has_image) {
+  InlineRunner inline_compute(model.text());
+  const Runner run(model, inline_compute);
+  const TextConfig& t = model.config().text;
+  const int64_t base = has_image ? t.prefix_attn : 0;
+  const int64_t wanted =
+      base + run.prompt_positions(rq, run.prompt_for(rq, has_image)) + std::max<int64_t>(0, run.room_after_prompt(rq));
+  return int(std::min<int64_t>(t.max_context, wanted) - base);
 }
 
 TaskResult run_task(const Moondream& model, const TaskRequest& rq, const TaskCallbacks& cb, StepRunner* compute) {

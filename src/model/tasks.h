@@ -106,6 +106,12 @@ TaskResult run_task(const Moondream& model, const TaskRequest& request, const Ta
 // TaskError. Lets a front end answer a bad request at once.
 std::vector<int> prepare_task(const Moondream& model, const TaskRequest& request, bool has_image);
 
+// The most KV positions `request` writes after the image prefix (`has_image`:
+// one will precede it): its prompt and all it may generate, within the
+// context. What a scheduler reserves before running it (model::KVCache has
+// the bytes per position).
+int task_kv_positions(const Moondream& model, const TaskRequest& request, bool has_image);
+
 // The answer loop on a prompt of token ids (max_tokens and sampling from
 // `settings`), for tests and tools that build their own prompts.
 TaskResult generate_from_prompt(const Moondream& model, const EncodedImage* image, const std::vector<int>& prompt,

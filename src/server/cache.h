@@ -44,7 +44,11 @@ struct CacheStats {
 };
 
 // Values are shared_ptr<const V>, so a value handed out stays valid after its
-// entry is evicted. An entry larger than the whole budget is not stored.
+// entry is cleared. An entry larger than the whole budget is not stored.
+// Eviction passes over entries whose value is still held elsewhere (a running
+// job's encoded image): dropping them would free nothing, and the KV budget
+// (kv_budget.h) counts their bytes until they can go; the cache may run over
+// its budget by such entries until the next put or trim.
 template <typename V>
 class LruCache {
  public:
@@ -86,6 +90,17 @@ class LruCache {
     return true;
   }
 
+  // Evicts least recently used entries no one else holds until `bytes` are
+  // freed or none is left to evict; returns the bytes freed.
+  size_t evict_unused(size_t bytes) {
+    std::lock_guard<std::mutex> lock(m_);
+    return evict_locked(bytes);
+  }
+  void trim() {
+    std::lock_guard<std::mutex> lock(m_);
+    evict_locked();
+  }
+
   void set_max_bytes(size_t max_bytes) {
     std::lock_guard<std::mutex> lock(m_);
     max_bytes_ = max_bytes;
@@ -112,13 +127,20 @@ class LruCache {
     std::shared_ptr<const V> value;
     size_t bytes;
   };
-  void evict_locked() {
-    while (stats_.bytes > max_bytes_ && !order_.empty()) {
-      stats_.bytes -= order_.back().bytes;
-      map_.erase(order_.back().key);
-      order_.pop_back();
+  // Evicts unused entries, oldest first, until the cache fits its budget
+  // (and, with `free_at_least`, that many bytes are freed).
+  size_t evict_locked(size_t free_at_least = 0) {
+    size_t freed = 0;
+    for (auto it = order_.end(); it != order_.begin() && (stats_.bytes > max_bytes_ || freed < free_at_least);) {
+      --it;
+      if (it->value.use_count() > 1) continue;  // held by a job: dropping it frees nothing
+      freed += it->bytes;
+      stats_.bytes -= it->bytes;
+      map_.erase(it->key);
+      it = order_.erase(it);
       ++stats_.evictions;
     }
+    return freed;
   }
 
   mutable std::mutex m_;

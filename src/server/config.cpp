@@ -158,6 +158,7 @@ ServerConfig parse_server_config(const std::string& json_text, const std::string
     s.read("memory_management", &c.performance.memory_management);
     s.read_int("cache_max_mb", &c.performance.cache_max_mb, 0, 1 << 24);
     s.read_int("max_batch", &c.performance.max_batch, 1, TextModel::kMaxBatchRows);
+    s.read_int("kv_cache_mb", &c.performance.kv_cache_mb, 1, 1 << 24);
     if (const json* q = s.get("quantization")) {
       std::string v;
       if (q->is_boolean()) {
@@ -330,7 +331,8 @@ std::string config_to_json(const ServerConfig& c) {
         {"cache_max_mb", c.performance.cache_max_mb},
         {"quantization", c.performance.quantization},
         {"kv_cache", c.performance.kv_cache},
-        {"max_batch", c.performance.max_batch}}},
+        {"max_batch", c.performance.max_batch},
+        {"kv_cache_mb", c.performance.kv_cache_mb}}},
       {"server",
        {{"host", c.server.host},
         {"port", c.server.port},

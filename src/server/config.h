@@ -21,6 +21,10 @@ struct PerformanceConfig {
   // Requests in flight at once (their decode steps share one pass over the
   // weights); more wait in the queue. 1 = one request at a time.
   int max_batch = 8;
+  // KV memory of cached image prefixes and running requests together
+  // (server/kv_budget.h); a request waits for its share. At least one
+  // full-context sequence of the loaded model.
+  int kv_cache_mb = 4096;
 };
 
 // The spellings users write for performance.quantization / --quantization

@@ -138,6 +138,20 @@ void StreamChannel::finish(std::shared_ptr<JobOutcome> outcome) {
   cv_.notify_all();
 }
 
+void StreamChannel::start() {
+  {
+    std::lock_guard<std::mutex> lock(m_);
+    started_ = true;
+  }
+  cv_.notify_all();
+}
+
+void StreamChannel::wait_started() {
+  std::unique_lock<std::mutex> lock(m_);
+  cv_.wait(lock, [&] { return started_ || done_; });
+  if (!started_ && error_) std::rethrow_exception(error_);
+}
+
 void StreamChannel::fail(std::exception_ptr e) {
   {
     std::lock_guard<std::mutex> lock(m_);
@@ -235,6 +249,11 @@ InferenceQueue::InferenceQueue(Caches* caches, size_t capacity, int max_running)
 InferenceQueue::~InferenceQueue() { stop(); }
 
 bool InferenceQueue::try_push(std::shared_ptr<Job> job) {
+  // The KV bytes it will reserve (its prompt was checked before it came here).
+  const Moondream& m = *job->model->model;
+  const bool has_image = job->params.has_image;
+  job->kv_own_bytes = kv_block_bytes(m, task_kv_positions(m, task_request(job->params, nullptr), has_image));
+  job->kv_prefix_bytes = has_image && !job->image.encoded ? kv_block_bytes(m, m.config().text.prefix_attn) : 0;
   {
     std::lock_guard<std::mutex> lock(m_);
     if (stopping_ || q_.size() >= capacity_) return false;
@@ -293,7 +312,13 @@ void InferenceQueue::run() {
     std::shared_ptr<Job> job;
     {
       std::unique_lock<std::mutex> lock(m_);
-      cv_.wait(lock, [&] { return (stopping_ && q_.empty()) || (!q_.empty() && running_ < max_running_); });
+      // First come, first served: the head runs when a slot and its KV bytes
+      // are free. (Polled as well: a cached image that a finished HTTP
+      // request stops holding becomes evictable without a notification.)
+      const auto ready = [&] {
+        return (stopping_ && q_.empty()) || (!q_.empty() && running_ < max_running_ && admit_locked(*q_.front()));
+      };
+      while (!ready()) cv_.wait_for(lock, std::chrono::milliseconds(50));
       if (q_.empty()) return;  // stopping, nothing left
       job = std::move(q_.front());
       q_.pop_front();
@@ -311,6 +336,7 @@ void InferenceQueue::run() {
 #if defined(__GLIBC__)
     if (job->memory_management) malloc_trim(0);
 #endif
+    caches_->kv.release(job->kv_held);
     job.reset();
     {
       std::lock_guard<std::mutex> lock(m_);
@@ -320,9 +346,34 @@ void InferenceQueue::run() {
   }
 }
 
+bool InferenceQueue::admit_locked(Job& job) {
+  const size_t bytes = job.kv_own_bytes + job.kv_prefix_bytes;
+  if (caches_->kv.try_reserve(bytes)) {
+    job.kv_held = bytes;
+    head_waiting_for_kv_ = false;
+    return true;
+  }
+  if (running_ == 0) {
+    // Nothing running will release anything: what fills the budget is held
+    // by requests still waiting (their cached images). Answer this one 503.
+    job.kv_refused = true;
+    head_waiting_for_kv_ = false;
+    return true;
+  }
+  if (!head_waiting_for_kv_) ++kv_waits;
+  head_waiting_for_kv_ = true;
+  return false;
+}
+
 void InferenceQueue::execute(Job& job) {
   auto out = std::make_shared<JobOutcome>();
   out->queue_s = seconds_since(job.enqueued);
+  const auto release_prefix = [&] {
+    const size_t b = std::min(job.kv_prefix_bytes, job.kv_held);
+    job.kv_held -= b;
+    caches_->kv.release(b);
+    caches_->kv.note();
+  };
   StreamChannel& ch = *job.channel;
   if (ch.cancelled) {  // the client left while the job waited
     out->finish_reason = "cancelled";
@@ -330,6 +381,12 @@ void InferenceQueue::execute(Job& job) {
     ch.finish(out);
     return;
   }
+  if (job.kv_refused) {
+    ++kv_refused;
+    throw ApiError(503, "kv_budget_full",
+                   "the KV cache budget (performance.kv_cache_mb) is held by other requests; retry later");
+  }
+  ch.start();
   if (job_delay_ms_ > 0) std::this_thread::sleep_for(std::chrono::milliseconds(job_delay_ms_));
 
   const Moondream& m = *job.model->model;
@@ -349,8 +406,10 @@ void InferenceQueue::execute(Job& job) {
     } catch (const Error& e) {
       throw bad_request("invalid_image", e.what());
     }
-    if (job.image_caching) caches_->images.put(job.image.key, enc, enc->cache.bytes());
+    // Cached, the prefix counts in the cache's bytes instead of this job's.
+    if (job.image_caching && caches_->images.put(job.image.key, enc, enc->cache.bytes())) release_prefix();
   }
+  if (hit) release_prefix();  // found in the cache after all: no prefix of its own
   if (job.image_caching && p.has_image) {
     hit ? caches_->images.count_hit() : caches_->images.count_miss();
     out->image_cache = hit ? "hit" : "miss";

@@ -23,6 +23,7 @@
 #include "model/moondream.h"
 #include "model/tasks.h"
 #include "server/cache.h"
+#include "server/kv_budget.h"
 
 namespace md::server {
 
@@ -112,6 +113,11 @@ class StreamChannel {
   void push(std::string chunk);
   // The reasoning (as its JSON text), sent before the first answer chunk.
   void push_reasoning(std::string json_text);
+  // The job has its slot and KV budget (what may fail before: answered with
+  // a real HTTP status, not inside a 200 stream).
+  void start();
+  // Waits for start() or the end; rethrows an error that came before start.
+  void wait_started();
   void finish(std::shared_ptr<JobOutcome> outcome);
   void fail(std::exception_ptr e);
   // Waits for the next chunk (true) or the end (false); on the end, outcome()
@@ -126,7 +132,7 @@ class StreamChannel {
   std::mutex m_;
   std::condition_variable cv_;
   std::deque<std::pair<std::string, bool>> chunks_;  // (text, is the reasoning)
-  bool done_ = false;
+  bool started_ = false, done_ = false;
   std::shared_ptr<JobOutcome> outcome_;
   std::exception_ptr error_;
 };
@@ -149,6 +155,7 @@ struct Caches {
   LruCache<EncodedImage> images{0};
   LruCache<JobOutcome> responses{32u << 20};
   LruCache<Key128> raw_images{4096};  // xxh3 of the image file bytes → image key (1 "byte" each)
+  KvBudget kv{&images};               // performance.kv_cache_mb: cached prefixes + running jobs
 };
 
 struct Job {
@@ -162,6 +169,10 @@ struct Job {
   Key128 response_key;
   std::chrono::steady_clock::time_point enqueued;
   std::shared_ptr<StreamChannel> channel = std::make_shared<StreamChannel>();
+  // KV bytes the job reserves before it runs (kv_budget.h): its own rows,
+  // and the image prefix while its image is not encoded; what it holds now.
+  size_t kv_own_bytes = 0, kv_prefix_bytes = 0, kv_held = 0;
+  bool kv_refused = false;  // could never fit beside what is pinned: answered 503
 };
 
 // The key of a deterministic request's response.
@@ -188,12 +199,14 @@ class InferenceQueue {
   // Finishes every queued job, then stops the workers.
   void stop();
 
-  // Counters for /metrics.
-  std::atomic<uint64_t> completed{0}, cancelled{0}, failed{0};
+  // Counters for /metrics. kv_waits: times the head job waited for KV budget.
+  std::atomic<uint64_t> completed{0}, cancelled{0}, failed{0}, kv_waits{0}, kv_refused{0};
 
  private:
   void run();
   void execute(Job& job);
+  // Reserves the head job's KV bytes (with m_ held); false: it must wait.
+  bool admit_locked(Job& job);
 
   Caches* caches_;
   mutable std::mutex m_;
@@ -204,6 +217,7 @@ class InferenceQueue {
   bool stopping_ = false;
   std::atomic<int> running_{0};
   std::atomic<double> avg_job_s_{1.0};
+  bool head_waiting_for_kv_ = false;
   int job_delay_ms_ = 0, chunk_delay_ms_ = 0;  // test hooks (environment)
   std::vector<std::thread> workers_;
 };

@@ -229,6 +229,7 @@ void Server::apply_runtime_settings(const Profile& p) {
   if (!perf.response_caching) caches_.responses.clear();
   queue_->set_capacity(size_t(p.cfg.server.queue_size));
   queue_->set_max_running(perf.max_batch);
+  caches_.kv.set_max_bytes(size_t(perf.kv_cache_mb) << 20);
 }
 
 void Server::bind() {
@@ -266,6 +267,7 @@ void Server::load_startup_model() {
     lm->fallback_from = c.model_path;
     lm->fallback_reason = e.what();
   }
+  check_kv_budget(c.performance.kv_cache_mb, *lm->model);
   auto p = std::make_shared<Profile>(*cur);
   p->model = lm;
   {
@@ -593,6 +595,7 @@ std::string Server::health_json() const {
       {"busy", queue_->busy()},
       {"running", queue_->running()},
       {"max_batch", queue_->max_running()},
+      {"kv_budget", {{"budget_bytes", caches_.kv.max_bytes()}, {"used_bytes", caches_.kv.used()}}},
       {"cache", cache_json(caches_.images.stats(), c.performance.image_caching)},
       {"response_cache", cache_json(caches_.responses.stats(), c.performance.response_caching)},
   };
@@ -664,6 +667,19 @@ void Server::metrics(const httplib::Request& req, httplib::Response& res) {
     gauge("moondream_requests_deferred", "Requests waiting (llama.cpp's name).", "gauge", double(queue_->depth()));
     gauge("moondream_max_batch", "Requests that may run at once (performance.max_batch).", "gauge",
           double(queue_->max_running()));
+    // KV memory (performance.kv_cache_mb): cached image prefixes plus what
+    // running requests reserved. usage_perc as vLLM's kv_cache_usage_perc (0-1).
+    const double kv_budget = double(caches_.kv.max_bytes()), kv_used = double(caches_.kv.used());
+    gauge("moondream_kv_cache_budget_bytes", "KV cache budget (performance.kv_cache_mb).", "gauge", kv_budget);
+    gauge("moondream_kv_cache_used_bytes", "KV bytes of cached images and running requests.", "gauge", kv_used);
+    gauge("moondream_kv_cache_peak_bytes", "Most KV bytes in use at once since the start.", "gauge",
+          double(caches_.kv.peak()));
+    gauge("moondream_kv_cache_usage_perc", "KV budget in use, 0-1 (vLLM's kv_cache_usage_perc).", "gauge",
+          kv_budget > 0 ? kv_used / kv_budget : 0.0);
+    gauge("moondream_kv_budget_waits_total", "Times the next request waited for KV budget.", "counter",
+          double(queue_->kv_waits.load()));
+    gauge("moondream_kv_budget_refused_total", "Requests answered 503 because the KV budget was held.", "counter",
+          double(queue_->kv_refused.load()));
     if (p->model) {
       const DecodeBatcher::Stats bs = p->model->batcher->stats();
       std::vector<double> sizes;
@@ -756,6 +772,11 @@ void Server::patch_config(const httplib::Request& req, const std::string& raw_bo
                        "server_error");
       }
       reloaded = true;
+    }
+    try {
+      check_kv_budget(cfg.performance.kv_cache_mb, *next->model->model);
+    } catch (const Error& e) {
+      throw ApiError(400, "invalid_config", std::string(e.what()) + "; profile '" + cur->name + "' stays active");
     }
     if (reloaded) {
       // Entries keyed by the old model can never hit again.
@@ -1063,6 +1084,9 @@ static void run_and_respond(const std::shared_ptr<Job>& job, const std::shared_p
     return;
   }
 
+  // A stream's 200 goes out once the job runs: a 503 for the KV budget is
+  // still a real status.
+  job->channel->wait_started();
   res.set_header("Cache-Control", "no-cache");
   res.set_header("X-Accel-Buffering", "no");
   res.set_chunked_content_provider(
