@@ -354,6 +354,19 @@ TEST_F(ServerApi, ErrorStatuses) {
   auto p405 = c->Put("/v1/query", "{}", "application/json");
   ASSERT_TRUE(p405);
   EXPECT_EQ(p405->status, 405);
+  // The route table answers for every port and every path it holds: both
+  // methods of the config endpoint, a path with a parameter.
+  auto c405 = backend()->Put("/api/v1/config", "{}", "application/json");
+  ASSERT_TRUE(c405);
+  EXPECT_EQ(c405->status, 405);
+  EXPECT_EQ(c405->get_header_value("Allow"), "GET, PATCH");
+  auto m405 = c->Delete("/v1/models/moondream2");
+  ASSERT_TRUE(m405);
+  EXPECT_EQ(m405->status, 405);
+  EXPECT_EQ(m405->get_header_value("Allow"), "GET");
+  auto metrics_405 = c->Post("/metrics", "", "text/plain");  // a backend-only path on the API port
+  ASSERT_TRUE(metrics_405);
+  EXPECT_EQ(metrics_405->status, 404);
   auto g404 = c->Get("/v1/nothing-here");
   ASSERT_TRUE(g404);
   expect_error(json::parse(g404->body), g404->status, 404, "not_found", "unknown path");

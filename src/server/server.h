@@ -1,9 +1,15 @@
 #pragma once
 // moondream-server's HTTP side: the API on the main port (health, OpenAI chat
-// completions, Moondream caption/query/detect/point) and the backend API on
-// the backend port (profile switching, Prometheus metrics). Requests are
-// validated and their images decoded on the HTTP threads; inference runs on
-// the single worker of InferenceQueue.
+// completions, Moondream caption/query/detect/point/gaze) and the backend API
+// on the backend port (profile switching, Prometheus metrics). Requests are
+// validated and their images decoded on the HTTP threads; inference runs in
+// InferenceQueue (engine.h). One class, its parts in one file per job:
+//   server.cpp         lifecycle, profiles, images and jobs of requests
+//   http_front.cpp     the route table, limits, API keys, CORS, access log, web page
+//   moondream_api.cpp  the Moondream API's wire format
+//   openai_api.cpp     OpenAI chat completions and models
+//   admin.cpp          health, config (profile switch), metrics
+//   wire.h             what they share: JSON/SSE helpers, run_and_respond
 #include <atomic>
 #include <chrono>
 #include <functional>
@@ -72,7 +78,22 @@ class Server {
   std::shared_ptr<const Profile> active() const;
 
  private:
+  // One endpoint of one port. The table (http_front.cpp, routes()) registers
+  // every handler and answers what else is asked of a path: 405 with its
+  // Allow list, the endpoint label of metrics and logs, the index at GET /.
+  struct Route {
+    bool backend;        // the backend port, else the API port
+    std::string method;  // GET, POST or PATCH
+    std::string path;    // "/v1/models/{id}": a trailing {param} matches any rest (req.matches[1])
+    bool listed;         // in the endpoint index at GET /
+    std::function<void(const httplib::Request&, httplib::Response&, const std::string& body)> handler;
+  };
+  std::vector<Route> route_table_;
   void routes();
+  // The route serving `path` on a port (any method when `method` is empty).
+  const Route* find_route(const std::string& path, bool backend, const std::string& method = "") const;
+  // "GET, PATCH": the methods `path` answers on a port; empty: unknown path.
+  std::string allowed_methods(const std::string& path, bool backend) const;
   void common_handlers(httplib::Server& s, bool backend);
 
   // Handlers.
