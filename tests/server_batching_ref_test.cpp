@@ -127,6 +127,35 @@ TEST(ServerBatching, EightMixedRequestsTogetherEqualEachOneAtATime) {
   EXPECT_EQ(running, 0.0);
 }
 
+// Four requests about one new image, sent together, encode it once: the
+// first encodes (slowed by a test hook so that the others surely arrive
+// meanwhile), the others take its encoding — with the image cache off, so it
+// is not the cache. Their answers equal the answer of a request alone.
+TEST(ServerBatching, IdenticalNewImagesSentTogetherAreEncodedOnce) {
+  signal(SIGPIPE, SIG_IGN);
+  TempDir dir;
+  const int port = free_port(), backend = free_port();
+  write_file(dir.path / "p.json",
+             tiny_profile(port, backend, {{"performance", {{"max_batch", 8}, {"image_caching", false}}}}).dump());
+  ServerProcess s({"--config", (dir.path / "p.json").string()}, port, dir.path / "p.log",
+                  {{"MOONDREAM_SERVER_TEST_ENCODE_DELAY_MS", "400"}});
+  ASSERT_TRUE(s.wait_ready()) << s.log();
+  const std::string img = data_uri(image("photo_640x480.jpg"));
+  std::vector<Call> calls;
+  for (const char* q : {"What is this?", "Any people?", "What colour is it?", "Where is it?"})
+    calls.push_back({"/v1/query", {{"image_url", img}, {"question", q}, {"settings", {{"temperature", 0}}}}});
+  const std::vector<json> together = run_calls(s, calls, true);
+  auto r = s.client(backend)->Get("/metrics");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(metric(r->body, "moondream_image_encodes_total"), 1) << r->body;
+  EXPECT_EQ(metric(r->body, "moondream_image_encodes_shared_total"), 3) << r->body;
+  const std::vector<json> alone = run_calls(s, calls, false);
+  for (size_t i = 0; i < calls.size(); ++i) EXPECT_EQ(together[i], alone[i]) << i;
+  r = s.client(backend)->Get("/metrics");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(metric(r->body, "moondream_image_encodes_total"), 5) << "one at a time, each encodes";
+}
+
 // A KV budget too small for all eight at once (performance.kv_cache_mb 6,
 // the least the tiny test profile (fp32 KV) accepts: a new image's prefix
 // reserves a 2 MiB block, its own rows ~0.5 MB) holds requests back until

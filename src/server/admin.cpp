@@ -81,6 +81,11 @@ void Server::metrics(const httplib::Request& req, httplib::Response& res) {
     gauge("moondream_image_cache_misses_total", "Encoded-image cache misses.", "counter", double(ic.misses));
     gauge("moondream_image_cache_entries", "Encoded images held.", "gauge", double(ic.entries));
     gauge("moondream_image_cache_bytes", "Bytes of encoded images held.", "gauge", double(ic.bytes));
+    gauge("moondream_image_encodes_total", "Images run through the vision encoder and the prefix.", "counter",
+          double(queue_->encodes.load()));
+    gauge("moondream_image_encodes_shared_total",
+          "Requests that took the encoding another request was making of the same image.", "counter",
+          double(queue_->encodes_shared.load()));
     gauge("moondream_response_cache_hits_total", "Response cache hits.", "counter", double(rc.hits));
     gauge("moondream_response_cache_misses_total", "Response cache misses.", "counter", double(rc.misses));
     gauge("moondream_response_cache_entries", "Responses held.", "gauge", double(rc.entries));

@@ -241,6 +241,7 @@ InferenceQueue::InferenceQueue(Caches* caches, size_t capacity, int max_running)
     : caches_(caches), capacity_(capacity), max_running_(std::clamp(max_running, 1, kMaxWorkers)) {
   job_delay_ms_ = env_int("MOONDREAM_SERVER_TEST_JOB_DELAY_MS");
   chunk_delay_ms_ = env_int("MOONDREAM_SERVER_TEST_CHUNK_DELAY_MS");
+  encode_delay_ms_ = env_int("MOONDREAM_SERVER_TEST_ENCODE_DELAY_MS");
   // Threads for the most jobs a profile may run at once; max_running_ of
   // them take jobs (a profile switch changes it without new threads).
   for (int i = 0; i < kMaxWorkers; ++i) workers_.emplace_back([this] { run(); });
@@ -365,6 +366,48 @@ bool InferenceQueue::admit_locked(Job& job) {
   return false;
 }
 
+std::shared_ptr<const EncodedImage> InferenceQueue::encode_once(Job& job, bool* shared) {
+  std::promise<std::shared_ptr<const EncodedImage>> mine;
+  Encoding encoding;
+  {
+    std::lock_guard<std::mutex> lock(flights_m_);
+    auto it = flights_.find(job.image.key);
+    *shared = it != flights_.end();
+    if (*shared)
+      encoding = it->second;
+    else
+      flights_.emplace(job.image.key, mine.get_future().share());
+  }
+  try {
+    if (*shared) {
+      ++encodes_shared;
+      return encoding.get();  // rethrows the encoding's error
+    }
+    std::shared_ptr<const EncodedImage> enc;
+    try {
+      auto e = std::make_shared<EncodedImage>();
+      if (encode_delay_ms_ > 0) std::this_thread::sleep_for(std::chrono::milliseconds(encode_delay_ms_));
+      // On the compute thread, between other jobs' decode steps.
+      job.model->batcher->run([&] { *e = job.model->model->encode_image(job.image.pixels); });
+      ++encodes;
+      enc = e;
+      // Into the cache before the flight lands: a job that comes later finds it there.
+      if (job.image_caching) caches_->images.put(job.image.key, enc, enc->cache.bytes());
+      mine.set_value(enc);
+    } catch (...) {
+      mine.set_exception(std::current_exception());
+      std::lock_guard<std::mutex> lock(flights_m_);
+      flights_.erase(job.image.key);
+      throw;
+    }
+    std::lock_guard<std::mutex> lock(flights_m_);
+    flights_.erase(job.image.key);
+    return enc;
+  } catch (const Error& e) {
+    throw bad_request("invalid_image", e.what());
+  }
+}
+
 void InferenceQueue::execute(Job& job) {
   auto out = std::make_shared<JobOutcome>();
   out->queue_s = seconds_since(job.enqueued);
@@ -398,18 +441,15 @@ void InferenceQueue::execute(Job& job) {
   if (p.has_image && !enc && job.image_caching) enc = caches_->images.get(job.image.key, false);
   bool hit = enc != nullptr;
   if (p.has_image && !enc) {
-    try {
-      auto e = std::make_shared<EncodedImage>();
-      // On the compute thread, between other jobs' decode steps.
-      compute.run([&] { *e = m.encode_image(job.image.pixels); });
-      enc = e;
-    } catch (const Error& e) {
-      throw bad_request("invalid_image", e.what());
-    }
-    // Cached, the prefix counts in the cache's bytes instead of this job's.
-    if (job.image_caching && caches_->images.put(job.image.key, enc, enc->cache.bytes())) release_prefix();
+    bool shared = false;
+    enc = encode_once(job, &shared);
+    // Cached (by this job or the one it shared with), the prefix counts in
+    // the cache's bytes instead of this job's.
+    if (job.image_caching && caches_->images.get(job.image.key, false) == enc) release_prefix();
+    hit = shared;
+  } else if (hit) {
+    release_prefix();  // found in the cache after all: no prefix of its own
   }
-  if (hit) release_prefix();  // found in the cache after all: no prefix of its own
   if (job.image_caching && p.has_image) {
     hit ? caches_->images.count_hit() : caches_->images.count_miss();
     out->image_cache = hit ? "hit" : "miss";

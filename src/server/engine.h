@@ -10,12 +10,14 @@
 #include <deque>
 #include <exception>
 #include <functional>
+#include <future>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <mutex>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -199,14 +201,25 @@ class InferenceQueue {
   // Finishes every queued job, then stops the workers.
   void stop();
 
-  // Counters for /metrics. kv_waits: times the head job waited for KV budget.
+  // Counters for /metrics. kv_waits: times the head job waited for KV budget;
+  // encodes: images run through the vision encoder and prefix; encodes_shared:
+  // jobs that took the encoding another job was making of the same image.
   std::atomic<uint64_t> completed{0}, cancelled{0}, failed{0}, kv_waits{0}, kv_refused{0};
+  std::atomic<uint64_t> encodes{0}, encodes_shared{0};
 
  private:
   void run();
   void execute(Job& job);
   // Reserves the head job's KV bytes (with m_ held); false: it must wait.
   bool admit_locked(Job& job);
+  // The job's image encoded: by this job, or — when another job is encoding
+  // the same image right now — by that one (single flight: identical images
+  // sent at once are encoded once). *shared: it was the other's.
+  std::shared_ptr<const EncodedImage> encode_once(Job& job, bool* shared);
+
+  using Encoding = std::shared_future<std::shared_ptr<const EncodedImage>>;
+  std::mutex flights_m_;
+  std::unordered_map<Key128, Encoding, Key128Hash> flights_;  // encodings in progress
 
   Caches* caches_;
   mutable std::mutex m_;
@@ -218,7 +231,7 @@ class InferenceQueue {
   std::atomic<int> running_{0};
   std::atomic<double> avg_job_s_{1.0};
   bool head_waiting_for_kv_ = false;
-  int job_delay_ms_ = 0, chunk_delay_ms_ = 0;  // test hooks (environment)
+  int job_delay_ms_ = 0, chunk_delay_ms_ = 0, encode_delay_ms_ = 0;  // test hooks (environment)
   std::vector<std::thread> workers_;
 };
 
