@@ -48,7 +48,10 @@ std::string Server::health_json() const {
       {"busy", queue_->busy()},
       {"running", queue_->running()},
       {"max_batch", queue_->max_running()},
-      {"kv_budget", {{"budget_bytes", caches_.kv.max_bytes()}, {"used_bytes", caches_.kv.used()}}},
+      {"kv_budget",
+       {{"budget_bytes", caches_.kv.max_bytes()},
+        {"used_bytes", caches_.kv.used()},
+        {"peak_bytes", caches_.kv.peak()}}},
       {"cache", cache_json(caches_.images.stats(), c.performance.image_caching)},
       {"response_cache", cache_json(caches_.responses.stats(), c.performance.response_caching)},
   };

@@ -9,6 +9,10 @@
 // the same requests served alone; follow-up questions on the cached images by
 // one client, then by N. Run it against a server with image_caching on and
 // response_caching off (the check must not be answered from the cache).
+// With --cli BIN --model DIR it adds the batch CLI row (one --images run
+// with --batch 8 against one run per image); with --soak-seconds S, a run of
+// --soak-clients (64) clients over every task, reporting errors, hangs, 503s,
+// peak RSS and the KV memory's peak against performance.kv_cache_mb.
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -66,9 +70,55 @@ std::string new_image_uri(int index) {
   return "data:image/jpeg;base64," + md::server::base64_encode(new_image_jpeg(index));
 }
 
+struct TableOptions {
+  std::string cli, model, quantization = "int8";  // the batch CLI row: --cli BIN --model DIR
+  int cli_images = 12;
+  double soak_seconds = 0;  // the many-clients row: --soak-seconds S [--soak-clients N]
+  int soak_clients = 64;
+};
+
+// The batch CLI row: `images` new JPEGs captioned (short, greedy, ≤ 32
+// tokens) by one `cli caption --images DIR --batch 8` run against one
+// `cli caption --image FILE` run per image. Returns (batched, separate)
+// images/min; (0, 0) when a run failed.
+std::pair<double, double> batch_cli_row(const TableOptions& t, int images) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("moondream_load_cli_" + std::to_string(getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir / "images");
+  for (int i = 0; i < images; ++i) {
+    char name[32];
+    std::snprintf(name, sizeof name, "cli%04d.jpg", i);
+    std::ofstream(dir / "images" / name, std::ios::binary) << new_image_jpeg(9000 + i);
+  }
+  const std::string common =
+      " --model '" + t.model + "' --quantization " + t.quantization + " --length short --max-tokens 32 --temperature 0";
+  auto timed = [](const std::string& cmd) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const int rc = std::system((cmd + " > /dev/null 2>&1").c_str());
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return rc == 0 ? s : -1.0;
+  };
+  std::fprintf(stderr, "batch CLI: %d images with --batch 8...\n", images);
+  const double batched = timed("'" + t.cli + "' caption" + common + " --images '" + (dir / "images").string() +
+                               "' --out '" + (dir / "out.jsonl").string() + "' --batch 8");
+  std::fprintf(stderr, "batch CLI: the same images, one run each...\n");
+  double separate = 0;
+  for (int i = 0; i < images && separate >= 0; ++i) {
+    char name[32];
+    std::snprintf(name, sizeof name, "cli%04d.jpg", i);
+    const double s = timed("'" + t.cli + "' caption" + common + " --image '" + (dir / "images" / name).string() + "'");
+    separate = s < 0 ? -1 : separate + s;
+  }
+  fs::remove_all(dir);
+  if (batched <= 0 || separate <= 0) return {0, 0};
+  return {images * 60.0 / batched, images * 60.0 / separate};
+}
+
 // Issue 16's table; returns the exit status (1: an error, or an answer that
 // differs from the same request served alone).
-int throughput_table(const std::string& host, int port, int clients, int new_images, int max_tokens) {
+int throughput_table(const std::string& host, int port, int clients, int new_images, int max_tokens,
+                     const TableOptions& t) {
   using md::load::Job;
   using md::load::JobsReport;
   using md::load::percentile;
@@ -145,7 +195,43 @@ int throughput_table(const std::string& host, int port, int clients, int new_ima
               percentile(many.first_piece_s, 0.5));
   std::printf("| follow-up questions on cached images: answers/min | %.2f | %.2f | %.2fx |\n", f1.per_minute(),
               fn.per_minute(), fn.per_minute() / f1.per_minute());
+  std::printf("| ... generated tokens/s in all (decode, with the questions' short prefills) | %.1f | %.1f | %.2fx |\n",
+              f1.tokens_per_s(), fn.tokens_per_s(),
+              f1.tokens_per_s() > 0 ? fn.tokens_per_s() / f1.tokens_per_s() : 0.0);
   long errors = 0;
+  if (!t.cli.empty()) {
+    const auto [batched, separate] = batch_cli_row(t, t.cli_images);
+    if (batched <= 0) {
+      std::fprintf(stderr, "moondream_load: a batch CLI run failed\n");
+      ++errors;
+    }
+    std::printf(
+        "| batch CLI, %d new images, short captions: images/min (one run per image \\| --batch 8) | %.2f | "
+        "%.2f | %.2fx |\n",
+        t.cli_images, separate, batched, separate > 0 ? batched / separate : 0.0);
+  }
+  if (t.soak_seconds > 0) {
+    md::load::LoadOptions o;
+    o.host = host;
+    o.port = port;
+    o.clients = t.soak_clients;
+    o.seconds = t.soak_seconds;
+    o.request_timeout_s = 600;
+    for (int i = 0; i < 4; ++i) o.image_uris.push_back(new_image_uri(2000 + i));
+    std::fprintf(stderr, "%d clients, mixed tasks, for %.0f s...\n", o.clients, o.seconds);
+    const md::load::LoadReport r = md::load::run_load(o);
+    const nlohmann::json h = health();
+    const double budget = h.is_object() ? h["kv_budget"].value("budget_bytes", 0.0) : 0.0;
+    const double kv_peak = h.is_object() ? h["kv_budget"].value("peak_bytes", 0.0) : 0.0;
+    std::printf(
+        "| %d clients for %.0f s, mixed tasks: answered, 503 + Retry-After, errors, hung | %ld answered, %ld "
+        "503s | %ld errors, %ld hung | |\n",
+        o.clients, o.seconds, r.completed, r.rejected_503, r.errors, r.hung);
+    std::printf("| ... peak RSS, GB; KV in use at its peak, GB, of the budget | %.2f | %.2f of %.2f | |\n",
+                r.peak_rss_bytes / 1e9, kv_peak / 1e9, budget / 1e9);
+    for (const std::string& e : r.error_samples) std::fprintf(stderr, "soak error: %s\n", e.c_str());
+    errors += r.errors + r.hung + (r.healthy_after ? 0 : 1) + (kv_peak > budget ? 1 : 0);
+  }
   for (const JobsReport* r : {&one, &many, &check, &f1, &fn}) {
     errors += r->errors;
     for (const std::string& e : r->error_samples) std::fprintf(stderr, "error: %s\n", e.c_str());
@@ -160,6 +246,7 @@ int main(int argc, char** argv) {
   md::load::LoadOptions o;
   bool table = false;
   int new_images = 12, max_tokens = 100, clients = -1;
+  TableOptions t;
   std::string make_images;  // --make-images DIR: write --new-images JPEGs there and exit
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -192,12 +279,26 @@ int main(int argc, char** argv) {
       o.image_uris.push_back(data_uri(next()));
     else if (a == "--api-key")
       o.api_key = next();
+    else if (a == "--cli")
+      t.cli = next();
+    else if (a == "--model")
+      t.model = next();
+    else if (a == "--quantization")
+      t.quantization = next();
+    else if (a == "--cli-images")
+      t.cli_images = std::stoi(next());
+    else if (a == "--soak-seconds")
+      t.soak_seconds = std::stod(next());
+    else if (a == "--soak-clients")
+      t.soak_clients = std::stoi(next());
     else {
       std::fprintf(stderr,
                    "usage: moondream_load [--host H] [--port P] [--clients N] [--seconds S] [--timeout S] --image "
                    "FILE... [--api-key K]\n"
                    "       moondream_load --table [--host H] [--port P] [--clients N] [--new-images N] "
                    "[--max-tokens N]\n"
+                   "                      [--cli BIN --model DIR [--quantization Q] [--cli-images N]]\n"
+                   "                      [--soak-seconds S [--soak-clients N]]\n"
                    "       moondream_load --make-images DIR [--new-images N]\n");
       return 2;
     }
@@ -217,7 +318,11 @@ int main(int argc, char** argv) {
     }
     return 0;
   }
-  if (table) return throughput_table(o.host, o.port, clients > 0 ? clients : 8, new_images, max_tokens);
+  if (!t.cli.empty() && t.model.empty()) {
+    std::fprintf(stderr, "moondream_load: --cli needs --model DIR (the server's model)\n");
+    return 2;
+  }
+  if (table) return throughput_table(o.host, o.port, clients > 0 ? clients : 8, new_images, max_tokens, t);
   if (clients > 0) o.clients = clients;
   if (o.image_uris.empty()) {
     std::fprintf(stderr, "moondream_load: give at least one --image\n");

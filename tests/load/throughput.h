@@ -29,9 +29,11 @@ struct JobsReport {
   std::vector<json> answers;          // per job: the text (streams) or the reply without timings
   std::vector<double> first_piece_s;  // per streamed job
   std::vector<double> gaps_s;         // between pieces, every streamed job
+  long completion_tokens = 0;         // generated tokens, from each answer's usage
   long errors = 0;
   std::vector<std::string> error_samples;
   double per_minute() const { return wall_s > 0 ? double(answers.size() - size_t(errors)) * 60.0 / wall_s : 0; }
+  double tokens_per_s() const { return wall_s > 0 ? double(completion_tokens) / wall_s : 0; }
 };
 
 inline double percentile(std::vector<double> v, double p) {
@@ -52,6 +54,14 @@ inline std::string piece_of(const std::string& event) {
     if (d.contains("content") && d["content"].is_string()) return d["content"];
   }
   return {};
+}
+
+// usage.completion_tokens of an SSE event (the last one carries it), else 0.
+inline long completion_tokens_of(const std::string& event) {
+  if (event.find("\"usage\"") == std::string::npos) return 0;
+  const json j = json::parse(event, nullptr, false);
+  if (!j.is_object() || !j.contains("usage") || !j["usage"].is_object()) return 0;
+  return j["usage"].value("completion_tokens", 0L);
 }
 
 }  // namespace detail
@@ -78,6 +88,7 @@ inline JobsReport run_jobs(const std::string& host, int port, const std::vector<
         req.body = job.body.dump();
         req.set_header("Content-Type", "application/json");
         std::string body, pending, text;
+        long tokens = 0;
         std::vector<double> gaps;
         double first = -1;
         auto last = std::chrono::steady_clock::now();
@@ -88,6 +99,7 @@ inline JobsReport run_jobs(const std::string& host, int port, const std::vector<
             for (size_t e; (e = pending.find("\n\n")) != std::string::npos; pending.erase(0, e + 2)) {
               const std::string ev = pending.substr(0, e);
               if (ev.rfind("data: ", 0) != 0) continue;
+              tokens = std::max(tokens, detail::completion_tokens_of(ev.substr(6)));
               const std::string piece = detail::piece_of(ev.substr(6));
               if (piece.empty()) continue;
               const auto now = std::chrono::steady_clock::now();
@@ -112,11 +124,13 @@ inline JobsReport run_jobs(const std::string& host, int port, const std::vector<
           continue;
         }
         if (stream) {
+          rep.completion_tokens += tokens;
           rep.answers[i] = text;
           if (first >= 0) rep.first_piece_s.push_back(first);
           rep.gaps_s.insert(rep.gaps_s.end(), gaps.begin(), gaps.end());
         } else {
           json j = json::parse(r->body, nullptr, false);
+          if (j.is_object() && j.contains("usage")) rep.completion_tokens += j["usage"].value("completion_tokens", 0L);
           if (j.is_object())
             for (const char* k : {"metrics", "request_id", "timings", "usage", "id", "created"}) j.erase(k);
           rep.answers[i] = j;
