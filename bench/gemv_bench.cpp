@@ -420,7 +420,7 @@ int main(int argc, char** argv) {
       const Matrices m = make(f, s, pool_mb << 20, huge, 77, fs == "q8row" ? 0 : 32);
       const double t1 = time_gemv(m, x.data(), y.data(), rounds).best;
       std::printf("%-5s m=1 %8.1f us", fs.c_str(), t1 * 1e6);
-      for (int mm : {4, 16}) {
+      for (int mm : {2, 4, 8, 16}) {
         for (const auto& w : m.views) md::gemm(w, X.data(), mm, Y.data(), s.rows);
         double best = 1e30;
         const auto start = Clock::now();

@@ -151,7 +151,10 @@ inline void q_rows(const QCtx& q, const WeightMatrix& w, const XQuant* x, float*
 template <int M>
 inline void q8_row_scale_rows(const WeightMatrix& w, const XQuant* x, const int32_t* corr, float* y, size_t ldy,
                               int r) {
-  constexpr int U = M == 1 ? 4 : M == 2 ? 2 : 1;
+  // Independent accumulation chains: M·U of them, enough to cover
+  // vpdpbusd's latency at two per cycle (Zen 5) without running out of the
+  // 32 vector registers (M = 8: 16 accumulators).
+  constexpr int U = M == 1 ? 4 : 2;
   const size_t cols = size_t(w.cols);
   const uint8_t* wr = static_cast<const uint8_t*>(w.data) + size_t(r) * cols;
   __m512i acc[M][U];
@@ -196,15 +199,21 @@ void q8_avx512(const WeightMatrix& w, const XQuant* x, int m, float* Y, int ldy,
         for (int c = 0; c < w.cols / 4; c += 16) t = _mm512_add_epi32(t, _mm512_loadu_si512(x[m0 + i].hc + c));
         corr[i] = _mm512_reduce_add_epi32(t);
       }
+      // Up to 8 input rows per pass over a weight row: one weight load feeds
+      // 8 vpdpbusd (a decode step of 8 sequences reads each line once).
       for (int r = r0; r < r1; ++r)
-        for (int mb = 0; mb < mc; mb += 4) {
+        for (int mb = 0; mb < mc; mb += 8) {
           float* y = Y + size_t(m0 + mb) * size_t(ldy) + size_t(r);
           const XQuant* xb = x + m0 + mb;
-          switch (mc - mb < 4 ? mc - mb : 4) {
+          switch (mc - mb < 8 ? mc - mb : 8) {
             case 1: q8_row_scale_rows<1>(w, xb, corr + mb, y, size_t(ldy), r); break;
             case 2: q8_row_scale_rows<2>(w, xb, corr + mb, y, size_t(ldy), r); break;
             case 3: q8_row_scale_rows<3>(w, xb, corr + mb, y, size_t(ldy), r); break;
-            default: q8_row_scale_rows<4>(w, xb, corr + mb, y, size_t(ldy), r); break;
+            case 4: q8_row_scale_rows<4>(w, xb, corr + mb, y, size_t(ldy), r); break;
+            case 5: q8_row_scale_rows<5>(w, xb, corr + mb, y, size_t(ldy), r); break;
+            case 6: q8_row_scale_rows<6>(w, xb, corr + mb, y, size_t(ldy), r); break;
+            case 7: q8_row_scale_rows<7>(w, xb, corr + mb, y, size_t(ldy), r); break;
+            default: q8_row_scale_rows<8>(w, xb, corr + mb, y, size_t(ldy), r); break;
           }
         }
     }
