@@ -83,18 +83,26 @@ std::vector<json> run_calls(ServerProcess& s, const std::vector<Call>& calls, bo
   return out;
 }
 
+// The answers of a server that runs one request at a time (max_batch 1);
+// empty if it did not start.
+std::vector<json> answers_one_at_a_time(const TempDir& dir, const std::vector<Call>& calls) {
+  const int port = free_port(), backend = free_port();
+  write_file(dir.path / "one.json", tiny_profile(port, backend, {{"performance", {{"max_batch", 1}}}}).dump());
+  ServerProcess s({"--config", (dir.path / "one.json").string()}, port, dir.path / "one.log");
+  if (!s.wait_ready()) {
+    ADD_FAILURE() << s.log();
+    return {};
+  }
+  return run_calls(s, calls, false);
+}
+
 TEST(ServerBatching, EightMixedRequestsTogetherEqualEachOneAtATime) {
   signal(SIGPIPE, SIG_IGN);
   TempDir dir;
   const std::vector<Call> calls = mixed_calls();
-  std::vector<json> alone, together;
-  {
-    const int port = free_port(), backend = free_port();
-    write_file(dir.path / "one.json", tiny_profile(port, backend, {{"performance", {{"max_batch", 1}}}}).dump());
-    ServerProcess s({"--config", (dir.path / "one.json").string()}, port, dir.path / "one.log");
-    ASSERT_TRUE(s.wait_ready()) << s.log();
-    alone = run_calls(s, calls, false);
-  }
+  std::vector<json> together;
+  const std::vector<json> alone = answers_one_at_a_time(dir, calls);
+  ASSERT_EQ(alone.size(), calls.size());
   const int port = free_port(), backend = free_port();
   write_file(dir.path / "eight.json", tiny_profile(port, backend, {{"performance", {{"max_batch", 8}}}}).dump());
   ServerProcess s({"--config", (dir.path / "eight.json").string()}, port, dir.path / "eight.log");
@@ -169,14 +177,8 @@ TEST(ServerBatching, KvBudgetHoldsRequestsBackWithoutChangingAnswers) {
   for (Call& c : calls)
     if (c.body.contains("settings") && c.body["settings"].contains("max_tokens"))
       c.body["settings"]["max_tokens"] = 256;
-  std::vector<json> alone;
-  {
-    const int port = free_port(), backend = free_port();
-    write_file(dir.path / "one.json", tiny_profile(port, backend, {{"performance", {{"max_batch", 1}}}}).dump());
-    ServerProcess s({"--config", (dir.path / "one.json").string()}, port, dir.path / "one.log");
-    ASSERT_TRUE(s.wait_ready()) << s.log();
-    alone = run_calls(s, calls, false);
-  }
+  const std::vector<json> alone = answers_one_at_a_time(dir, calls);
+  ASSERT_EQ(alone.size(), calls.size());
   const int port = free_port(), backend = free_port();
   write_file(
       dir.path / "kv.json",
