@@ -48,7 +48,7 @@ struct CacheStats {
 // Eviction passes over entries whose value is still held elsewhere (a running
 // job's encoded image): dropping them would free nothing, and the KV budget
 // (kv_budget.h) counts their bytes until they can go; the cache may run over
-// its budget by such entries until the next put or trim.
+// its budget by such entries until the next put.
 template <typename V>
 class LruCache {
  public:
@@ -95,10 +95,6 @@ class LruCache {
   size_t evict_unused(size_t bytes) {
     std::lock_guard<std::mutex> lock(m_);
     return evict_locked(bytes);
-  }
-  void trim() {
-    std::lock_guard<std::mutex> lock(m_);
-    evict_locked();
   }
 
   void set_max_bytes(size_t max_bytes) {

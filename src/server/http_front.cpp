@@ -296,9 +296,9 @@ void Server::routes() {
   }
 }
 
-const Server::Route* Server::find_route(const std::string& path, bool backend, const std::string& method) const {
+const Server::Route* Server::find_route(const std::string& path, bool backend) const {
   for (const Route& r : route_table_)
-    if (r.backend == backend && route_matches(r.path, path) && (method.empty() || r.method == method)) return &r;
+    if (r.backend == backend && route_matches(r.path, path)) return &r;
   return nullptr;
 }
 

@@ -2,18 +2,13 @@
 
 #include <string>
 
+#include "tensor/buffer_pool.h"
 #include "tensor/error.h"
 
 namespace md::server {
 
-size_t kv_bytes_per_position(const Moondream& model) {
-  return KVCache::cache_bytes(model.config().text, 1, model.kv_format());
-}
-
 size_t kv_block_bytes(const Moondream& model, int positions) {
-  const size_t page = size_t(2) << 20;
-  const size_t bytes = KVCache::cache_bytes(model.config().text, positions, model.kv_format());
-  return bytes < kPoolMinBytes ? bytes : (bytes + page - 1) / page * page;
+  return pool_block_bytes(KVCache::cache_bytes(model.config().text, positions, model.kv_format()));
 }
 
 size_t kv_budget_floor(const Moondream& model) {

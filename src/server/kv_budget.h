@@ -82,8 +82,6 @@ class KvBudget {
   size_t peak_ = 0;
 };
 
-// KV bytes per position of `model` (all layers, k and v, in its KV format).
-size_t kv_bytes_per_position(const Moondream& model);
 // What a cache of `positions` rows costs, with the buffer pool's rounding to
 // whole 2 MiB pages (model/text.h: one block per cache).
 size_t kv_block_bytes(const Moondream& model, int positions);

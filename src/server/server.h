@@ -90,8 +90,8 @@ class Server {
   };
   std::vector<Route> route_table_;
   void routes();
-  // The route serving `path` on a port (any method when `method` is empty).
-  const Route* find_route(const std::string& path, bool backend, const std::string& method = "") const;
+  // The first route serving `path` on a port (any method).
+  const Route* find_route(const std::string& path, bool backend) const;
   // "GET, PATCH": the methods `path` answers on a port; empty: unknown path.
   std::string allowed_methods(const std::string& path, bool backend) const;
   void common_handlers(httplib::Server& s, bool backend);

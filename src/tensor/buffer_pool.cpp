@@ -56,6 +56,8 @@ size_t block_size(size_t bytes) { return (bytes + kHugePage - 1) / kHugePage * k
 
 }  // namespace
 
+size_t pool_block_bytes(size_t bytes) { return bytes < kPoolMinBytes ? bytes : block_size(bytes); }
+
 void* pool_allocate(size_t bytes) {
   if (!kPoolEnabled || bytes < kPoolMinBytes) return ::operator new(bytes);
   const size_t size = block_size(bytes);

@@ -22,6 +22,9 @@ inline constexpr size_t kPoolMinBytes = size_t(1) << 20;
 inline constexpr size_t kPoolIdleLimit = size_t(768) << 20;
 
 void* pool_allocate(size_t bytes);
+// The size of the block the pool's rule gives a request of `bytes` (rounded
+// up to whole 2 MiB pages from kPoolMinBytes): what that memory costs.
+size_t pool_block_bytes(size_t bytes);
 void pool_release(void* p, size_t bytes);
 // Maps `count` idle blocks that later allocations of `bytes` each will take
 // and touches their pages, on a background thread, one block at a time

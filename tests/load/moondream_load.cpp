@@ -70,6 +70,21 @@ std::string new_image_uri(int index) {
   return "data:image/jpeg;base64," + md::server::base64_encode(new_image_jpeg(index));
 }
 
+// `count` of those images as JPEG files in `dir` (created): prefix0000.jpg,
+// ... from image `first`. Returns their paths.
+std::vector<std::filesystem::path> write_new_images(const std::filesystem::path& dir, const char* prefix, int count,
+                                                    int first) {
+  std::filesystem::create_directories(dir);
+  std::vector<std::filesystem::path> paths;
+  for (int i = 0; i < count; ++i) {
+    char name[48];
+    std::snprintf(name, sizeof name, "%s%04d.jpg", prefix, i);
+    paths.push_back(dir / name);
+    std::ofstream(paths.back(), std::ios::binary) << new_image_jpeg(first + i);
+  }
+  return paths;
+}
+
 struct TableOptions {
   std::string cli, model, quantization = "int8";  // the batch CLI row: --cli BIN --model DIR
   int cli_images = 12;
@@ -81,16 +96,12 @@ struct TableOptions {
 // tokens) by one `cli caption --images DIR --batch 8` run against one
 // `cli caption --image FILE` run per image. Returns (batched, separate)
 // images/min; (0, 0) when a run failed.
-std::pair<double, double> batch_cli_row(const TableOptions& t, int images) {
+std::pair<double, double> batch_cli_row(const TableOptions& t) {
   namespace fs = std::filesystem;
+  const int images = t.cli_images;
   const fs::path dir = fs::temp_directory_path() / ("moondream_load_cli_" + std::to_string(getpid()));
   fs::remove_all(dir);
-  fs::create_directories(dir / "images");
-  for (int i = 0; i < images; ++i) {
-    char name[32];
-    std::snprintf(name, sizeof name, "cli%04d.jpg", i);
-    std::ofstream(dir / "images" / name, std::ios::binary) << new_image_jpeg(9000 + i);
-  }
+  const std::vector<fs::path> files = write_new_images(dir / "images", "cli", images, 9000);
   const std::string common =
       " --model '" + t.model + "' --quantization " + t.quantization + " --length short --max-tokens 32 --temperature 0";
   auto timed = [](const std::string& cmd) {
@@ -104,11 +115,13 @@ std::pair<double, double> batch_cli_row(const TableOptions& t, int images) {
                                "' --out '" + (dir / "out.jsonl").string() + "' --batch 8");
   std::fprintf(stderr, "batch CLI: the same images, one run each...\n");
   double separate = 0;
-  for (int i = 0; i < images && separate >= 0; ++i) {
-    char name[32];
-    std::snprintf(name, sizeof name, "cli%04d.jpg", i);
-    const double s = timed("'" + t.cli + "' caption" + common + " --image '" + (dir / "images" / name).string() + "'");
-    separate = s < 0 ? -1 : separate + s;
+  for (const fs::path& f : files) {
+    const double s = timed("'" + t.cli + "' caption" + common + " --image '" + f.string() + "'");
+    if (s < 0) {
+      separate = -1;
+      break;
+    }
+    separate += s;
   }
   fs::remove_all(dir);
   if (batched <= 0 || separate <= 0) return {0, 0};
@@ -200,7 +213,7 @@ int throughput_table(const std::string& host, int port, int clients, int new_ima
               f1.tokens_per_s() > 0 ? fn.tokens_per_s() / f1.tokens_per_s() : 0.0);
   long errors = 0;
   if (!t.cli.empty()) {
-    const auto [batched, separate] = batch_cli_row(t, t.cli_images);
+    const auto [batched, separate] = batch_cli_row(t);
     if (batched <= 0) {
       std::fprintf(stderr, "moondream_load: a batch CLI run failed\n");
       ++errors;
@@ -310,12 +323,7 @@ int main(int argc, char** argv) {
   if (!make_images.empty()) {
     // The same images as files (the batch CLI's benchmark).
     if (VIPS_INIT("moondream_load") != 0) return 2;
-    std::filesystem::create_directories(make_images);
-    for (int i = 0; i < new_images; ++i) {
-      char name[32];
-      std::snprintf(name, sizeof name, "new%04d.jpg", i);
-      std::ofstream(std::filesystem::path(make_images) / name, std::ios::binary) << new_image_jpeg(5000 + i);
-    }
+    write_new_images(make_images, "new", new_images, 5000);
     return 0;
   }
   if (!t.cli.empty() && t.model.empty()) {
