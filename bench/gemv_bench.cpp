@@ -191,58 +191,80 @@ bool parse_format(const std::string& s, WeightFormat* f) {
   return false;
 }
 
-// Decode attention over a bf16 KV cache laid out as the model's (head-major,
-// KVCache): one query row, 32 heads of 64, the image prefix (730 rows, a base
+// Decode attention over a bf16 or int8 KV cache laid out as the model's
+// (head-major, KVCache; int8 with a scale per head row after each range's
+// rows): one query row, 32 heads of 64, the image prefix (730 rows, a base
 // cache) plus the rows decoded since, `layers` layers' caches cycled (24:
-// cold, as in a decode step). GB/s of K and V read.
+// cold, as in a decode step). GB/s of K and V read (scales included).
 void time_decode_attention(const std::vector<int>& threads, int rounds, bool huge, int layers) {
   const int n_heads = 32, hd = 64, kv_dim = n_heads * hd, prefix = 730;
-  for (int nt : threads) {
-    md::set_num_threads(nt);
-    const double bw = md::bench::measure_read_bandwidth(nt).gbps;
-    std::printf(
-        "\n== decode attention, bf16 KV, %d heads x %d, %d thread%s (%d layers' caches cycled; probe %.1f GB/s)\n",
-        n_heads, hd, nt, nt == 1 ? "" : "s", layers, bw);
-    for (const auto& [n_q, n_k] : {std::pair{1, 745}, std::pair{1, 1500}, std::pair{14, 745}}) {
-      const size_t base_bytes = size_t(prefix) * kv_dim * 2, own_bytes = size_t(n_k - prefix) * kv_dim * 2;
-      Buffer kv(size_t(layers) * 2 * (base_bytes + own_bytes), huge);
-      fill(kv.p, kv.n, WeightFormat::BF16, 5);
-      std::vector<float> q(size_t(n_q) * 3 * kv_dim), out(size_t(n_q) * kv_dim);
-      for (size_t i = 0; i < q.size(); ++i) q[i] = float(int(i * 7919 % 2001) - 1000) * 1e-3f;
-      md::AttentionShape sh;
-      sh.n_q = n_q;
-      sh.n_k = n_k;
-      sh.n_heads = sh.n_kv_heads = n_heads;
-      sh.head_dim = hd;
-      sh.q_stride = 3 * kv_dim;
-      sh.kv_stride = kv_dim;
-      md::AttentionMask mask;
-      mask.full = false;
-      mask.q_pos0 = n_k - n_q;
-      mask.prefix = prefix;
-      auto layer = [&](int l) {
-        const uint8_t* b = kv.p + size_t(l) * 2 * (base_bytes + own_bytes);
-        md::KVRows base{b, b + base_bytes, prefix, md::KVFormat::BF16, hd, size_t(prefix) * hd};
-        md::KVRows own{b + 2 * base_bytes,       b + 2 * base_bytes + own_bytes, n_k - prefix, md::KVFormat::BF16, hd,
-                       size_t(n_k - prefix) * hd};
-        md::attention(sh, mask, q.data(), base, own, out.data());
-      };
-      for (int l = 0; l < layers; ++l) layer(l);
-      std::vector<double> t;
-      const auto start = Clock::now();
-      do {
-        const auto t0 = Clock::now();
-        for (int l = 0; l < layers; ++l) layer(l);
-        t.push_back(seconds_since(t0));
-      } while (seconds_since(start) < 0.1 * rounds || t.size() < 10);
-      std::sort(t.begin(), t.end());
-      const double bytes = double(layers) * 2.0 * double(n_k) * kv_dim * 2;
+  for (int nt : threads)
+    for (md::KVFormat format : {md::KVFormat::BF16, md::KVFormat::I8}) {
+      md::set_num_threads(nt);
+      const double bw = md::bench::measure_read_bandwidth(nt).gbps;
       std::printf(
-          "attention %2d quer%s, n_k %5d: %.2f MB per step, best %.2f ms (median %.2f) = %.1f GB/s, %.1f%% of BW\n",
-          n_q, n_q == 1 ? "y" : "ies", n_k, bytes / 1e6, t.front() * 1e3, t[t.size() / 2] * 1e3,
-          bytes / t.front() / 1e9, 100.0 * bytes / t.front() / 1e9 / bw);
+          "\n== decode attention, %s KV, %d heads x %d, %d thread%s (%d layers' caches cycled; probe %.1f GB/s)\n",
+          md::kv_format_name(format), n_heads, hd, nt, nt == 1 ? "" : "s", layers, bw);
+      const size_t elem = md::kv_element_bytes(format), row = md::kv_head_row_bytes(format, hd) * n_heads;
+      for (const auto& [n_q, n_k] : {std::pair{1, 745}, std::pair{1, 1500}, std::pair{14, 745}}) {
+        const size_t base_bytes = size_t(prefix) * row, own_bytes = size_t(n_k - prefix) * row;
+        Buffer kv(size_t(layers) * 2 * (base_bytes + own_bytes), huge);
+        fill(kv.p, kv.n, WeightFormat::BF16, 5);
+        std::vector<float> q(size_t(n_q) * 3 * kv_dim), out(size_t(n_q) * kv_dim);
+        for (size_t i = 0; i < q.size(); ++i) q[i] = float(int(i * 7919 % 2001) - 1000) * 1e-3f;
+        md::AttentionShape sh;
+        sh.n_q = n_q;
+        sh.n_k = n_k;
+        sh.n_heads = sh.n_kv_heads = n_heads;
+        sh.head_dim = hd;
+        sh.q_stride = 3 * kv_dim;
+        sh.kv_stride = kv_dim;
+        md::AttentionMask mask;
+        mask.full = false;
+        mask.q_pos0 = n_k - n_q;
+        mask.prefix = prefix;
+        // One range (k or v of base or own) of `rows` rows at p.
+        auto range = [&](uint8_t* p, int rows) {
+          float* scales = reinterpret_cast<float*>(p + size_t(rows) * kv_dim * elem);
+          if (format == md::KVFormat::I8)
+            for (size_t i = 0; i < size_t(rows) * n_heads; ++i) scales[i] = 0.01f;
+          return std::pair{p, scales};
+        };
+        std::vector<std::pair<md::KVRows, md::KVRows>> rows_of_layer;
+        for (int l = 0; l < layers; ++l) {
+          uint8_t* b = kv.p + size_t(l) * 2 * (base_bytes + own_bytes);
+          const auto [bk, bks] = range(b, prefix);
+          const auto [bv, bvs] = range(b + base_bytes, prefix);
+          const auto [ok, oks] = range(b + 2 * base_bytes, n_k - prefix);
+          const auto [ov, ovs] = range(b + 2 * base_bytes + own_bytes, n_k - prefix);
+          md::KVRows base{bk, bv, prefix, format, hd, size_t(prefix) * hd};
+          md::KVRows own{ok, ov, n_k - prefix, format, hd, size_t(n_k - prefix) * hd};
+          if (format == md::KVFormat::I8) {
+            base.k_scale = bks, base.v_scale = bvs, base.scale_head_stride = size_t(prefix);
+            own.k_scale = oks, own.v_scale = ovs, own.scale_head_stride = size_t(n_k - prefix);
+          }
+          rows_of_layer.emplace_back(base, own);
+        }
+        auto layer = [&](int l) {
+          md::attention(sh, mask, q.data(), rows_of_layer[size_t(l)].first, rows_of_layer[size_t(l)].second,
+                        out.data());
+        };
+        for (int l = 0; l < layers; ++l) layer(l);
+        std::vector<double> t;
+        const auto start = Clock::now();
+        do {
+          const auto t0 = Clock::now();
+          for (int l = 0; l < layers; ++l) layer(l);
+          t.push_back(seconds_since(t0));
+        } while (seconds_since(start) < 0.1 * rounds || t.size() < 10);
+        std::sort(t.begin(), t.end());
+        const double bytes = double(layers) * 2.0 * double(n_k) * double(row);
+        std::printf(
+            "attention %2d quer%s, n_k %5d: %.2f MB per step, best %.2f ms (median %.2f) = %.1f GB/s, %.1f%% of BW\n",
+            n_q, n_q == 1 ? "y" : "ies", n_k, bytes / 1e6, t.front() * 1e3, t[t.size() / 2] * 1e3,
+            bytes / t.front() / 1e9, 100.0 * bytes / t.front() / 1e9 / bw);
+      }
     }
-  }
 }
 
 // A prompt's attention in the int8 modes, one layer (all heads, activations

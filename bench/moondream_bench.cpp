@@ -173,6 +173,8 @@ int accuracy(const std::string& model_dir, int threads, int n) {
   for (auto [name, q, kv] : {std::tuple{"bf16 KV", md::Quantization::None, md::KVFormat::BF16},
                              std::tuple{"int8", md::Quantization::Int8, md::KVFormat::F32},
                              std::tuple{"int8 + bf16 KV", md::Quantization::Int8, md::KVFormat::BF16},
+                             std::tuple{"int8 KV", md::Quantization::None, md::KVFormat::I8},
+                             std::tuple{"int8 + int8 KV", md::Quantization::Int8, md::KVFormat::I8},
                              std::tuple{"q4", md::Quantization::Q4, md::KVFormat::F32},
                              std::tuple{"q4 + bf16 KV", md::Quantization::Q4, md::KVFormat::BF16}}) {
     lo.quantization = q;
@@ -201,7 +203,7 @@ int main(int argc, char** argv) {
   int threads = 0, tokens = 20;
   app.add_option("--model", model_dir, "Model directory (e.g. from make_model --preset full)")->required();
   app.add_option("--quantization", quant, "none, int8 or q4");
-  app.add_option("--kv-cache", kv, "KV cache rows: bf16 (default) or f32");
+  app.add_option("--kv-cache", kv, "KV cache rows: bf16 (default), f32 or int8");
   app.add_option("--threads", threads, "Threads (default: all cores)");
   app.add_option("--tokens", tokens, "Decoded tokens per measurement");
   bool acc = false, limits_only = false;
@@ -231,7 +233,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (!md::parse_kv_format(kv, &lo.kv_cache)) {
-    std::fprintf(stderr, "--kv-cache must be bf16 or f32\n");
+    std::fprintf(stderr, "--kv-cache must be bf16, f32 or int8\n");
     return 2;
   }
   std::printf("## Stages (model %s, quantization %s, KV cache %s)\n\n", model_dir.c_str(), quant.c_str(), kv.c_str());

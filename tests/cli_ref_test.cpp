@@ -18,6 +18,21 @@ using testdata::shell_quote;
 std::string cli() { return std::string(MOONDREAM_BINARY_DIR) + "/moondream"; }
 std::string model() { return testdata::tiny_model().string(); }
 
+// --kv-cache int8 runs the whole task on int8 KV rows: a caption whose
+// first token is the reference's (int8 KV's top-1 agreement with fp32 rows
+// is measured in quant_ref_test).
+TEST(Cli, Int8KvCacheCaptions) {
+  const testdata::Case c = testdata::cases().front();
+  const auto meta = testdata::read_json(c.expected / "meta.json");
+  const auto r = run_command(cli() + " caption --kv-cache int8 --model " + shell_quote(model()) + " --image " +
+                             shell_quote(c.image.string()) + " --temperature 0 --json --max-tokens 8");
+  ASSERT_EQ(r.status, 0) << r.out;
+  const auto j = nlohmann::json::parse(r.out);
+  const auto tokens = j["tokens"].get<std::vector<int>>();
+  ASSERT_FALSE(tokens.empty());
+  EXPECT_EQ(tokens.front(), meta["caption_normal"].get<std::vector<int>>().front());
+}
+
 TEST(Cli, CaptionJsonTokensMatchTheReferenceOnEveryImage) {
   for (const auto& c : testdata::cases()) {
     const auto meta = testdata::read_json(c.expected / "meta.json");

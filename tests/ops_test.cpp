@@ -423,6 +423,202 @@ TEST(Attention, HeadMajorRowsGiveTheSameResultAsPositionMajor) {
 // consecutive blocks (the second with a larger maximum, so it rescales the
 // first's sums, and with a smaller one, so it does not) leave m, l and acc
 // equal to the direct computation over both blocks' keys.
+TEST(KvInt8, RowsQuantiseSymmetricallyToTheirMaximum) {
+  const auto x = random_vec(64, 31);
+  std::vector<int8_t> q(64);
+  float scale = -1;
+  quantize_kv_row(x.data(), 64, q.data(), &scale);
+  float amax = 0;
+  for (float v : x) amax = std::max(amax, std::abs(v));
+  EXPECT_FLOAT_EQ(scale, amax / 127.0f);
+  int at_max = 0;
+  for (int i = 0; i < 64; ++i) {
+    EXPECT_LE(std::abs(float(q[size_t(i)]) * scale - x[size_t(i)]), 0.5f * scale * 1.0001f) << i;
+    at_max += std::abs(q[size_t(i)]) == 127;
+  }
+  EXPECT_GE(at_max, 1);
+  const std::vector<float> zero(64, 0.0f);
+  quantize_kv_row(zero.data(), 64, q.data(), &scale);
+  EXPECT_EQ(scale, 0.0f);
+  for (int8_t v : q) EXPECT_EQ(v, 0);
+  EXPECT_EQ(kv_head_row_bytes(KVFormat::I8, 64), 68u);
+  KVFormat f;
+  ASSERT_TRUE(parse_kv_format("int8", &f));
+  EXPECT_EQ(f, KVFormat::I8);
+  EXPECT_STREQ(kv_format_name(f), "int8");
+}
+
+// int8 KV rows (head-major, in a base and an own range with room to spare,
+// as caches hold them) give fp32 attention over their dequantised values,
+// q·scale, on every path: decoding's key split (the ISA's int8 block kernel
+// where it has one, else the portable loops), a few queries in the lanes,
+// and a prompt widened to fp32.
+TEST(Attention, Int8RowsEqualFp32AttentionOverTheDequantisedValues) {
+  for (const char* isa : detail::gemv_isas()) {
+    ASSERT_TRUE(detail::gemv_force_isa(isa));
+    const gemv_detail::AttentionKernels* ak = gemv_detail::attention_kernels();
+    const bool kernel = ak && ak->i8_block;
+    if (std::string(isa) == "avx512") {
+      EXPECT_TRUE(kernel) << "AVX-512 has an int8 KV block kernel";
+    }
+    const std::pair<int, int> cases[] = {{1, 41}, {1, 301}, {2, 43}, {14, 300}, {kDirectAttentionRows, 90}, {37, 90}};
+    const int n_heads = 8, n_kv = 2, hd = 64, spare = 7;
+    for (const auto& [n_q, n_k] : cases)
+      for (int base : {0, 17, 211}) {
+        if (base >= n_k) continue;
+        AttentionShape s;
+        s.n_q = n_q;
+        s.n_k = n_k;
+        s.n_heads = n_heads;
+        s.n_kv_heads = n_kv;
+        s.head_dim = hd;
+        s.q_stride = 3 * n_heads * hd;
+        s.kv_stride = n_kv * hd;
+        const auto q = random_vec(size_t(n_q) * s.q_stride, 34);
+        const auto k = random_vec(size_t(n_k) * s.kv_stride, 35);
+        const auto v = random_vec(size_t(n_k) * s.kv_stride, 36, 2.0f);
+        const int rows[2] = {base, n_k - base}, cap[2] = {base + spare, n_k - base + spare};
+        std::vector<int8_t> k8[2], v8[2];
+        std::vector<float> ks[2], vs[2];
+        for (int r = 0; r < 2; ++r) {
+          k8[r].assign(size_t(n_kv) * size_t(cap[r]) * hd, 0);
+          v8[r].assign(k8[r].size(), 0);
+          ks[r].assign(size_t(n_kv) * size_t(cap[r]), 0.0f);
+          vs[r].assign(ks[r].size(), 0.0f);
+        }
+        std::vector<float> kd(k.size()), vd(v.size());  // dequantised, position-major
+        for (int j = 0; j < n_k; ++j)
+          for (int g = 0; g < n_kv; ++g) {
+            const int r = j < base ? 0 : 1, jr = j < base ? j : j - base;
+            const size_t at = size_t(j) * s.kv_stride + size_t(g) * hd;
+            const size_t h_at = size_t(g) * size_t(cap[r]) + size_t(jr);
+            quantize_kv_row(&k[at], hd, &k8[r][h_at * hd], &ks[r][h_at]);
+            quantize_kv_row(&v[at], hd, &v8[r][h_at * hd], &vs[r][h_at]);
+            for (int d = 0; d < hd; ++d) {
+              kd[at + size_t(d)] = float(k8[r][h_at * hd + size_t(d)]) * ks[r][h_at];
+              vd[at + size_t(d)] = float(v8[r][h_at * hd + size_t(d)]) * vs[r][h_at];
+            }
+          }
+        AttentionMask mask;
+        mask.full = false;
+        mask.q_pos0 = n_k - n_q;
+        mask.prefix = 20;
+        std::vector<float> ref(size_t(n_q) * n_heads * hd), got(ref.size(), -1.0f);
+        attention(s, mask, q.data(), kd.data(), vd.data(), ref.data());
+        KVRows head[2];
+        for (int r = 0; r < 2; ++r) {
+          head[r] = KVRows{k8[r].data(), v8[r].data(), rows[r], KVFormat::I8, hd, size_t(cap[r]) * hd};
+          head[r].k_scale = ks[r].data();
+          head[r].v_scale = vs[r].data();
+          head[r].scale_head_stride = size_t(cap[r]);
+        }
+        uint64_t before[4];
+        for (int p = 0; p < 4; ++p) before[p] = detail::attention_path_count(AttentionPath(p));
+        attention(s, mask, q.data(), head[0], head[1], got.data());
+        const std::string what = std::string(isa) + " n_q " + std::to_string(n_q) + " n_k " + std::to_string(n_k) +
+                                 " base " + std::to_string(base);
+        auto ran = [&](AttentionPath p) { return detail::attention_path_count(p) - before[int(p)]; };
+        EXPECT_EQ(ran(AttentionPath::DecodeSplit), n_q == 1 ? 1u : 0u) << what;
+        EXPECT_EQ(ran(AttentionPath::Int8KvKernel), n_q == 1 && kernel ? 1u : 0u) << what;
+        EXPECT_EQ(ran(AttentionPath::QueryLanes), n_q > 1 && n_q <= kDirectAttentionRows ? 1u : 0u) << what;
+        float worst = 0;
+        for (size_t i = 0; i < ref.size(); ++i) worst = std::max(worst, std::abs(got[i] - ref[i]));
+        EXPECT_LE(worst, 1e-5f) << what;
+      }
+  }
+  detail::gemv_force_isa(nullptr);
+  // int8 rows need their scales.
+  std::vector<int8_t> r8(64 * 4);
+  std::vector<float> q(64), out(64);
+  AttentionShape s;
+  s.n_q = 1;
+  s.n_k = 4;
+  s.n_heads = s.n_kv_heads = 1;
+  s.head_dim = 64;
+  s.q_stride = s.kv_stride = 64;
+  EXPECT_THROW(attention(s, AttentionMask{}, q.data(), KVRows{}, KVRows{r8.data(), r8.data(), 4, KVFormat::I8},
+                         out.data()),
+               Error);
+}
+
+// A batched decode step's attention: rows about one image (the same base
+// rows) read them once, and every row equals attention() of it alone, bit
+// for bit — on every ISA, for bf16 and int8 rows.
+TEST(Attention, DecodeRowsSharingABaseEqualEachRowAlone) {
+  const int n_heads = 4, n_kv = 2, hd = 64, base_rows = 150, cap = 200;
+  AttentionShape s;
+  s.n_heads = n_heads;
+  s.n_kv_heads = n_kv;
+  s.head_dim = hd;
+  s.q_stride = 3 * n_heads * hd;
+  s.kv_stride = n_kv * hd;
+  for (const char* isa : detail::gemv_isas()) {
+    ASSERT_TRUE(detail::gemv_force_isa(isa));
+    for (KVFormat format : {KVFormat::BF16, KVFormat::I8}) {
+      const size_t elem = kv_element_bytes(format);
+      // Two bases (image prefixes) and four sequences' own rows: rows 0, 1
+      // and 3 extend base 0, row 2 base 1.
+      struct Range {
+        std::vector<uint8_t> k, v;
+        std::vector<float> ks, vs;
+      };
+      auto make = [&](uint32_t seed) {
+        Range r;
+        const auto kf = random_vec(size_t(n_kv) * cap * hd, seed), vf = random_vec(size_t(n_kv) * cap * hd, seed + 1);
+        r.k.resize(kf.size() * elem);
+        r.v.resize(vf.size() * elem);
+        r.ks.resize(size_t(n_kv) * cap);
+        r.vs.resize(size_t(n_kv) * cap);
+        for (size_t row = 0; row < size_t(n_kv) * cap; ++row)
+          if (format == KVFormat::I8) {
+            quantize_kv_row(&kf[row * hd], hd, reinterpret_cast<int8_t*>(r.k.data()) + row * hd, &r.ks[row]);
+            quantize_kv_row(&vf[row * hd], hd, reinterpret_cast<int8_t*>(r.v.data()) + row * hd, &r.vs[row]);
+          } else {
+            for (int d = 0; d < hd; ++d) {
+              reinterpret_cast<uint16_t*>(r.k.data())[row * hd + size_t(d)] = f32_to_bf16(kf[row * hd + size_t(d)]);
+              reinterpret_cast<uint16_t*>(r.v.data())[row * hd + size_t(d)] = f32_to_bf16(vf[row * hd + size_t(d)]);
+            }
+          }
+        return r;
+      };
+      auto rows_of = [&](const Range& r, int n) {
+        KVRows out{r.k.data(), r.v.data(), n, format, hd, size_t(cap) * hd};
+        if (format == KVFormat::I8) {
+          out.k_scale = r.ks.data();
+          out.v_scale = r.vs.data();
+          out.scale_head_stride = size_t(cap);
+        }
+        return out;
+      };
+      const Range b0 = make(51), b1 = make(53), o0 = make(55), o1 = make(57), o2 = make(59), o3 = make(61);
+      const KVRows base[4] = {rows_of(b0, base_rows), rows_of(b0, base_rows), rows_of(b1, base_rows - 40),
+                              rows_of(b0, base_rows)};
+      const KVRows own[4] = {rows_of(o0, 7), rows_of(o1, 33), rows_of(o2, 1), rows_of(o3, 120)};
+      const auto q = random_vec(size_t(4) * s.q_stride, 63);
+      const size_t out_stride = size_t(n_heads) * hd;
+      std::vector<float> together(4 * out_stride, -1.0f);
+      const uint64_t shared0 = detail::attention_path_count(AttentionPath::SharedBaseRows);
+      decode_attention(s, 4, q.data(), base, own, together.data());
+      EXPECT_EQ(detail::attention_path_count(AttentionPath::SharedBaseRows) - shared0, 2u) << isa;
+      for (int i = 0; i < 4; ++i) {
+        AttentionShape one = s;
+        one.n_q = 1;
+        one.n_k = base[i].rows + own[i].rows;
+        AttentionMask mask;
+        mask.full = false;
+        mask.q_pos0 = one.n_k - 1;
+        mask.prefix = base[i].rows;
+        std::vector<float> alone(out_stride, -2.0f);
+        attention(one, mask, q.data() + size_t(i) * s.q_stride, base[i], own[i], alone.data());
+        for (size_t d = 0; d < out_stride; ++d)
+          ASSERT_EQ(together[size_t(i) * out_stride + d], alone[d])
+              << isa << " " << kv_format_name(format) << " row " << i << " element " << d;
+      }
+    }
+  }
+  detail::gemv_force_isa(nullptr);
+}
+
 TEST(Attention, Bf16BlockKernelIsOneOnlineSoftmaxStep) {
   const char* with_kernels = nullptr;
   for (const char* isa : detail::gemv_isas())

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <fcntl.h>
@@ -31,6 +32,8 @@ constexpr double kInt8MinTop1 = 0.95;
 constexpr double kQ4MinTop1 = 0.65;  // measured 0.82: 4-bit on 128-wide random layers is the worst case
 // bf16 KV rows (8 significant bits, rounded once when written).
 constexpr double kBf16KvMinTop1 = 0.95;
+// int8 KV rows (one scale per head row of 64, rounded once when written).
+constexpr double kInt8KvMinTop1 = 0.95;  // measured 1.000 (stored weights), 0.981 (int8)
 
 // Image embeddings through the int8 vision tower (int8 weights per row and
 // int8 activations per row in the GEMMs): max abs error relative to the
@@ -151,6 +154,60 @@ TEST(KVCacheFormat, Bf16Top1AgreementAgainstF32) {
   size_t same = 0, total = size_t(k32.length) * size_t(k32.kv_dim);
   for (size_t i = 0; i < total; ++i) same += f32_to_bf16(r32[i]) == r16[i];
   EXPECT_EQ(same, total) << "layer 0's keys are the fp32 keys rounded to bf16";
+}
+
+// int8 KV rows against fp32 rows, on the as-stored and on the int8 weights;
+// the cache really holds int8 rows with one scale per head and position:
+// layer 0's keys are the fp32 keys quantised by quantize_kv_row.
+TEST(KVCacheFormat, Int8Top1AgreementAgainstF32) {
+  const std::string dir = testdata::tiny_model().string();
+  size_t n = 0, agree = 0, agree8 = 0;
+  const auto f32 = Moondream::load(dir, with_kv(KVFormat::F32));
+  const auto i8 = Moondream::load(dir, with_kv(KVFormat::I8));
+  const auto q8_f32 = Moondream::load(dir, with_kv(KVFormat::F32, Quantization::Int8));
+  const auto q8_i8 = Moondream::load(dir, with_kv(KVFormat::I8, Quantization::Int8));
+  EXPECT_EQ(i8->kv_format(), KVFormat::I8);
+  for (const auto& c : testdata::cases()) {
+    const ForcedRun a = teacher_forced(*f32, c), b = teacher_forced(*i8, c);
+    const ForcedRun a8 = teacher_forced(*q8_f32, c), b8 = teacher_forced(*q8_i8, c);
+    ASSERT_EQ(a.top1.size(), b.top1.size());
+    for (size_t i = 0; i < a.top1.size(); ++i, ++n) {
+      agree += a.top1[i] == b.top1[i];
+      agree8 += a8.top1[i] == b8.top1[i];
+    }
+  }
+  ASSERT_GT(n, 100u);
+  const double r = double(agree) / n, r8 = double(agree8) / n;
+  std::printf("  int8 KV vs f32 KV, top-1 agreement over %zu positions: as stored %.3f, int8 %.3f (>= %.2f)\n", n, r,
+              r8, kInt8KvMinTop1);
+  EXPECT_GE(r, kInt8KvMinTop1);
+  EXPECT_GE(r8, kInt8KvMinTop1);
+  const testdata::Case c = testdata::cases().front();
+  const Crops crops = make_crops(load_image_file(c.image.string()), f32->crop_params());
+  const auto emb = f32->image_embeddings(f32->vision_features(crops), crops.tiling);
+  const KVCache k32 = f32->prefill_prefix(emb), k8 = i8->prefill_prefix(emb);
+  EXPECT_EQ(k8.format, KVFormat::I8);
+  EXPECT_EQ(k8.bytes(), k32.bytes() / 4 + k32.bytes() / size_t(k32.head_dim)) << "a quarter plus one scale a row";
+  const float* r32 = reinterpret_cast<const float*>(k32.k(0));
+  const int8_t* rows8 = reinterpret_cast<const int8_t*>(k8.k(0));
+  size_t same = 0, rows = 0;
+  std::vector<int8_t> q(size_t(k8.head_dim));
+  for (int g = 0; g < k8.n_kv_heads; ++g)
+    for (int p = 0; p < k8.length; ++p, ++rows) {
+      float scale = 0;
+      quantize_kv_row(r32 + k32.element_at(g, p), k8.head_dim, q.data(), &scale);
+      same += std::equal(q.begin(), q.end(), rows8 + k8.element_at(g, p)) &&
+              scale == k8.k_scale(0)[size_t(g) * size_t(k8.rows()) + size_t(p)];
+    }
+  EXPECT_EQ(same, rows) << "layer 0's keys are the fp32 keys quantised per head row";
+  // A follow-up's cache continues the int8 prefix without copying it, and
+  // a copy keeps the scales.
+  const KVCache copy = k8.copy_with_capacity(k8.length + 9);
+  const int last = k8.n_layers - 1;
+  const size_t row_bytes = size_t(k8.length) * size_t(k8.head_dim), scale_bytes = size_t(k8.length) * sizeof(float);
+  EXPECT_EQ(std::memcmp(copy.k_scale(last), k8.k_scale(last), scale_bytes), 0);
+  EXPECT_EQ(std::memcmp(copy.v(last) + copy.element_at(1, 0), k8.v(last) + k8.element_at(1, 0), row_bytes), 0);
+  EXPECT_EQ(std::memcmp(copy.v_scale(last) + copy.rows(), k8.v_scale(last) + k8.rows(), scale_bytes), 0);
 }
 
 // Logits after the caption prompt on the first test image: equal bits mean

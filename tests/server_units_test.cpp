@@ -168,6 +168,11 @@ TEST(ServerConfig, OverridesWin) {
   EXPECT_EQ(c.performance.quantization, "int8");
   EXPECT_EQ(c.performance.kv_cache, "f32");
   EXPECT_EQ(nlohmann::json::parse(config_to_json(c))["performance"]["kv_cache"], "f32");
+  q.kv_cache = "INT8";
+  apply_overrides(&c, q);
+  EXPECT_EQ(c.performance.kv_cache, "int8");
+  EXPECT_EQ(parse_server_config(R"({"performance": {"kv_cache": "int8"}})", "t.json", nullptr).performance.kv_cache,
+            "int8");
   for (auto [flag, value] : {std::pair{"--quantization", "int3"}, std::pair{"--kv-cache", "int4"}}) {
     ConfigOverrides bad;
     (std::string(flag) == "--quantization" ? bad.quantization : bad.kv_cache) = value;

@@ -267,7 +267,7 @@ int run(const Args& a) {
   if (!md::parse_quantization(a.quantization, &lo.quantization))
     throw md::Error("--quantization must be none, int8 or q4");
   if (!md::parse_kv_format(a.kv_cache, &lo.kv_cache))
-    throw md::Error("--kv-cache must be bf16 or f32, got '" + a.kv_cache + "'");
+    throw md::Error("--kv-cache must be bf16, f32 or int8, got '" + a.kv_cache + "'");
   if (!md::parse_revision_choice(a.revision_profile, &lo.revision))
     throw md::Error("--revision-profile must be auto, 2025-01-09 or 2025-06-21");
   // A directory is used as is; a hub repo id ("vikhyatk/moondream2") is
@@ -362,7 +362,7 @@ int main(int argc, char** argv) {
     sub->add_option("--threads", a.threads, "Threads (default: all cores)");
     sub->add_option("--quantization", a.quantization,
                     "Text-model weights: none (as stored), int8 or q4 (quantised at load)");
-    sub->add_option("--kv-cache", a.kv_cache, "KV cache rows: bf16 (default, half the bytes) or f32 (exact fp32)");
+    sub->add_option("--kv-cache", a.kv_cache, "KV cache rows: bf16 (default, half the bytes), f32 (exact fp32) or int8 (a quarter)");
     sub->add_flag("--json", a.json, "Print one JSON object instead of streaming text");
     if (t == "caption") sub->add_option("--length", a.length, "short, normal or long");
     if (t == "query") sub->add_flag("--reasoning", a.reasoning, "Grounded reasoning before the answer (2025-06-21)");

@@ -128,7 +128,7 @@ int main(int argc, char** argv) {
       "auto (default), 2025-01-09 or 2025-06-21: how prompts and tokens are built (overrides revision_profile)");
   app.add_option("--quantization", quantization,
                  "Text-model weights: none (as stored), int8 or q4 (overrides performance.quantization)");
-  app.add_option("--kv-cache", kv_cache, "KV cache rows: bf16 or f32 (overrides performance.kv_cache)");
+  app.add_option("--kv-cache", kv_cache, "KV cache rows: bf16, f32 or int8 (overrides performance.kv_cache)");
   app.add_option("--host", host, "Address to listen on (overrides server.host)");
   app.add_option("--port", port, "API port (overrides server.port, default 8080)")->check(CLI::Range(1, 65535));
   app.add_option("--backend-port", backend_port,

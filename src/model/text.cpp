@@ -27,6 +27,7 @@ KVCache::KVCache(const TextConfig& cfg, int cap, KVFormat f)
       kv_dim(cfg.n_kv_heads * (cfg.dim / cfg.n_heads)),
       format(f),
       capacity(cap) {
+  if (format == KVFormat::I8 && head_dim % 4 != 0) throw Error("KV cache: int8 rows need a head size divisible by 4");
   storage.resize(bytes());
 }
 
@@ -46,7 +47,13 @@ KVCache KVCache::same_shape(int cap, int base_len) const {
 namespace {
 // Layer l's first n rows of a (head-major) cache as attention reads them.
 KVRows rows_of(const KVCache& c, int l, int n) {
-  return KVRows{c.k(l), c.v(l), n, c.format, c.head_dim, size_t(c.rows()) * size_t(c.head_dim)};
+  KVRows r{c.k(l), c.v(l), n, c.format, c.head_dim, size_t(c.rows()) * size_t(c.head_dim)};
+  if (c.format == KVFormat::I8) {
+    r.k_scale = c.k_scale(l);
+    r.v_scale = c.v_scale(l);
+    r.scale_head_stride = size_t(c.rows());
+  }
+  return r;
 }
 }  // namespace
 
@@ -80,6 +87,11 @@ KVCache KVCache::copy_with_capacity(int cap) const {
     for (int g = 0; g < n_kv_heads; ++g) {
       std::memcpy(out.k(l) + out.element_at(g, 0) * elem, k(l) + element_at(g, 0) * elem, used);
       std::memcpy(out.v(l) + out.element_at(g, 0) * elem, v(l) + element_at(g, 0) * elem, used);
+      if (format == KVFormat::I8) {
+        const size_t scales = size_t(length) * sizeof(float);
+        std::memcpy(out.k_scale(l) + size_t(g) * size_t(out.rows()), k_scale(l) + size_t(g) * size_t(rows()), scales);
+        std::memcpy(out.v_scale(l) + size_t(g) * size_t(out.rows()), v_scale(l) + size_t(g) * size_t(rows()), scales);
+      }
     }
   }
   return out;
@@ -203,6 +215,10 @@ PooledVector<float> TextModel::run_layers(const float* embeddings, int n, const 
           if (cache.format == KVFormat::BF16) {
             store_bf16(kr, hd, reinterpret_cast<uint16_t*>(kd));
             store_bf16(vr, hd, reinterpret_cast<uint16_t*>(vd));
+          } else if (cache.format == KVFormat::I8) {
+            const size_t at = size_t(g) * size_t(cache.rows()) + size_t(p - cache.base_length);
+            quantize_kv_row(kr, hd, reinterpret_cast<int8_t*>(kd), cache.k_scale(l) + at);
+            quantize_kv_row(vr, hd, reinterpret_cast<int8_t*>(vd), cache.v_scale(l) + at);
           } else {
             std::memcpy(kd, kr, size_t(hd) * elem);
             std::memcpy(vd, vr, size_t(hd) * elem);
@@ -217,19 +233,15 @@ PooledVector<float> TextModel::run_layers(const float* embeddings, int n, const 
       attention(shape, mask, qkv.data(), cache.base_rows(l), cache.own_rows(l, cache.length + n - cache.base_length),
                 att.data());
     } else {
-      // Each sequence's query row over its own cache, one after another
-      // (each attention call runs on all threads).
+      // Each sequence's query row over its own cache, in one pass:
+      // sequences about the same cached image read its prefix once.
+      std::vector<KVRows> bases(static_cast<size_t>(n)), owns(static_cast<size_t>(n));
       for (int i = 0; i < n; ++i) {
         const KVCache& cache = cache_of(i);
-        AttentionShape one = shape;
-        one.n_q = 1;
-        one.n_k = cache.length + 1;
-        one.int8_scores = false;
-        mask.q_pos0 = cache.length;
-        mask.prefix = cache.prefix >= 0 ? cache.prefix : cfg_.prefix_attn;
-        attention(one, mask, qkv.data() + size_t(i) * qkv_dim, cache.base_rows(l),
-                  cache.own_rows(l, cache.length + 1 - cache.base_length), att.data() + size_t(i) * q_dim);
+        bases[size_t(i)] = cache.base_rows(l);
+        owns[size_t(i)] = cache.own_rows(l, cache.length + 1 - cache.base_length);
       }
+      decode_attention(shape, n, qkv.data(), bases.data(), owns.data(), att.data());
     }
     if (one_cache && n > 1) DecodeBatcher::yield_point();  // and half-way through a layer
     linear_group({{&blk.proj, att.data(), tmp.data(), false}, {&blk.fc2, ff.data(), h.data(), false}}, n);

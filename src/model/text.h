@@ -14,8 +14,10 @@ namespace md {
 // k (after rotary) and v per layer, kv head and position, head-major: in
 // k(l), kv head g's rows are one run of rows() · head_dim elements, position
 // p at row p − base_length of it (KVRows in ops.h: decoding reads each head's
-// keys as one stream). fp32 or bf16 as `format` says (rounded once when
-// written; every later read sees the stored value).
+// keys as one stream). fp32, bf16 or int8 as `format` says (rounded once
+// when written; every later read sees the stored value). int8 rows have one
+// fp32 scale per kv head and position, after the layer's k (and v) rows:
+// k_scale(l)[g · rows() + p − base_length].
 struct KVCache {
   int n_layers = 0;
   int n_kv_heads = 0, head_dim = 0;
@@ -32,7 +34,7 @@ struct KVCache {
   int base_length = 0;
   // One block for all layers (a block per layer rounded each 3 MB layer up
   // to the pool's 2 MiB pages: a third more memory at full size).
-  PooledVector<uint8_t> storage;  // [layer][k, v][kv head][position - base_length][head_dim]
+  PooledVector<uint8_t> storage;  // [layer][k, v]([kv head][position - base_length][head_dim], int8: scales)
 
   // Rows per head this cache owns (its base's are not among them).
   int rows() const { return capacity - base_length; }
@@ -45,6 +47,11 @@ struct KVCache {
   uint8_t* v(int l) { return storage.data() + size_t(2 * l + 1) * own_layer_bytes(); }
   const uint8_t* k(int l) const { return storage.data() + size_t(2 * l) * own_layer_bytes(); }
   const uint8_t* v(int l) const { return storage.data() + size_t(2 * l + 1) * own_layer_bytes(); }
+  // int8 rows' scales of layer l: [kv head][position - base_length].
+  float* k_scale(int l) { return reinterpret_cast<float*>(k(l) + scales_offset()); }
+  float* v_scale(int l) { return reinterpret_cast<float*>(v(l) + scales_offset()); }
+  const float* k_scale(int l) const { return reinterpret_cast<const float*>(k(l) + scales_offset()); }
+  const float* v_scale(int l) const { return reinterpret_cast<const float*>(v(l) + scales_offset()); }
 
   KVCache() = default;
   KVCache(const TextConfig& cfg, int capacity, KVFormat format = KVFormat::F32);
@@ -55,7 +62,7 @@ struct KVCache {
   KVCache copy_with_capacity(int capacity) const;
   // Bytes of one layer's k (or v) rows for `capacity` positions.
   static size_t layer_bytes(const TextConfig& cfg, int capacity, KVFormat format) {
-    return size_t(capacity) * size_t(cfg.n_kv_heads) * size_t(cfg.dim / cfg.n_heads) * kv_element_bytes(format);
+    return size_t(capacity) * size_t(cfg.n_kv_heads) * kv_head_row_bytes(format, cfg.dim / cfg.n_heads);
   }
   // Bytes of a standalone cache of `capacity` positions (its one block).
   static size_t cache_bytes(const TextConfig& cfg, int capacity, KVFormat format) {
@@ -72,7 +79,9 @@ struct KVCache {
   KVRows own_rows(int l, int rows) const;
 
  private:
-  size_t own_layer_bytes() const { return size_t(rows()) * size_t(kv_dim) * kv_element_bytes(format); }
+  size_t own_layer_bytes() const { return size_t(rows()) * size_t(n_kv_heads) * kv_head_row_bytes(format, head_dim); }
+  // Where a layer's k (or v) scales start: after its rows.
+  size_t scales_offset() const { return size_t(rows()) * size_t(kv_dim) * kv_element_bytes(format); }
   // An empty cache of this one's shape and format for positions [base_length, capacity).
   KVCache same_shape(int capacity, int base_length) const;
 };

@@ -173,7 +173,7 @@ ServerConfig parse_server_config(const std::string& json_text, const std::string
     }
     if (const json* q = s.get("kv_cache")) {
       if (!q->is_string() || !normalize_kv_cache(q->get<std::string>(), &c.performance.kv_cache))
-        s.fail("kv_cache", "must be \"bf16\" or \"f32\"", *q);
+        s.fail("kv_cache", "must be \"bf16\", \"f32\" or \"int8\"", *q);
     }
     s.warn_unknown();
   }
@@ -276,6 +276,8 @@ bool normalize_kv_cache(const std::string& in, std::string* out) {
     *out = "bf16";
   } else if (l == "f32" || l == "fp32" || l == "float32") {
     *out = "f32";
+  } else if (l == "int8" || l == "i8" || l == "q8") {
+    *out = "int8";
   } else {
     return false;
   }
@@ -286,7 +288,7 @@ void apply_overrides(ServerConfig* cfg, const ConfigOverrides& o) {
   if (o.quantization && !normalize_quantization(*o.quantization, &cfg->performance.quantization))
     throw Error("--quantization must be none, int8 or q4 (or another spelling of them), got '" + *o.quantization + "'");
   if (o.kv_cache && !normalize_kv_cache(*o.kv_cache, &cfg->performance.kv_cache))
-    throw Error("--kv-cache must be bf16 or f32, got '" + *o.kv_cache + "'");
+    throw Error("--kv-cache must be bf16, f32 or int8, got '" + *o.kv_cache + "'");
   if (o.model_path) cfg->model_path = *o.model_path;
   if (o.revision) cfg->revision = o.revision->empty() ? "main" : *o.revision;
   if (o.tokenizer) cfg->tokenizer = *o.tokenizer;

@@ -17,7 +17,7 @@ struct PerformanceConfig {
   bool memory_management = false;     // hand freed memory back to the OS after each request
   int cache_max_mb = 1024;            // budget of the encoded-image cache
   std::string quantization = "none";  // normalised: "none", "int8" or "q4"
-  std::string kv_cache = "bf16";      // normalised: "bf16" or "f32"
+  std::string kv_cache = "bf16";      // normalised: "bf16", "f32" or "int8"
   // Requests in flight at once (their decode steps share one pass over the
   // weights); more wait in the queue. 1 = one request at a time.
   int max_batch = 8;
@@ -31,8 +31,8 @@ struct PerformanceConfig {
 // (none, fp32, bf16, int8, q8_0, int4, ...) → "none", "int8" or "q4";
 // false for anything else.
 bool normalize_quantization(const std::string& in, std::string* out);
-// performance.kv_cache / --kv-cache: bf16, bfloat16, f32, fp32, float32 →
-// "bf16" or "f32"; false for anything else.
+// performance.kv_cache / --kv-cache: bf16, bfloat16, f32, fp32, float32,
+// int8, i8, q8 → "bf16", "f32" or "int8"; false for anything else.
 bool normalize_kv_cache(const std::string& in, std::string* out);
 
 struct HttpConfig {

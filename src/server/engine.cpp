@@ -91,7 +91,7 @@ std::shared_ptr<LoadedModel> load_model(const std::string& source, const std::st
   if (!parse_quantization(quantization, &lo.quantization))
     throw Error("performance.quantization must be none, int8 or q4, got '" + quantization + "'");
   if (!parse_kv_format(kv_cache, &lo.kv_cache))
-    throw Error("performance.kv_cache must be bf16 or f32, got '" + kv_cache + "'");
+    throw Error("performance.kv_cache must be bf16, f32 or int8, got '" + kv_cache + "'");
   if (!parse_revision_choice(revision_profile, &lo.revision))
     throw Error("revision_profile must be auto, 2025-01-09 or 2025-06-21, got '" + revision_profile + "'");
   lo.tokenizer_path = tokenizer_for_model(lm->dir, tokenizer, revision_profile);

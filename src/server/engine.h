@@ -37,7 +37,7 @@ struct LoadedModel {
   std::string dir;     // the local directory it was loaded from
   std::string revision;
   std::string quantization = "none";  // "none", "int8" or "q4"
-  std::string kv_cache = "bf16";      // "bf16" or "f32"
+  std::string kv_cache = "bf16";      // "bf16", "f32" or "int8"
   int threads = 0;
   uint64_t id = 0;  // unique per load: cache keys never mix models
   double load_seconds = 0;

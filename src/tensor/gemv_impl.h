@@ -114,6 +114,19 @@ struct RowPrefetch {
   const char* v = nullptr;
   int rows = 0;
   size_t row_bytes = 0, used_bytes = 0;
+  // int8 rows: the rows' scales (4 bytes a row, one run each), which a
+  // kernel fetches first: a block's scales arriving late stalled every
+  // block (int8 KV ran at half the bf16 rate).
+  const float* k_scales = nullptr;
+  const float* v_scales = nullptr;
+  // Prefetches the scales' lines.
+  __attribute__((always_inline)) void scales() const {
+    if (!k_scales) return;
+    for (int j = 0; j < rows; j += 16) {
+      __builtin_prefetch(k_scales + j, 0, 2);
+      __builtin_prefetch(v_scales + j, 0, 2);
+    }
+  }
 };
 
 // Walks a RowPrefetch line by line in address order (per row: K and V line
@@ -150,15 +163,21 @@ class PrefetchCursor {
 // puts an accumulator back.
 using Bf16BlockKernel = void (*)(const float* q, const uint16_t* k, const uint16_t* v, int stride, int n, float scale,
                                  float* m, float* l, float* acc, const RowPrefetch& pf);
+// The same step over int8 rows with one scale per key (ks, vs): s_j =
+// scale·ks_j·q·k_j, acc += Σ_j e^(s_j−M)·vs_j·v_j. q and acc in the row's
+// own order.
+using Int8BlockKernel = void (*)(const float* q, const int8_t* k, const float* ks, const int8_t* v, const float* vs,
+                                 int stride, int n, float scale, float* m, float* l, float* acc, const RowPrefetch& pf);
 struct AttentionKernels {
   const char* name;
   int head_dim;  // the only head size these kernels take
   Bf16ScoresKernel scores;
   Bf16PvKernel pv;
-  int max_block;
+  int max_block;  // of both block kernels
   Bf16BlockKernel block;
   void (*to_lanes)(const float* row, float* lanes);
   void (*from_lanes)(const float* lanes, float* row);
+  Int8BlockKernel i8_block;  // null: the portable loops run
 };
 extern const AttentionKernels kAttentionAvx512;  // x86/attention_avx512.cpp
 extern const AttentionKernels kAttentionNeon;    // arm/attention_neon.cpp

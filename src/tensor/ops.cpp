@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <tuple>
 #include <vector>
 
 #include "tensor/attention_int8.h"
@@ -143,7 +144,7 @@ bool int8_gemm_exact() {
 namespace {
 
 std::atomic<uint64_t> g_linear_paths[5];
-std::atomic<uint64_t> g_attention_paths[3];
+std::atomic<uint64_t> g_attention_paths[5];
 
 // Q8 with one scale per row (group == cols): the layout the int8 GEMM reads.
 bool is_q8_per_row(const WeightMatrix& w) { return w.format == WeightFormat::Q8 && w.group == w.cols; }
@@ -694,7 +695,9 @@ void attention(const AttentionShape& s, const AttentionMask& mask, const float* 
   attention(s, mask, q, KVRows{}, KVRows{k, v, s.n_k}, out);
 }
 
-const char* kv_format_name(KVFormat f) { return f == KVFormat::BF16 ? "bf16" : "f32"; }
+const char* kv_format_name(KVFormat f) {
+  return f == KVFormat::BF16 ? "bf16" : f == KVFormat::I8 ? "int8" : "f32";
+}
 
 bool parse_kv_format(const std::string& s, KVFormat* out) {
   if (s == "f32" || s == "fp32") {
@@ -705,8 +708,14 @@ bool parse_kv_format(const std::string& s, KVFormat* out) {
     *out = KVFormat::BF16;
     return true;
   }
+  if (s == "int8") {
+    *out = KVFormat::I8;
+    return true;
+  }
   return false;
 }
+
+void quantize_kv_row(const float* x, int n, int8_t* q, float* scale) { *scale = quantize_row_s8(x, n, q); }
 
 namespace {
 
@@ -742,6 +751,37 @@ MD_ISA_DISPATCH(void, bf16_pv_portable,
                 (const float* p, const uint16_t* v, int stride, int n, int head_dim, float* out),
                 (p, v, stride, n, head_dim, out))
 
+// The same two products over int8 rows with one scale per key:
+// s_j = scale·ks_j·Σ_d q_d·k_jd, out = Σ_j (p_j·vs_j)·v_j.
+MD_ISA_BODY void i8_scores_portable_body(const float* q, const int8_t* k, const float* ks, int stride, int n,
+                                         int head_dim, float scale, float* scores) {
+  for (int j = 0; j < n; ++j) {
+    const int8_t* kj = k + size_t(j) * size_t(stride);
+    float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+    for (int d = 0; d < head_dim; ++d) dot += q[d] * float(kj[d]);
+    scores[j] = dot * ks[j] * scale;
+  }
+}
+MD_ISA_DISPATCH(void, i8_scores_portable,
+                (const float* q, const int8_t* k, const float* ks, int stride, int n, int head_dim, float scale,
+                 float* scores),
+                (q, k, ks, stride, n, head_dim, scale, scores))
+
+MD_ISA_BODY void i8_pv_portable_body(const float* p, const int8_t* v, const float* vs, int stride, int n, int head_dim,
+                                     float* out) {
+  for (int d = 0; d < head_dim; ++d) out[d] = 0.0f;
+  for (int j = 0; j < n; ++j) {
+    const int8_t* vj = v + size_t(j) * size_t(stride);
+    const float pj = p[j] * vs[j];
+#pragma omp simd
+    for (int d = 0; d < head_dim; ++d) out[d] += pj * float(vj[d]);
+  }
+}
+MD_ISA_DISPATCH(void, i8_pv_portable,
+                (const float* p, const int8_t* v, const float* vs, int stride, int n, int head_dim, float* out),
+                (p, v, vs, stride, n, head_dim, out))
+
 void bf16_query_row(const gemv_detail::AttentionKernels* ak, const float* q, int head_dim, float scale,
                     const uint16_t* const* k, const uint16_t* const* v, const int* rows, const int* strides, int ranges,
                     int visible, float* scores, float* part, float* out) {
@@ -770,14 +810,21 @@ void bf16_query_row(const gemv_detail::AttentionKernels* ak, const float* q, int
   for (int d = 0; d < head_dim; ++d) out[d] *= inv;
 }
 
-// The block of one kv head's bf16 keys that starts at key j0: at most
-// max_rows keys, before j_end and inside one of the two row ranges (base,
-// then own), with that range's row stride.
+// The block of one kv head's bf16 or int8 keys that starts at key j0: at
+// most max_rows keys, before j_end and inside one of the two row ranges
+// (base, then own), with that range's row stride (and, int8, the keys'
+// scales).
 struct KVBlock {
   int n = 0;
   int stride = 0;
-  const uint16_t* k = nullptr;
-  const uint16_t* v = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  const float* ks = nullptr;
+  const float* vs = nullptr;
+  const uint16_t* k16() const { return static_cast<const uint16_t*>(k); }
+  const uint16_t* v16() const { return static_cast<const uint16_t*>(v); }
+  const int8_t* k8() const { return static_cast<const int8_t*>(k); }
+  const int8_t* v8() const { return static_cast<const int8_t*>(v); }
 };
 __attribute__((always_inline)) inline KVBlock kv_block(const KVRows& base, const KVRows& own, int g, int j0, int j_end,
                                                        int max_rows) {
@@ -785,20 +832,26 @@ __attribute__((always_inline)) inline KVBlock kv_block(const KVRows& base, const
   if (j0 >= j_end) return b;
   const bool in_base = j0 < base.rows;
   const KVRows& r = in_base ? base : own;
+  const int jr = in_base ? j0 : j0 - base.rows;
   b.n = std::min(max_rows, (in_base ? std::min(j_end, base.rows) : j_end) - j0);
   b.stride = r.row_stride;
-  const size_t at = r.at(g, in_base ? j0 : j0 - base.rows);
-  b.k = static_cast<const uint16_t*>(r.k) + at;
-  b.v = static_cast<const uint16_t*>(r.v) + at;
+  const size_t at = r.at(g, jr) * kv_element_bytes(r.format);
+  b.k = static_cast<const uint8_t*>(r.k) + at;
+  b.v = static_cast<const uint8_t*>(r.v) + at;
+  if (r.format == KVFormat::I8) {
+    b.ks = r.k_scale + r.scale_at(g, jr);
+    b.vs = r.v_scale + r.scale_at(g, jr);
+  }
   return b;
 }
 
 // A block's rows (their first used_bytes) as a prefetch for the step
 // before it: the kernel spreads them over its loops, so the block is in L2
-// when its step starts.
-__attribute__((always_inline)) inline gemv_detail::RowPrefetch block_prefetch(const KVBlock& b, size_t used_bytes) {
-  return {reinterpret_cast<const char*>(b.k), reinterpret_cast<const char*>(b.v), b.n, size_t(b.stride) * 2,
-          used_bytes};
+// when its step starts (an int8 block's scales too).
+__attribute__((always_inline)) inline gemv_detail::RowPrefetch block_prefetch(const KVBlock& b, size_t elem,
+                                                                             size_t used_bytes) {
+  return {static_cast<const char*>(b.k), static_cast<const char*>(b.v), b.n, size_t(b.stride) * elem, used_bytes,
+          b.ks, b.vs};
 }
 
 // Key slices of an attention pass: a few per thread, taken from a shared
@@ -832,9 +885,9 @@ void for_each_key_slice(int slices, Fn&& fn) {
 }
 
 // Walks slice `sl` of `slices` of the visible keys head by head and, per
-// head, in blocks of at most `block` keys: fn(h, j0, n, k, v, stride, next)
-// with the head's keys and values of the block (rows `stride` apart) and
-// the next step's block, which fn prefetches — after the slice's last head,
+// head, in blocks of at most `block` keys: fn(h, j0, blk, next) with the
+// head's keys and values of the block (KVBlock) and the next step's block,
+// which fn prefetches — after the slice's last head,
 // the first block of the slice claim_next() hands this thread. Head by head,
 // a head-major cache (KVRows) is read as two sequential streams per slice.
 // (Both helpers forced inline: as calls, gemv_bench's attention rows ran
@@ -844,7 +897,7 @@ __attribute__((always_inline)) inline void for_each_head_and_block(const Attenti
                                                                    const KVRows& own, int visible, int sl, int slices,
                                                                    int block, Claim&& claim_next, Fn&& fn) {
   const int H = s.n_heads, group = s.n_heads / s.n_kv_heads;
-  const size_t used_bytes = size_t(s.head_dim) * 2;
+  const size_t elem = kv_element_bytes(own.format), used_bytes = size_t(s.head_dim) * elem;
   const int j_begin = slice_begin(visible, sl, slices), j_end = slice_begin(visible, sl + 1, slices);
   for (int h = 0; h < H; ++h) {
     const int g = h / group;
@@ -858,7 +911,7 @@ __attribute__((always_inline)) inline void for_each_head_and_block(const Attenti
         if (ns < slices)
           next = kv_block(base, own, 0, slice_begin(visible, ns, slices), slice_begin(visible, ns + 1, slices), block);
       }
-      fn(h, j0, blk.n, blk.k, blk.v, blk.stride, block_prefetch(next, used_bytes));
+      fn(h, j0, blk, block_prefetch(next, elem, used_bytes));
       j0 += blk.n;
     }
   }
@@ -885,92 +938,222 @@ void merge_softmax_slices(const float* m, const float* l, const float* acc, size
 }
 
 // bf16 prompts of this many rows or more (up to kDirectAttentionRows) run
-// with the queries in vector lanes (bf16_few_queries: its cost barely grows
+// with the queries in vector lanes (kv_few_queries: its cost barely grows
 // up to 16 queries); fewer run the per-query kernels.
 constexpr int kFewQueryMinRows = 4;
 
-// One decode query (n_q = 1) over bf16 keys, split by key range instead of
-// by head: each thread streams a contiguous run of cache rows (every head's
-// keys of a position are one 4 KB row; a head-by-head walk touches 128 bytes
-// of each row per pass, which memory serves at a quarter of its streaming
-// rate — bench/gemv_bench "decode attention"). Per thread and head, an online
-// softmax over blocks of kBlock keys (running max m, sum l, Σ p·v); the
-// threads' partial results are merged once at the end.
-void bf16_decode_split(const gemv_detail::AttentionKernels* ak, const AttentionShape& s, const float* q, KVRows base,
-                       KVRows own, int visible, float* out) {
+// One decode step's attention for n query rows (one position each) over
+// bf16 or int8 keys, split by key range instead of by head: each thread
+// streams a contiguous run of cache rows (a head-by-head walk of
+// position-major rows touched 128 bytes of each 4 KB row per pass, which
+// memory serves at a quarter of its streaming rate — bench/gemv_bench
+// "decode attention"). Per slice and head, an online softmax over blocks of
+// keys (running max m, sum l, Σ p·v); a row's slices are merged at the end.
+//
+// Row r sees the first `visible` of its keys: its base rows, then its own.
+// The two ranges are sliced separately, the base's slices set by its row
+// count alone, so rows whose base is the same rows (one cached image
+// prefix) share its slices: each block is read from memory once and every
+// such row's query runs over it while it is in L1. A row's arithmetic is
+// the same whichever rows run beside it: a batched step equals its rows'
+// steps alone, bit for bit.
+struct DecodeQuery {
+  const float* q = nullptr;  // n_heads · head_dim
+  KVRows base, own;
+  int visible = 0;
+  float* out = nullptr;
+};
+
+void kv_decode_rows(const gemv_detail::AttentionKernels* ak, const AttentionShape& s, const DecodeQuery* rows, int n) {
   g_attention_paths[int(AttentionPath::DecodeSplit)].fetch_add(1, std::memory_order_relaxed);
-  const bool fast = ak && ak->head_dim == s.head_dim;
-  const int block = fast ? ak->max_block : 32;
+  const bool i8 = rows[0].own.format == KVFormat::I8;
+  // The ISA's block kernel for this format: bf16 keeps q and the sums in
+  // its lanes order (to_lanes / from_lanes), int8 in the row's own order.
+  const bool fast_bf16 = !i8 && ak && ak->head_dim == s.head_dim;
+  const bool fast_i8 = i8 && ak && ak->head_dim == s.head_dim && ak->i8_block;
+  if (fast_i8) g_attention_paths[int(AttentionPath::Int8KvKernel)].fetch_add(1, std::memory_order_relaxed);
+  const int block = fast_bf16 || fast_i8 ? ak->max_block : 32;
   const int H = s.n_heads, hd = s.head_dim;
   const float scale = 1.0f / std::sqrt(float(hd));
-  const int slices = key_slices(visible, block);
-  // Per slice: m[H], l[H], acc[H * hd] (in the kernel's lanes order).
-  const size_t per = size_t(H) * (2 + size_t(hd));
-  static thread_local std::vector<float> t_parts, t_q, t_merged;
-  float* parts = scratch(t_parts, per * size_t(slices));
-  // The query rows in the kernel's order, once for all the slices.
-  const float* qk = q;
-  if (fast) {
-    float* ql = scratch(t_q, size_t(H) * size_t(hd));
-    for (int h = 0; h < H; ++h) ak->to_lanes(q + size_t(h) * size_t(hd), ql + size_t(h) * size_t(hd));
-    qk = ql;
+  const size_t per = size_t(H) * (2 + size_t(hd));  // one row's state: m[H], l[H], acc[H * hd]
+
+  // Rows sharing base rows (the same rows seen in full), in first-seen order.
+  struct Group {
+    const KVRows* base;
+    int visible;
+    std::vector<int> members;
+  };
+  std::vector<Group> groups;
+  std::vector<int> group_of(size_t(n), -1);
+  for (int r = 0; r < n; ++r) {
+    const KVRows& b = rows[r].base;
+    const int vis = std::min(b.rows, rows[r].visible);
+    if (vis <= 0) continue;
+    int gi = 0;
+    for (; gi < int(groups.size()); ++gi) {
+      const KVRows& o = *groups[size_t(gi)].base;
+      if (o.k == b.k && o.v == b.v && o.k_scale == b.k_scale && o.row_stride == b.row_stride &&
+          o.head_stride == b.head_stride && groups[size_t(gi)].visible == vis)
+        break;
+    }
+    if (gi == int(groups.size())) groups.push_back({&b, vis, {}});
+    groups[size_t(gi)].members.push_back(r);
+    group_of[size_t(r)] = gi;
   }
-  for_each_key_slice(slices, [&](int sl, auto& claim_next) {
+  // The slices: each group's base slices, then each row's own slices.
+  struct Slice {
+    const KVRows* rows;
+    int j0, j1;
+    const int* members;  // the rows whose queries run over it
+    int count;
+    size_t state;  // first of its `count` states
+  };
+  std::vector<Slice> slices;
+  size_t states = 0;
+  std::vector<int> self(static_cast<size_t>(n));
+  auto add_slices = [&](const KVRows* r, int vis, const int* members, int count) {
+    const int k = key_slices(vis, block);
+    for (int i = 0; i < k; ++i) {
+      slices.push_back({r, slice_begin(vis, i, k), slice_begin(vis, i + 1, k), members, count, states});
+      states += size_t(count) * per;
+    }
+  };
+  for (const Group& g : groups) {
+    add_slices(g.base, g.visible, g.members.data(), int(g.members.size()));
+    g_attention_paths[int(AttentionPath::SharedBaseRows)].fetch_add(g.members.size() - 1, std::memory_order_relaxed);
+  }
+  for (int r = 0; r < n; ++r) {
+    self[size_t(r)] = r;
+    const int vis = rows[r].visible - std::min(rows[r].base.rows, rows[r].visible);
+    if (vis > 0) add_slices(&rows[r].own, vis, &self[size_t(r)], 1);
+  }
+  static thread_local std::vector<float> t_parts, t_q, t_merged;
+  float* parts = scratch(t_parts, states);
+  // The query rows in the kernel's order, once for all the slices.
+  std::vector<const float*> qk(static_cast<size_t>(n));
+  float* ql = fast_bf16 ? scratch(t_q, size_t(n) * size_t(H) * size_t(hd)) : nullptr;
+  for (int r = 0; r < n; ++r) {
+    qk[size_t(r)] = rows[r].q;
+    if (!fast_bf16) continue;
+    float* dst = ql + size_t(r) * size_t(H) * size_t(hd);
+    for (int h = 0; h < H; ++h) ak->to_lanes(rows[r].q + size_t(h) * size_t(hd), dst + size_t(h) * size_t(hd));
+    qk[size_t(r)] = dst;
+  }
+
+  const int group_size = s.n_heads / s.n_kv_heads;
+  const size_t elem = kv_element_bytes(rows[0].own.format), used_bytes = size_t(hd) * elem;
+  const int n_slices = int(slices.size());
+  for_each_key_slice(n_slices, [&](int si, auto& claim_next) {
     static thread_local std::vector<float> t_sc, t_part;
     float* sc = scratch(t_sc, size_t(block));
     float* part = scratch(t_part, size_t(hd));
-    float* m = parts + size_t(sl) * per;
-    float* l = m + H;
-    float* acc = l + H;
-    for (int h = 0; h < H; ++h) {
-      m[h] = -INFINITY;
-      l[h] = 0.0f;
+    const Slice& sl = slices[size_t(si)];
+    for (int k = 0; k < sl.count; ++k) {
+      float* m = parts + sl.state + size_t(k) * per;
+      std::fill(m, m + H, -INFINITY);
+      std::fill(m + H, m + per, 0.0f);
     }
-    std::fill(acc, acc + size_t(H) * size_t(hd), 0.0f);
-    auto head_block = [&](int h, int, int n, const uint16_t* kh, const uint16_t* vh, int stride,
-                          const gemv_detail::RowPrefetch& share) {
-      const float* qh = qk + size_t(h) * size_t(hd);
-      float* ah = acc + size_t(h) * size_t(hd);
-      if (fast) return ak->block(qh, kh, vh, stride, n, scale, m + h, l + h, ah, share);
+    // One row's step over one block of head h (its state k of the slice).
+    auto step = [&](int k, int h, const KVBlock& blk, const gemv_detail::RowPrefetch& share) {
+      float* m = parts + sl.state + size_t(k) * per + size_t(h);
+      float* l = m + H;
+      float* ah = parts + sl.state + size_t(k) * per + 2 * size_t(H) + size_t(h) * size_t(hd);
+      const float* qh = qk[size_t(sl.members[k])] + size_t(h) * size_t(hd);
+      const int nb = blk.n;
+      if (fast_bf16) return ak->block(qh, blk.k16(), blk.v16(), blk.stride, nb, scale, m, l, ah, share);
+      if (fast_i8) return ak->i8_block(qh, blk.k8(), blk.ks, blk.v8(), blk.vs, blk.stride, nb, scale, m, l, ah, share);
       // The next block's share in two parts, before the scores and before
       // p·V (one burst made the first loads queue behind it).
       gemv_detail::PrefetchCursor pf(share);
+      share.scales();
       pf.issue((pf.lines() + 1) / 2);
-      bf16_scores_portable(qh, kh, stride, n, hd, scale, sc);
+      if (i8)
+        i8_scores_portable(qh, blk.k8(), blk.ks, blk.stride, nb, hd, scale, sc);
+      else
+        bf16_scores_portable(qh, blk.k16(), blk.stride, nb, hd, scale, sc);
       float mx = sc[0];
-      for (int j = 1; j < n; ++j) mx = std::max(mx, sc[j]);
-      if (mx > m[h]) {
-        const float f = m[h] == -INFINITY ? 0.0f : fast_exp(m[h] - mx);
+      for (int j = 1; j < nb; ++j) mx = std::max(mx, sc[j]);
+      if (mx > *m) {
+        const float f = *m == -INFINITY ? 0.0f : fast_exp(*m - mx);
         for (int d = 0; d < hd; ++d) ah[d] *= f;
-        l[h] *= f;
-        m[h] = mx;
+        *l *= f;
+        *m = mx;
       }
       float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
-      for (int j = 0; j < n; ++j) {
-        sc[j] = fast_exp(sc[j] - m[h]);
+      for (int j = 0; j < nb; ++j) {
+        sc[j] = fast_exp(sc[j] - *m);
         sum += sc[j];
       }
-      l[h] += sum;
+      *l += sum;
       pf.issue_rest();
-      bf16_pv_portable(sc, vh, stride, n, hd, part);
+      if (i8)
+        i8_pv_portable(sc, blk.v8(), blk.vs, blk.stride, nb, hd, part);
+      else
+        bf16_pv_portable(sc, blk.v16(), blk.stride, nb, hd, part);
 #pragma omp simd
       for (int d = 0; d < hd; ++d) ah[d] += part[d];
     };
-    for_each_head_and_block(s, base, own, visible, sl, slices, block, claim_next, head_block);
+    // Head by head, block by block; the next block (or, after the last
+    // head, the first block of the slice this thread takes next) prefetched
+    // during the first row's step.
+    const KVRows none;
+    for (int h = 0; h < H; ++h) {
+      const int g = h / group_size;
+      for (int j0 = sl.j0; j0 < sl.j1;) {
+        const KVBlock blk = kv_block(none, *sl.rows, g, j0, sl.j1, block);
+        KVBlock next = kv_block(none, *sl.rows, g, j0 + blk.n, sl.j1, block);
+        if (next.n == 0 && h + 1 < H) {
+          next = kv_block(none, *sl.rows, (h + 1) / group_size, sl.j0, sl.j1, block);
+        } else if (next.n == 0) {
+          const int ns = claim_next();
+          if (ns < n_slices) {
+            const Slice& o = slices[size_t(ns)];
+            next = kv_block(none, *o.rows, 0, o.j0, o.j1, block);
+          }
+        }
+        step(0, h, blk, block_prefetch(next, elem, used_bytes));
+        for (int k = 1; k < sl.count; ++k) step(k, h, blk, gemv_detail::RowPrefetch{});
+        j0 += blk.n;
+      }
+    }
   });
-  float* merged = fast ? scratch(t_merged, size_t(hd)) : nullptr;
-  for (int h = 0; h < H; ++h) {
-    float* oh = out + size_t(h) * size_t(hd);
-    merge_softmax_slices(parts + h, parts + H + h, parts + 2 * H + size_t(h) * size_t(hd), per, 1, slices, hd,
-                         fast ? merged : oh);
-    if (fast) ak->from_lanes(merged, oh);
+
+  // Each row's slices merged (its base group's, then its own, in order):
+  // o = Σ e^(m−M)·acc / Σ e^(m−M)·l.
+  std::vector<const float*> mine;
+  float* merged = scratch(t_merged, size_t(hd));
+  for (int r = 0; r < n; ++r) {
+    mine.clear();
+    for (const Slice& sl : slices)
+      for (int k = 0; k < sl.count; ++k)
+        if (sl.members[k] == r) mine.push_back(parts + sl.state + size_t(k) * per);
+    for (int h = 0; h < H; ++h) {
+      float M = -INFINITY;
+      for (const float* st : mine) M = std::max(M, st[h]);
+      float L = 0.0f;
+      std::fill(merged, merged + hd, 0.0f);
+      for (const float* st : mine) {
+        if (st[h] == -INFINITY) continue;  // this slice saw none of the row's keys
+        const float f = fast_exp(st[h] - M);
+        L += f * st[H + h];
+        const float* acc = st + 2 * size_t(H) + size_t(h) * size_t(hd);
+        for (int d = 0; d < hd; ++d) merged[d] += f * acc[d];
+      }
+      const float inv = 1.0f / L;
+      for (int d = 0; d < hd; ++d) merged[d] *= inv;
+      float* oh = rows[r].out + size_t(h) * size_t(hd);
+      if (fast_bf16)
+        ak->from_lanes(merged, oh);
+      else
+        std::copy(merged, merged + hd, oh);
+    }
   }
 }
 
-// A few bf16 query rows (a short prompt over a cached image), up to 16 at a
-// time with the queries in the vector lanes: per head and block of keys the
-// block's keys and values widened to fp32 (from L2), then S^T[j] = Σ_d
+// A few bf16 or int8 query rows (a short prompt over a cached image), up to
+// 16 at a time with the queries in the vector lanes: per head and block of
+// keys the block's keys and values widened to fp32 (from L2), then S^T[j] = Σ_d
 // K[j][d]·Q^T[d] and O^T[d] = Σ_j V[j][d]·P^T[j] — one broadcast and one
 // FMA per key, dimension and 16 queries; no horizontal sums, and each key is
 // unpacked once for all the queries instead of once per query.
@@ -1083,10 +1266,30 @@ MD_ISA_BODY void widen_bf16_rows_body(const uint16_t* src, int n, int stride, in
 MD_ISA_DISPATCH(void, widen_bf16_rows, (const uint16_t* src, int n, int stride, int hd, float* dst),
                 (src, n, stride, hd, dst))
 
+// int8 → fp32 of n rows, row j times scale[j] (the values reads see).
+MD_ISA_BODY void widen_i8_rows_body(const int8_t* src, const float* scale, int n, int stride, int hd, float* dst) {
+  for (int j = 0; j < n; ++j) {
+    const float sj = scale[j];
+#pragma omp simd
+    for (int d = 0; d < hd; ++d)
+      dst[size_t(j) * size_t(hd) + size_t(d)] = float(src[size_t(j) * size_t(stride) + size_t(d)]) * sj;
+  }
+}
+MD_ISA_DISPATCH(void, widen_i8_rows, (const int8_t* src, const float* scale, int n, int stride, int hd, float* dst),
+                (src, scale, n, stride, hd, dst))
+
+// A block's keys (or values) as fp32 rows of hd.
+__attribute__((always_inline)) inline void widen_block(const KVBlock& b, bool values, int hd, float* dst) {
+  if (b.ks)
+    widen_i8_rows(values ? b.v8() : b.k8(), values ? b.vs : b.ks, b.n, b.stride, hd, dst);
+  else
+    widen_bf16_rows(values ? b.v16() : b.k16(), b.n, b.stride, hd, dst);
+}
+
 // Up to 16 query rows (lanes) of every head; keys split across threads by
-// range as in bf16_decode_split (contiguous rows per thread, the next block
+// range as in kv_decode_rows (contiguous rows per thread, the next block
 // prefetched into L2), per head and block an online softmax.
-void bf16_lane_group(const AttentionShape& s, const AttentionMask& mask, const float* q, int i0, int nq, KVRows base,
+void kv_lane_group(const AttentionShape& s, const AttentionMask& mask, const float* q, int i0, int nq, KVRows base,
                      KVRows own, float* out) {
   constexpr int kBlock = 32;
   const int H = s.n_heads, hd = s.head_dim;
@@ -1118,17 +1321,18 @@ void bf16_lane_group(const AttentionShape& s, const AttentionMask& mask, const f
       std::fill(st, st + kLanes, -INFINITY);
       std::fill(st + kLanes, st + per_head, 0.0f);
     }
-    auto head_block = [&](int h, int j0, int n, const uint16_t* kh, const uint16_t* vh, int stride,
-                          const gemv_detail::RowPrefetch& share) {
+    auto head_block = [&](int h, int j0, const KVBlock& blk, const gemv_detail::RowPrefetch& share) {
       // The next block's share in four parts between the steps, not in one
       // burst that the first loads would queue behind.
       gemv_detail::PrefetchCursor pf(share);
+      share.scales();
       const int quarter = (pf.lines() + 3) / 4;
+      const int n = blk.n;
       float* st = P + size_t(h) * per_head;
       pf.issue(quarter);
-      widen_bf16_rows(kh, n, stride, hd, kf);
+      widen_block(blk, false, hd, kf);
       pf.issue(quarter);
-      widen_bf16_rows(vh, n, stride, hd, vf);
+      widen_block(blk, true, hd, vf);
       pf.issue(quarter);
       lanes_scores(qT + size_t(h) * size_t(hd) * kLanes, kf, n, hd, scale, sT);
       lanes_online_softmax(sT, n, j0, vis, st, st + kLanes, st + 2 * kLanes, hd);
@@ -1145,11 +1349,11 @@ void bf16_lane_group(const AttentionShape& s, const AttentionMask& mask, const f
     }
 }
 
-void bf16_few_queries(const AttentionShape& s, const AttentionMask& mask, const float* q, KVRows base, KVRows own,
-                      float* out) {
+void kv_few_queries(const AttentionShape& s, const AttentionMask& mask, const float* q, KVRows base, KVRows own,
+                    float* out) {
   g_attention_paths[int(AttentionPath::QueryLanes)].fetch_add(1, std::memory_order_relaxed);
   for (int i0 = 0; i0 < s.n_q; i0 += kLanes)
-    bf16_lane_group(s, mask, q, i0, std::min(kLanes, s.n_q - i0), base, own, out);
+    kv_lane_group(s, mask, q, i0, std::min(kLanes, s.n_q - i0), base, own, out);
 }
 
 // The layout KVRows left to the shape (row_stride 0) spelled out.
@@ -1162,11 +1366,29 @@ KVRows with_strides(KVRows r, const AttentionShape& s) {
 }
 
 // bf16 rows → fp32 (exact) in k_dst / v_dst, in the same layout when the
-// rows are interleaved (position-major), else one head after another.
+// rows are interleaved (position-major), else one head after another; int8
+// rows → q·scale, one head after another.
 KVRows widen_kv(const KVRows& r, const AttentionShape& s, std::vector<float>& k_dst, std::vector<float>& v_dst) {
   KVRows out = r;
   out.format = KVFormat::F32;
   const size_t hd = size_t(s.head_dim);
+  if (r.format == KVFormat::I8) {
+    const size_t per_head = size_t(r.rows) * hd;
+    out.row_stride = s.head_dim;
+    out.head_stride = per_head;
+    out.k_scale = out.v_scale = nullptr;
+    for (auto [src, sc, dst] : {std::tuple{r.k, r.k_scale, &k_dst}, std::tuple{r.v, r.v_scale, &v_dst}}) {
+      if (dst->size() < size_t(s.n_kv_heads) * per_head) dst->resize(size_t(s.n_kv_heads) * per_head);
+      parallel_for(size_t(s.n_kv_heads), [&](size_t gb, size_t ge) {
+        for (size_t g = gb; g < ge; ++g)
+          widen_i8_rows(static_cast<const int8_t*>(src) + r.at(int(g), 0), sc + r.scale_at(int(g), 0), r.rows,
+                        r.row_stride, s.head_dim, dst->data() + g * per_head);
+      });
+    }
+    out.k = k_dst.data();
+    out.v = v_dst.data();
+    return out;
+  }
   const bool head_major = r.row_stride == s.head_dim;
   if (!head_major && r.head_stride != hd) throw Error("attention: unsupported KV row layout");
   const size_t per_head = size_t(r.rows) * (head_major ? hd : size_t(r.row_stride));
@@ -1188,13 +1410,50 @@ KVRows widen_kv(const KVRows& r, const AttentionShape& s, std::vector<float>& k_
 
 }  // namespace
 
+void decode_attention(const AttentionShape& s, int n, const float* q, const KVRows* base, const KVRows* own,
+                      float* out) {
+  if (n <= 0) return;
+  const size_t out_stride = size_t(s.n_heads) * size_t(s.head_dim);
+  const KVFormat format = own[0].format;
+  bool direct = format != KVFormat::F32;
+  for (int i = 0; i < n; ++i)
+    if (own[i].format != format || (base[i].rows > 0 && base[i].format != format)) direct = false;
+  if (!direct) {
+    // fp32 rows (or a mix of formats): row by row on attention()'s paths.
+    for (int i = 0; i < n; ++i) {
+      AttentionShape one = s;
+      one.n_q = 1;
+      one.n_k = base[i].rows + own[i].rows;
+      one.int8_scores = false;
+      attention(one, AttentionMask{}, q + size_t(i) * size_t(s.q_stride), base[i], own[i], out + size_t(i) * out_stride);
+    }
+    return;
+  }
+  std::vector<DecodeQuery> rows(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) {
+    DecodeQuery& r = rows[size_t(i)];
+    r.q = q + size_t(i) * size_t(s.q_stride);
+    r.base = with_strides(base[i], s);
+    r.own = with_strides(own[i], s);
+    for (const KVRows* kv : {&r.base, &r.own})
+      if (kv->rows > 0 && kv->format == KVFormat::I8 && (!kv->k_scale || !kv->v_scale))
+        throw Error("attention: int8 KV rows without their scales");
+    r.visible = r.base.rows + r.own.rows;
+    r.out = out + size_t(i) * out_stride;
+  }
+  kv_decode_rows(gemv_detail::attention_kernels(), s, rows.data(), n);
+}
+
 void attention(const AttentionShape& s, const AttentionMask& mask, const float* q, KVRows base, KVRows own,
                float* out) {
   if (base.rows + own.rows != s.n_k) throw Error("attention: key rows do not add up to n_k");
   if (base.rows > 0 && base.format != own.format) throw Error("attention: base and own KV rows differ in format");
   base = with_strides(base, s);
   own = with_strides(own, s);
-  if (own.format == KVFormat::BF16) {
+  for (const KVRows* r : {&base, &own})
+    if (r->rows > 0 && r->format == KVFormat::I8 && (!r->k_scale || !r->v_scale))
+      throw Error("attention: int8 KV rows without their scales");
+  if (own.format == KVFormat::BF16 || own.format == KVFormat::I8) {
     if (s.n_q > kDirectAttentionRows) {
       // A prompt: widen once, then the GEMM path (the widening is a small
       // fraction of the GEMMs' work at these sizes).
@@ -1211,11 +1470,18 @@ void attention(const AttentionShape& s, const AttentionMask& mask, const float* 
     const int out_stride = s.n_heads * s.head_dim;
     const gemv_detail::AttentionKernels* ak = gemv_detail::attention_kernels();
     if (s.n_q == 1) {
-      bf16_decode_split(ak, s, q, base, own, mask.visible_keys(0, s.n_k), out);
+      DecodeQuery row;
+      row.q = q;
+      row.base = base;
+      row.own = own;
+      row.visible = mask.visible_keys(0, s.n_k);
+      row.out = out;
+      kv_decode_rows(ak, s, &row, 1);
       return;
     }
-    if (s.n_q >= kFewQueryMinRows) {
-      bf16_few_queries(s, mask, q, base, own, out);
+    // int8 rows: every few-query prompt in the lanes (no per-query kernels).
+    if (s.n_q >= kFewQueryMinRows || own.format == KVFormat::I8) {
+      kv_few_queries(s, mask, q, base, own, out);
       return;
     }
     parallel_for(size_t(s.n_heads) * size_t(s.n_q), [&](size_t b, size_t e) {

@@ -111,20 +111,31 @@ struct AttentionMask {
 void attention(const AttentionShape& s, const AttentionMask& mask, const float* q, const float* k, const float* v,
                float* out);
 
-// How a KV cache stores its rows: fp32, or bf16 (round to nearest even, as
+// How a KV cache stores its rows: fp32, bf16 (round to nearest even, as
 // the official model holds them on its bf16 weights: half the bytes every
-// decode step reads; docs/BENCHMARKS.md has its measured accuracy).
-enum class KVFormat { F32, BF16 };
-const char* kv_format_name(KVFormat f);  // "f32", "bf16"
-// Parses "f32" / "fp32" / "bf16"; false for anything else.
+// decode step reads), or int8 (each head's row of a position as int8 with
+// one fp32 scale, max|x|/127, round to nearest: 0.53 of bf16's bytes).
+// docs/BENCHMARKS.md has each one's measured accuracy.
+enum class KVFormat { F32, BF16, I8 };
+const char* kv_format_name(KVFormat f);  // "f32", "bf16", "int8"
+// Parses "f32" / "fp32" / "bf16" / "int8"; false for anything else.
 bool parse_kv_format(const std::string& s, KVFormat* out);
-inline size_t kv_element_bytes(KVFormat f) { return f == KVFormat::BF16 ? 2 : 4; }
+inline size_t kv_element_bytes(KVFormat f) { return f == KVFormat::BF16 ? 2 : f == KVFormat::I8 ? 1 : 4; }
+// Bytes of one kv head's row of one position (its int8 scale included).
+inline size_t kv_head_row_bytes(KVFormat f, int head_dim) {
+  return size_t(head_dim) * kv_element_bytes(f) + (f == KVFormat::I8 ? sizeof(float) : 0);
+}
+// One head row as int8: scale = max|x|/127 (0 for an all-zero row), q =
+// round-to-nearest(x / scale). Reads see q·scale.
+void quantize_kv_row(const float* x, int n, int8_t* q, float* scale);
 
 // Keys/values held in two places: `base` rows are keys [0, base.rows) (a
 // shared, read-only image prefix), `own` rows the keys after them; together
 // they are the s.n_k keys. Lets every question about one image attend to the
-// same prefix without copying it. k/v point at float or uint16_t (bf16)
-// elements as `format` says; base and own must share it.
+// same prefix without copying it. k/v point at float, uint16_t (bf16) or
+// int8_t elements as `format` says; base and own must share it. int8 rows
+// have one scale per head and key: key j of kv head g has k_scale[g ·
+// scale_head_stride + j] (v_scale likewise).
 //
 // Key j of kv head g starts g·head_stride + j·row_stride elements into k
 // (and v). Left 0, they are the AttentionShape's row layout (row_stride =
@@ -140,18 +151,35 @@ struct KVRows {
   KVFormat format = KVFormat::F32;
   int row_stride = 0;
   size_t head_stride = 0;
+  const float* k_scale = nullptr;  // int8 only
+  const float* v_scale = nullptr;
+  size_t scale_head_stride = 0;
   // Elements from k (or v) to key j of kv head g (strides spelled out).
   size_t at(int g, int j) const { return size_t(g) * head_stride + size_t(j) * size_t(row_stride); }
+  // Scales from k_scale (or v_scale) to key j of kv head g.
+  size_t scale_at(int g, int j) const { return size_t(g) * scale_head_stride + size_t(j); }
 };
-// fp32 rows: oneDNN SGEMMs (or the int8 path). bf16 rows: up to
+// fp32 rows: oneDNN SGEMMs (or the int8 path). bf16 and int8 rows: up to
 // kDirectAttentionRows queries (decoding) read them in place, widening as
 // they go; more (a prompt) widen the rows to fp32 once and take the fp32
 // path.
 void attention(const AttentionShape& s, const AttentionMask& mask, const float* q, KVRows base, KVRows own, float* out);
-// bf16 KV paths of attention() for up to kDirectAttentionRows queries:
-// one query split by key range (decoding), 4+ queries in vector lanes; and
-// int8_scores prompts on the fused int8 head kernel (attention_int8.h).
-enum class AttentionPath { DecodeSplit, QueryLanes, Int8Fused };
+// One batched decode step's attention: row i (its query at q + i·s.q_stride,
+// n_heads·head_dim wide) is the next position of its own sequence, whose
+// keys are base[i] then own[i], all visible; out row i at out +
+// i·n_heads·head_dim. Rows whose base are the same rows (one cached image
+// prefix) read them once for all of them. Each row's result equals
+// attention() of that row alone, bit for bit. (s.n_q, s.n_k are unused.)
+void decode_attention(const AttentionShape& s, int n, const float* q, const KVRows* base, const KVRows* own,
+                      float* out);
+// bf16 / int8 KV paths of attention() for up to kDirectAttentionRows
+// queries: one query split by key range (decoding), several queries in
+// vector lanes; and int8_scores prompts on the fused int8 head kernel
+// (attention_int8.h).
+// (Int8KvKernel: those of DecodeSplit over int8 rows that ran the ISA's
+// block kernel, gemv_impl.h. SharedBaseRows: decode rows that read their
+// base rows in another row's pass, decode_attention.)
+enum class AttentionPath { DecodeSplit, QueryLanes, Int8Fused, Int8KvKernel, SharedBaseRows };
 namespace detail {
 // Calls so far that took path p, process-wide (tests: the fast path ran).
 uint64_t attention_path_count(AttentionPath p);

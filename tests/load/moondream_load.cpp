@@ -3,11 +3,11 @@
 //   moondream_load --port 8080 --clients 64 --seconds 300 --image a.jpg [--image b.png] [--api-key K]
 // Prints the report as JSON; exits 1 if any request failed or hung, or the
 // server was not healthy afterwards.
-//   moondream_load --table --port 8080 [--clients 8] [--new-images 12] [--max-tokens 100]
+//   moondream_load --table --port 8080 [--clients 8] [--new-images 12] [--max-tokens 100] [--follow-ups N]
 // Issue 16's throughput table (docs/BENCHMARKS.md): new 378x378 JPEGs
 // captioned by one client, then by N; the N-client answers checked against
 // the same requests served alone; follow-up questions on the cached images by
-// one client, then by N. Run it against a server with image_caching on and
+// one client, then by N (--follow-ups questions, 4 per client by default). Run it against a server with image_caching on and
 // response_caching off (the check must not be answered from the cache).
 // With --cli BIN --model DIR it adds the batch CLI row (one --images run
 // with --batch 8 against one run per image); with --soak-seconds S, a run of
@@ -90,6 +90,7 @@ struct TableOptions {
   int cli_images = 12;
   double soak_seconds = 0;  // the many-clients row: --soak-seconds S [--soak-clients N]
   int soak_clients = 64;
+  int follow_ups = 0;  // N-client follow-up questions (0: 4 per client)
 };
 
 // The batch CLI row: `images` new JPEGs captioned (short, greedy, ≤ 32
@@ -159,10 +160,16 @@ int throughput_table(const std::string& host, int port, int clients, int new_ima
                 {"stream", true},
                 {"settings", {{"temperature", 0}, {"max_tokens", max_tokens}}}}};
   };
+  // Round 0: the one-client run; rounds 1+: the N-client run, a new
+  // question each time it returns to an image.
+  static const char* const kQuestions[] = {"What is in the picture?", "What colours does the picture have?",
+                                           "What is on the left?", "What is on the right?",
+                                           "Describe the background."};
+  constexpr int kRounds = int(sizeof(kQuestions) / sizeof(kQuestions[0]));
   auto question = [&](int image, int round) {
     return Job{"/v1/query",
                {{"image_url", new_image_uri(image)},
-                {"question", round == 0 ? "What is in the picture?" : "What colours does the picture have?"},
+                {"question", std::string(kQuestions[round % kRounds]) + (round >= kRounds ? " (again)" : "")},
                 {"stream", true},
                 {"settings", {{"temperature", 0}, {"max_tokens", max_tokens}}}}};
   };
@@ -171,7 +178,11 @@ int throughput_table(const std::string& host, int port, int clients, int new_ima
   for (int i = 0; i < n1; ++i) alone_jobs.push_back(caption(i));
   for (int i = 0; i < nn; ++i) many_jobs.push_back(caption(1000 + i));
   for (int i = 0; i < nn; ++i) q1.push_back(question(1000 + i, 0));
-  for (int i = 0; i < nn; ++i) q2.push_back(question(1000 + i, 1));
+  // Enough N-client questions (4 per client by default) that the run is
+  // mostly N in flight, not its last few stragglers; consecutive ones about
+  // different images, as separate users' follow-ups.
+  const int follow_ups = t.follow_ups > 0 ? t.follow_ups : 4 * clients;
+  for (int i = 0; i < follow_ups; ++i) q2.push_back(question(1000 + i % nn, 1 + i / nn));
 
   std::fprintf(stderr, "new images, 1 client (%d images)...\n", n1);
   const JobsReport one = md::load::run_jobs(host, port, alone_jobs, 1);
@@ -189,7 +200,7 @@ int throughput_table(const std::string& host, int port, int clients, int new_ima
   const JobsReport check = md::load::run_jobs(host, port, many_jobs, 1);
   std::fprintf(stderr, "follow-ups on cached images, 1 client...\n");
   const JobsReport f1 = md::load::run_jobs(host, port, q1, 1);
-  std::fprintf(stderr, "follow-ups on cached images, %d clients...\n", clients);
+  std::fprintf(stderr, "follow-ups on cached images, %d clients (%d questions)...\n", clients, follow_ups);
   const JobsReport fn = md::load::run_jobs(host, port, q2, clients);
 
   int equal = 0;
@@ -304,12 +315,14 @@ int main(int argc, char** argv) {
       t.soak_seconds = std::stod(next());
     else if (a == "--soak-clients")
       t.soak_clients = std::stoi(next());
+    else if (a == "--follow-ups")
+      t.follow_ups = std::stoi(next());
     else {
       std::fprintf(stderr,
                    "usage: moondream_load [--host H] [--port P] [--clients N] [--seconds S] [--timeout S] --image "
                    "FILE... [--api-key K]\n"
                    "       moondream_load --table [--host H] [--port P] [--clients N] [--new-images N] "
-                   "[--max-tokens N]\n"
+                   "[--max-tokens N] [--follow-ups N]\n"
                    "                      [--cli BIN --model DIR [--quantization Q] [--cli-images N]]\n"
                    "                      [--soak-seconds S [--soak-clients N]]\n"
                    "       moondream_load --make-images DIR [--new-images N]\n");
