@@ -536,9 +536,9 @@ TEST(Attention, Int8RowsEqualFp32AttentionOverTheDequantisedValues) {
   s.n_heads = s.n_kv_heads = 1;
   s.head_dim = 64;
   s.q_stride = s.kv_stride = 64;
-  EXPECT_THROW(attention(s, AttentionMask{}, q.data(), KVRows{}, KVRows{r8.data(), r8.data(), 4, KVFormat::I8},
-                         out.data()),
-               Error);
+  EXPECT_THROW(
+      attention(s, AttentionMask{}, q.data(), KVRows{}, KVRows{r8.data(), r8.data(), 4, KVFormat::I8}, out.data()),
+      Error);
 }
 
 // A batched decode step's attention: rows about one image (the same base

@@ -113,33 +113,43 @@ TEST(Quantization, Top1AgreementAndEmbeddings) {
   EXPECT_LT(r4, 1.0) << "q4 identical to the as-stored path: is it really quantised?";
 }
 
-// The KV cache modes: bf16 rows against fp32 rows, on the as-stored and on
-// the int8 weights (the optimized profile's pair), and the rows really stored
-// in 16 bits.
-TEST(KVCacheFormat, Bf16Top1AgreementAgainstF32) {
+// Top-1 agreement of `kv` rows with f32 rows over the test cases'
+// teacher-forced positions: {as stored, int8 weights}; checks the loaded
+// model holds that format.
+std::pair<double, double> kv_top1_against_f32(KVFormat kv, size_t* positions) {
   const std::string dir = testdata::tiny_model().string();
   size_t n = 0, agree = 0, agree8 = 0;
-  const auto f32 = Moondream::load(dir, with_kv(KVFormat::F32));
-  const auto bf16 = Moondream::load(dir, with_kv(KVFormat::BF16));
+  const auto f32 = Moondream::load(dir, with_kv(KVFormat::F32)), other = Moondream::load(dir, with_kv(kv));
   const auto q8_f32 = Moondream::load(dir, with_kv(KVFormat::F32, Quantization::Int8));
-  const auto q8_bf16 = Moondream::load(dir, with_kv(KVFormat::BF16, Quantization::Int8));
-  EXPECT_EQ(bf16->kv_format(), KVFormat::BF16);
-  EXPECT_EQ(LoadOptions{}.kv_cache, KVFormat::BF16) << "bf16 is the default";
+  const auto q8_other = Moondream::load(dir, with_kv(kv, Quantization::Int8));
+  EXPECT_EQ(other->kv_format(), kv);
   for (const auto& c : testdata::cases()) {
-    const ForcedRun a = teacher_forced(*f32, c), b = teacher_forced(*bf16, c);
-    const ForcedRun a8 = teacher_forced(*q8_f32, c), b8 = teacher_forced(*q8_bf16, c);
-    ASSERT_EQ(a.top1.size(), b.top1.size());
-    for (size_t i = 0; i < a.top1.size(); ++i, ++n) {
+    const ForcedRun a = teacher_forced(*f32, c), b = teacher_forced(*other, c);
+    const ForcedRun a8 = teacher_forced(*q8_f32, c), b8 = teacher_forced(*q8_other, c);
+    EXPECT_EQ(a.top1.size(), b.top1.size());
+    for (size_t i = 0; i < std::min(a.top1.size(), b.top1.size()); ++i, ++n) {
       agree += a.top1[i] == b.top1[i];
       agree8 += a8.top1[i] == b8.top1[i];
     }
   }
+  *positions = n;
+  return {n ? double(agree) / double(n) : 0.0, n ? double(agree8) / double(n) : 0.0};
+}
+
+// The KV cache modes: bf16 rows against fp32 rows, on the as-stored and on
+// the int8 weights (the optimized profile's pair), and the rows really stored
+// in 16 bits.
+TEST(KVCacheFormat, Bf16Top1AgreementAgainstF32) {
+  EXPECT_EQ(LoadOptions{}.kv_cache, KVFormat::BF16) << "bf16 is the default";
+  size_t n = 0;
+  const auto [r, r8] = kv_top1_against_f32(KVFormat::BF16, &n);
   ASSERT_GT(n, 100u);
-  const double r = double(agree) / n, r8 = double(agree8) / n;
   std::printf("  bf16 KV vs f32 KV, top-1 agreement over %zu positions: as stored %.3f, int8 %.3f (>= %.2f)\n", n, r,
               r8, kBf16KvMinTop1);
   EXPECT_GE(r, kBf16KvMinTop1);
   EXPECT_GE(r8, kBf16KvMinTop1);
+  const std::string dir = testdata::tiny_model().string();
+  const auto f32 = Moondream::load(dir, with_kv(KVFormat::F32)), bf16 = Moondream::load(dir, with_kv(KVFormat::BF16));
   // Half the bytes, and rows that really are bf16: every stored element's
   // low 16 bits (as fp32) would be zero — check the cache holds 2-byte rows
   // that widen to the fp32 cache's values rounded to bf16.
@@ -160,28 +170,15 @@ TEST(KVCacheFormat, Bf16Top1AgreementAgainstF32) {
 // the cache really holds int8 rows with one scale per head and position:
 // layer 0's keys are the fp32 keys quantised by quantize_kv_row.
 TEST(KVCacheFormat, Int8Top1AgreementAgainstF32) {
-  const std::string dir = testdata::tiny_model().string();
-  size_t n = 0, agree = 0, agree8 = 0;
-  const auto f32 = Moondream::load(dir, with_kv(KVFormat::F32));
-  const auto i8 = Moondream::load(dir, with_kv(KVFormat::I8));
-  const auto q8_f32 = Moondream::load(dir, with_kv(KVFormat::F32, Quantization::Int8));
-  const auto q8_i8 = Moondream::load(dir, with_kv(KVFormat::I8, Quantization::Int8));
-  EXPECT_EQ(i8->kv_format(), KVFormat::I8);
-  for (const auto& c : testdata::cases()) {
-    const ForcedRun a = teacher_forced(*f32, c), b = teacher_forced(*i8, c);
-    const ForcedRun a8 = teacher_forced(*q8_f32, c), b8 = teacher_forced(*q8_i8, c);
-    ASSERT_EQ(a.top1.size(), b.top1.size());
-    for (size_t i = 0; i < a.top1.size(); ++i, ++n) {
-      agree += a.top1[i] == b.top1[i];
-      agree8 += a8.top1[i] == b8.top1[i];
-    }
-  }
+  size_t n = 0;
+  const auto [r, r8] = kv_top1_against_f32(KVFormat::I8, &n);
   ASSERT_GT(n, 100u);
-  const double r = double(agree) / n, r8 = double(agree8) / n;
   std::printf("  int8 KV vs f32 KV, top-1 agreement over %zu positions: as stored %.3f, int8 %.3f (>= %.2f)\n", n, r,
               r8, kInt8KvMinTop1);
   EXPECT_GE(r, kInt8KvMinTop1);
   EXPECT_GE(r8, kInt8KvMinTop1);
+  const std::string dir = testdata::tiny_model().string();
+  const auto f32 = Moondream::load(dir, with_kv(KVFormat::F32)), i8 = Moondream::load(dir, with_kv(KVFormat::I8));
   const testdata::Case c = testdata::cases().front();
   const Crops crops = make_crops(load_image_file(c.image.string()), f32->crop_params());
   const auto emb = f32->image_embeddings(f32->vision_features(crops), crops.tiling);

@@ -362,7 +362,8 @@ int main(int argc, char** argv) {
     sub->add_option("--threads", a.threads, "Threads (default: all cores)");
     sub->add_option("--quantization", a.quantization,
                     "Text-model weights: none (as stored), int8 or q4 (quantised at load)");
-    sub->add_option("--kv-cache", a.kv_cache, "KV cache rows: bf16 (default, half the bytes), f32 (exact fp32) or int8 (a quarter)");
+    sub->add_option("--kv-cache", a.kv_cache,
+                    "KV cache rows: bf16 (default, half the bytes), f32 (exact fp32) or int8 (a quarter)");
     sub->add_flag("--json", a.json, "Print one JSON object instead of streaming text");
     if (t == "caption") sub->add_option("--length", a.length, "short, normal or long");
     if (t == "query") sub->add_flag("--reasoning", a.reasoning, "Grounded reasoning before the answer (2025-06-21)");

@@ -695,9 +695,7 @@ void attention(const AttentionShape& s, const AttentionMask& mask, const float* 
   attention(s, mask, q, KVRows{}, KVRows{k, v, s.n_k}, out);
 }
 
-const char* kv_format_name(KVFormat f) {
-  return f == KVFormat::BF16 ? "bf16" : f == KVFormat::I8 ? "int8" : "f32";
-}
+const char* kv_format_name(KVFormat f) { return f == KVFormat::BF16 ? "bf16" : f == KVFormat::I8 ? "int8" : "f32"; }
 
 bool parse_kv_format(const std::string& s, KVFormat* out) {
   if (s == "f32" || s == "fp32") {
@@ -849,9 +847,14 @@ __attribute__((always_inline)) inline KVBlock kv_block(const KVRows& base, const
 // before it: the kernel spreads them over its loops, so the block is in L2
 // when its step starts (an int8 block's scales too).
 __attribute__((always_inline)) inline gemv_detail::RowPrefetch block_prefetch(const KVBlock& b, size_t elem,
-                                                                             size_t used_bytes) {
-  return {static_cast<const char*>(b.k), static_cast<const char*>(b.v), b.n, size_t(b.stride) * elem, used_bytes,
-          b.ks, b.vs};
+                                                                              size_t used_bytes) {
+  return {static_cast<const char*>(b.k),
+          static_cast<const char*>(b.v),
+          b.n,
+          size_t(b.stride) * elem,
+          used_bytes,
+          b.ks,
+          b.vs};
 }
 
 // Key slices of an attention pass: a few per thread, taken from a shared
@@ -1290,7 +1293,7 @@ __attribute__((always_inline)) inline void widen_block(const KVBlock& b, bool va
 // range as in kv_decode_rows (contiguous rows per thread, the next block
 // prefetched into L2), per head and block an online softmax.
 void kv_lane_group(const AttentionShape& s, const AttentionMask& mask, const float* q, int i0, int nq, KVRows base,
-                     KVRows own, float* out) {
+                   KVRows own, float* out) {
   constexpr int kBlock = 32;
   const int H = s.n_heads, hd = s.head_dim;
   const float scale = 1.0f / std::sqrt(float(hd));
@@ -1425,7 +1428,8 @@ void decode_attention(const AttentionShape& s, int n, const float* q, const KVRo
       one.n_q = 1;
       one.n_k = base[i].rows + own[i].rows;
       one.int8_scores = false;
-      attention(one, AttentionMask{}, q + size_t(i) * size_t(s.q_stride), base[i], own[i], out + size_t(i) * out_stride);
+      attention(one, AttentionMask{}, q + size_t(i) * size_t(s.q_stride), base[i], own[i],
+                out + size_t(i) * out_stride);
     }
     return;
   }

@@ -7,10 +7,9 @@
 // Issue 16's throughput table (docs/BENCHMARKS.md): new 378x378 JPEGs
 // captioned by one client, then by N; the N-client answers checked against
 // the same requests served alone; follow-up questions on the cached images by
-// one client, then by N (--follow-ups questions, 4 per client by default). Run it against a server with image_caching on and
-// response_caching off (the check must not be answered from the cache).
-// With --cli BIN --model DIR it adds the batch CLI row (one --images run
-// with --batch 8 against one run per image); with --soak-seconds S, a run of
+// one client, then by N (--follow-ups questions, 4 per client by default). Run it against a server with image_caching
+// on and response_caching off (the check must not be answered from the cache). With --cli BIN --model DIR it adds the
+// batch CLI row (one --images run with --batch 8 against one run per image); with --soak-seconds S, a run of
 // --soak-clients (64) clients over every task, reporting errors, hangs, 503s,
 // peak RSS and the KV memory's peak against performance.kv_cache_mb.
 #include <cmath>
@@ -163,8 +162,7 @@ int throughput_table(const std::string& host, int port, int clients, int new_ima
   // Round 0: the one-client run; rounds 1+: the N-client run, a new
   // question each time it returns to an image.
   static const char* const kQuestions[] = {"What is in the picture?", "What colours does the picture have?",
-                                           "What is on the left?", "What is on the right?",
-                                           "Describe the background."};
+                                           "What is on the left?", "What is on the right?", "Describe the background."};
   constexpr int kRounds = int(sizeof(kQuestions) / sizeof(kQuestions[0]));
   auto question = [&](int image, int round) {
     return Job{"/v1/query",

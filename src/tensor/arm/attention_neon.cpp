@@ -171,9 +171,8 @@ void bf16_block_neon(const float* q, const uint16_t* k, const uint16_t* v, int s
 }  // namespace
 
 // int8 rows: ops.cpp's portable loops (compiled for NEON).
-const AttentionKernels kAttentionNeon = {"neon",    kHeadDim,        bf16_scores_neon, bf16_pv_neon,
-                                         kMaxBlock, bf16_block_neon, to_lanes_neon,    from_lanes_neon,
-                                         nullptr};
+const AttentionKernels kAttentionNeon = {"neon",          kHeadDim,      bf16_scores_neon, bf16_pv_neon, kMaxBlock,
+                                         bf16_block_neon, to_lanes_neon, from_lanes_neon,  nullptr};
 
 }  // namespace md::gemv_detail
 

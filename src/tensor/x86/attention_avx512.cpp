@@ -108,15 +108,19 @@ constexpr int kMaxBlock = 32;
 
 // Decode attention's per-head step in one pass (gemv_impl.h): the block's
 // scores stay in two registers, max, rescale, exponentials and their sum
-// are vector operations, and p·V accumulates into acc in the lanes order,
-// so nothing is reordered or spilled per call. The prefetch lines are spread
-// over the key loops (a burst of them stalled the loads behind it).
-void bf16_block_avx512(const float* q, const uint16_t* k, const uint16_t* v, int stride, int n, float scale, float* m,
-                       float* l, float* acc, const RowPrefetch& pf) {
+// are vector operations, and p·V accumulates into acc in the kernel's
+// order, so nothing is reordered or spilled per call. The prefetch lines
+// are spread over the key loops (a burst of them stalled the loads behind
+// it). One body for both row formats: dot(row) gives a key's 16 partial
+// products (sum16 adds them up), key_scale(g, live) the factor of group g's
+// 16 scores, value_scale(g, live) that of its 16 probabilities before p·V,
+// add_value(c, j, pj) adds value row j times pj to c[4].
+template <class Row, class Dot, class KeyScale, class ValueScale, class AddValue>
+__attribute__((always_inline)) inline void online_block(const Row* k, int stride, int n, float* m, float* l, float* acc,
+                                                        const RowPrefetch& pf, Dot&& dot, KeyScale&& key_scale,
+                                                        ValueScale&& value_scale, AddValue&& add_value) {
   PrefetchCursor prefetch(pf);
   const int per_key = (prefetch.lines() + 2 * n - 1) / (2 * n);
-  const __m512 qe0 = _mm512_loadu_ps(q), qo0 = _mm512_loadu_ps(q + 16);
-  const __m512 qe1 = _mm512_loadu_ps(q + 32), qo1 = _mm512_loadu_ps(q + 48);
   const __m512 minus_inf = _mm512_set1_ps(-__builtin_inff());
   __m512 s[2];
   __mmask16 live[2];
@@ -127,20 +131,16 @@ void bf16_block_avx512(const float* q, const uint16_t* k, const uint16_t* v, int
       s[g] = minus_inf;
       continue;
     }
-    __m512 dot[16];
+    __m512 d[16];
     for (int i = 0; i < 16; ++i) {
       if (i >= m16) {
-        dot[i] = _mm512_setzero_ps();
+        d[i] = _mm512_setzero_ps();
         continue;
       }
       prefetch.issue(per_key);
-      const uint16_t* row = k + size_t(j0 + i) * size_t(stride);
-      const __m512i w0 = _mm512_loadu_si512(row), w1 = _mm512_loadu_si512(row + 32);
-      dot[i] = _mm512_fmadd_ps(
-          even_cols(w0), qe0,
-          _mm512_fmadd_ps(odd_cols(w0), qo0, _mm512_fmadd_ps(even_cols(w1), qe1, _mm512_mul_ps(odd_cols(w1), qo1))));
+      d[i] = dot(k + size_t(j0 + i) * size_t(stride));
     }
-    s[g] = _mm512_mask_mov_ps(minus_inf, live[g], _mm512_mul_ps(sum16(dot), _mm512_set1_ps(scale)));
+    s[g] = _mm512_mask_mov_ps(minus_inf, live[g], _mm512_mul_ps(sum16(d), key_scale(g, live[g])));
   }
   const float mx = _mm512_reduce_max_ps(_mm512_max_ps(s[0], s[1]));
   __m512 a[4];
@@ -157,22 +157,16 @@ void bf16_block_avx512(const float* q, const uint16_t* k, const uint16_t* v, int
   alignas(64) float p[kMaxBlock];
   const __m512 p0 = _mm512_maskz_mov_ps(live[0], exp16(_mm512_sub_ps(s[0], vm)));
   const __m512 p1 = _mm512_maskz_mov_ps(live[1], exp16(_mm512_sub_ps(s[1], vm)));
-  _mm512_store_ps(p, p0);
-  _mm512_store_ps(p + 16, p1);
   *l += _mm512_reduce_add_ps(_mm512_add_ps(p0, p1));
+  _mm512_store_ps(p, _mm512_mul_ps(p0, value_scale(0, live[0])));
+  _mm512_store_ps(p + 16, _mm512_mul_ps(p1, value_scale(1, live[1])));
   // p·V: two sets of accumulators (even / odd keys) hide the FMA latency.
   __m512 b[2][4];
   for (int t = 0; t < 2; ++t)
     for (int u = 0; u < 4; ++u) b[t][u] = _mm512_setzero_ps();
   auto key = [&](__m512 * c, int j) __attribute__((always_inline)) {
     prefetch.issue(per_key);
-    const uint16_t* row = v + size_t(j) * size_t(stride);
-    const __m512 pj = _mm512_set1_ps(p[j]);
-    const __m512i w0 = _mm512_loadu_si512(row), w1 = _mm512_loadu_si512(row + 32);
-    c[0] = _mm512_fmadd_ps(even_cols(w0), pj, c[0]);
-    c[1] = _mm512_fmadd_ps(odd_cols(w0), pj, c[1]);
-    c[2] = _mm512_fmadd_ps(even_cols(w1), pj, c[2]);
-    c[3] = _mm512_fmadd_ps(odd_cols(w1), pj, c[3]);
+    add_value(c, j, _mm512_set1_ps(p[j]));
   };
   int j = 0;
   for (; j + 2 <= n; j += 2) {
@@ -182,6 +176,32 @@ void bf16_block_avx512(const float* q, const uint16_t* k, const uint16_t* v, int
   if (j < n) key(b[0], j);
   for (int u = 0; u < 4; ++u) _mm512_storeu_ps(acc + 16 * u, _mm512_add_ps(a[u], _mm512_add_ps(b[0][u], b[1][u])));
   prefetch.issue_rest();
+}
+
+// bf16 rows: q and acc in the lanes order (even / odd columns per half).
+void bf16_block_avx512(const float* q, const uint16_t* k, const uint16_t* v, int stride, int n, float scale, float* m,
+                       float* l, float* acc, const RowPrefetch& pf) {
+  const __m512 qe0 = _mm512_loadu_ps(q), qo0 = _mm512_loadu_ps(q + 16);
+  const __m512 qe1 = _mm512_loadu_ps(q + 32), qo1 = _mm512_loadu_ps(q + 48);
+  const __m512 vscale = _mm512_set1_ps(scale), one = _mm512_set1_ps(1.0f);
+  online_block(
+      k, stride, n, m, l, acc, pf,
+      [&](const uint16_t* row) __attribute__((always_inline)) {
+        const __m512i w0 = _mm512_loadu_si512(row), w1 = _mm512_loadu_si512(row + 32);
+        return _mm512_fmadd_ps(
+            even_cols(w0), qe0,
+            _mm512_fmadd_ps(odd_cols(w0), qo0, _mm512_fmadd_ps(even_cols(w1), qe1, _mm512_mul_ps(odd_cols(w1), qo1))));
+      },
+      [&](int, __mmask16) __attribute__((always_inline)) { return vscale; },
+      [&](int, __mmask16) __attribute__((always_inline)) { return one; },  // p·1 is p exactly
+      [&](__m512 * c, int j, __m512 pj) __attribute__((always_inline)) {
+        const uint16_t* row = v + size_t(j) * size_t(stride);
+        const __m512i w0 = _mm512_loadu_si512(row), w1 = _mm512_loadu_si512(row + 32);
+        c[0] = _mm512_fmadd_ps(even_cols(w0), pj, c[0]);
+        c[1] = _mm512_fmadd_ps(odd_cols(w0), pj, c[1]);
+        c[2] = _mm512_fmadd_ps(even_cols(w1), pj, c[2]);
+        c[3] = _mm512_fmadd_ps(odd_cols(w1), pj, c[3]);
+      });
 }
 
 // 16 int8 values → fp32 (one vpmovsxbd from memory and a conversion).
@@ -189,84 +209,39 @@ inline __m512 widen_i8x16(const int8_t* p) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
 }
 
-// The same step over int8 rows (a 64-dim row is one cache line): the keys'
-// scales multiply the 16 summed dot products of a group at once, the
-// values' scales fold into p before p·V; q and acc in the row's order.
+// int8 rows (a 64-dim row is one cache line), q and acc in the row's order:
+// the keys' scales multiply a group's 16 summed dot products at once, the
+// values' scales fold into p before p·V. The block's scales come first
+// (pf.scales(): fetched on demand they stalled every block).
 void i8_block_avx512(const float* q, const int8_t* k, const float* ks, const int8_t* v, const float* vs, int stride,
                      int n, float scale, float* m, float* l, float* acc, const RowPrefetch& pf) {
-  PrefetchCursor prefetch(pf);
   pf.scales();
-  const int per_key = (prefetch.lines() + 2 * n - 1) / (2 * n);
   __m512 qv[4];
   for (int u = 0; u < 4; ++u) qv[u] = _mm512_loadu_ps(q + 16 * u);
-  const __m512 minus_inf = _mm512_set1_ps(-__builtin_inff());
-  __m512 s[2];
-  __mmask16 live[2];
-  for (int g = 0; g < 2; ++g) {
-    const int j0 = 16 * g, m16 = n - j0 < 16 ? (n - j0 > 0 ? n - j0 : 0) : 16;
-    live[g] = __mmask16((1u << m16) - 1u);
-    if (m16 == 0) {
-      s[g] = minus_inf;
-      continue;
-    }
-    __m512 dot[16];
-    for (int i = 0; i < 16; ++i) {
-      if (i >= m16) {
-        dot[i] = _mm512_setzero_ps();
-        continue;
-      }
-      prefetch.issue(per_key);
-      const int8_t* row = k + size_t(j0 + i) * size_t(stride);
-      dot[i] = _mm512_fmadd_ps(
-          widen_i8x16(row), qv[0],
-          _mm512_fmadd_ps(widen_i8x16(row + 16), qv[1],
-                          _mm512_fmadd_ps(widen_i8x16(row + 32), qv[2], _mm512_mul_ps(widen_i8x16(row + 48), qv[3]))));
-    }
-    const __m512 key_scale = _mm512_mul_ps(_mm512_maskz_loadu_ps(live[g], ks + j0), _mm512_set1_ps(scale));
-    s[g] = _mm512_mask_mov_ps(minus_inf, live[g], _mm512_mul_ps(sum16(dot), key_scale));
-  }
-  const float mx = _mm512_reduce_max_ps(_mm512_max_ps(s[0], s[1]));
-  __m512 a[4];
-  for (int u = 0; u < 4; ++u) a[u] = _mm512_loadu_ps(acc + 16 * u);
-  if (mx > *m) {
-    const float f = *m == -__builtin_inff() ? 0.0f : _mm512_cvtss_f32(exp16(_mm512_set1_ps(*m - mx)));
-    const __m512 vf = _mm512_set1_ps(f);
-    for (int u = 0; u < 4; ++u) a[u] = _mm512_mul_ps(a[u], vf);
-    *l *= f;
-    *m = mx;
-  }
-  const __m512 vm = _mm512_set1_ps(*m);
-  alignas(64) float p[kMaxBlock];
-  const __m512 p0 = _mm512_maskz_mov_ps(live[0], exp16(_mm512_sub_ps(s[0], vm)));
-  const __m512 p1 = _mm512_maskz_mov_ps(live[1], exp16(_mm512_sub_ps(s[1], vm)));
-  *l += _mm512_reduce_add_ps(_mm512_add_ps(p0, p1));
-  _mm512_store_ps(p, _mm512_mul_ps(p0, _mm512_maskz_loadu_ps(live[0], vs)));
-  _mm512_store_ps(p + 16, _mm512_mul_ps(p1, _mm512_maskz_loadu_ps(live[1], vs + 16)));
-  __m512 b[2][4];
-  for (int t = 0; t < 2; ++t)
-    for (int u = 0; u < 4; ++u) b[t][u] = _mm512_setzero_ps();
-  auto key = [&](__m512 * c, int j) __attribute__((always_inline)) {
-    prefetch.issue(per_key);
-    const int8_t* row = v + size_t(j) * size_t(stride);
-    const __m512 pj = _mm512_set1_ps(p[j]);
-    for (int u = 0; u < 4; ++u) c[u] = _mm512_fmadd_ps(widen_i8x16(row + 16 * u), pj, c[u]);
-  };
-  int j = 0;
-  for (; j + 2 <= n; j += 2) {
-    key(b[0], j);
-    key(b[1], j + 1);
-  }
-  if (j < n) key(b[0], j);
-  for (int u = 0; u < 4; ++u) _mm512_storeu_ps(acc + 16 * u, _mm512_add_ps(a[u], _mm512_add_ps(b[0][u], b[1][u])));
-  prefetch.issue_rest();
+  const __m512 vscale = _mm512_set1_ps(scale);
+  online_block(
+      k, stride, n, m, l, acc, pf,
+      [&](const int8_t* row) __attribute__((always_inline)) {
+        return _mm512_fmadd_ps(widen_i8x16(row), qv[0],
+                               _mm512_fmadd_ps(widen_i8x16(row + 16), qv[1],
+                                               _mm512_fmadd_ps(widen_i8x16(row + 32), qv[2],
+                                                               _mm512_mul_ps(widen_i8x16(row + 48), qv[3]))));
+      },
+      [&](int g, __mmask16 live)
+          __attribute__((always_inline)) { return _mm512_mul_ps(_mm512_maskz_loadu_ps(live, ks + 16 * g), vscale); },
+      [&](int g, __mmask16 live) __attribute__((always_inline)) { return _mm512_maskz_loadu_ps(live, vs + 16 * g); },
+      [&](__m512 * c, int j, __m512 pj) __attribute__((always_inline)) {
+        const int8_t* row = v + size_t(j) * size_t(stride);
+        for (int u = 0; u < 4; ++u) c[u] = _mm512_fmadd_ps(widen_i8x16(row + 16 * u), pj, c[u]);
+      });
 }
 
 }  // namespace
 
-const AttentionKernels kAttentionAvx512 = {"avx512",          64,
+const AttentionKernels kAttentionAvx512 = {"avx512",           64,
                                            bf16_scores_avx512, bf16_pv_avx512,
-                                           kMaxBlock,         bf16_block_avx512,
-                                           to_lanes_avx512,   from_lanes_avx512,
+                                           kMaxBlock,          bf16_block_avx512,
+                                           to_lanes_avx512,    from_lanes_avx512,
                                            i8_block_avx512};
 
 }  // namespace md::gemv_detail
