@@ -501,34 +501,39 @@ int main(int argc, char** argv) {
   }
 
   if (gemm_section) {
-    // A few input rows at once (short prompts): gemm_rows through md::gemm,
-    // fc1's 8192×2048, cold weights, against m separate gemv calls.
+    // A few input rows at once (short prompts, batched decode steps):
+    // gemm_rows through md::gemm, fc1's 8192×2048 and fc2's 2048×8192 (8
+    // rows of 8192 int8 activations are 64 KB: more than L1), cold weights,
+    // against m separate gemv calls.
     md::set_num_threads(threads.empty() ? 0 : threads[0]);
-    const Shape s = kShapes[2];
-    std::printf("\n== gemm: %d input rows at once, %dx%d, %d threads (time per call; vs m gemv calls)\n", 16, s.rows,
-                s.cols, md::num_threads());
-    std::vector<float> X(size_t(16) * size_t(s.cols)), Y(size_t(16) * size_t(s.rows));
-    for (size_t i = 0; i < X.size(); ++i) X[i] = float(int(i * 7919 % 2001) - 1000) * 1e-3f;
-    for (const std::string& fs : formats) {
-      WeightFormat f;
-      parse_format(fs, &f);
-      const Matrices m = make(f, s, pool_mb << 20, huge, 77, fs == "q8row" ? 0 : 32);
-      const double t1 = time_gemv(m, x.data(), y.data(), rounds).best;
-      std::printf("%-5s m=1 %8.1f us", fs.c_str(), t1 * 1e6);
-      for (int mm : {2, 4, 8, 16}) {
-        for (const auto& w : m.views) md::gemm(w, X.data(), mm, Y.data(), s.rows);
-        double best = 1e30;
-        const auto start = Clock::now();
-        do {
-          for (const auto& w : m.views) {
-            const auto t0 = Clock::now();
-            md::gemm(w, X.data(), mm, Y.data(), s.rows);
-            best = std::min(best, seconds_since(t0));
-          }
-        } while (seconds_since(start) < 0.03 * rounds);
-        std::printf(" | m=%-2d %8.1f us (%.1fx faster than %d gemv)", mm, best * 1e6, t1 * mm / best, mm);
+    for (const Shape& s : {kShapes[2], kShapes[3]}) {
+      std::printf("\n== gemm: %d input rows at once, %dx%d, %d threads (time per call; vs m gemv calls)\n", 16, s.rows,
+                  s.cols, md::num_threads());
+      std::vector<float> X(size_t(16) * size_t(s.cols)), Y(size_t(16) * size_t(s.rows));
+      std::vector<float> x1(static_cast<size_t>(s.cols)), y1(static_cast<size_t>(s.rows));
+      for (size_t i = 0; i < X.size(); ++i) X[i] = float(int(i * 7919 % 2001) - 1000) * 1e-3f;
+      for (size_t i = 0; i < x1.size(); ++i) x1[i] = X[i];
+      for (const std::string& fs : formats) {
+        WeightFormat f;
+        parse_format(fs, &f);
+        const Matrices m = make(f, s, pool_mb << 20, huge, 77, fs == "q8row" ? 0 : 32);
+        const double t1 = time_gemv(m, x1.data(), y1.data(), rounds).best;
+        std::printf("%-5s m=1 %8.1f us", fs.c_str(), t1 * 1e6);
+        for (int mm : {2, 4, 8, 16}) {
+          for (const auto& w : m.views) md::gemm(w, X.data(), mm, Y.data(), s.rows);
+          double best = 1e30;
+          const auto start = Clock::now();
+          do {
+            for (const auto& w : m.views) {
+              const auto t0 = Clock::now();
+              md::gemm(w, X.data(), mm, Y.data(), s.rows);
+              best = std::min(best, seconds_since(t0));
+            }
+          } while (seconds_since(start) < 0.03 * rounds);
+          std::printf(" | m=%-2d %8.1f us (%.1fx faster than %d gemv)", mm, best * 1e6, t1 * mm / best, mm);
+        }
+        std::printf("\n");
       }
-      std::printf("\n");
     }
   }
 
