@@ -1380,12 +1380,17 @@ KVRows widen_kv(const KVRows& r, const AttentionShape& s, std::vector<float>& k_
     out.row_stride = s.head_dim;
     out.head_stride = per_head;
     out.k_scale = out.v_scale = nullptr;
-    for (auto [src, sc, dst] : {std::tuple{r.k, r.k_scale, &k_dst}, std::tuple{r.v, r.v_scale, &v_dst}}) {
+    for (auto [src_rows, src_scales, dst_rows] :
+         {std::tuple{r.k, r.k_scale, &k_dst}, std::tuple{r.v, r.v_scale, &v_dst}}) {
+      // (Plain copies: a lambda may not capture structured bindings before C++20's P1091, which clang 14 lacks.)
+      const int8_t* src = static_cast<const int8_t*>(src_rows);
+      const float* sc = src_scales;
+      std::vector<float>* dst = dst_rows;
       if (dst->size() < size_t(s.n_kv_heads) * per_head) dst->resize(size_t(s.n_kv_heads) * per_head);
       parallel_for(size_t(s.n_kv_heads), [&](size_t gb, size_t ge) {
         for (size_t g = gb; g < ge; ++g)
-          widen_i8_rows(static_cast<const int8_t*>(src) + r.at(int(g), 0), sc + r.scale_at(int(g), 0), r.rows,
-                        r.row_stride, s.head_dim, dst->data() + g * per_head);
+          widen_i8_rows(src + r.at(int(g), 0), sc + r.scale_at(int(g), 0), r.rows, r.row_stride, s.head_dim,
+                        dst->data() + g * per_head);
       });
     }
     out.k = k_dst.data();
