@@ -1359,6 +1359,12 @@ void kv_few_queries(const AttentionShape& s, const AttentionMask& mask, const fl
     kv_lane_group(s, mask, q, i0, std::min(kLanes, s.n_q - i0), base, own, out);
 }
 
+// int8 rows are read with their scales: rows without them are an error.
+void check_scales(const KVRows& r) {
+  if (r.rows > 0 && r.format == KVFormat::I8 && (!r.k_scale || !r.v_scale))
+    throw Error("attention: int8 KV rows without their scales");
+}
+
 // The layout KVRows left to the shape (row_stride 0) spelled out.
 KVRows with_strides(KVRows r, const AttentionShape& s) {
   if (r.row_stride == 0) {
@@ -1444,9 +1450,8 @@ void decode_attention(const AttentionShape& s, int n, const float* q, const KVRo
     r.q = q + size_t(i) * size_t(s.q_stride);
     r.base = with_strides(base[i], s);
     r.own = with_strides(own[i], s);
-    for (const KVRows* kv : {&r.base, &r.own})
-      if (kv->rows > 0 && kv->format == KVFormat::I8 && (!kv->k_scale || !kv->v_scale))
-        throw Error("attention: int8 KV rows without their scales");
+    check_scales(r.base);
+    check_scales(r.own);
     r.visible = r.base.rows + r.own.rows;
     r.out = out + size_t(i) * out_stride;
   }
@@ -1459,9 +1464,8 @@ void attention(const AttentionShape& s, const AttentionMask& mask, const float* 
   if (base.rows > 0 && base.format != own.format) throw Error("attention: base and own KV rows differ in format");
   base = with_strides(base, s);
   own = with_strides(own, s);
-  for (const KVRows* r : {&base, &own})
-    if (r->rows > 0 && r->format == KVFormat::I8 && (!r->k_scale || !r->v_scale))
-      throw Error("attention: int8 KV rows without their scales");
+  check_scales(base);
+  check_scales(own);
   if (own.format == KVFormat::BF16 || own.format == KVFormat::I8) {
     if (s.n_q > kDirectAttentionRows) {
       // A prompt: widen once, then the GEMM path (the widening is a small
