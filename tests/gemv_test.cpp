@@ -363,6 +363,34 @@ TEST(Gemv, GemmRowsEqualsRepeatedGemvRows) {
   }
 }
 
+// Q8 rows with one scale each, activations wider than L1's share (5 to 16
+// rows of 8192 columns: the AVX-512 kernel's column-chunked pass, counted):
+// still each input row's gemv, bit for bit (int32 sums).
+TEST(Gemv, WideQ8RowsInChunksEqualRepeatedGemvRows) {
+  for (const std::string& isa : isas()) {
+    IsaGuard guard(isa);
+    // 37 rows from 2: two full tiles of 16 weight rows and a partial one.
+    const int rows = 37, cols = 8192;
+    const TestMatrix t(WeightFormat::Q8, rows, cols, 43, cols);
+    for (int m : {4, 5, 8, 13, 16}) {
+      const std::vector<float> X = gaussian(size_t(m) * size_t(cols), 200 + uint32_t(m));
+      std::vector<float> Y(size_t(m) * size_t(rows), -7.0f);
+      const uint64_t chunked = md::detail::gemv_q8_chunked_calls();
+      md::gemm_rows(t.w, X.data(), m, Y.data(), rows, 2, rows);
+      if (isa == "avx512") {
+        EXPECT_EQ(md::detail::gemv_q8_chunked_calls() - chunked, m > 4 ? 1u : 0u) << "m=" << m;
+      }
+      for (int i = 0; i < m; ++i) {
+        std::vector<float> y(static_cast<size_t>(rows));
+        md::gemv_rows(t.w, X.data() + size_t(i) * size_t(cols), y.data(), 2, rows);
+        for (int r = 0; r < rows; ++r)
+          EXPECT_EQ(Y[size_t(i) * size_t(rows) + size_t(r)], r < 2 ? -7.0f : y[size_t(r)])
+              << isa << " m=" << m << " i=" << i << " r=" << r;
+      }
+    }
+  }
+}
+
 TEST(Gemv, ThreadedEqualsSingleThreaded) {
   const int saved = md::num_threads();
   for (const std::string& isa : isas()) {

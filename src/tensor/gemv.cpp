@@ -364,6 +364,8 @@ const Kernels& kernels() { return *active().table; }
 
 const AttentionKernels* attention_kernels() { return active().attention; }
 
+std::atomic<uint64_t> g_q8_chunked_calls{0};
+
 }  // namespace gemv_detail
 
 using namespace gemv_detail;
@@ -394,6 +396,8 @@ bool gemv_force_isa(const char* name) {
 }
 
 const char* gemv_best_isa() { return kLevels[best_index()].name; }
+
+uint64_t gemv_q8_chunked_calls() { return gemv_detail::g_q8_chunked_calls.load(std::memory_order_relaxed); }
 
 std::vector<const char*> gemv_isas() {
   std::vector<const char*> out;

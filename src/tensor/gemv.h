@@ -87,6 +87,9 @@ bool gemv_force_isa(const char* name);
 const char* gemv_best_isa();
 // Every ISA this CPU runs, from "scalar" (the portable loops) up.
 std::vector<const char*> gemv_isas();
+// Calls so far of the AVX-512 q8 kernel that ran its column-chunked pass
+// (several input rows of activations wider than L1's share), process-wide.
+uint64_t gemv_q8_chunked_calls();
 }  // namespace detail
 
 }  // namespace md
