@@ -275,68 +275,71 @@ void time_decode_attention(const std::vector<int>& threads, int rounds, bool hug
 void time_shared_prefix_attention(int nt, int rounds, bool huge, int layers) {
   const int n_heads = 32, hd = 64, kv_dim = n_heads * hd, prefix = 730, own_n = 15;
   md::set_num_threads(nt);
-  for (md::KVFormat format : {md::KVFormat::BF16, md::KVFormat::I8}) {
-    std::printf("\n== batched decode attention over one shared prefix, %s KV, %d thread%s (%d layers)\n",
-                md::kv_format_name(format), nt, nt == 1 ? "" : "s", layers);
-    const size_t elem = md::kv_element_bytes(format), row = md::kv_head_row_bytes(format, hd) * n_heads;
-    const int max_rows = 8;
-    const size_t base_bytes = size_t(prefix) * row, own_bytes = size_t(own_n) * row;
-    const size_t layer_bytes = 2 * base_bytes + size_t(max_rows) * 2 * own_bytes;
-    Buffer kv(size_t(layers) * layer_bytes, huge);
-    fill(kv.p, kv.n, WeightFormat::BF16, 7);
-    auto range = [&](uint8_t* p, int rows) {
-      float* scales = reinterpret_cast<float*>(p + size_t(rows) * kv_dim * elem);
-      if (format == md::KVFormat::I8)
-        for (size_t i = 0; i < size_t(rows) * n_heads; ++i) scales[i] = 0.01f;
-      md::KVRows r{p, nullptr, rows, format, hd, size_t(rows) * hd};
-      if (format == md::KVFormat::I8) r.k_scale = scales, r.scale_head_stride = size_t(rows);
-      return r;
-    };
-    auto pair = [&](uint8_t* p, size_t bytes, int rows) {
-      md::KVRows k = range(p, rows), v = range(p + bytes, rows);
-      k.v = v.k;
-      k.v_scale = v.k_scale;
-      return k;
-    };
-    std::vector<md::KVRows> base(static_cast<size_t>(layers)), own(static_cast<size_t>(layers) * max_rows);
-    for (int l = 0; l < layers; ++l) {
-      uint8_t* b = kv.p + size_t(l) * layer_bytes;
-      base[size_t(l)] = pair(b, base_bytes, prefix);
-      for (int r = 0; r < max_rows; ++r)
-        own[size_t(l) * max_rows + size_t(r)] = pair(b + 2 * base_bytes + size_t(r) * 2 * own_bytes, own_bytes, own_n);
-    }
-    std::vector<float> q(size_t(max_rows) * 3 * kv_dim), out(size_t(max_rows) * kv_dim);
-    for (size_t i = 0; i < q.size(); ++i) q[i] = float(int(i * 7919 % 2001) - 1000) * 1e-3f;
-    md::AttentionShape sh;
-    sh.n_heads = sh.n_kv_heads = n_heads;
-    sh.head_dim = hd;
-    sh.q_stride = 3 * kv_dim;
-    sh.kv_stride = kv_dim;
-    double one = 0;
-    for (int n : {1, 2, 4, 8}) {
-      std::vector<md::KVRows> bases(static_cast<size_t>(n));
-      auto step = [&] {
-        for (int l = 0; l < layers; ++l) {
-          std::fill(bases.begin(), bases.end(), base[size_t(l)]);
-          md::decode_attention(sh, n, q.data(), bases.data(), own.data() + size_t(l) * max_rows, out.data());
-        }
+  for (md::KVFormat format : {md::KVFormat::BF16, md::KVFormat::I8})
+    for (const bool shared : {true, false}) {
+      std::printf("\n== batched decode attention over %s, %s KV, %d thread%s (%d layers)\n",
+                  shared ? "one shared prefix" : "a prefix each (different images)", md::kv_format_name(format), nt,
+                  nt == 1 ? "" : "s", layers);
+      const size_t elem = md::kv_element_bytes(format), row = md::kv_head_row_bytes(format, hd) * n_heads;
+      const int max_rows = 8, prefixes = shared ? 1 : max_rows;
+      const size_t base_bytes = size_t(prefix) * row, own_bytes = size_t(own_n) * row;
+      const size_t layer_bytes = size_t(prefixes) * 2 * base_bytes + size_t(max_rows) * 2 * own_bytes;
+      Buffer kv(size_t(layers) * layer_bytes, huge);
+      fill(kv.p, kv.n, WeightFormat::BF16, 7);
+      auto range = [&](uint8_t* p, int rows) {
+        float* scales = reinterpret_cast<float*>(p + size_t(rows) * kv_dim * elem);
+        if (format == md::KVFormat::I8)
+          for (size_t i = 0; i < size_t(rows) * n_heads; ++i) scales[i] = 0.01f;
+        md::KVRows r{p, nullptr, rows, format, hd, size_t(rows) * hd};
+        if (format == md::KVFormat::I8) r.k_scale = scales, r.scale_head_stride = size_t(rows);
+        return r;
       };
-      step();
-      std::vector<double> t;
-      const auto start = Clock::now();
-      do {
-        const auto t0 = Clock::now();
+      auto pair = [&](uint8_t* p, size_t bytes, int rows) {
+        md::KVRows k = range(p, rows), v = range(p + bytes, rows);
+        k.v = v.k;
+        k.v_scale = v.k_scale;
+        return k;
+      };
+      std::vector<md::KVRows> base(static_cast<size_t>(layers) * max_rows), own(static_cast<size_t>(layers) * max_rows);
+      for (int l = 0; l < layers; ++l) {
+        uint8_t* b = kv.p + size_t(l) * layer_bytes;
+        for (int r = 0; r < max_rows; ++r) {
+          base[size_t(l) * max_rows + size_t(r)] = pair(b + size_t(r % prefixes) * 2 * base_bytes, base_bytes, prefix);
+          own[size_t(l) * max_rows + size_t(r)] =
+              pair(b + size_t(prefixes) * 2 * base_bytes + size_t(r) * 2 * own_bytes, own_bytes, own_n);
+        }
+      }
+      std::vector<float> q(size_t(max_rows) * 3 * kv_dim), out(size_t(max_rows) * kv_dim);
+      for (size_t i = 0; i < q.size(); ++i) q[i] = float(int(i * 7919 % 2001) - 1000) * 1e-3f;
+      md::AttentionShape sh;
+      sh.n_heads = sh.n_kv_heads = n_heads;
+      sh.head_dim = hd;
+      sh.q_stride = 3 * kv_dim;
+      sh.kv_stride = kv_dim;
+      double one = 0;
+      for (int n : {1, 2, 4, 8}) {
+        auto step = [&] {
+          for (int l = 0; l < layers; ++l)
+            md::decode_attention(sh, n, q.data(), base.data() + size_t(l) * max_rows, own.data() + size_t(l) * max_rows,
+                                 out.data());
+        };
         step();
-        t.push_back(seconds_since(t0));
-      } while (seconds_since(start) < 0.1 * rounds || t.size() < 10);
-      std::sort(t.begin(), t.end());
-      if (n == 1) one = t.front();
-      const double bytes = double(layers) * 2.0 * (double(base_bytes) + double(n) * double(own_bytes));
-      std::printf(
-          "%d sequence%s: best %.2f ms (median %.2f) = %.1f GB/s read; %.2fx the time of one for %dx the rows\n", n,
-          n == 1 ? " " : "s", t.front() * 1e3, t[t.size() / 2] * 1e3, bytes / t.front() / 1e9, t.front() / one, n);
+        std::vector<double> t;
+        const auto start = Clock::now();
+        do {
+          const auto t0 = Clock::now();
+          step();
+          t.push_back(seconds_since(t0));
+        } while (seconds_since(start) < 0.1 * rounds || t.size() < 10);
+        std::sort(t.begin(), t.end());
+        if (n == 1) one = t.front();
+        const double bytes =
+            double(layers) * 2.0 * (double(base_bytes) * (shared ? 1 : n) + double(n) * double(own_bytes));
+        std::printf(
+            "%d sequence%s: best %.2f ms (median %.2f) = %.1f GB/s read; %.2fx the time of one for %dx the rows\n", n,
+            n == 1 ? " " : "s", t.front() * 1e3, t[t.size() / 2] * 1e3, bytes / t.front() / 1e9, t.front() / one, n);
+      }
     }
-  }
 }
 
 // A prompt's attention in the int8 modes, one layer (all heads, activations

@@ -530,37 +530,47 @@ int main(int argc, char** argv) {
       // greedy steps; aggregate tokens/s over the steps.
       const int D = cfg.text.dim, V = cfg.text.vocab_size, steps = 20;
       const std::vector<int> prompt = model->caption_prompt(md::CaptionLength::Normal);
-      std::string line;
-      double single = 0;
-      for (int B = 1; B <= md::TextModel::kMaxBatchRows; B *= 2) {
-        std::vector<md::KVCache> caches;
-        std::vector<int> next(static_cast<size_t>(B));
-        std::vector<float> x(prompt.size() * size_t(D));
-        model->text().embed(prompt.data(), int(prompt.size()), x.data());
-        for (int i = 0; i < B; ++i) {
-          caches.push_back(md::KVCache::extending(enc.cache, enc.cache.length + int(prompt.size()) + steps));
-          const auto h = model->text().forward(x.data(), int(prompt.size()), caches.back());
-          const auto lg = model->text().logits(h.data() + (prompt.size() - 1) * size_t(D));
-          next[size_t(i)] = int(std::max_element(lg.begin(), lg.end()) - lg.begin());
-        }
-        std::vector<md::KVCache*> batch;
-        for (md::KVCache& c : caches) batch.push_back(&c);
-        std::vector<float> xb(size_t(B) * size_t(D));
-        const double t = now();
-        for (int k = 0; k < steps; ++k) {
-          for (int i = 0; i < B; ++i) model->text().embed(&next[size_t(i)], 1, xb.data() + size_t(i) * size_t(D));
-          const auto h = model->text().decode_step(xb.data(), batch);
-          const auto lg = model->text().logits_rows(h.data(), B);
+      // Sequences about one image (its prefix rows read once per step for
+      // all), then about different images (here copies of the prefix, so
+      // each sequence reads its own rows, as the server's follow-ups do).
+      std::vector<md::KVCache> images;
+      for (int i = 0; i < md::TextModel::kMaxBatchRows; ++i)
+        images.push_back(enc.cache.copy_with_capacity(enc.cache.length));
+      for (const bool shared : {true, false}) {
+        std::string line;
+        double single = 0;
+        for (int B = 1; B <= md::TextModel::kMaxBatchRows; B *= 2) {
+          std::vector<md::KVCache> caches;
+          std::vector<int> next(static_cast<size_t>(B));
+          std::vector<float> x(prompt.size() * size_t(D));
+          model->text().embed(prompt.data(), int(prompt.size()), x.data());
           for (int i = 0; i < B; ++i) {
-            const float* row = lg.data() + size_t(i) * size_t(V);
-            next[size_t(i)] = int(std::max_element(row, row + V) - row);
+            const md::KVCache& image = shared ? enc.cache : images[size_t(i)];
+            caches.push_back(md::KVCache::extending(image, image.length + int(prompt.size()) + steps));
+            const auto h = model->text().forward(x.data(), int(prompt.size()), caches.back());
+            const auto lg = model->text().logits(h.data() + (prompt.size() - 1) * size_t(D));
+            next[size_t(i)] = int(std::max_element(lg.begin(), lg.end()) - lg.begin());
           }
+          std::vector<md::KVCache*> batch;
+          for (md::KVCache& c : caches) batch.push_back(&c);
+          std::vector<float> xb(size_t(B) * size_t(D));
+          const double t = now();
+          for (int k = 0; k < steps; ++k) {
+            for (int i = 0; i < B; ++i) model->text().embed(&next[size_t(i)], 1, xb.data() + size_t(i) * size_t(D));
+            const auto h = model->text().decode_step(xb.data(), batch);
+            const auto lg = model->text().logits_rows(h.data(), B);
+            for (int i = 0; i < B; ++i) {
+              const float* row = lg.data() + size_t(i) * size_t(V);
+              next[size_t(i)] = int(std::max_element(row, row + V) - row);
+            }
+          }
+          const double tps = B * steps / (now() - t);
+          if (B == 1) single = tps;
+          line += fmt(" %.0f sequences %.1f t/s (%.2fx);", double(B), tps, tps / single);
         }
-        const double tps = B * steps / (now() - t);
-        if (B == 1) single = tps;
-        line += fmt(" %.0f sequences %.1f t/s (%.2fx);", double(B), tps, tps / single);
+        std::printf("batched decode (one weight pass per step for all sequences), %s, aggregate tokens/s:%s\n",
+                    shared ? "one image" : "different images", line.c_str());
       }
-      std::printf("batched decode (one weight pass per step for all sequences), aggregate tokens/s:%s\n", line.c_str());
     }
     // Decode streams the weights through their file mappings: with 4 KiB
     // pages it ran 8-10 % slower (md::map_file_readonly).

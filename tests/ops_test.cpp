@@ -598,8 +598,13 @@ TEST(Attention, DecodeRowsSharingABaseEqualEachRowAlone) {
       const size_t out_stride = size_t(n_heads) * hd;
       std::vector<float> together(4 * out_stride, -1.0f);
       const uint64_t shared0 = detail::attention_path_count(AttentionPath::SharedBaseRows);
+      const uint64_t multi0 = detail::attention_path_count(AttentionPath::MultiQueryBlock);
       decode_attention(s, 4, q.data(), base, own, together.data());
       EXPECT_EQ(detail::attention_path_count(AttentionPath::SharedBaseRows) - shared0, 2u) << isa;
+      // The ISA's several-queries kernel ran over base 0's slices, where it has one.
+      const gemv_detail::AttentionKernels* ak = gemv_detail::attention_kernels();
+      const bool multi = ak && ak->block_rows;
+      EXPECT_EQ(detail::attention_path_count(AttentionPath::MultiQueryBlock) > multi0, multi) << isa;
       for (int i = 0; i < 4; ++i) {
         AttentionShape one = s;
         one.n_q = 1;

@@ -106,14 +106,18 @@ void DecodeBatcher::loop() {
     } else if (!works_.empty()) {
       PendingWork* w = works_.front();
       works_.pop_front();
+      const double steps_before = stats_.step_seconds;
       lock.unlock();
       slice_start_ = std::chrono::steady_clock::now();
+      const auto work_start = slice_start_;
       try {
         (*w->work)();
       } catch (...) {
         w->error = std::current_exception();
       }
       lock.lock();
+      stats_.work_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - work_start).count() -
+                             (stats_.step_seconds - steps_before);
       ++stats_.works;
       w->done = true;
       done_cv_.notify_all();
@@ -136,6 +140,7 @@ void DecodeBatcher::run_step(std::unique_lock<std::mutex>& lock) {
   steps_.erase(steps_.begin(), steps_.begin() + n);
   lock.unlock();
   in_step_ = true;
+  const auto start = std::chrono::steady_clock::now();
   std::exception_ptr error;
   try {
     const int D = text_.config().dim, V = text_.config().vocab_size;
@@ -165,7 +170,9 @@ void DecodeBatcher::run_step(std::unique_lock<std::mutex>& lock) {
     error = std::current_exception();
   }
   in_step_ = false;
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   lock.lock();
+  stats_.step_seconds += seconds;
   ++stats_.steps;
   stats_.rows += uint64_t(n);
   ++stats_.steps_of_size[size_t(n)];

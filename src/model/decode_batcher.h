@@ -73,7 +73,11 @@ class DecodeBatcher final : public StepRunner {
 
   struct Stats {
     uint64_t steps = 0, rows = 0, works = 0;
-    uint64_t yields = 0;                                                 // steps run between the layers of a work
+    uint64_t yields = 0;  // steps run between the layers of a work
+    // The compute thread's time in decode steps (their logits included) and
+    // in works (images, prompts; minus the steps run between their layers):
+    // what is left of the wall time it waited for tasks to hand in.
+    double step_seconds = 0, work_seconds = 0;
     std::array<uint64_t, TextModel::kMaxBatchRows + 1> steps_of_size{};  // [rows] → steps
     int seated = 0;
     int pending = 0;  // positions handed in, not yet run

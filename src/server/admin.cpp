@@ -128,6 +128,13 @@ void Server::metrics(const httplib::Request& req, httplib::Response& res) {
       batch_size.render(&o, "moondream_decode_batch_size", "");
       gauge("moondream_decode_steps_between_layers_total",
             "Decode steps run between the layers of an image encoding or a prompt.", "counter", double(bs.yields));
+      gauge("moondream_decode_step_seconds_total", "Compute thread's time in decode steps (with their logits).",
+            "counter", bs.step_seconds);
+      gauge("moondream_prefill_seconds_total",
+            "Compute thread's time encoding images and prefilling prompts (without the steps run between their "
+            "layers).",
+            "counter", bs.work_seconds);
+      gauge("moondream_decode_rows_total", "Sequence positions advanced by decode steps.", "counter", double(bs.rows));
     }
     gauge("moondream_requests_cancelled_total", "Generations stopped because the client left.", "counter",
           double(queue_->cancelled.load()));

@@ -175,6 +175,15 @@ using Bf16BlockKernel = void (*)(const float* q, const uint16_t* k, const uint16
 // own order.
 using Int8BlockKernel = void (*)(const float* q, const int8_t* k, const float* ks, const int8_t* v, const float* vs,
                                  int stride, int n, float scale, float* m, float* l, float* acc, const RowPrefetch& pf);
+// The step of nq queries over one block of bf16 (i8 false) or int8 rows
+// that they all see (rows of one cached image prefix): the rows are widened
+// to fp32 once, then each query's step runs over them from L1 with the
+// arithmetic of Bf16BlockKernel / Int8BlockKernel, so each query's result
+// equals that kernel's alone, bit for bit. Query i: q[i] + q_offset (the
+// order of its format's kernel), its state at m, l, acc + i · state_stride.
+using BlockRowsKernel = void (*)(int nq, const float* const* q, size_t q_offset, const void* k, const float* ks,
+                                 const void* v, const float* vs, bool i8, int stride, int n, float scale, float* m,
+                                 float* l, float* acc, size_t state_stride, const RowPrefetch& pf);
 struct AttentionKernels {
   const char* name;
   int head_dim;  // the only head size these kernels take
@@ -184,7 +193,8 @@ struct AttentionKernels {
   Bf16BlockKernel block;
   void (*to_lanes)(const float* row, float* lanes);
   void (*from_lanes)(const float* lanes, float* row);
-  Int8BlockKernel i8_block;  // null: the portable loops run
+  Int8BlockKernel i8_block;              // null: the portable loops run
+  BlockRowsKernel block_rows = nullptr;  // null: one query at a time
 };
 extern const AttentionKernels kAttentionAvx512;  // x86/attention_avx512.cpp
 extern const AttentionKernels kAttentionNeon;    // arm/attention_neon.cpp

@@ -144,7 +144,7 @@ bool int8_gemm_exact() {
 namespace {
 
 std::atomic<uint64_t> g_linear_paths[5];
-std::atomic<uint64_t> g_attention_paths[5];
+std::atomic<uint64_t> g_attention_paths[6];
 
 // Q8 with one scale per row (group == cols): the layout the int8 GEMM reads.
 bool is_q8_per_row(const WeightMatrix& w) { return w.format == WeightFormat::Q8 && w.group == w.cols; }
@@ -1099,7 +1099,17 @@ void kv_decode_rows(const gemv_detail::AttentionKernels* ak, const AttentionShap
     };
     // Head by head, block by block; the next block (or, after the last
     // head, the first block of the slice this thread takes next) prefetched
-    // during the first row's step.
+    // during the first row's step. Several rows over a shared block: the
+    // ISA's kernel for several queries, where it has one.
+    const bool multi = sl.count > 1 && (fast_bf16 || fast_i8) && ak->block_rows;
+    static thread_local std::vector<const float*> t_members_q;
+    const float** members_q = nullptr;
+    if (multi) {
+      g_attention_paths[int(AttentionPath::MultiQueryBlock)].fetch_add(1, std::memory_order_relaxed);
+      t_members_q.resize(size_t(sl.count));
+      for (int k = 0; k < sl.count; ++k) t_members_q[size_t(k)] = qk[size_t(sl.members[k])];
+      members_q = t_members_q.data();
+    }
     const KVRows none;
     for (int h = 0; h < H; ++h) {
       const int g = h / group_size;
@@ -1115,8 +1125,16 @@ void kv_decode_rows(const gemv_detail::AttentionKernels* ak, const AttentionShap
             next = kv_block(none, *o.rows, 0, o.j0, o.j1, block);
           }
         }
-        step(0, h, blk, block_prefetch(next, elem, used_bytes));
-        for (int k = 1; k < sl.count; ++k) step(k, h, blk, gemv_detail::RowPrefetch{});
+        if (multi) {
+          // Every member's query over the block, widened once.
+          float* m0 = parts + sl.state + size_t(h);
+          ak->block_rows(sl.count, members_q, size_t(h) * size_t(hd), blk.k, blk.ks, blk.v, blk.vs, i8, blk.stride,
+                         blk.n, scale, m0, m0 + H, m0 + 2 * size_t(H) + size_t(h) * size_t(hd) - size_t(h), per,
+                         block_prefetch(next, elem, used_bytes));
+        } else {
+          step(0, h, blk, block_prefetch(next, elem, used_bytes));
+          for (int k = 1; k < sl.count; ++k) step(k, h, blk, gemv_detail::RowPrefetch{});
+        }
         j0 += blk.n;
       }
     }

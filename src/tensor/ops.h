@@ -178,8 +178,10 @@ void decode_attention(const AttentionShape& s, int n, const float* q, const KVRo
 // (attention_int8.h).
 // (Int8KvKernel: those of DecodeSplit over int8 rows that ran the ISA's
 // block kernel, gemv_impl.h. SharedBaseRows: decode rows that read their
-// base rows in another row's pass, decode_attention.)
-enum class AttentionPath { DecodeSplit, QueryLanes, Int8Fused, Int8KvKernel, SharedBaseRows };
+// base rows in another row's pass, decode_attention. MultiQueryBlock:
+// slices of shared base rows whose rows' queries ran in the ISA's kernel
+// for several queries, gemv_impl.h.)
+enum class AttentionPath { DecodeSplit, QueryLanes, Int8Fused, Int8KvKernel, SharedBaseRows, MultiQueryBlock };
 namespace detail {
 // Calls so far that took path p, process-wide (tests: the fast path ran).
 uint64_t attention_path_count(AttentionPath p);
