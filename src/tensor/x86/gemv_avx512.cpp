@@ -141,6 +141,29 @@ inline void q_rows(const QCtx& q, const WeightMatrix& w, const XQuant* x, float*
     }
 }
 
+// acc[m][u] += weight row wr · input row m over columns [c0, c1): 64·U
+// columns a round (u: which 64 of them), the rest into acc[m][0]; with
+// kAhead > 0 a software prefetch that many bytes past each weight line.
+template <int M, int U, size_t kAhead>
+__attribute__((always_inline)) inline void q8_dot_cols(const uint8_t* wr, const XQuant* x, size_t c0, size_t c1,
+                                                       __m512i (&acc)[M][U]) {
+  size_t c = c0;
+  for (; c + 64 * U <= c1; c += 64 * U)
+#pragma GCC unroll 4
+    for (int u = 0; u < U; ++u) {
+      if constexpr (kAhead > 0) _mm_prefetch(reinterpret_cast<const char*>(wr + c + 64 * u + kAhead), _MM_HINT_T0);
+      const __m512i wv = _mm512_loadu_si512(wr + c + 64 * u);
+#pragma GCC unroll 16
+      for (int m = 0; m < M; ++m)
+        acc[m][u] = _mm512_dpbusd_epi32(acc[m][u], wv, _mm512_loadu_si512(x[m].q + c + 64 * u));
+    }
+  for (; c < c1; c += 64) {
+    const __m512i wv = _mm512_loadu_si512(wr + c);
+#pragma GCC unroll 16
+    for (int m = 0; m < M; ++m) acc[m][0] = _mm512_dpbusd_epi32(acc[m][0], wv, _mm512_loadu_si512(x[m].q + c));
+  }
+}
+
 // Q8 with one scale per row (the int8 mode's text matrices), input rows
 // [0, M): weight and activation scales are constant along the row, so the
 // whole dot product stays in int32 (exact: ≤ 255·127 per product, < 2^31
@@ -162,26 +185,12 @@ inline void q8_row_scale_rows(const WeightMatrix& w, const XQuant* x, const int3
   for (int m = 0; m < M; ++m)
 #pragma GCC unroll 4
     for (int u = 0; u < U; ++u) acc[m][u] = _mm512_setzero_si512();
-  size_t c = 0;
-  for (; c + 64 * U <= cols; c += 64 * U)
-#pragma GCC unroll 4
-    for (int u = 0; u < U; ++u) {
-      // With 2+ input rows each weight line takes long enough that the
-      // hardware prefetcher falls behind and the loads stall on memory: a
-      // software prefetch 8 KB ahead (into the next rows) keeps DRAM
-      // streaming. gemv_bench q8row 8192x2048 at m = 8, Zen 5 VM, 2 threads:
-      // 646-672 -> 372-389 us, ~1.1x the m = 1 time.
-      if constexpr (M >= 2) _mm_prefetch(reinterpret_cast<const char*>(wr + c + 64 * u + 8192), _MM_HINT_T0);
-      const __m512i wv = _mm512_loadu_si512(wr + c + 64 * u);
-#pragma GCC unroll 16
-      for (int m = 0; m < M; ++m)
-        acc[m][u] = _mm512_dpbusd_epi32(acc[m][u], wv, _mm512_loadu_si512(x[m].q + c + 64 * u));
-    }
-  for (; c < cols; c += 64) {
-    const __m512i wv = _mm512_loadu_si512(wr + c);
-#pragma GCC unroll 16
-    for (int m = 0; m < M; ++m) acc[m][0] = _mm512_dpbusd_epi32(acc[m][0], wv, _mm512_loadu_si512(x[m].q + c));
-  }
+  // With 2+ input rows each weight line takes long enough that the
+  // hardware prefetcher falls behind and the loads stall on memory: a
+  // software prefetch 8 KB ahead (into the next rows) keeps DRAM streaming.
+  // gemv_bench q8row 8192x2048 at m = 8, Zen 5 VM, 2 threads: 646-672 ->
+  // 372-389 us, ~1.1x the m = 1 time.
+  q8_dot_cols<M, U, M >= 2 ? 8192 : 0>(wr, x, 0, cols, acc);
   const float dw = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<const uint16_t*>(w.aux)[r])));
 #pragma GCC unroll 16
   for (int m = 0; m < M; ++m) {
@@ -221,23 +230,9 @@ inline void q8_row_scale_rows_chunked(const WeightMatrix& w, const XQuant* x, co
         acc[m][0] = part[t][m];
         acc[m][1] = _mm512_setzero_si512();
       }
-      size_t c = c0;
-      for (; c + 128 <= c1; c += 128)
-#pragma GCC unroll 2
-        for (int u = 0; u < 2; ++u) {
-          // This row's next chunk, kTile chunks (16 KB) ahead in the order
-          // the lines are read.
-          _mm_prefetch(reinterpret_cast<const char*>(wr + c + 64 * u + kChunk), _MM_HINT_T0);
-          const __m512i wv = _mm512_loadu_si512(wr + c + 64 * u);
-#pragma GCC unroll 16
-          for (int m = 0; m < M; ++m)
-            acc[m][u] = _mm512_dpbusd_epi32(acc[m][u], wv, _mm512_loadu_si512(x[m].q + c + 64 * u));
-        }
-      for (; c < c1; c += 64) {
-        const __m512i wv = _mm512_loadu_si512(wr + c);
-#pragma GCC unroll 16
-        for (int m = 0; m < M; ++m) acc[m][0] = _mm512_dpbusd_epi32(acc[m][0], wv, _mm512_loadu_si512(x[m].q + c));
-      }
+      // This row's next chunk prefetched kTile chunks (16 KB) ahead in the
+      // order the lines are read.
+      q8_dot_cols<M, 2, kChunk>(wr, x, c0, c1, acc);
 #pragma GCC unroll 16
       for (int m = 0; m < M; ++m) part[t][m] = _mm512_add_epi32(acc[m][0], acc[m][1]);
     }
