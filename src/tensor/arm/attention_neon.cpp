@@ -172,7 +172,7 @@ void bf16_block_neon(const float* q, const uint16_t* k, const uint16_t* v, int s
 
 // int8 rows: ops.cpp's portable loops (compiled for NEON).
 const AttentionKernels kAttentionNeon = {"neon",          kHeadDim,      bf16_scores_neon, bf16_pv_neon, kMaxBlock,
-                                         bf16_block_neon, to_lanes_neon, from_lanes_neon,  nullptr};
+                                         bf16_block_neon, to_lanes_neon, from_lanes_neon,  nullptr,      nullptr};
 
 }  // namespace md::gemv_detail
 
