@@ -920,21 +920,23 @@ __attribute__((always_inline)) inline void for_each_head_and_block(const Attenti
   }
 }
 
-// Merges the threads' partial results of an online softmax for one output
-// row: per slice sl a running max m[sl·slice], sum l[sl·slice] and Σ p·v in
-// acc[sl·slice + d·step] (d < hd); o = Σ e^(m−M)·acc / Σ e^(m−M)·l.
-void merge_softmax_slices(const float* m, const float* l, const float* acc, size_t slice, size_t step, int slices,
-                          int hd, float* o) {
+// Merges the partial results of an online softmax for one output row, one
+// state per slice: from p = states[i], its running max p[0], its sum
+// p[l_off] and Σ p·v at p[acc_off + d·step] (d < hd);
+// o = Σ e^(m−M)·acc / Σ e^(m−M)·l. A slice that saw none of the row's keys
+// (max −∞) adds nothing.
+void merge_softmax_states(const float* const* states, int count, size_t l_off, size_t acc_off, size_t step, int hd,
+                          float* o) {
   float M = -INFINITY;
-  for (int sl = 0; sl < slices; ++sl) M = std::max(M, m[size_t(sl) * slice]);
+  for (int i = 0; i < count; ++i) M = std::max(M, states[i][0]);
   float L = 0.0f;
   std::fill(o, o + hd, 0.0f);
-  for (int sl = 0; sl < slices; ++sl) {
-    const size_t at = size_t(sl) * slice;
-    if (m[at] == -INFINITY) continue;  // this slice saw none of the row's keys
-    const float f = fast_exp(m[at] - M);
-    L += f * l[at];
-    for (int d = 0; d < hd; ++d) o[d] += f * acc[at + size_t(d) * step];
+  for (int i = 0; i < count; ++i) {
+    const float* p = states[i];
+    if (p[0] == -INFINITY) continue;
+    const float f = fast_exp(p[0] - M);
+    L += f * p[l_off];
+    for (int d = 0; d < hd; ++d) o[d] += f * p[acc_off + size_t(d) * step];
   }
   const float inv = 1.0f / L;
   for (int d = 0; d < hd; ++d) o[d] *= inv;
@@ -1142,7 +1144,7 @@ void kv_decode_rows(const gemv_detail::AttentionKernels* ak, const AttentionShap
 
   // Each row's slices merged (its base group's, then its own, in order):
   // o = Σ e^(m−M)·acc / Σ e^(m−M)·l.
-  std::vector<const float*> mine;
+  std::vector<const float*> mine, heads;
   float* merged = scratch(t_merged, size_t(hd));
   for (int r = 0; r < n; ++r) {
     mine.clear();
@@ -1150,19 +1152,11 @@ void kv_decode_rows(const gemv_detail::AttentionKernels* ak, const AttentionShap
       for (int k = 0; k < sl.count; ++k)
         if (sl.members[k] == r) mine.push_back(parts + sl.state + size_t(k) * per);
     for (int h = 0; h < H; ++h) {
-      float M = -INFINITY;
-      for (const float* st : mine) M = std::max(M, st[h]);
-      float L = 0.0f;
-      std::fill(merged, merged + hd, 0.0f);
-      for (const float* st : mine) {
-        if (st[h] == -INFINITY) continue;  // this slice saw none of the row's keys
-        const float f = fast_exp(st[h] - M);
-        L += f * st[H + h];
-        const float* acc = st + 2 * size_t(H) + size_t(h) * size_t(hd);
-        for (int d = 0; d < hd; ++d) merged[d] += f * acc[d];
-      }
-      const float inv = 1.0f / L;
-      for (int d = 0; d < hd; ++d) merged[d] *= inv;
+      // Head h of each state: m[h], l[h] at + H, acc[h] at + 2H + h·hd.
+      heads.resize(mine.size());
+      for (size_t i = 0; i < mine.size(); ++i) heads[i] = mine[i] + h;
+      merge_softmax_states(heads.data(), int(heads.size()), size_t(H), 2 * size_t(H) + size_t(h) * size_t(hd - 1), 1,
+                           hd, merged);
       float* oh = rows[r].out + size_t(h) * size_t(hd);
       if (fast_bf16)
         ak->from_lanes(merged, oh);
@@ -1362,10 +1356,14 @@ void kv_lane_group(const AttentionShape& s, const AttentionMask& mask, const flo
     };
     for_each_head_and_block(s, base, own, visible, sl, slices, kBlock, claim_next, head_block);
   });
+  // Query i of head h in slice sl: m at st, l at st + kLanes, acc[d] at
+  // st + (2 + d)·kLanes, st = parts + h·per_head + sl·per + i.
+  std::vector<const float*> states(static_cast<size_t>(slices));
   for (int h = 0; h < H; ++h)
     for (int i = 0; i < nq; ++i) {
-      const float* st = parts + size_t(h) * per_head + size_t(i);
-      merge_softmax_slices(st, st + kLanes, st + 2 * kLanes, per, kLanes, slices, hd,
+      for (int sl = 0; sl < slices; ++sl)
+        states[size_t(sl)] = parts + size_t(h) * per_head + size_t(sl) * per + size_t(i);
+      merge_softmax_states(states.data(), slices, kLanes, 2 * kLanes, kLanes, hd,
                            out + size_t(i0 + i) * size_t(out_stride) + size_t(h) * size_t(hd));
     }
 }
