@@ -1129,9 +1129,10 @@ void kv_decode_rows(const gemv_detail::AttentionKernels* ak, const AttentionShap
         }
         if (multi) {
           // Every member's query over the block, widened once.
-          float* m0 = parts + sl.state + size_t(h);
+          // (The first member's state: m[H], l[H], acc[H · hd]; the others' `per` apart.)
+          float* st = parts + sl.state;
           ak->block_rows(sl.count, members_q, size_t(h) * size_t(hd), blk.k, blk.ks, blk.v, blk.vs, i8, blk.stride,
-                         blk.n, scale, m0, m0 + H, m0 + 2 * size_t(H) + size_t(h) * size_t(hd) - size_t(h), per,
+                         blk.n, scale, st + h, st + H + h, st + 2 * size_t(H) + size_t(h) * size_t(hd), per,
                          block_prefetch(next, elem, used_bytes));
         } else {
           step(0, h, blk, block_prefetch(next, elem, used_bytes));
