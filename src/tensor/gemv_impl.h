@@ -15,8 +15,6 @@ namespace md::gemv_detail {
 // Calls of the AVX-512 q8 kernel that took its column-chunked pass (wide
 // activations for several rows; detail::gemv_q8_chunked_calls).
 extern std::atomic<uint64_t> g_q8_chunked_calls;
-// Weight rows per tile of that pass.
-constexpr int kQ8ChunkTile = 16;
 
 // One input row quantised per weight group for the Q8/Q4 kernels:
 // q = RNE(x · 127/amax) in [-127, 127], s = amax / 127 (amax over the group).

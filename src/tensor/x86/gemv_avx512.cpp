@@ -18,6 +18,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #include "tensor/dtype.h"
 #include "tensor/gemv_impl.h"
@@ -141,6 +142,25 @@ inline void q_rows(const QCtx& q, const WeightMatrix& w, const XQuant* x, float*
     }
 }
 
+// fn(std::integral_constant<int, rows>{}) for 1 <= rows <= 8: a run-time
+// count of input rows to the kernels' compile-time M.
+template <class Fn>
+__attribute__((always_inline)) inline void with_input_rows(int rows, Fn&& fn) {
+  switch (rows) {
+    case 1: fn(std::integral_constant<int, 1>{}); break;
+    case 2: fn(std::integral_constant<int, 2>{}); break;
+    case 3: fn(std::integral_constant<int, 3>{}); break;
+    case 4: fn(std::integral_constant<int, 4>{}); break;
+    case 5: fn(std::integral_constant<int, 5>{}); break;
+    case 6: fn(std::integral_constant<int, 6>{}); break;
+    case 7: fn(std::integral_constant<int, 7>{}); break;
+    default: fn(std::integral_constant<int, 8>{}); break;
+  }
+}
+
+// Weight rows per tile of the column-chunked q8 pass below.
+constexpr int kQ8ChunkTile = 16;
+
 // acc[m][u] += weight row wr · input row m over columns [c0, c1): 64·U
 // columns a round (u: which 64 of them), the rest into acc[m][0]; with
 // kAhead > 0 a software prefetch that many bytes past each weight line.
@@ -259,26 +279,17 @@ void q8_avx512(const WeightMatrix& w, const XQuant* x, int m, float* Y, int ldy,
       }
       // Up to 8 input rows per pass over a weight row: one weight load feeds
       // 8 vpdpbusd (a decode step of 8 sequences reads each line once).
-      // Activations beyond L1's share: the chunked pass.
       // Activations beyond L1's share: the column-chunked pass.
       if (size_t(mc < 8 ? mc : 8) * size_t(w.cols) > 32 * 1024) {
         gemv_detail::g_q8_chunked_calls.fetch_add(1, std::memory_order_relaxed);
         for (int mb = 0; mb < mc; mb += 8) {
           const XQuant* xb = x + m0 + mb;
           float* Yb = Y + size_t(m0 + mb) * size_t(ldy);
-          const int mr = mc - mb < 8 ? mc - mb : 8;
           for (int r = r0; r < r1; r += kQ8ChunkTile) {
             const int rows = r1 - r < kQ8ChunkTile ? r1 - r : kQ8ChunkTile;
-            switch (mr) {
-              case 1: q8_row_scale_rows_chunked<1>(w, xb, corr + mb, Yb, size_t(ldy), r, rows); break;
-              case 2: q8_row_scale_rows_chunked<2>(w, xb, corr + mb, Yb, size_t(ldy), r, rows); break;
-              case 3: q8_row_scale_rows_chunked<3>(w, xb, corr + mb, Yb, size_t(ldy), r, rows); break;
-              case 4: q8_row_scale_rows_chunked<4>(w, xb, corr + mb, Yb, size_t(ldy), r, rows); break;
-              case 5: q8_row_scale_rows_chunked<5>(w, xb, corr + mb, Yb, size_t(ldy), r, rows); break;
-              case 6: q8_row_scale_rows_chunked<6>(w, xb, corr + mb, Yb, size_t(ldy), r, rows); break;
-              case 7: q8_row_scale_rows_chunked<7>(w, xb, corr + mb, Yb, size_t(ldy), r, rows); break;
-              default: q8_row_scale_rows_chunked<8>(w, xb, corr + mb, Yb, size_t(ldy), r, rows); break;
-            }
+            with_input_rows(mc - mb, [&](auto M) {
+              q8_row_scale_rows_chunked<decltype(M)::value>(w, xb, corr + mb, Yb, size_t(ldy), r, rows);
+            });
           }
         }
         continue;
@@ -287,16 +298,8 @@ void q8_avx512(const WeightMatrix& w, const XQuant* x, int m, float* Y, int ldy,
         for (int mb = 0; mb < mc; mb += 8) {
           float* y = Y + size_t(m0 + mb) * size_t(ldy) + size_t(r);
           const XQuant* xb = x + m0 + mb;
-          switch (mc - mb < 8 ? mc - mb : 8) {
-            case 1: q8_row_scale_rows<1>(w, xb, corr + mb, y, size_t(ldy), r); break;
-            case 2: q8_row_scale_rows<2>(w, xb, corr + mb, y, size_t(ldy), r); break;
-            case 3: q8_row_scale_rows<3>(w, xb, corr + mb, y, size_t(ldy), r); break;
-            case 4: q8_row_scale_rows<4>(w, xb, corr + mb, y, size_t(ldy), r); break;
-            case 5: q8_row_scale_rows<5>(w, xb, corr + mb, y, size_t(ldy), r); break;
-            case 6: q8_row_scale_rows<6>(w, xb, corr + mb, y, size_t(ldy), r); break;
-            case 7: q8_row_scale_rows<7>(w, xb, corr + mb, y, size_t(ldy), r); break;
-            default: q8_row_scale_rows<8>(w, xb, corr + mb, y, size_t(ldy), r); break;
-          }
+          with_input_rows(mc - mb,
+                          [&](auto M) { q8_row_scale_rows<decltype(M)::value>(w, xb, corr + mb, y, size_t(ldy), r); });
         }
     }
     return;
